@@ -1,0 +1,64 @@
+"""Gradient descent on the in-context least-squares risk.
+
+All reference optimizers minimise R(w) = (1/2n)‖Xw − y‖² over the n context points of each prompt and return
+every iterate w_0 = 0, w_1, …, w_steps with shape (B, steps+1, d). The gradient is the (1/n)-normalised one,
+∇R(w) = (1/n)Xᵀ(Xw − y) = H w − g with H = XᵀX/n and g = Xᵀy/n, so a step η here is the step the linear
+self-attention layer performs with A = η·I (Ahn et al. 2023, Lemma 1; von Oswald et al. 2023, Prop. 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import einsum
+
+from icl.validation import check_regression, check_steps
+
+
+def moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sufficient statistics of R: H = XᵀX/n (B, d, d) and g = Xᵀy/n (B, d)."""
+    n = X.shape[1]
+    H = einsum(X, X, "b n i, b n j -> b i j") / n
+    g = einsum(X, y, "b n i, b n -> b i") / n
+    return H, g
+
+
+def step_schedule(eta: float | Sequence[float] | torch.Tensor, steps: int, name: str = "eta") -> list[float]:
+    """Expand a constant or per-step hyperparameter into a list of ``steps`` floats."""
+    if isinstance(eta, torch.Tensor):
+        eta = eta.detach().cpu().reshape(-1).tolist()
+    if isinstance(eta, (int, float)):
+        return [float(eta)] * steps
+    eta = [float(e) for e in eta]
+    if len(eta) != steps:
+        raise ValueError(f"{name} has {len(eta)} entries but steps = {steps}")
+    return eta
+
+
+def gradient_descent(
+    X: torch.Tensor, y: torch.Tensor, steps: int, eta: float | Sequence[float] | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """Gradient descent from w_0 = 0 with a constant or per-step step size.
+
+    Update rule: w_{t+1} = w_t − η_t ∇R(w_t), ∇R(w) = (1/n)Xᵀ(Xw − y).
+
+    Args:
+        X: context inputs, (B, n, d).
+        y: context targets, (B, n).
+        steps: number of iterations (>= 0).
+        eta: a step size, or one per step.
+
+    Returns:
+        Every iterate, (B, steps+1, d).
+    """
+    X, y = check_regression(X, y)
+    steps = check_steps(steps)
+    etas = step_schedule(eta, steps)
+    H, g = moments(X, y)
+    w = X.new_zeros(X.shape[0], X.shape[2])
+    out = [w]
+    for e in etas:
+        w = w - e * (einsum(H, w, "b i j, b j -> b i") - g)
+        out.append(w)
+    return torch.stack(out, dim=1)
