@@ -46,9 +46,7 @@ def check_tensor(
     if shape is not None:
         for i, (got, want) in enumerate(zip(t.shape, shape)):
             if want is not None and got != want:
-                raise ValueError(
-                    f"{name} must have shape {_fmt_shape(shape)}, got {tuple(t.shape)} (dimension {i})"
-                )
+                raise ValueError(f"{name} must have shape {_fmt_shape(shape)}, got {tuple(t.shape)} (dimension {i})")
     if floating and t.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
     if finite and t.numel() and not bool(torch.isfinite(t).all()):

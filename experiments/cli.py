@@ -1,0 +1,114 @@
+"""``python -m experiments``: list the studies and run one.
+
+    python -m experiments list
+    python -m experiments run NAME [--out DIR] [--seed S] [--set key=value ...] [--device cpu|cuda|mps]
+                                   [--quiet] [--resume] [--overwrite]
+
+Every argument is validated before any compute: an unknown experiment or config key, a value out of range or
+an unavailable device exits with status 2 and a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from experiments.common import RunContext
+from experiments.registry import all_experiments, get_experiment
+from icl.config import ConfigError
+from icl.runio import CheckpointError, RunDirError, prepare_run_dir
+
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device, if this machine has it."""
+    if name not in DEVICES:
+        raise ConfigError(f"--device = {name!r} is not one of: {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available on this machine")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps was asked for but MPS is not available on this machine")
+    return torch.device(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the registered studies")
+    run = sub.add_parser("run", help="run a study")
+    run.add_argument("name", help="the study's name (see `list`)")
+    run.add_argument("--out", type=Path, default=None, help="run directory (default runs/NAME/<time>-s<seed>)")
+    run.add_argument("--seed", type=int, default=None, help="the root seed (overrides the config's seed)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field by its dotted name, e.g. --set train.lr=0.003",
+    )
+    run.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    run.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def resolve_config(exp, overrides: Sequence[str], seed: int | None):
+    """The default config of ``exp`` with the command-line overrides applied (validated)."""
+    cfg = exp.config_cls()
+    cfg = cfg.with_overrides(list(overrides))
+    if seed is not None:
+        cfg = cfg.with_overrides({"seed": seed})
+    return cfg
+
+
+def cmd_list() -> int:
+    exps = all_experiments()
+    width = max(len(n) for n in exps)
+    for name, exp in exps.items():
+        print(f"{name:<{width}}  {exp.description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    exp = get_experiment(args.name)
+    device = check_device(args.device)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out, the run directory to continue")
+    if args.resume and (args.out / "config.json").exists() and not args.overrides and args.seed is None:
+        saved = json.loads((args.out / "config.json").read_text())
+        cfg = exp.config_cls.from_dict(saved["config"])
+    else:
+        cfg = resolve_config(exp, args.overrides, args.seed)
+    if args.show_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-s{getattr(cfg, 'seed', 0)}"
+    out = prepare_run_dir(out, overwrite=args.overwrite, resume=args.resume)
+    ctx = RunContext(name=exp.name, out_dir=out, device=device, quiet=args.quiet, resume=args.resume, argv=list(argv))
+    exp.run(cfg, ctx)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list()
+        return cmd_run(args, argv)
+    except (ConfigError, RunDirError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

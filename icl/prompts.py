@@ -1,0 +1,246 @@
+"""Random linear-regression prompts and their token matrix Z.
+
+A prompt is n context pairs (x_i, y_i) and a query x_q, with
+
+    x = U · diag(√λ) · g,   g ~ N(0, I) (or U(−a, a)^d, von Oswald et al. 2023),
+    w* ~ N(0, I) or N(0, Σ⁻¹),   y_i = ⟨w*, x_i⟩ + σ·ξ_i,   y_q = ⟨w*, x_q⟩ (never noisy),
+
+so that Σ = U diag(λ) Uᵀ has exactly the configured eigenvalues λ (for the uniform law, λ·a²/3). U is a
+Haar-random rotation drawn once per run from its own generator, or given. Label noise is none, a fixed σ, or
+a per-prompt σ drawn from U(0, σ_max) or uniformly from a categorical set (Vladymyrov et al. 2024).
+
+Token layout (DEVELOPERS.md): tokens are rows, Z has shape (B, n+1, d+1), column d holds y, and the query
+token is (x_q, 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from einops import einsum, rearrange
+
+from icl.config import Config, ConfigError, spec
+from icl.validation import check_tensor
+
+
+@dataclass(frozen=True)
+class PromptConfig(Config):
+    """The law of the prompts.
+
+    Attributes:
+        d: input dimension.
+        n: number of context points.
+        eigenvalues: the spectrum λ of Σ (length d, all > 0); None for the isotropic Σ = I.
+        rotation: ``haar`` draws U from the run's ``rotation`` stream; ``identity`` uses U = I.
+        input_law: ``gaussian`` or ``uniform`` (g ~ U(−a, a) per coordinate).
+        uniform_a: the half-width a of the uniform law (von Oswald et al.'s code uses a = 0.5).
+        w_prior: ``identity`` for w* ~ N(0, I), ``inverse_sigma`` for w* ~ N(0, Σ⁻¹).
+        noise: ``none``, ``fixed`` (σ = sigma), ``uniform`` (σ ~ U(0, sigma_max) per prompt) or
+            ``categorical`` (σ uniform over sigma_set per prompt).
+    """
+
+    d: int = spec(5, ge=1)
+    n: int = spec(20, ge=1)
+    eigenvalues: tuple[float, ...] | None = spec(None, gt=0)
+    rotation: str = spec("haar", choices=("haar", "identity"))
+    input_law: str = spec("gaussian", choices=("gaussian", "uniform"))
+    uniform_a: float = spec(0.5, gt=0)
+    w_prior: str = spec("identity", choices=("identity", "inverse_sigma"))
+    noise: str = spec("none", choices=("none", "fixed", "uniform", "categorical"))
+    sigma: float = spec(0.0, ge=0)
+    sigma_max: float = spec(0.0, ge=0)
+    sigma_set: tuple[float, ...] = spec((1.0, 3.0), ge=0)
+
+    def check(self) -> None:
+        if self.eigenvalues is not None and len(self.eigenvalues) != self.d:
+            raise ConfigError(
+                f"eigenvalues has {len(self.eigenvalues)} entries but d = {self.d}: give one per dimension"
+            )
+        if self.noise == "categorical" and not self.sigma_set:
+            raise ConfigError("sigma_set must not be empty when noise = 'categorical'")
+
+    def spectrum(self) -> tuple[float, ...]:
+        """The eigenvalues of Σ, as configured (ones when isotropic)."""
+        return self.eigenvalues if self.eigenvalues is not None else (1.0,) * self.d
+
+    def mean_noise_var(self) -> float:
+        """E[σ²] over prompts."""
+        if self.noise == "fixed":
+            return self.sigma**2
+        if self.noise == "uniform":
+            return self.sigma_max**2 / 3
+        if self.noise == "categorical":
+            return sum(s**2 for s in self.sigma_set) / len(self.sigma_set)
+        return 0.0
+
+
+def haar_orthogonal(d: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A Haar-distributed d×d orthogonal matrix: QR of a Gaussian matrix with the sign of diag(R) fixed."""
+    G = torch.randn(d, d, generator=generator, dtype=torch.float64, device=generator.device)
+    Qm, R = torch.linalg.qr(G)
+    signs = torch.sign(torch.diagonal(R))
+    signs[signs == 0] = 1
+    return (Qm * signs).to(dtype)
+
+
+@dataclass
+class PromptBatch:
+    """A batch of prompts.
+
+    Attributes:
+        X: context inputs, (B, n, d).
+        y: context targets (noisy if the law has noise), (B, n).
+        x_query: query inputs, (B, d).
+        y_query: noiseless query targets ⟨w*, x_q⟩, (B,).
+        w_star: the task vectors, (B, d).
+        Sigma: the input covariance, (d, d).
+        U: the rotation, (d, d).
+        sigma: the per-prompt label-noise standard deviation, (B,).
+    """
+
+    X: torch.Tensor
+    y: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+    w_star: torch.Tensor
+    Sigma: torch.Tensor
+    U: torch.Tensor
+    sigma: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def d(self) -> int:
+        return self.X.shape[2]
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def Z(self) -> torch.Tensor:
+        """The token matrix (B, n+1, d+1): rows (x_i, y_i) for the context, then (x_q, 0)."""
+        ctx = torch.cat([self.X, rearrange(self.y, "b n -> b n 1")], dim=-1)
+        query = torch.cat([self.x_query, torch.zeros_like(self.y_query)[:, None]], dim=-1)
+        return torch.cat([ctx, rearrange(query, "b e -> b 1 e")], dim=1)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PromptBatch:
+        """A copy on another device or in another floating dtype."""
+        return PromptBatch(**{k: v.to(device=device, dtype=dtype) for k, v in self.__dict__.items()})
+
+    def __getitem__(self, idx: slice) -> PromptBatch:
+        """A sub-batch (Σ and U are shared)."""
+        return PromptBatch(
+            X=self.X[idx],
+            y=self.y[idx],
+            x_query=self.x_query[idx],
+            y_query=self.y_query[idx],
+            w_star=self.w_star[idx],
+            Sigma=self.Sigma,
+            U=self.U,
+            sigma=self.sigma[idx],
+        )
+
+
+class PromptDistribution:
+    """The prompt law of a config with its rotation fixed; sample batches from it with explicit generators.
+
+    Args:
+        cfg: the prompt config.
+        U: a given d×d orthogonal rotation; if None, drawn Haar-random from ``generator`` (rotation = haar)
+            or the identity (rotation = identity).
+        generator: the run's ``rotation`` stream (required when U must be drawn).
+        dtype: floating dtype of the samples.
+    """
+
+    def __init__(
+        self,
+        cfg: PromptConfig,
+        *,
+        U: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.cfg = cfg
+        self.dtype = dtype
+        d = cfg.d
+        if U is None:
+            if cfg.rotation == "identity":
+                U = torch.eye(d, dtype=torch.float64)
+            else:
+                if generator is None:
+                    raise ValueError("a generator (the run's 'rotation' stream) is needed to draw a Haar U")
+                U = haar_orthogonal(d, generator)
+        U = check_tensor("U", U, shape=(d, d)).to(torch.float64).cpu()
+        if not torch.allclose(U.T @ U, torch.eye(d, dtype=torch.float64), atol=1e-8):
+            raise ValueError("U must be orthogonal (UᵀU = I)")
+        lam = torch.tensor(cfg.spectrum(), dtype=torch.float64)
+        var_g = cfg.uniform_a**2 / 3 if cfg.input_law == "uniform" else 1.0
+        self.U = U
+        self.eigenvalues = lam * var_g
+        self.Sigma = U @ torch.diag(self.eigenvalues) @ U.T
+        self._Ls = U * lam.sqrt()  # x = Ls g
+        self._Lw = U / (lam * var_g).sqrt()  # w* = Lw h ~ N(0, Σ⁻¹)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> PromptBatch:
+        """Draw ``batch_size`` prompts on the generator's device."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        cfg, dev, dt = self.cfg, generator.device, self.dtype
+        B, n, d = batch_size, cfg.n, cfg.d
+        if cfg.input_law == "gaussian":
+            g = torch.randn(B, n + 1, d, generator=generator, device=dev, dtype=dt)
+        else:
+            g = (2 * torch.rand(B, n + 1, d, generator=generator, device=dev, dtype=dt) - 1) * cfg.uniform_a
+        x = einsum(g, self._Ls.to(dev, dt), "b t k, i k -> b t i")
+        h = torch.randn(B, d, generator=generator, device=dev, dtype=dt)
+        w = h if cfg.w_prior == "identity" else einsum(h, self._Lw.to(dev, dt), "b k, i k -> b i")
+        sigma = self._sample_sigma(B, generator)
+        X, x_query = x[:, :n], x[:, n]
+        clean = einsum(X, w, "b n i, b i -> b n")
+        y = clean
+        if cfg.noise != "none":
+            xi = torch.randn(B, n, generator=generator, device=dev, dtype=dt)
+            y = clean + sigma[:, None] * xi
+        y_query = einsum(x_query, w, "b i, b i -> b")
+        return PromptBatch(
+            X=X,
+            y=y,
+            x_query=x_query,
+            y_query=y_query,
+            w_star=w,
+            Sigma=self.Sigma.to(dev, dt),
+            U=self.U.to(dev, dt),
+            sigma=sigma,
+        )
+
+    def _sample_sigma(self, B: int, generator: torch.Generator) -> torch.Tensor:
+        cfg, dev, dt = self.cfg, generator.device, self.dtype
+        if cfg.noise == "fixed":
+            return torch.full((B,), cfg.sigma, device=dev, dtype=dt)
+        if cfg.noise == "uniform":
+            return torch.rand(B, generator=generator, device=dev, dtype=dt) * cfg.sigma_max
+        if cfg.noise == "categorical":
+            levels = torch.tensor(cfg.sigma_set, device=dev, dtype=dt)
+            idx = torch.randint(len(levels), (B,), generator=generator, device=dev)
+            return levels[idx]
+        return torch.zeros(B, device=dev, dtype=dt)
+
+    def sample_many(self, total: int, generator: torch.Generator, chunk: int = 50_000):
+        """Yield batches that together hold ``total`` prompts (for large test sets)."""
+        for start in range(0, total, chunk):
+            yield self.sample(min(chunk, total - start), generator)
+
+
+def zero_predictor_loss(cfg: PromptConfig) -> float:
+    """E(⟨w*, x_q⟩)² = tr(Σ Ω): d for w* ~ N(0, Σ⁻¹), tr Σ for w* ~ N(0, I)."""
+    var_g = cfg.uniform_a**2 / 3 if cfg.input_law == "uniform" else 1.0
+    if cfg.w_prior == "inverse_sigma":
+        return float(cfg.d)
+    return float(math.fsum(cfg.spectrum()) * var_g)

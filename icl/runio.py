@@ -1,0 +1,156 @@
+"""Run directories, atomic writes and checkpoints.
+
+Everything a run writes goes through :func:`atomic_write_bytes`: the bytes go to a temporary file in the same
+directory, are flushed and fsync'ed, and the file is renamed over the target, so a crash never leaves a
+half-written ``results.csv`` or checkpoint, and what was there before survives until the new file is complete.
+
+Checkpoints are plain ``torch.save`` dicts of tensors, numbers, strings, lists and dicts, so they load with
+``torch.load(path, weights_only=True)``; the resolved config is stored as a JSON string.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULT_COLUMNS = ("experiment", "method", "depth", "seed", "metric", "value")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or not one of ours."""
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (e.g. it holds an earlier run)."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _clean(o: Any) -> Any:
+    """Replace non-finite floats by None so the JSON is standard."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, Mapping):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented, standard JSON."""
+    text = json.dumps(_clean(obj), indent=2, default=_json_default, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+    """Atomically write dict rows as CSV with the given column order."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow(row)
+    return atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read a CSV file into dict rows."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write tidy long-form results (experiment, method, depth, seed, metric, value)."""
+    return write_csv(path, rows, RESULT_COLUMNS)
+
+
+def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run directory, refusing one that already holds a run unless told to resume or overwrite."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} exists and is not a directory")
+    occupied = path.is_dir() and any(path.iterdir())
+    if occupied and not (overwrite or resume):
+        raise RunDirError(
+            f"run directory {path} already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
+    if resume and not (path / "checkpoint.pt").exists():
+        raise RunDirError(f"cannot resume: {path / 'checkpoint.pt'} does not exist")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "figures").mkdir(exist_ok=True)
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Atomically save a checkpoint dict; refuses non-finite model weights so a good file is never replaced
+    by a diverged state."""
+    state = payload.get("model")
+    if isinstance(state, Mapping):
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise CheckpointError(f"refusing to write a checkpoint: model weight {k!r} is not finite")
+    buf = io.BytesIO()
+    torch.save(dict(payload), buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``, turning any failure into a clear :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+    except Exception as e:  # pickle.UnpicklingError and friends
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or "format" not in obj or "model" not in obj:
+        raise CheckpointError(f"checkpoint {path} is not an icl-optimizers checkpoint (missing 'format'/'model')")
+    return obj
