@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -446,3 +447,39 @@ def test_sirfshampoo_factor_shapes_and_fallback():
     assert opt.state[mat]["K_out"].shape == (3, 3) and opt.state[mat]["K_in"].shape == (4, 4)
     for p in (big, row, conv):  # 9 > max_factor_dim, a size-1 axis, an order-4 tensor
         assert "K_out" not in opt.state[p] and opt.state[p]["s"].shape == p.shape
+
+
+def test_sirfshampoo_bfloat16_factors_track_float32():
+    """Inverse/root-free factors in bfloat16 (MLP, 30 steps, T=2): the loss stays within 5% of float32."""
+    X = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    Y = torch.sin(X.sum(1, keepdim=True))
+    finals = {}
+    for dtype, factor_dtype in [
+        (torch.float32, None),
+        (torch.bfloat16, None),
+        (torch.float32, torch.bfloat16),
+    ]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).to(dtype)
+        opt = SIRFShampoo(model.parameters(), lr=0.05, batch_size=64, T=2, preconditioner_dtype=factor_dtype)
+        with torch.no_grad():
+            start = float(((model(X.to(dtype)) - Y) ** 2).mean())
+        for _ in range(30):
+            opt.zero_grad()
+            loss = ((model(X.to(dtype)) - Y.to(dtype)) ** 2).mean()
+            loss.backward()
+            opt.step()
+        assert opt.state[model[0].weight]["K_in"].dtype == (factor_dtype or dtype)
+        finals[(dtype, factor_dtype)] = loss.item()
+        assert loss.item() < 0.85 * start
+    ref = finals[(torch.float32, None)]
+    for key, value in finals.items():
+        assert abs(value - ref) < 0.05 * ref, (key, value, ref)
+
+    # a dtype stored in the parameter groups survives torch.load(weights_only=True)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    opt.load_state_dict(torch.load(buffer, weights_only=True))
+    assert opt.param_groups[0]["preconditioner_dtype"] == torch.bfloat16
+    assert opt.state[model[0].weight]["K_in"].dtype == torch.bfloat16
