@@ -16,14 +16,19 @@ def state_dtype(p: torch.Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
 
 
-def check_number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, **kw: bool) -> float:
-    """Require a real number in an interval and return it; the ``ValueError`` names the argument.
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = True,
+) -> float:
+    """Require a finite real number in an interval and return it; the ``ValueError`` names the argument.
 
-    Keyword flags ``low_open`` / ``high_open`` make the corresponding bound exclusive (default: ``low``
-    inclusive, ``high`` exclusive when finite).
+    ``low`` is inclusive unless ``low_open``; ``high`` is exclusive unless ``high_open=False``.
     """
-    low_open = kw.get("low_open", False)
-    high_open = kw.get("high_open", True)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
     too_low = value <= low if low_open else value < low
