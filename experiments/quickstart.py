@@ -38,7 +38,7 @@ class QuickstartConfig(Config):
     model: LSAConfig = field(default_factory=lambda: LSAConfig(layers=1, mode="sparse", init_std=0.01))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=3000, batch_size=2048, lr=0.01, schedule="cosine", eval_every=250, log_every=50
+            steps=3000, batch_size=2048, lr=0.01, weight_decay=0.0, schedule="cosine", eval_every=250, log_every=50
         )
     )
     test_prompts: int = spec(100_000, ge=2)

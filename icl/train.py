@@ -13,6 +13,7 @@ states, the state of the ``train`` generator at the start of the current batch, 
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Callable, Iterable
@@ -24,10 +25,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from icl.config import Config, ConfigError, spec
+from icl.optim import OPTIMIZERS, make_optimizer
 from icl.prompts import PromptDistribution
 from icl.seeding import Streams
 
-TORCH_OPTIMIZERS = ("adamw", "adam", "sgd")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -40,9 +41,9 @@ class TrainConfig(Config):
         batch_size: prompts per step.
         optimizer: the outer optimizer's name.
         lr: the base learning rate.
-        betas: Adam's (β₁, β₂).
-        momentum: SGD momentum.
-        weight_decay: decoupled weight decay (AdamW) or L2 (others).
+        betas: (β₁, β₂) of the optimizers that take them; None keeps the optimizer's default.
+        momentum: momentum of the optimizers that take one (SGD, RF-RMSProp); None keeps the default.
+        weight_decay: weight decay as the optimizer defines it (decoupled for AdamW); None keeps the default.
         clip: gradient clipping: ``none``, ``global`` (total norm) or ``per_matrix`` (each d×d block).
         clip_value: the clipping threshold.
         resample_every: draw a fresh batch every k steps (Ahn et al. use k = 100).
@@ -56,11 +57,11 @@ class TrainConfig(Config):
 
     steps: int = spec(2000, ge=0)
     batch_size: int = spec(1024, ge=1)
-    optimizer: str = spec("adamw", choices=TORCH_OPTIMIZERS)
+    optimizer: str = spec("adamw", choices=tuple(OPTIMIZERS))
     lr: float = spec(1e-2, gt=0)
-    betas: tuple[float, ...] = spec((0.9, 0.999), ge=0, lt=1)
-    momentum: float = spec(0.0, ge=0, lt=1)
-    weight_decay: float = spec(0.0, ge=0)
+    betas: tuple[float, ...] | None = spec(None, ge=0, lt=1)
+    momentum: float | None = spec(None, ge=0, lt=1)
+    weight_decay: float | None = spec(None, ge=0)
     clip: str = spec("none", choices=("none", "global", "per_matrix"))
     clip_value: float = spec(1.0, gt=0)
     resample_every: int = spec(1, ge=1)
@@ -72,8 +73,12 @@ class TrainConfig(Config):
     dtype: str = spec("float32", choices=tuple(DTYPES))
 
     def check(self) -> None:
-        if len(self.betas) != 2:
+        if self.betas is not None and len(self.betas) != 2:
             raise ConfigError(f"betas must have 2 entries (β₁, β₂), got {len(self.betas)}")
+        accepted = inspect.signature(OPTIMIZERS[self.optimizer]).parameters
+        for name in ("betas", "momentum", "weight_decay"):
+            if getattr(self, name) is not None and name not in accepted:
+                raise ConfigError(f"{name} is set but optimizer {self.optimizer!r} takes no {name}; leave it unset")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -90,15 +95,12 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 def build_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The configured outer optimizer."""
-    params = list(params)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"optimizer = {cfg.optimizer!r} is not one of: {', '.join(TORCH_OPTIMIZERS)}")
+    """The configured outer optimizer from :data:`icl.optim.OPTIMIZERS`; ``betas``, ``momentum`` and
+    ``weight_decay`` are passed to those optimizers whose constructor takes them."""
+    accepted = inspect.signature(OPTIMIZERS[cfg.optimizer]).parameters
+    options = {"betas": cfg.betas, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
+    kwargs = {k: v for k, v in options.items() if v is not None and k in accepted}
+    return make_optimizer(cfg.optimizer, list(params), lr=cfg.lr, **kwargs)
 
 
 def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:

@@ -197,12 +197,7 @@ def test_diagonal_cases_are_distinct():
     for name, cls, _, kwargs, grads in DIAGONAL_CASES:
         finals[name] = _run_torch(cls, THETA0, grads, **kwargs)
     names = list(finals)
-    same = [
-        (a, b)
-        for i, a in enumerate(names)
-        for b in names[i + 1 :]
-        if np.allclose(finals[a], finals[b], atol=1e-7)
-    ]
+    same = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if np.allclose(finals[a], finals[b], atol=1e-7)]
     assert same == [], same
 
 
