@@ -43,6 +43,8 @@ __all__ = [
     "SymplecticStiefel",
     "MANIFOLDS",
     "get_manifold",
+    "manifold_point",
+    "project_to_manifold",
     "poisson_tensor",
     "qr_sign_fixed",
     "symplectic_gram_schmidt",
@@ -634,3 +636,38 @@ def get_manifold(name: object, argname: str = "manifold") -> Manifold:
     if not isinstance(name, str) or name not in MANIFOLDS:
         raise ValueError(f"{argname} must be one of {sorted(MANIFOLDS)}, got {name!r}")
     return MANIFOLDS[name]
+
+
+def manifold_point(
+    manifold: str,
+    shape,
+    *,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> torch.Tensor:
+    """A random point of ``manifold`` with the given shape, drawn (in float64) from ``generator``.
+
+    Stiefel/Grassmann: sign-fixed QR of a Gaussian matrix (Haar on St); symplectic Stiefel: S factor of the
+    SR decomposition of a Gaussian matrix; Euclidean: a Gaussian tensor.
+
+    Raises:
+        ValueError: unknown manifold, wrong shape, or ``generator`` not a torch.Generator.
+    """
+    m = get_manifold(manifold)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    shape = tuple(shape)
+    m.validate("shape", torch.empty(shape, device="meta"))
+    return m.random_point(shape, generator, torch.float64).to(dtype=dtype, device=device)
+
+
+def project_to_manifold(X: torch.Tensor, manifold: str) -> torch.Tensor:
+    """A point of ``manifold`` near X (sign-fixed QR, or SR for symplectic Stiefel), in X's dtype.
+
+    Raises:
+        ValueError: unknown manifold or a shape that cannot lie on it.
+    """
+    m = get_manifold(manifold)
+    m.validate("X", X)
+    return m.project(X.detach().to(torch.float64)).to(X.dtype)
