@@ -156,6 +156,13 @@ class GlobalSectionOptimizer(Optimizer):
             return _DTYPES[group["geometry_dtype"]]
         return torch.float64 if p.dtype == torch.float64 else torch.float32
 
+    @staticmethod
+    def _tol(group: dict, p: torch.Tensor) -> float:
+        tol = group["manifold_tol"]
+        if tol is None:
+            tol = 1e-8 if p.dtype == torch.float64 else 1e-4
+        return tol
+
     def _reorth_every(self, group: dict, gdtype: torch.dtype) -> int:
         k = group["reorthonormalize_every"]
         if k is None:
@@ -166,9 +173,7 @@ class GlobalSectionOptimizer(Optimizer):
     def _init_manifold_state(self, p: torch.Tensor, m: Manifold, group: dict, name: str) -> None:
         gd = self._geometry_dtype(group, p)
         Y = p.detach().to(gd)
-        tol = group["manifold_tol"]
-        if tol is None:
-            tol = 1e-8 if p.dtype == torch.float64 else 1e-4
+        tol = self._tol(group, p)
         if not bool(torch.isfinite(Y).all()):
             raise ValueError(f"{name} contains NaN or infinite values")
         viol = m.check(Y)
@@ -291,8 +296,17 @@ class GlobalSectionOptimizer(Optimizer):
                     if k != "step" and isinstance(v, torch.Tensor) and v.is_floating_point():
                         self.state[p][k] = v.to(device=p.device, dtype=gd, copy=True)
                 L = self.state[p].get("section")
-                if L is not None and L.shape != (p.shape[0], p.shape[0]):
+                if L is None:
+                    continue
+                if L.shape != (p.shape[0], p.shape[0]):
                     raise ValueError(
                         f"state_dict: section of shape {tuple(L.shape)} does not fit a parameter of shape "
                         f"{tuple(p.shape)}"
                     )
+                # The parameter is ΛE by construction; if it differs only by rounding (e.g. it was snapped
+                # onto the manifold when this optimizer was built), take ΛE so that a resumed run makes
+                # exactly the steps of an uninterrupted one.  A real difference re-anchors Λ at the next step.
+                Yl = get_manifold(group["manifold"]).point(L, p.shape[1]).to(p.dtype)
+                if not torch.equal(p, Yl) and float((p.detach() - Yl).abs().max()) <= self._tol(group, p):
+                    with torch.no_grad():
+                        p.copy_(Yl)

@@ -487,9 +487,26 @@ class SymplecticStiefel(Manifold):
         """S factor of the SR decomposition of X (symplectic Gram–Schmidt, positive normalisation)."""
         return symplectic_gram_schmidt(X)
 
-    def random_point(self, shape, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
-        """S factor of the SR decomposition of a Gaussian (2N × 2n) matrix."""
-        return symplectic_gram_schmidt(torch.randn(*shape, generator=generator, dtype=dtype))
+    def random_point(self, shape, generator: torch.Generator, dtype=torch.float64, spread: float = 0.5):
+        """S factor of the SR decomposition of Q·E + spread·G, Q orthosymplectic, G Gaussian.
+
+        Q = [[Re V, −Im V], [Im V, Re V]] with V Haar-unitary (QR of a complex Gaussian) is orthogonal and
+        symplectic; the Gaussian perturbation and the SR make the point generic but well conditioned (the SR
+        of a plain Gaussian matrix is often badly conditioned).
+        """
+        M, m = shape
+        N, n = M // 2, m // 2
+        Z = torch.complex(
+            torch.randn(N, N, generator=generator, dtype=torch.float64),
+            torch.randn(N, N, generator=generator, dtype=torch.float64),
+        )
+        V, R = torch.linalg.qr(Z)
+        ph = torch.diagonal(R) / torch.abs(torch.diagonal(R))
+        V = V * ph  # phase fix: Haar measure
+        Q = torch.cat([torch.cat([V.real, -V.imag], 1), torch.cat([V.imag, V.real], 1)], 0)
+        idx = torch.cat([torch.arange(n), torch.arange(N, N + n)])
+        X = Q[:, idx] + spread * torch.randn(M, m, generator=generator, dtype=torch.float64)
+        return symplectic_gram_schmidt(X).to(dtype)
 
     def point(self, L: torch.Tensor, p: int) -> torch.Tensor:
         N, n = L.shape[0] // 2, p // 2
@@ -585,7 +602,36 @@ class SymplecticStiefel(Manifold):
         return self._from_TE(self._Linv(L, D))
 
     def grad_rep(self, L: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-        return self.global_rep(L, self.rgrad(self.point(L, G.shape[1]), G))
+        """Coordinate gradient c of w ↦ L(Λ·(I + W̄(w))·E) at w = 0, i.e. ⟨c, w⟩ = Tr(Gᵀ·Λ·W̄(w)·E).
+
+        For Stiefel and Grassmann this *is* global_rep(Λ, rgrad(Y, G)).  Here the metric that 𝔤^hor inherits
+        is not the coordinate inner product (the reference code calls it "bi-invariant but degenerate"), and
+        global_rep(rgrad) preconditioned elementwise is not always a descent direction; the coordinate
+        gradient is, for every positive diagonal preconditioner (so Adam's step always descends).  It is the
+        adjoint of the map w ↦ Λ·W̄(w)·E applied to G.
+        """
+        N, n = L.shape[0] // 2, G.shape[1] // 2
+        X = L.T @ G
+        Xq, Xp = X[:, :n], X[:, n:]
+        r1, r2, r3, r4 = slice(0, n), slice(n, N), slice(N, N + n), slice(N + n, 2 * N)
+        i, j = torch.tril_indices(n, n, 0, device=G.device)
+
+        def sym_adj(S):  # adjoint of v ↦ sym(v) (lower triangle with diagonal)
+            T = S + S.T
+            T.diagonal().mul_(0.5)
+            return T[i, j]
+
+        return torch.cat(
+            [
+                (Xq[r1] - Xp[r3].T).reshape(-1),
+                (-Xp[r4]).reshape(-1),
+                Xq[r2].reshape(-1),
+                Xp[r2].reshape(-1),
+                Xq[r4].reshape(-1),
+                sym_adj(Xp[r1]),
+                sym_adj(Xq[r3]),
+            ]
+        )
 
     def hor_matrix(self, coords: torch.Tensor, shape) -> torch.Tensor:
         N, n = shape[0] // 2, shape[1] // 2
