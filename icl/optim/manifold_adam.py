@@ -30,7 +30,9 @@ class ManifoldAdam(GlobalSectionOptimizer):
         Λ   ← Λ · Retraction(W)                  (Cayley or exp, low-rank; moments are *not* transported:
         Y   ← ΛE                                  an element of 𝔤^hor is invariant under the group action)
 
-    so the first step is W = −η·sign(B) up to ε.  For Euclidean parameters (the default ``manifold``) the
+    so the first step is W = −η·sign(B) up to ε.  On the symplectic Stiefel manifold B is the coordinate
+    gradient of the pulled-back loss (equal to global_rep(Λ, rgrad) on Stiefel/Grassmann), see
+    :meth:`icl.optim.manifolds.SymplecticStiefel.grad_rep`.  For Euclidean parameters (the default ``manifold``) the
     update is exactly ``torch.optim.Adam`` (``weight_decay=0``) or ``torch.optim.AdamW`` (decoupled decay),
     operation for operation.
 
