@@ -32,8 +32,9 @@ class ManifoldAdam(GlobalSectionOptimizer):
 
     so the first step is W = −η·sign(B) up to ε.  On the symplectic Stiefel manifold B is the coordinate
     gradient of the pulled-back loss (equal to global_rep(Λ, rgrad) on Stiefel/Grassmann), see
-    :meth:`icl.optim.manifolds.SymplecticStiefel.grad_rep`.  For Euclidean parameters (the default ``manifold``) the
-    update is exactly ``torch.optim.Adam`` (``weight_decay=0``) or ``torch.optim.AdamW`` (decoupled decay),
+    :meth:`icl.optim.manifolds.SymplecticStiefel.grad_rep`.
+    For Euclidean parameters (the default ``manifold``) the update is exactly ``torch.optim.Adam``
+    (``weight_decay=0``) or ``torch.optim.AdamW`` (decoupled decay),
     operation for operation.
 
     Weight decay is decoupled (θ ← θ − η·λ·θ) and applies to **Euclidean parameters only**: on Stiefel and

@@ -14,7 +14,8 @@ coordinate vectors of 𝔤^hor):
 * ``init_section(Y, generator)``: a section Λ with ΛE = Y, drawn once from an explicit generator;
 * ``global_rep(Λ, Δ)`` → flat coordinates of Λ⁻¹Ω(Y,Δ)Λ; ``grad_rep(Λ, G)``: the coordinate gradient of
   the pulled-back loss, equal to ``global_rep(Λ, rgrad(Y, G))`` on Stiefel and Grassmann (computed directly)
-  and used instead of it on symplectic Stiefel, where the induced metric is not the coordinate one; ``tangent(Λ, coords)`` = Λ·D·E, the inverse map; ``hor_matrix(coords, shape)``: the dense
+  and used instead of it on symplectic Stiefel, where the induced metric is not the coordinate one;
+  ``tangent(Λ, coords)`` = Λ·D·E, the inverse map; ``hor_matrix(coords, shape)``: the dense
   element of 𝔤^hor (tests only);
 * ``retract_(Λ, coords, method)``: Λ ← Λ·Retraction(W) in place, with ``method`` "cayley" or "exp", both in
   low-rank form (no matrix function of size N);
