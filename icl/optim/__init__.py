@@ -1,4 +1,4 @@
-"""Outer-loop optimizers: FAdam, root-free diagonal methods, SIRFShampoo, and a name registry.
+"""Outer-loop optimizers: manifold Adam (Brantner), FAdam, root-free methods, SIRFShampoo, and a name registry.
 
 ``OPTIMIZERS`` maps a name to a ``torch.optim.Optimizer`` class; every entry is built by
 ``OPTIMIZERS[name](params, lr=...)`` with all other arguments at their defaults, and gets the generic
@@ -12,6 +12,10 @@ from typing import Any
 import torch
 
 from icl.optim.fadam import FAdam
+from icl.optim.manifold_adam import ManifoldAdam
+from icl.optim.manifold_sgd import ManifoldSGD
+from icl.optim.manifolds import manifold_point, project_to_manifold
+from icl.optim.riemannian_adam import ProjectedRiemannianAdam
 from icl.optim.root_free import RFAdamW, RFRMSProp
 from icl.optim.sirfshampoo import SIRFShampoo
 
@@ -23,6 +27,9 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "rf_rmsprop": RFRMSProp,
     "rf_adamw": RFAdamW,
     "sirfshampoo": SIRFShampoo,
+    "manifold_adam": ManifoldAdam,
+    "manifold_sgd": ManifoldSGD,
+    "riemannian_adam": ProjectedRiemannianAdam,
 }
 
 
@@ -37,4 +44,16 @@ def make_optimizer(name: str, params: Any, **kwargs: Any) -> torch.optim.Optimiz
     return OPTIMIZERS[name](params, **kwargs)
 
 
-__all__ = ["OPTIMIZERS", "FAdam", "RFAdamW", "RFRMSProp", "SIRFShampoo", "make_optimizer"]
+__all__ = [
+    "OPTIMIZERS",
+    "FAdam",
+    "ManifoldAdam",
+    "ManifoldSGD",
+    "ProjectedRiemannianAdam",
+    "RFAdamW",
+    "RFRMSProp",
+    "SIRFShampoo",
+    "make_optimizer",
+    "manifold_point",
+    "project_to_manifold",
+]
