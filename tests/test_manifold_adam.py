@@ -95,9 +95,7 @@ def test_euclidean_low_precision_matches_torch(dtype):
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name,shape", [("stiefel", (7, 3)), ("grassmann", (7, 2)), ("symplectic_stiefel", (8, 4))]
-)
+@pytest.mark.parametrize("name,shape", [("stiefel", (7, 3)), ("grassmann", (7, 2)), ("symplectic_stiefel", (8, 4))])
 def test_first_adam_step_is_minus_lr_sign(name, shape):
     m = get_manifold(name)
     Y = torch.nn.Parameter(manifold_point(name, shape, generator=_gen(3), dtype=DT))
@@ -212,9 +210,7 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path, cls, geometry_dtype):
 
 def test_float64_geometry_keeps_float32_parameter():
     P, Y, loss = _mixed_model(torch.float32)
-    opt = ManifoldAdam(
-        [{"params": P}, {"params": [Y], "manifold": "stiefel", "geometry_dtype": "float64"}], seed=0
-    )
+    opt = ManifoldAdam([{"params": P}, {"params": [Y], "manifold": "stiefel", "geometry_dtype": "float64"}], seed=0)
     _run(opt, loss, 5)
     assert Y.dtype == torch.float32
     st = opt.state[Y]
