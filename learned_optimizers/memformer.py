@@ -27,6 +27,9 @@ Attn_ℓ(Z) = Σ_h Z Q_{ℓ,h}ᵀ G_ℓ P_{ℓ,h}ᵀ (computed in linear time) a
   Initialisation (``gamma_init``): ``zeros`` as in the paper's code (then, without ``fixed_current``, the model
   outputs 0 until Γ moves), ``ones`` (every register counted once: Z_{ℓ+1} = Z_ℓ + (1/n)·Σ_{j≤ℓ} R_j), or
   ``identity`` (Γ_j^ℓ = 1 if j = ℓ else 0: exactly the plain LSA; needs per-layer Γ).
+
+α, γ and Γ are per layer even when the attention weights are ``tied``: a recurrent Memformer shares P and Q, not
+its memory coefficients.
 """
 
 from __future__ import annotations
