@@ -17,8 +17,18 @@ Parametrizations (``mode``), per layer and head:
 - ``gdpp`` (Ahn et al. eq. 11): P = [[B, 0], [0, 1]], Q = −[[A, 0], [0, 0]]; A and B are trained. The layer also
   moves every x: x_j ← x_j − (1/n) Σ_i (x_iᵀ A x_j) B x_i, so with A = η·I and B = (γ/η)·I every x (query
   included) is multiplied by (I − γ·XᵀX/n): von Oswald et al.'s GD++ step (η, γ).
+- ``full``: unconstrained (d+1)×(d+1) P and Q (Ahn et al.'s code, PR #1; Vladymyrov et al. 2024's FULL).
+- ``diag`` (Vladymyrov et al. 2024's DIAG): P = diag(p_x·I_d, p_y), Q = diag(q_x·I_d, q_y), four scalars per
+  head. Summed over heads they give ω_xx = Σ p_x q_x, ω_xy = Σ p_x q_y, ω_yx = Σ p_y q_x, ω_yy = Σ p_y q_y;
+  GD is ω_yx = −η with the others 0, GD++ adds ω_xx = −γ.
+- ``factorised`` (von Oswald et al. 2023, §2): value, key and query matrices W_V, W_K, W_Q ∈ R^{k×(d+1)} (key
+  size k) and, with ``projection``, W_P ∈ R^{(d+1)×k}; Q = W_Kᵀ W_Q and P = W_P W_V (without ``projection``,
+  P = W_V, which needs k = d+1). W_K, W_Q, W_V are stored as separate parameters of shape (L, H, k, d+1) so that
+  an orthogonality (Stiefel) constraint can act on each (k, d+1) block. Von Oswald et al.'s Proposition 1
+  weights W_K = W_Q = [[I, 0], [0, 0]], W_V = [[0, 0], [0, −1]], W_P = η·I make one layer one GD step of size η
+  (their 1/N is the layer's 1/n here).
 
-Layers are independent or ``tied`` (one set of weights applied L times, a recurrent model).
+Heads are summed. Layers are independent or ``tied`` (one set of weights applied L times, a recurrent model).
 """
 
 from __future__ import annotations
@@ -27,13 +37,22 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import einsum
+from einops import einsum, repeat
 from torch import nn
 
 from icl.config import Config, spec
 from icl.validation import check_tensor
 
-MODES = ("sparse", "gdpp")
+MODES = ("sparse", "gdpp", "full", "diag", "factorised")
+
+#: the trainable parameters of each mode
+MODE_PARAMETERS = {
+    "sparse": ("A",),
+    "gdpp": ("A", "B"),
+    "full": ("P", "Q"),
+    "diag": ("p", "q"),
+    "factorised": ("W_K", "W_Q", "W_V", "W_P"),
+}
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,11 @@ class LSAConfig(Config):
         heads: number of heads per layer (summed).
         mode: the parametrization of P and Q (see the module docstring).
         tied: share one layer's weights across all L layers.
-        init_std: the weights are initialised i.i.d. N(0, init_std²).
+        init_std: the weights are initialised i.i.d. N(0, init_std²). Products of two factors (``full``,
+            ``diag``, ``factorised``) start at O(init_std²) or smaller, so these modes need a larger init_std
+            to leave the saddle at zero quickly.
+        key_size: k, the rows of W_K, W_Q, W_V in mode ``factorised``; None means k = d+1.
+        projection: mode ``factorised`` only: P = W_P W_V with a trained W_P (True) or P = W_V (False, k = d+1).
     """
 
     layers: int = spec(1, ge=1)
@@ -53,12 +76,33 @@ class LSAConfig(Config):
     mode: str = spec("sparse", choices=MODES)
     tied: bool = False
     init_std: float = spec(0.01, ge=0)
+    key_size: int | None = spec(None, ge=1)
+    projection: bool = True
 
 
 def context_gram(Z: torch.Tensor) -> torch.Tensor:
     """G = Σ_{i≤n} z_i z_iᵀ over the n context tokens (the query excluded), (B, d+1, d+1)."""
     ctx = Z[:, :-1]
     return einsum(ctx, ctx, "b n i, b n j -> b i j")
+
+
+def attention(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """The un-normalised linear attention Attn_{P,Q}(Z) = Σ_h Z Q_hᵀ G P_hᵀ, in linear time.
+
+    Row j is Σ_h Σ_{i≤n} (z_iᵀ Q_h z_j) P_h z_i (Ahn et al. 2023, §2: Attn(Z) = P Z M (Zᵀ Q Z) in their column
+    layout); the context Gram matrix G is formed first, never the (n+1)×(n+1) scores.
+
+    Args:
+        Z: tokens, (B, n+1, d+1).
+        P: value-projection matrices, (H, d+1, d+1).
+        Q: key-query matrices, (H, d+1, d+1).
+
+    Returns:
+        Attn(Z), (B, n+1, d+1) (without the 1/n of the layer).
+    """
+    G = context_gram(Z)
+    W = einsum(Q, G, P, "h j i, b j k, h l k -> b i l")  # Σ_h Q_hᵀ G P_hᵀ
+    return torch.bmm(Z, W)
 
 
 def lsa_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -73,18 +117,30 @@ def lsa_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor
         The updated tokens, (B, n+1, d+1).
     """
     n = Z.shape[1] - 1
-    G = context_gram(Z)
-    W = einsum(Q, G, P, "h j i, b j k, h l k -> b i l")  # Σ_h Q_hᵀ G P_hᵀ
-    return Z + torch.bmm(Z, W) / n
+    return Z + attention(Z, P, Q) / n
 
 
 def read_prediction(Z: torch.Tensor) -> torch.Tensor:
     """ŷ = −(the query's y-slot), (B,)."""
-    return -Z[:, -1, -1]
+    return -Z[..., -1, -1]
+
+
+def check_tokens(Z: object, d: int, dtype: torch.dtype) -> torch.Tensor:
+    """Validate a token matrix: (B, n+1, d+1) with n >= 1, finite, in ``dtype``; ValueError naming Z otherwise."""
+    Z = check_tensor("Z", Z, shape=(None, None, d + 1))
+    if Z.shape[1] < 2:
+        raise ValueError(f"Z must hold at least one context token and the query, got {tuple(Z.shape)}")
+    if Z.dtype != dtype:
+        raise ValueError(f"Z has dtype {Z.dtype} but the model's weights are {dtype}")
+    return Z
 
 
 class LinearSelfAttention(nn.Module):
-    """An L-layer linear self-attention transformer (Ahn et al. 2023; Dutta & Sra 2024).
+    """An L-layer linear self-attention transformer (Ahn et al. 2023; Dutta & Sra 2024; von Oswald et al. 2023;
+    Vladymyrov et al. 2024).
+
+    Update rule per layer ℓ: Z_{ℓ+1} = Z_ℓ + (1/n) Σ_h Z_ℓ Q_{ℓ,h}ᵀ G_ℓ P_{ℓ,h}ᵀ (Ahn et al. eq. 3), with P and Q
+    built from the mode's parameters (module docstring); ŷ = −[Z_L]_{query, y}.
 
     Args:
         d: input dimension (tokens have d+1 entries).
@@ -92,8 +148,11 @@ class LinearSelfAttention(nn.Module):
         generator: the run's ``init`` stream; the weights are drawn from it.
 
     Shapes:
-        forward(Z: (B, n+1, d+1)) -> ŷ: (B,).
+        forward(Z: (B, n+1, d+1)) -> ŷ: (B,); layer_predictions(Z) -> (B, L+1).
     """
+
+    #: ŷ is linear in the query's x (the query is never a key or value), so probes may use basis queries.
+    query_linear = True
 
     def __init__(self, d: int, cfg: LSAConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -101,37 +160,67 @@ class LinearSelfAttention(nn.Module):
             raise ValueError(f"d must be an integer >= 1, got {d!r}")
         self.d = d
         self.cfg = cfg
-        n_weights = 1 if cfg.tied else cfg.layers
-        shape = (n_weights, cfg.heads, d, d)
-
-        def draw() -> nn.Parameter:
-            w = torch.randn(shape, generator=generator, dtype=torch.float32) * cfg.init_std
-            return nn.Parameter(w)
-
-        self.A = draw()
-        self.B = draw() if cfg.mode == "gdpp" else None
+        e = d + 1
+        k = cfg.key_size if cfg.key_size is not None else e
+        if cfg.mode == "factorised" and not cfg.projection and k != e:
+            raise ValueError(f"mode 'factorised' without projection needs key_size = d+1 = {e}, got {k}")
+        self.key_size = k
+        lead = (1 if cfg.tied else cfg.layers, cfg.heads)
+        shapes = {
+            "A": (d, d),
+            "B": (d, d),
+            "P": (e, e),
+            "Q": (e, e),
+            "p": (2,),
+            "q": (2,),
+            "W_K": (k, e),
+            "W_Q": (k, e),
+            "W_V": (k, e),
+            "W_P": (e, k),
+        }
+        names = MODE_PARAMETERS[cfg.mode]
+        if cfg.mode == "factorised" and not cfg.projection:
+            names = names[:-1]
+        for name in shapes:  # every mode has the same attributes; absent ones are None
+            if name in names:
+                w = torch.randn(lead + shapes[name], generator=generator, dtype=torch.float32) * cfg.init_std
+                self.register_parameter(name, nn.Parameter(w))
+            else:
+                setattr(self, name, None)
 
     @property
     def layers(self) -> int:
         return self.cfg.layers
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def layer_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """P and Q of one layer, each (H, d+1, d+1)."""
-        idx = 0 if self.cfg.tied else layer
-        Q = -F.pad(self.A[idx], (0, 1, 0, 1))
-        e_y = torch.zeros_like(Q)
-        e_y[:, -1, -1] = 1.0  # P's y→y entry is fixed to 1
-        P = e_y if self.B is None else F.pad(self.B[idx], (0, 1, 0, 1)) + e_y
+        i = 0 if self.cfg.tied else layer
+        mode, d = self.cfg.mode, self.d
+        if mode in ("sparse", "gdpp"):
+            Q = -F.pad(self.A[i], (0, 1, 0, 1))
+            e_y = torch.zeros_like(Q)
+            e_y[:, -1, -1] = 1.0  # P's y→y entry is fixed to 1
+            P = e_y if self.B is None else F.pad(self.B[i], (0, 1, 0, 1)) + e_y
+        elif mode == "full":
+            P, Q = self.P[i], self.Q[i]
+        elif mode == "diag":
+
+            def diag(v: torch.Tensor) -> torch.Tensor:
+                return torch.diag_embed(torch.cat([repeat(v[:, :1], "h 1 -> h d", d=d), v[:, 1:]], dim=-1))
+
+            P, Q = diag(self.p[i]), diag(self.q[i])
+        else:  # factorised
+            Q = einsum(self.W_K[i], self.W_Q[i], "h k i, h k j -> h i j")  # W_Kᵀ W_Q
+            P = self.W_V[i] if self.W_P is None else einsum(self.W_P[i], self.W_V[i], "h i k, h k j -> h i j")
         return P, Q
 
     def check_input(self, Z: torch.Tensor) -> torch.Tensor:
         """Validate the token matrix: (B, n+1, d+1) with n >= 1, finite, in the model's dtype."""
-        Z = check_tensor("Z", Z, shape=(None, None, self.d + 1))
-        if Z.shape[1] < 2:
-            raise ValueError(f"Z must hold at least one context token and the query, got {tuple(Z.shape)}")
-        if Z.dtype != self.A.dtype:
-            raise ValueError(f"Z has dtype {Z.dtype} but the model's weights are {self.A.dtype}")
-        return Z
+        return check_tokens(Z, self.d, self.dtype)
 
     def tokens(self, Z: torch.Tensor, check: bool = True) -> list[torch.Tensor]:
         """The token matrices Z_0, Z_1, …, Z_L after every layer."""
@@ -144,6 +233,10 @@ class LinearSelfAttention(nn.Module):
             out.append(Z)
         return out
 
+    def layer_predictions(self, Z: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """The read-out −[Z_ℓ]_{query, y} after every layer ℓ = 0, …, L, (B, L+1)."""
+        return torch.stack([read_prediction(Zl) for Zl in self.tokens(Z, check=check)], dim=1)
+
     def forward(self, Z: torch.Tensor, check: bool = True) -> torch.Tensor:
         """The prediction ŷ = −[Z_L]_{query, y}, (B,)."""
         if check:
@@ -154,11 +247,27 @@ class LinearSelfAttention(nn.Module):
         return read_prediction(Z)
 
     @torch.no_grad()
-    def set_weights(self, A: torch.Tensor, B: torch.Tensor | None = None) -> LinearSelfAttention:
-        """Hand-set the weights (broadcast to (L, H, d, d)); used by constructions and tests."""
-        self.A.copy_(torch.as_tensor(A, dtype=self.A.dtype).expand_as(self.A))
-        if B is not None:
-            if self.B is None:
-                raise ValueError("B can only be set in mode 'gdpp'")
-            self.B.copy_(torch.as_tensor(B, dtype=self.B.dtype).expand_as(self.B))
+    def set_weights(self, A: torch.Tensor | None = None, B: torch.Tensor | None = None, **named) -> LinearSelfAttention:
+        """Hand-set weights, each broadcast to its parameter's shape (L or 1, H, ...); used by constructions.
+
+        Args:
+            A, B: mode ``sparse``/``gdpp`` blocks, broadcast to (L, H, d, d).
+            **named: any other parameter of the mode by name: P, Q (full), p, q (diag, (…, 2) = (x, y) entries),
+                W_K, W_Q, W_V, W_P (factorised).
+
+        Raises:
+            ValueError: a weight that the mode does not have.
+        """
+        named = {"A": A, "B": B, **named}
+        for name, value in named.items():
+            if value is None:
+                continue
+            param = getattr(self, name, None) if name in sum(MODE_PARAMETERS.values(), ()) else None
+            if not isinstance(param, nn.Parameter):
+                raise ValueError(f"{name} can not be set in mode {self.cfg.mode!r}; it has {self.parameter_names()}")
+            param.copy_(torch.as_tensor(value, dtype=param.dtype, device=param.device).expand_as(param))
         return self
+
+    def parameter_names(self) -> list[str]:
+        """The names of this mode's trained weights."""
+        return [name for name, _ in self.named_parameters()]

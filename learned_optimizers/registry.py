@@ -8,11 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from learned_optimizers.gpt import GPT, GPTConfig
 from learned_optimizers.linear_attention import LinearSelfAttention, LSAConfig
+from learned_optimizers.memformer import Memformer, MemformerConfig
 
 #: name -> (model class, config class); every model takes (d, cfg, generator).
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "lsa": (LinearSelfAttention, LSAConfig),
+    "memformer": (Memformer, MemformerConfig),
+    "gpt": (GPT, GPTConfig),
 }
 
 
