@@ -1,8 +1,10 @@
 """``python -m experiments``: list the studies and run one.
 
     python -m experiments list
-    python -m experiments run NAME [--out DIR] [--seed S] [--set key=value ...] [--device cpu|cuda|mps]
-                                   [--quiet] [--resume] [--overwrite]
+    python -m experiments run NAME [--out DIR] [--seed S | --seeds 0,1,2] [--profile quick|standard|paper]
+                                   [--set key=value ...] [--device cpu|cuda|mps] [--quiet] [--resume] [--overwrite]
+    python -m experiments report RUN_DIR
+    python -m experiments bench [--quick] [--out bench.json]
 
 Every argument is validated before any compute: an unknown experiment or config key, a value out of range or
 an unavailable device exits with status 2 and a message naming the problem.
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("name", help="the study's name (see `list`)")
     run.add_argument("--out", type=Path, default=None, help="run directory (default runs/NAME/<time>-s<seed>)")
     run.add_argument("--seed", type=int, default=None, help="the root seed (overrides the config's seed)")
+    run.add_argument("--seeds", default=None, help="comma-separated seeds for a multi-seed study, e.g. 0,1,2")
+    run.add_argument("--profile", default=None, help="quick, standard or paper (studies only)")
     run.add_argument(
         "--set",
         dest="overrides",
@@ -59,14 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     run.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    report = sub.add_parser("report", help="re-render a run's figures and report.md from its results.csv")
+    report.add_argument("run_dir", type=Path)
+    bench = sub.add_parser("bench", help="run the benchmarks and write bench.json")
+    bench.add_argument("--quick", action="store_true", help="small sizes (a smoke test of the benchmark itself)")
+    bench.add_argument("--out", type=Path, default=Path("bench.json"))
+    bench.add_argument("--only", action="append", default=[], help="run only these benchmarks")
     return parser
 
 
-def resolve_config(exp, overrides: Sequence[str], seed: int | None):
-    """The default config of ``exp`` with the command-line overrides applied (validated)."""
+def resolve_config(
+    exp, overrides: Sequence[str], seed: int | None = None, seeds: str | None = None, profile: str | None = None
+):
+    """The default config of ``exp``, then its profile, then the command-line overrides (all validated)."""
     cfg = exp.config_cls()
+    names = set(cfg.field_names())
+    if profile is not None:
+        if "profile" not in names:
+            raise ConfigError(f"--profile: experiment {exp.name!r} has no profiles")
+        if profile not in exp.profiles:
+            raise ConfigError(f"--profile = {profile!r} is not one of: {', '.join(exp.profiles)}")
+    if "profile" in names:
+        profile = profile or cfg.profile
+        cfg = cfg.with_overrides({**exp.profiles.get(profile, {}), "profile": profile})
     cfg = cfg.with_overrides(list(overrides))
-    if seed is not None:
+    if seed is not None and seeds is not None:
+        raise ConfigError("give --seed or --seeds, not both")
+    if seeds is not None or (seed is not None and "seed" not in names):
+        if "seeds" not in names:
+            raise ConfigError(f"--seeds: experiment {exp.name!r} takes a single --seed")
+        cfg = cfg.with_overrides([f"seeds={seeds if seeds is not None else seed}"])
+    elif seed is not None:
         cfg = cfg.with_overrides({"seed": seed})
     return cfg
 
@@ -90,14 +117,35 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         saved = json.loads((args.out / "config.json").read_text())
         cfg = exp.config_cls.from_dict(saved["config"])
     else:
-        cfg = resolve_config(exp, args.overrides, args.seed)
+        cfg = resolve_config(exp, args.overrides, args.seed, args.seeds, args.profile)
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-s{getattr(cfg, 'seed', 0)}"
+    tag = getattr(cfg, "seed", None)
+    tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
+    out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
     out = prepare_run_dir(out, overwrite=args.overwrite, resume=args.resume)
     ctx = RunContext(name=exp.name, out_dir=out, device=device, quiet=args.quiet, resume=args.resume, argv=list(argv))
     exp.run(cfg, ctx)
+    return 0
+
+
+def cmd_report(run_dir: Path) -> int:
+    if not (run_dir / "config.json").is_file() or not (run_dir / "results.csv").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (needs config.json and results.csv)")
+    name = json.loads((run_dir / "config.json").read_text())["experiment"]
+    exp = get_experiment(name)
+    if exp.report is None:
+        raise ConfigError(f"experiment {name!r} has no report to re-render")
+    exp.report(run_dir)
+    print(f"re-rendered {run_dir / 'report.md'} and {run_dir / 'figures'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from experiments.bench import run_benchmarks
+
+    run_benchmarks(out=args.out, quick=args.quick, only=args.only)
     return 0
 
 
@@ -108,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return cmd_list()
+        if args.command == "report":
+            return cmd_report(args.run_dir)
+        if args.command == "bench":
+            return cmd_bench(args)
         return cmd_run(args, argv)
     except (ConfigError, RunDirError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

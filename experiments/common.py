@@ -116,15 +116,23 @@ def train_model(
     streams: Streams,
     *,
     checkpoint_every: int,
+    checkpoint_path: Path | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Trainer:
-    """Train ``model`` (resuming from the run's checkpoint when asked), checkpointing on the way."""
-    trainer = Trainer(model, dist, train_cfg, streams, device=ctx.device, quiet=ctx.quiet)
-    if ctx.resume:
-        restore_trainer(ctx, cfg, trainer)
-        ctx.print(f"resumed {ctx.name} at step {trainer.step}")
-    trainer.run(on_checkpoint=lambda t: save_trainer(ctx, cfg, t), checkpoint_every=checkpoint_every)
-    if trainer.cfg.steps == 0 or not ctx.checkpoint_path.exists():
-        save_trainer(ctx, cfg, trainer)
+    """Train ``model`` (resuming from its checkpoint when asked), checkpointing on the way.
+
+    Studies that train several models give each its own ``checkpoint_path``; a model whose checkpoint is
+    complete is loaded, not retrained, on ``--resume``.
+    """
+    path = checkpoint_path or ctx.checkpoint_path
+    trainer = Trainer(model, dist, train_cfg, streams, optimizer=optimizer, device=ctx.device, quiet=ctx.quiet)
+    if ctx.resume and path.exists():
+        restore_trainer(ctx, cfg, trainer, path)
+        if trainer.step < train_cfg.steps:
+            ctx.print(f"resumed {path.name} at step {trainer.step}")
+    trainer.run(on_checkpoint=lambda t: save_trainer(ctx, cfg, t, path), checkpoint_every=checkpoint_every)
+    if trainer.cfg.steps == 0 or not path.exists():
+        save_trainer(ctx, cfg, trainer, path)
     return trainer
 
 

@@ -31,9 +31,7 @@ def check_preconditioner(P: object, X: torch.Tensor, name: str = "P") -> torch.T
     """Validate a preconditioner: one (d, d) matrix shared by all prompts or one per prompt, (B, d, d)."""
     B, _, d = X.shape
     if not isinstance(P, torch.Tensor):
-        raise ValueError(
-            f"{name} must be a torch.Tensor of shape (d, d) or (B, d, d), got {type(P).__name__}"
-        )
+        raise ValueError(f"{name} must be a torch.Tensor of shape (d, d) or (B, d, d), got {type(P).__name__}")
     if P.ndim == 2:
         check_tensor(name, P, shape=(d, d))
     else:

@@ -16,9 +16,7 @@ from icl.validation import check_regression, check_steps
 from reference_optimizers.gradient_descent import moments
 
 
-def conjugate_gradient(
-    X: torch.Tensor, y: torch.Tensor, steps: int, variant: str = "fletcher_reeves"
-) -> torch.Tensor:
+def conjugate_gradient(X: torch.Tensor, y: torch.Tensor, steps: int, variant: str = "fletcher_reeves") -> torch.Tensor:
     """Conjugate gradient with exact line search from w_0 = 0 (Hestenes & Stiefel 1952).
 
     Update rule, with r_t = −∇R(w_t) = g − H w_t, r_0 = s_0 = g:

@@ -21,9 +21,7 @@ from reference_optimizers.gradient_descent import moments, step_schedule
 Schedule = float | Sequence[float] | torch.Tensor
 
 
-def heavy_ball(
-    X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0, beta: Schedule = 0.5
-) -> torch.Tensor:
+def heavy_ball(X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0, beta: Schedule = 0.5) -> torch.Tensor:
     """Polyak's heavy-ball method from w_0 = 0 (Polyak 1964), with constant or per-step η and β.
 
     Update rule: v_{t+1} = β_t v_t − η_t ∇R(w_t), w_{t+1} = w_t + v_{t+1}, v_0 = 0; equivalently
@@ -55,9 +53,7 @@ def heavy_ball(
     return torch.stack(out, dim=1)
 
 
-def nesterov(
-    X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0, beta: Schedule = 0.5
-) -> torch.Tensor:
+def nesterov(X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0, beta: Schedule = 0.5) -> torch.Tensor:
     """Nesterov's accelerated gradient from w_0 = 0 (Nesterov 1983), with constant or per-step η and β.
 
     Update rule: u_t = w_t + β_t (w_t − w_{t−1}), w_{t+1} = u_t − η_t ∇R(u_t), with w_{−1} = w_0 = 0, i.e. the

@@ -105,15 +105,11 @@ def bench_manifold_adam(
 
 if __name__ == "__main__":
     r = bench_manifold_adam()
-    print(
-        f"St({r['p']}, {r['n']}) ({r['n']}x{r['p']}), {r['dtype']}, {r['threads']} thread(s), median ms/step"
-    )
+    print(f"St({r['p']}, {r['n']}) ({r['n']}x{r['p']}), {r['dtype']}, {r['threads']} thread(s), median ms/step")
     print(f"{'optimizer':<28}{'ms/step':>10}{'ratio':>10}")
     print(f"{'torch.optim.Adam':<28}{r['adam_ms']:>10.3f}{1.0:>10.2f}")
     print(f"{'ManifoldAdam (Cayley)':<28}{r['manifold_adam_ms']:>10.3f}{r['ratio_vs_adam']:>10.2f}")
-    print(
-        f"{'ProjectedRiemannianAdam':<28}{r['projected_ms']:>10.3f}{r['projected_ms'] / r['adam_ms']:>10.2f}"
-    )
+    print(f"{'ProjectedRiemannianAdam':<28}{r['projected_ms']:>10.3f}{r['projected_ms'] / r['adam_ms']:>10.2f}")
     print(f"ManifoldAdam / projected: {r['ratio_vs_projected']:.2f}")
     if r["violation_steps"]:
         print(f"||Y^T Y - I||_F after {r['violation_steps']} steps:")

@@ -248,9 +248,7 @@ class Stiefel(Manifold):
             raise ValueError(f"{name}: a {self.name} parameter must be a matrix (N, p), got {tuple(t.shape)}")
         N, p = t.shape
         if N < p or p < 1:
-            raise ValueError(
-                f"{name}: a {self.name} parameter must be tall (N >= p >= 1), got {tuple(t.shape)}"
-            )
+            raise ValueError(f"{name}: a {self.name} parameter must be tall (N >= p >= 1), got {tuple(t.shape)}")
 
     def dim(self, shape) -> int:
         N, p = shape
@@ -458,9 +456,7 @@ class SymplecticStiefel(Manifold):
 
     def validate(self, name: str, t: torch.Tensor) -> None:
         if t.ndim != 2:
-            raise ValueError(
-                f"{name}: a symplectic_stiefel parameter must be a matrix (2N, 2n), got {tuple(t.shape)}"
-            )
+            raise ValueError(f"{name}: a symplectic_stiefel parameter must be a matrix (2N, 2n), got {tuple(t.shape)}")
         M, m = t.shape
         if M % 2 or m % 2 or m < 2 or M < m:
             raise ValueError(

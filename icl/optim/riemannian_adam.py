@@ -84,23 +84,17 @@ class ProjectedRiemannianAdam(Optimizer):
         check_nonneg("eps", group["eps"])
         check_nonneg("weight_decay", group["weight_decay"])
         if group["second_moment"] not in ("elementwise", "scalar"):
-            raise ValueError(
-                f"second_moment must be 'elementwise' or 'scalar', got {group['second_moment']!r}"
-            )
+            raise ValueError(f"second_moment must be 'elementwise' or 'scalar', got {group['second_moment']!r}")
         m = get_manifold(group["manifold"])
         if m.name not in _SUPPORTED:
-            raise ValueError(
-                f"manifold must be one of {_SUPPORTED} for ProjectedRiemannianAdam, got {m.name!r}"
-            )
+            raise ValueError(f"manifold must be one of {_SUPPORTED} for ProjectedRiemannianAdam, got {m.name!r}")
         group["manifold"] = m.name
         if m.name != "euclidean":
             for i, p in enumerate(group["params"]):
                 m.validate(f"params[{i}]", p)
                 tol = 1e-8 if p.dtype == torch.float64 else 1e-4
                 if m.check(p) > tol:
-                    raise ValueError(
-                        f"params[{i}] is not on the {m.name} manifold (violation {m.check(p):.2e})"
-                    )
+                    raise ValueError(f"params[{i}] is not on the {m.name} manifold (violation {m.check(p):.2e})")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):

@@ -1,0 +1,85 @@
+"""``python -m experiments bench``: every benchmark of the package, ratios measured in one run.
+
+Benchmarks register here with :func:`benchmark`; each returns a list of flat dict rows. The command prints
+one table per benchmark and writes them all to ``bench.json`` with the date and the hardware, so that the
+README's performance section can quote a run. Timings are never asserted in tests (machines are noisy).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from icl.config import ConfigError
+from icl.runio import write_json
+
+BENCHMARKS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {}
+
+
+def benchmark(name: str):
+    """Register ``fn(quick: bool) -> rows`` as a benchmark."""
+
+    def deco(fn: Callable[[bool], list[dict[str, Any]]]) -> Callable[[bool], list[dict[str, Any]]]:
+        BENCHMARKS[name] = fn
+        return fn
+
+    return deco
+
+
+def hardware() -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def print_table(name: str, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_cell(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print(f"\n== {name} ==")
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _load_all() -> None:
+    from experiments import benchmarks  # noqa: F401  (registers the benchmarks)
+
+
+def run_benchmarks(out: Path, quick: bool = False, only: Sequence[str] = ()) -> dict[str, Any]:
+    _load_all()
+    unknown = [n for n in only if n not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(BENCHMARKS)}")
+    result: dict[str, Any] = {"hardware": hardware(), "quick": quick, "benchmarks": {}}
+    print(f"benchmarks on {result['hardware']}")
+    for name, fn in BENCHMARKS.items():
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        rows = fn(quick)
+        result["benchmarks"][name] = {"rows": rows, "seconds": time.perf_counter() - t0}
+        print_table(name, rows)
+        write_json(out, result)  # after every benchmark, so a long run leaves what it measured
+    print(f"\nwrote {out}")
+    return result

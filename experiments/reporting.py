@@ -1,0 +1,151 @@
+"""What every study report shares: confidence intervals, tidy-row helpers, markdown tables and line plots.
+
+A study writes tidy long-form rows (experiment, method, depth, seed, metric, value) to ``results.csv``; its
+``report(run_dir)`` function rebuilds every figure and ``report.md`` from that file and ``config.json`` alone,
+so ``python -m experiments report RUN_DIR`` re-renders a run without training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from icl.plotting import plt, save_figure, set_theme
+from icl.runio import atomic_write_bytes, read_csv
+
+Row = Mapping[str, Any]
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval (a single value gives a zero-width interval)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(float(v))], dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(x.mean())
+    if x.size == 1:
+        return m, m, m
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return m, m - half, m + half
+
+
+def se_ci(mean: float, stderr: float, level: float = 0.95) -> tuple[float, float]:
+    """Normal-approximation interval from a mean and its standard error."""
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    return mean - z * stderr, mean + z * stderr
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``config.json`` and the rows of ``results.csv`` (value as float, depth and seed as int)."""
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    rows = []
+    for r in read_csv(run_dir / "results.csv"):
+        rows.append({**r, "depth": int(r["depth"]), "seed": int(r["seed"]), "value": float(r["value"])})
+    return cfg, rows
+
+
+def select(rows: Iterable[Row], **where: Any) -> list[Row]:
+    """The rows whose fields equal the given values (a tuple/list value means 'any of')."""
+    out = []
+    for r in rows:
+        ok = True
+        for k, v in where.items():
+            if isinstance(v, (tuple, list, set)):
+                ok = r[k] in v
+            else:
+                ok = r[k] == v
+            if not ok:
+                break
+        if ok:
+            out.append(r)
+    return out
+
+
+def aggregate(rows: Iterable[Row], keys: Sequence[str] = ("method", "depth", "metric")) -> dict[tuple, tuple]:
+    """Group by ``keys`` and return {key: (mean, lo, hi, count)} over seeds."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in keys)].append(float(r["value"]))
+    return {k: (*mean_ci(v), len(v)) for k, v in groups.items()}
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    """A number for a report table ('–' for missing)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table; floats formatted with :func:`fmt`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        cells = [fmt(c) if isinstance(c, float) else str(c) for c in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | os.PathLike, text: str) -> Path:
+    """Atomically write ``report.md``."""
+    return atomic_write_bytes(Path(run_dir) / "report.md", text.rstrip("\n").encode() + b"\n")
+
+
+def line_plot(
+    rows: Sequence[Row],
+    stem: str | os.PathLike,
+    *,
+    x: str = "depth",
+    hue: str = "method",
+    metric: str,
+    ylabel: str,
+    xlabel: str = "layers / steps",
+    title: str = "",
+    logy: bool = False,
+    log_values: bool = False,
+    dashed: Mapping[str, float] | None = None,
+    dashed_methods: Sequence[str] = (),
+    caption: str = "mean over seeds; band: 95% t-interval over seeds",
+) -> list[Path]:
+    """One line per ``hue`` value of ``metric`` against ``x`` with a 95% band over seeds.
+
+    Methods in ``dashed_methods`` (theory lines, bounds, trivial predictors) are drawn dashed; ``dashed`` adds
+    horizontal reference lines. ``log_values`` plots log(value) (the papers' log-loss axis).
+    """
+    set_theme()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    data = [r for r in rows if r["metric"] == metric]
+    methods = list(dict.fromkeys(r[hue] for r in data))
+    palette = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    for m in methods:
+        pts = aggregate([r for r in data if r[hue] == m], keys=(x,))
+        xs = sorted(k[0] for k in pts)
+        mean = np.array([pts[(v,)][0] for v in xs])
+        lo = np.array([pts[(v,)][1] for v in xs])
+        hi = np.array([pts[(v,)][2] for v in xs])
+        if log_values:
+            mean, lo, hi = np.log(mean), np.log(np.maximum(lo, 1e-300)), np.log(hi)
+        style = "--" if m in dashed_methods else "-"
+        ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=m)
+        if any(pts[(v,)][3] > 1 for v in xs):
+            ax.fill_between(xs, lo, hi, color=palette[m], alpha=0.2, lw=0)
+    for name, value in (dashed or {}).items():
+        ax.axhline(np.log(value) if log_values else value, ls="--", color="grey", lw=1, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top")
+    return save_figure(fig, stem)
