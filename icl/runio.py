@@ -125,21 +125,54 @@ def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False, resume:
     return path
 
 
+def find_nonfinite(obj: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN/inf floating tensor inside ``obj`` (nested dicts, lists and tensors),
+    or None when every floating tensor is finite."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return path or "<tensor>"
+        return None
+    if isinstance(obj, Mapping):
+        items: Iterable[tuple[Any, Any]] = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = find_nonfinite(v, f"{path}.{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
+
+
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Atomically save a checkpoint dict; refuses non-finite model weights so a good file is never replaced
-    by a diverged state."""
-    state = payload.get("model")
-    if isinstance(state, Mapping):
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                raise CheckpointError(f"refusing to write a checkpoint: model weight {k!r} is not finite")
+    """Atomically save a checkpoint dict.
+
+    Refuses (with :class:`CheckpointError`, before touching the file) a payload holding any non-finite floating
+    tensor (model weights, optimizer state), so a good checkpoint is never replaced by a diverged state.
+    """
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"a checkpoint payload must be a mapping, got {type(payload).__name__}")
+    bad = find_nonfinite(payload)
+    if bad is not None:
+        raise CheckpointError(f"refusing to write a checkpoint: {bad} is not finite (the previous file is kept)")
     buf = io.BytesIO()
     torch.save(dict(payload), buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``, turning any failure into a clear :class:`CheckpointError`."""
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    required: Sequence[str] = ("format", "model"),
+) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``, turning any failure into a clear :class:`CheckpointError`.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where to put the tensors.
+        required: top-level keys that must be present (named in the error when missing).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -151,6 +184,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
     except Exception as e:  # pickle.UnpicklingError and friends
         raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict) or "format" not in obj or "model" not in obj:
-        raise CheckpointError(f"checkpoint {path} is not an icl-optimizers checkpoint (missing 'format'/'model')")
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} is not an icl-optimizers checkpoint (a {type(obj).__name__})")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is not an icl-optimizers checkpoint: missing {', '.join(repr(k) for k in missing)}"
+        )
     return obj
