@@ -500,9 +500,9 @@ class Trainer:
         """What is non-finite in the weights or the optimizer state, if anything (one host sync)."""
         flags = [torch.isfinite(p.detach()).all() for p in self.params]
         if flags and not bool(torch.stack(flags).all()):
-            return "model " + (find_nonfinite(self.model.state_dict(), "weight") or "weight")
-        bad = find_nonfinite(self.optimizer.state_dict().get("state", {}), "optimizer state")
-        return bad
+            return f"model weight {find_nonfinite(self.model.state_dict())!r}"
+        bad = find_nonfinite(self.optimizer.state_dict().get("state", {}))
+        return None if bad is None else f"optimizer state {bad!r}"
 
     def _flush(self, pending: list[tuple[int, float, torch.Tensor, torch.Tensor]]) -> bool:
         """Read the pending losses back and check them and the state; True if all is finite.
