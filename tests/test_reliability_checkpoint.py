@@ -94,6 +94,7 @@ def corrupt(path: Path, how: str) -> None:
         path.unlink()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize(
     "how",
     ["truncated", "truncated_tail", "garbage", "empty", "text", "flipped", "pickle_object", "directory", "missing"],
