@@ -1,6 +1,30 @@
 """Classical iterations on R(w) = (1/2n)‖Xw − y‖², batched over prompts, returning every iterate."""
 
-from reference_optimizers.gradient_descent import gradient_descent, moments
+from reference_optimizers.closed_form import least_squares, ridge
+from reference_optimizers.conjugate_gradient import conjugate_gradient
+from reference_optimizers.gd_plus_plus import gd_plus_plus
+from reference_optimizers.gradient_descent import gradient_descent, moments, preconditioned_gd, step_schedule
+from reference_optimizers.losses import mean_query_loss, query_loss
+from reference_optimizers.momentum import heavy_ball, nesterov
+from reference_optimizers.newton import iterative_newton, newton, newton_schulz
 from reference_optimizers.theory import OneLayerOptimum, one_layer_optimum
 
-__all__ = ["gradient_descent", "moments", "one_layer_optimum", "OneLayerOptimum"]
+__all__ = [
+    "gradient_descent",
+    "moments",
+    "one_layer_optimum",
+    "OneLayerOptimum",
+    "step_schedule",
+    "preconditioned_gd",
+    "gd_plus_plus",
+    "heavy_ball",
+    "nesterov",
+    "conjugate_gradient",
+    "newton",
+    "newton_schulz",
+    "iterative_newton",
+    "least_squares",
+    "ridge",
+    "query_loss",
+    "mean_query_loss",
+]

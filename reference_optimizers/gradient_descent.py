@@ -8,12 +8,14 @@ self-attention layer performs with A = η·I (Ahn et al. 2023, Lemma 1; von Oswa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from einops import einsum
 
 from icl.validation import check_regression, check_steps
+from reference_optimizers._checks import check_preconditioner
 
 
 def moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,14 +27,25 @@ def moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def step_schedule(eta: float | Sequence[float] | torch.Tensor, steps: int, name: str = "eta") -> list[float]:
-    """Expand a constant or per-step hyperparameter into a list of ``steps`` floats."""
+    """Expand a constant or per-step hyperparameter into a list of ``steps`` finite floats.
+
+    Raises:
+        ValueError: naming ``name`` if an entry is not a finite real number or the length is not ``steps``.
+    """
     if isinstance(eta, torch.Tensor):
-        eta = eta.detach().cpu().reshape(-1).tolist()
+        eta = eta.detach().cpu().reshape(-1).tolist() if eta.ndim else eta.item()
+    if isinstance(eta, bool):
+        raise ValueError(f"{name} must be a number or a sequence of numbers, got {eta!r}")
     if isinstance(eta, (int, float)):
-        return [float(eta)] * steps
-    eta = [float(e) for e in eta]
+        eta = [eta] * steps
+    try:
+        eta = [float(e) for e in eta]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a sequence of numbers, got {eta!r}") from None
     if len(eta) != steps:
         raise ValueError(f"{name} has {len(eta)} entries but steps = {steps}")
+    if not all(math.isfinite(e) for e in eta):
+        raise ValueError(f"{name} contains NaN or infinite values: {eta}")
     return eta
 
 
@@ -60,5 +73,44 @@ def gradient_descent(
     out = [w]
     for e in etas:
         w = w - e * (einsum(H, w, "b i j, b j -> b i") - g)
+        out.append(w)
+    return torch.stack(out, dim=1)
+
+
+def preconditioned_gd(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    P: torch.Tensor,
+    eta: float | Sequence[float] | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """Preconditioned gradient descent from w_0 = 0 with a fixed preconditioner.
+
+    Update rule: w_{t+1} = w_t − η_t P ∇R(w_t) = w_t − η_t P (H w_t − g), H = XᵀX/n, g = Xᵀy/n.
+
+    This is what one linear self-attention layer computes with A = η_t P (Ahn et al. 2023, Lemma 1 and
+    Theorem 1: the trained one-layer model is P = Γ⁻¹, Γ = (1 + 1/n)Σ + (tr Σ / n) I for w* ~ N(0, I)). With
+    P = H⁻¹ and η = 1 one step reaches the least-squares solution (Newton's method).
+
+    Args:
+        X: context inputs, (B, n, d).
+        y: context targets, (B, n).
+        steps: number of iterations (>= 0).
+        P: the preconditioner, one (d, d) matrix for all prompts or one per prompt, (B, d, d).
+        eta: a step size, or one per step.
+
+    Returns:
+        Every iterate, (B, steps+1, d).
+    """
+    X, y = check_regression(X, y)
+    steps = check_steps(steps)
+    P = check_preconditioner(P, X)
+    etas = step_schedule(eta, steps)
+    H, g = moments(X, y)
+    pattern = "i j, b j -> b i" if P.ndim == 2 else "b i j, b j -> b i"
+    w = X.new_zeros(X.shape[0], X.shape[2])
+    out = [w]
+    for e in etas:
+        w = w - e * einsum(P, einsum(H, w, "b i j, b j -> b i") - g, pattern)
         out.append(w)
     return torch.stack(out, dim=1)
