@@ -82,5 +82,19 @@ def check_steps(steps: object) -> int:
     return steps
 
 
+def check_generator(name: str, g: object) -> torch.Generator:
+    """Require an explicit ``torch.Generator`` (every random draw comes from one; DEVELOPERS.md)."""
+    if not isinstance(g, torch.Generator):
+        raise ValueError(f"{name} must be a torch.Generator (a named stream from icl.seeding), got {type(g).__name__}")
+    return g
+
+
+def check_float_dtype(name: str, dtype: object) -> torch.dtype:
+    """Require a floating torch dtype."""
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating torch dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {dtype!r}")
+    return dtype
+
+
 def _fmt_shape(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
