@@ -5,8 +5,8 @@ Setting (Ahn et al. 2023 §2.3; Dutta & Sra 2024 §1.4, with the code's Σ): d =
 (Ahn eq. 8; ``--set model.mode=gdpp`` for eq. 11). The same model, data and seeds are trained with Adam, AdamW,
 FAdam, RF-RMSProp, RF-AdamW, the inverse-free Kronecker method SIRFShampoo (Lin et al., ICML 2024) and
 ManifoldAdam on Euclidean parameters (= Adam with β = (0.9, 0.99)). Each optimizer gets a learning-rate grid
-(``base_lrs[i] × lr_grid``); the lr with the lowest mean final loss on the held-out ``val`` batch is selected
-and reported on ``test`` prompts that neither training nor selection saw.
+(``NAME=BASE_LR`` entries of ``optimizers``, times ``lr_grid``); the lr with the lowest mean final loss on the
+held-out ``val`` batch is selected and reported on ``test`` prompts that neither training nor selection saw.
 
 Every LSA weight is handed to the optimizers as one d×d matrix per layer
 (:class:`experiments.optimizer_sweep.BlockParams`): SIRFShampoo gives dense Kronecker factors only to matrices
@@ -76,8 +76,10 @@ class OuterOptimizersConfig(StudyConfig):
             steps=3000, batch_size=1000, lr=1e-2, eval_every=50, eval_batch=4096, log_every=50
         )
     )
-    optimizers: tuple[str, ...] = OPTIMIZER_NAMES
-    base_lrs: tuple[float, ...] = spec((1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-2, 1e-2), gt=0)
+    optimizers: tuple[str, ...] = (
+        "adam=0.01", "adamw=0.01", "fadam=0.01", "rf_rmsprop=0.03", "rf_adamw=0.03", "sirfshampoo=0.01",
+        "manifold_adam=0.01",
+    )  # fmt: skip
     lr_grid: tuple[float, ...] = spec((0.3, 1.0, 3.0), gt=0)
     target_factor: float = spec(1.1, gt=1)
     test_prompts: int = spec(20_000, ge=2)
@@ -85,13 +87,22 @@ class OuterOptimizersConfig(StudyConfig):
 
     def check(self) -> None:
         super().check()
-        if len(self.base_lrs) != len(self.optimizers):
-            raise ConfigError(f"base_lrs has {len(self.base_lrs)} entries but there are {len(self.optimizers)} optimizers")
-        bad = [o for o in self.optimizers if o not in OPTIMIZER_NAMES]
-        if bad:
-            raise ConfigError(f"optimizers {bad} are not among {', '.join(OPTIMIZER_NAMES)}")
+        for entry in self.optimizers:
+            name, _, lr = entry.partition("=")
+            if name not in OPTIMIZER_NAMES:
+                raise ConfigError(f"optimizers: {name!r} is not among {', '.join(OPTIMIZER_NAMES)}")
+            try:
+                ok = float(lr) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"optimizers: {entry!r} must be NAME=BASE_LR with BASE_LR > 0")
         if self.model.mode not in ("sparse", "gdpp"):
             raise ConfigError("model.mode must be 'sparse' or 'gdpp' (Ahn et al. eq. 8 or 11)")
+
+    def base_lrs(self) -> list[tuple[str, float]]:
+        """(optimizer, base learning rate) pairs; the grid is base × lr_grid."""
+        return [(e.partition("=")[0], float(e.partition("=")[2])) for e in self.optimizers]
 
 
 PROFILES = {
@@ -152,7 +163,7 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     for seed in cfg.seeds:
         streams = Streams(seed, ctx.device)
         dist = make_distribution(cfg.prompt, streams)
-        for name, base in zip(cfg.optimizers, cfg.base_lrs):
+        for name, base in cfg.base_lrs():
             for mult in cfg.lr_grid:
                 lr = base * mult
                 method = f"{name}@{lr:g}"
@@ -231,6 +242,13 @@ def report(run_dir) -> dict:
         [[m, _mean(rows, m, "final_val_loss"),
           int(sum(r["value"] for r in rows if r["method"] == m and r["metric"] == "diverged"))] for m in grid_rows],
     )  # fmt: skip
+    best_txt = f"{fmt(table[0]['test'][0])} ({table[0]['name']})" if table else "–"
+    paper_rows = (
+        f'| best test MSE, {cfg.model.layers}-layer LSA | {best_txt} | Ahn et al.: "converges to an almost 0 value" '
+        "(sparse, 3 layers, Fig. 1, no number); Dutta & Sra Fig. 2a LT(Pre): log-loss ≈ −1.1 at 4 layers [F] | "
+        f"tuned Σ⁻¹-PGD {fmt(pgd)} |\n| root-free vs root-based | see verdict | Lin et al. 2024: root-free matches "
+        "root-based on transformers (large models) | – |"
+    )
     text = f"""# outer_optimizers: outer optimizers for a {cfg.model.layers}-layer LSA (issue #7)
 
 Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, Σ eigenvalues {cfg.prompt.eigenvalues} (the code's Σ = U D² Uᵀ of
@@ -245,7 +263,7 @@ Learning rate selected per optimizer on the held-out `val` batch ({cfg.train.eva
 {body}
 
 References: tuned {cfg.model.layers}-step Σ⁻¹-preconditioned GD (step sizes fitted on {cfg.tune_prompts} prompts; the
-sparse LSA contains it, Ahn Thm 3): test MSE **{fmt(pgd)}** (log {fmt(math.log(pgd)) if pgd > 0 else '–'}); zero
+sparse LSA contains it, Ahn Thm 3): test MSE **{fmt(pgd)}** (log {fmt(math.log(pgd)) if pgd > 0 else "–"}); zero
 predictor {fmt(zero)}.
 
 **Root-free vs root-based (Lin et al. 2024):** {verdict}
@@ -254,8 +272,7 @@ predictor {fmt(zero)}.
 
 | quantity | ours | paper | theory / reference |
 |---|---|---|---|
-| best test MSE, {cfg.model.layers}-layer LSA | {fmt(table[0]['test'][0]) if table else '–'} ({table[0]['name'] if table else ''}) | Ahn et al.: "converges to an almost 0 value" (sparse, 3 layers, Fig. 1, no number); Dutta & Sra Fig. 2a LT(Pre): log-loss ≈ −1.1 at 4 layers [F] | tuned Σ⁻¹-PGD {fmt(pgd)} |
-| root-free vs root-based | see verdict | Lin et al. 2024: root-free matches root-based on transformers (their Fig. 1, large models) | – |
+{paper_rows}
 
 Differences explained: Ahn et al. train 100k steps with batch 20000, per-matrix clipping 0.01 and a halving lr
 schedule (the `paper` profile follows the batch and resampling); Dutta & Sra's numbers come from 10 Adam steps plus
