@@ -121,8 +121,8 @@ def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False, resume:
         raise RunDirError(
             f"run directory {path} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    if resume and not (path / "checkpoint.pt").exists():
-        raise RunDirError(f"cannot resume: {path / 'checkpoint.pt'} does not exist")
+    if resume and not (path / "checkpoint.pt").exists() and not any((path / "checkpoints").glob("*.pt")):
+        raise RunDirError(f"cannot resume: {path} holds no checkpoint (checkpoint.pt or checkpoints/*.pt)")
     path.mkdir(parents=True, exist_ok=True)
     (path / "figures").mkdir(exist_ok=True)
     return path

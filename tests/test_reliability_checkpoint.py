@@ -231,7 +231,7 @@ def test_prepare_run_dir_refuses_occupied(tmp_path):
     (run / "results.csv").write_text("old")
     with pytest.raises(RunDirError, match="already holds a run; pass --resume to continue it or --overwrite"):
         prepare_run_dir(run)
-    with pytest.raises(RunDirError, match="cannot resume: .*checkpoint.pt does not exist"):
+    with pytest.raises(RunDirError, match="cannot resume: .* holds no checkpoint"):
         prepare_run_dir(run, resume=True)
     assert prepare_run_dir(run, overwrite=True) == run
     (tmp_path / "file").write_text("x")
