@@ -67,7 +67,7 @@ def gd_plus_plus(
         w = X.new_zeros(B, d)
         out = [w]
         for e in etas:
-            w = w - e * (einsum(H, w, "b i j, b j -> b i") - g)
+            w = w - e * (einsum(w, H, "b j, b j i -> b i") - g)
             out.append(w)
         return torch.stack(out, dim=1)
     # P_s is a polynomial in H (P_0 = I and the recurrence only multiplies by H and P), so in the eigenbasis

@@ -50,7 +50,7 @@ def heavy_ball(
     v = torch.zeros_like(w)
     out = [w]
     for e, b in zip(etas, betas):
-        v = b * v - e * (einsum(H, w, "b i j, b j -> b i") - g)
+        v = b * v - e * (einsum(w, H, "b j, b j i -> b i") - g)
         w = w + v
         out.append(w)
     return torch.stack(out, dim=1)
@@ -85,6 +85,6 @@ def nesterov(
     out = [w]
     for e, b in zip(etas, betas):
         u = w + b * (w - w_prev)
-        w_prev, w = w, u - e * (einsum(H, u, "b i j, b j -> b i") - g)
+        w_prev, w = w, u - e * (einsum(u, H, "b j, b j i -> b i") - g)
         out.append(w)
     return torch.stack(out, dim=1)
