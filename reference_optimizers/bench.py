@@ -19,9 +19,7 @@ from reference_optimizers.momentum import heavy_ball, nesterov
 from reference_optimizers.newton import iterative_newton, newton
 
 
-def _methods(
-    d: int, dtype: torch.dtype
-) -> dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]]:
+def _methods(d: int, dtype: torch.dtype) -> dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]]:
     P = torch.eye(d, dtype=dtype) * 0.5
     return {
         "gradient_descent": lambda X, y, s: gradient_descent(X, y, s, eta=0.5),

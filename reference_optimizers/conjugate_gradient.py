@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from einops import einsum
 
-from icl.validation import check_steps
-from reference_optimizers._checks import check_regression
+from icl.validation import check_regression, check_steps
 from reference_optimizers.gradient_descent import moments
 
 

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 import torch
 from einops import einsum
 
-from icl.validation import check_steps
-from reference_optimizers._checks import check_regression
-from reference_optimizers.gradient_descent import moments, step_schedule
+from icl.validation import check_regression, check_steps
+from reference_optimizers._checks import check_iterates
+from reference_optimizers.gradient_descent import gradient_descent, moments, step_schedule
 
 Schedule = float | Sequence[float] | torch.Tensor
 
@@ -64,12 +64,7 @@ def gd_plus_plus(
     H, g = moments(X, y)
     B, _, d = X.shape
     if all(c == 0.0 for c in gammas):  # plain GD: no eigendecomposition needed
-        w = X.new_zeros(B, d)
-        out = [w]
-        for e in etas:
-            w = w - e * (einsum(w, H, "b j, b j i -> b i") - g)
-            out.append(w)
-        return torch.stack(out, dim=1)
+        return gradient_descent(X, y, steps, etas)
     # P_s is a polynomial in H (P_0 = I and the recurrence only multiplies by H and P), so in the eigenbasis
     # H = Q diag(λ) Qᵀ every P_s is diagonal with p_{s+1} = p_s (1 − γ_s λ p_s)²: one batched eigh instead of
     # three batched d×d matmuls per step.
@@ -82,4 +77,5 @@ def gd_plus_plus(
         w_rot = w_rot - e * p * (lam * w_rot - g_rot)
         out.append(w_rot)
         p = p * (1 - c * lam * p) ** 2
-    return einsum(Q, torch.stack(out, dim=1), "b i k, b t k -> b t i")
+    W = einsum(Q, torch.stack(out, dim=1), "b i k, b t k -> b t i")
+    return check_iterates("gd_plus_plus", W, "lower eta or gamma (each step needs η·p_s·λ < 2 for the eigenvalues λ)")

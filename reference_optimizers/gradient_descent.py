@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from einops import einsum
 
-from icl.validation import check_steps
-from reference_optimizers._checks import check_preconditioner, check_regression
+from icl.validation import check_regression, check_steps
+from reference_optimizers._checks import check_iterates, check_preconditioner
 
 
 def moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +78,8 @@ def gradient_descent(
     for e in etas:
         w = w - e * (einsum(w, H, "b j, b j i -> b i") - g)
         out.append(w)
-    return torch.stack(out, dim=1)
+    hint = "gradient descent is stable only for η < 2/λ_max(XᵀX/n): lower eta"
+    return check_iterates("gradient_descent", torch.stack(out, dim=1), hint)
 
 
 def preconditioned_gd(
@@ -117,4 +118,5 @@ def preconditioned_gd(
     for e in etas:
         w = w - e * einsum(P, einsum(w, H, "b j, b j i -> b i") - g, pattern)
         out.append(w)
-    return torch.stack(out, dim=1)
+    hint = "it is stable only while the eigenvalues of η·P·XᵀX/n stay below 2: lower eta or rescale P"
+    return check_iterates("preconditioned_gd", torch.stack(out, dim=1), hint)
