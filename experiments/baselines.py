@@ -22,8 +22,9 @@ Every tunable method is tuned *separately for every number of steps T* (objectiv
 steps, like a T-layer model trained for its depth) with :func:`reference_optimizers.tune` on a separate training
 batch (stream ``tune``), then evaluated on the test prompts (stream ``test``); the Krylov coefficients are fitted
 on their own, larger batch (stream ``krylov``). The per-step GD schedule starts from the Chebyshev step pattern
-scaled by the tuned constant η (the constant step is a saddle of the per-step problem, see :func:`gd_scaled_schedule`) and falls back to the
-constant step if that is better, so on the training batch it is never worse than the constant step.
+scaled by the tuned constant η (the constant step is a saddle of the per-step problem, see
+:func:`gd_scaled_schedule`) and falls back to the constant step if that is better, so on the training batch it is
+never worse than the constant step.
 
 Datasets: ``ahn_dutta`` (d = 5, n = 20, Σ = U diag(1, 1, 1/4, 1/16, 1) Uᵀ with a Haar U per seed, w* ~ N(0, Σ⁻¹):
 the eigenvalues of the Dutta/Ahn code, see notes §1.9) and ``isotropic`` (Σ = I, w* ~ N(0, I)); noiseless.
