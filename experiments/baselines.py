@@ -623,6 +623,10 @@ on the first 19 (the notebooks' protocol), against the published 0.75, 0.18, −
 - On the Ahn/Dutta data Σ⁻¹-preconditioning removes the conditioning problem altogether (and there A* ∝ Σ⁻¹, so
   `pgd_gamma_inv` and `pgd_sigma_inv` coincide after tuning η); at T = 1 both equal Ahn et al.'s optimum
   d(d+1)/(n+d+1) = 1.154 up to sampling noise. On isotropic data Σ⁻¹ = I, so these coincide with GD.
+- **Tuning to the edge of stability does not generalise perfectly.** The tuned steps (per-step schedules, heavy
+  ball) sit near the stability edge of the training batch; a rare test prompt with a larger λ_max(H) then grows
+  instead of converging, and the log of the mean loss follows that one prompt. This is what the wide intervals of
+  the tuned methods at T ≥ 6 are (one seed of three); the Krylov bound, fitted on many more prompts, does not show it.
 - Dutta & Sra's momentum/NAG baselines (η = 0.005 or 0.03, β = 0.9 on the unnormalised gradient, 19 points) are
   untuned; the tuned ones here are the fair comparison.
 """
