@@ -25,9 +25,10 @@ minimal versions used are :func:`tune_steps` (multi-start L-BFGS on the training
 :func:`krylov_bound` below.
 
 Profiles (2 shared CPU cores, measured): ``quick`` 1 seed, depths 1–2, 150 steps (< 1 min); ``standard``
-(default) 3 seeds × depths 1–4 × {sparse, gdpp} + the Theorem 1 model, 1500 steps at batch 1024 (≈ 25 min;
-one seed ≈ 8 min); ``paper``: Ahn et al.'s batch 20000, 20,000 steps, lr halved every 4000, 5 seeds (hours on
-CPU; use ``--device cuda``: ≈ 1 h on one GPU).
+(default) 3 seeds × depths 1–4 × {sparse, gdpp} + the Theorem 1 model, 1200 steps at batch 2048, lr halved every
+400 (≈ 25 min on 2 idle cores, one seed ≈ 8 min; per layer-step ≈ 12 ms at batch 2048); ``paper``: Ahn et
+al.'s batch 20000, 20,000 steps, lr halved every 4000, 5 seeds, 100,000 test prompts (days on CPU; use
+``--device cuda``).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class PGDDepthConfig(StudyConfig):
     init_std: float = spec(0.01, gt=0)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=1500, batch_size=1024, optimizer="adamw", lr=0.01, betas=(0.99, 0.9), weight_decay=0.0,
-            clip="per_matrix", clip_value=0.01, resample_every=100, schedule="step", halve_every=500,
+            steps=1200, batch_size=2048, optimizer="adamw", lr=0.01, betas=(0.99, 0.9), weight_decay=0.0,
+            clip="per_matrix", clip_value=0.01, resample_every=100, schedule="step", halve_every=400,
             eval_every=250, eval_batch=4096, log_every=50,
         )
     )  # fmt: skip
