@@ -60,6 +60,9 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     assert zero == pytest.approx(5.0, rel=0.15)
     for L in (1, 2):
         assert vals[("krylov_precond", L, "test_loss")] <= vals[("pgd_tuned", L, "test_loss")] * 1.02
+        for kry in ("krylov_plain", "krylov_precond"):  # the local bound = reference_optimizers.krylov_bound
+            shared = vals[(kry, L, "test_loss_reference_optimizers")]
+            assert vals[(kry, L, "test_loss")] == pytest.approx(shared, rel=1e-6)
         assert vals[("pgd_tuned", L, "test_loss")] < vals[("gd_tuned", L, "test_loss")] < zero
         for mode in ("sparse", "gdpp"):
             assert math.isfinite(vals[(mode, L, "test_loss")])
