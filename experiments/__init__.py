@@ -1,11 +1,24 @@
-"""Studies: one module per result, a registry, and the ``python -m experiments`` CLI."""
+"""Studies: one module per result, a registry, and the ``python -m experiments`` CLI.
 
-from experiments import (  # noqa: F401
+Importing the package imports every study module, and each registers itself in :mod:`experiments.registry`.
+"""
+
+from experiments import (  # noqa: F401  (registers the studies)
     baselines,
+    gd_one_layer,
     manifold_adam_study,
     newton_vs_gd,
     outer_optimizers,
-    quickstart,  # noqa: F401  (registers the studies)
+    pgd_depth,
+    quickstart,
 )
 
-STUDIES = ("quickstart", "newton_vs_gd", "manifold_adam", "outer_optimizers", "baselines")
+STUDIES = (
+    "quickstart",
+    "baselines",
+    "gd_one_layer",
+    "pgd_depth",
+    "newton_vs_gd",
+    "manifold_adam",
+    "outer_optimizers",
+)
