@@ -35,7 +35,9 @@ QUICK = [
 
 
 def cli(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # the same intra-op thread count as this process: the in-process resume must reduce in the same order
+    # (CPU results are bitwise reproducible for a fixed thread count, not across thread counts)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(
         [sys.executable, "-m", "experiments", "run", "quickstart", *args],
         cwd=tmp_path,
