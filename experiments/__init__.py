@@ -1,5 +1,5 @@
 """Studies: one module per result, a registry, and the ``python -m experiments`` CLI."""
 
-from experiments import memformer_vs_cgd, quickstart  # noqa: F401  (registers the studies)
+from experiments import memformer_vs_cgd, noisy_regression, quickstart  # noqa: F401  (registers the studies)
 
-STUDIES = ("quickstart", "memformer_vs_cgd")
+STUDIES = ("quickstart", "memformer_vs_cgd", "noisy_regression")
