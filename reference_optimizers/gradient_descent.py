@@ -14,15 +14,15 @@ from collections.abc import Sequence
 import torch
 from einops import einsum
 
-from icl.validation import check_regression, check_steps
-from reference_optimizers._checks import check_preconditioner
+from icl.validation import check_steps
+from reference_optimizers._checks import check_preconditioner, check_regression
 
 
 def moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The sufficient statistics of R: H = XᵀX/n (B, d, d) and g = Xᵀy/n (B, d)."""
     n = X.shape[1]
-    H = einsum(X, X, "b n i, b n j -> b i j") / n
-    g = einsum(X, y, "b n i, b n -> b i") / n
+    H = einsum(X, X, "b n i, b n j -> b i j").div_(n)  # in place: no second (B, d, d) buffer
+    g = einsum(X, y, "b n i, b n -> b i").div_(n)
     return H, g
 
 

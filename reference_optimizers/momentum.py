@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 from einops import einsum
 
-from icl.validation import check_regression, check_steps
+from icl.validation import check_steps
+from reference_optimizers._checks import check_regression
 from reference_optimizers.gradient_descent import moments, step_schedule
 
 Schedule = float | Sequence[float] | torch.Tensor

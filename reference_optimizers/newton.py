@@ -14,8 +14,8 @@ from math import comb
 import torch
 from einops import einsum
 
-from icl.validation import check_regression, check_steps, check_tensor
-from reference_optimizers._checks import check_scalar
+from icl.validation import check_steps, check_tensor
+from reference_optimizers._checks import check_regression, check_scalar
 from reference_optimizers.closed_form import least_squares
 
 SCALINGS = ("paper", "code", "giannou")
