@@ -35,12 +35,14 @@ Baselines, computed on the same held-out test prompts of each seed:
   first 19 only, the authors' off-by-one, to explain the published numbers).
 - ``gd_tuned`` (one η), ``heavy_ball_tuned`` and ``nesterov_tuned`` (one (η, β)), and ``pgd_tuned``
   (preconditioner Σ⁻¹, one η_ℓ per step: the Ahn et al. Thm 3 family A_ℓ = a_ℓ Σ⁻¹), each tuned for every
-  depth on ``tune_prompts`` prompts of the training law (the ``tune`` stream, never the test prompts).
-- ``krylov``: min over shared coefficients c of mean (Σ_{k<L} c_k x_qᵀH^k g − y_q)² on the test prompts, with
-  H = XᵀX/n, g = Xᵀy/n: a lower bound for every model whose output is one polynomial p(H)g shared by all prompts,
-  i.e. ``lt_scalar``, ``cgd_scalar``, ``lfom_scalar(_h5)``, GD, heavy ball (any shared schedule). ``krylov_pre``:
-  the same with the Σ⁻¹-preconditioned Krylov space x_qᵀ(Σ⁻¹H)^kΣ⁻¹g, which contains ``pgd_tuned``. Full-A models
-  are in neither space (their A_ℓ differ per layer and need not be functions of Σ).
+  depth with ``reference_optimizers.tune`` on ``tune_prompts`` prompts of the training law (the ``tune``
+  stream, never the test prompts).
+- ``krylov`` (``reference_optimizers.krylov_bound`` fitted in-sample): min over shared coefficients c of
+  mean (Σ_{k<L} c_k x_qᵀH^k g − y_q)² on the test prompts, with H = XᵀX/n, g = Xᵀy/n: a lower bound for every
+  model whose output is one polynomial p(H)g shared by all prompts, i.e. ``lt_scalar``, ``cgd_scalar``,
+  ``lfom_scalar(_h5)``, GD, heavy ball (any shared schedule). ``krylov_pre``: the same with the
+  Σ⁻¹-preconditioned Krylov space x_qᵀ(Σ⁻¹H)^kΣ⁻¹g, which contains ``pgd_tuned``. Full-A models are in neither
+  space (their A_ℓ differ per layer and need not be functions of Σ).
 - ``theory_ahn_thm1`` (L = 1): the optimal single full-A layer, d(d+1)/(n+d+1) for w* ~ N(0, Σ⁻¹).
 
 The loss is the plain query MSE (Dutta & Sra plot log(MSE), no ½), reported as log(test loss) as in the paper.
@@ -61,13 +63,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from einops import einsum
-from scipy import optimize
 from torch import nn
 
 from experiments.common import RunContext, make_distribution, write_config
@@ -85,10 +85,11 @@ from reference_optimizers import (
     conjugate_gradient,
     gradient_descent,
     heavy_ball,
+    krylov_bound,
     nesterov,
     one_layer_optimum,
     preconditioned_gd,
-    query_loss,
+    tune,
 )
 
 NAME = "memformer_vs_cgd"
@@ -265,74 +266,31 @@ def collapse_heads(model: Memformer, d: int, generator: torch.Generator) -> Memf
 # -- baselines -----------------------------------------------------------------------------------------------
 
 
-def krylov_bound(batch: PromptBatch, steps: int, M: torch.Tensor | None = None) -> float:
-    """min_c mean_b (Σ_{k<steps} c_k x_qᵀ(MH)^k M g − y_q)² on ``batch`` (M = I when None).
+def krylov(test: PromptBatch, depth: int, M: torch.Tensor | None = None) -> list[float]:
+    """In-sample Krylov bounds on ``test`` for depths 1…``depth`` (``reference_optimizers.krylov_bound``).
 
-    Every model whose prediction is x_qᵀ p(MH) M g for one polynomial p of degree < ``steps`` shared by all
-    prompts (scalar-A LSAs and Memformers with scalar memory, GD and heavy ball with any shared schedule; M = Σ⁻¹:
-    preconditioned GD) has a loss on ``batch`` at least this in-sample least-squares optimum. (A local version
-    of ``reference_optimizers.krylov_bound``, which was not on main when this study was written.)
+    The coefficients are fitted on the test prompts themselves, so the value is the smallest loss on exactly
+    these prompts that any prediction x_qᵀ p(MH) M g with one polynomial p of degree < L shared by all prompts can
+    reach: a strict lower bound for the measured losses of scalar-A LSAs and Memformers, GD and heavy ball with
+    any shared schedule (M = I), and of preconditioned GD with P = Σ⁻¹ (M = Σ⁻¹).
     """
-    X, y, xq, yq = (t.double() for t in (batch.X, batch.y, batch.x_query, batch.y_query))
-    n = X.shape[1]
-    H = einsum(X, X, "b n i, b n j -> b i j") / n
-    v = einsum(X, y, "b n i, b n -> b i") / n
-    if M is not None:
-        M = M.double()
-        H = einsum(M, H, "i k, b k j -> b i j")
-        v = einsum(M, v, "i k, b k -> b i")
-    feats = []
-    for _ in range(steps):
-        feats.append(einsum(xq, v, "b d, b d -> b"))
-        v = einsum(H, v, "b i j, b j -> b i")
-    F = torch.stack(feats, dim=1)
-    c = torch.linalg.lstsq(F, yq[:, None]).solution
-    return float((F @ c - yq[:, None]).square().mean())
-
-
-def tune(
-    loss_fn: Callable[[np.ndarray], float], grid: list[np.ndarray], bounds: list[tuple[float, float]]
-) -> np.ndarray:
-    """The hyperparameters minimising ``loss_fn``: best point of ``grid``, refined by bounded Nelder–Mead.
-
-    (A local version of ``reference_optimizers.tune``, which was not on main when this study was written.)
-    """
-    best = min(grid, key=lambda p: _finite(loss_fn(p)))
-    res = optimize.minimize(
-        lambda p: _finite(loss_fn(p)), best, method="Nelder-Mead", bounds=bounds,
-        options={"xatol": 1e-4, "fatol": 1e-9, "maxiter": 400},
-    )  # fmt: skip
-    return res.x if res.fun <= _finite(loss_fn(best)) else best
-
-
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else 1e30
-
-
-def _final_loss(method: Callable, batch: PromptBatch, steps: int, **kw) -> float:
-    w = method(batch.X, batch.y, steps, **kw)[:, -1]
-    return float(query_loss(w, batch.x_query, batch.y_query).mean())
+    return [float(v) for v in krylov_bound(test, test, depth, preconditioner=M).test_loss[1:]]
 
 
 def tuned_baselines(tune_batch: PromptBatch, Sinv: torch.Tensor, L: int) -> dict[str, dict]:
-    """Hyperparameters of GD, heavy ball, Nesterov and Σ⁻¹-preconditioned GD tuned for L steps."""
-    etas = [np.array([e]) for e in np.geomspace(0.02, 3.0, 40)]
-    pairs = [np.array([e, b]) for e in np.geomspace(0.02, 3.0, 25) for b in np.linspace(0.0, 0.95, 20)]
-    gd = tune(lambda p: _final_loss(gradient_descent, tune_batch, L, eta=float(p[0])), etas, [(1e-4, 10.0)])
-    hb = tune(lambda p: _final_loss(heavy_ball, tune_batch, L, eta=p[0], beta=p[1]), pairs, [(1e-4, 10), (0, 0.999)])
-    nag = tune(lambda p: _final_loss(nesterov, tune_batch, L, eta=p[0], beta=p[1]), pairs, [(1e-4, 10), (0, 0.999)])
-    # per-step η_ℓ for PGD, tuned coordinate-wise from the best constant step
-    pgd_const = tune(
-        lambda p: _final_loss(preconditioned_gd, tune_batch, L, P=Sinv, eta=float(p[0])), etas, [(1e-4, 10.0)]
-    )
-    start = [np.full(L, pgd_const[0])]
-    pgd = tune(lambda p: _final_loss(preconditioned_gd, tune_batch, L, P=Sinv, eta=list(p)), start, [(1e-4, 10)] * L)
-    return {
-        "gd_tuned": {"eta": float(gd[0])},
-        "heavy_ball_tuned": {"eta": float(hb[0]), "beta": float(hb[1])},
-        "nesterov_tuned": {"eta": float(nag[0]), "beta": float(nag[1])},
-        "pgd_tuned": {"eta": [float(e) for e in pgd]},
+    """GD (one η), heavy ball and Nesterov (one (η, β)) and Σ⁻¹-preconditioned GD (one η_ℓ per step), each
+    tuned for L steps on ``tune_batch`` with ``reference_optimizers.tune`` (grid, then scipy refinement)."""
+    etas = np.geomspace(0.02, 3.0, 30).tolist()
+    pair = {"eta": np.geomspace(0.02, 3.0, 20).tolist(), "beta": np.linspace(0.0, 0.95, 20).tolist()}
+    out = {
+        "gd_tuned": tune(gradient_descent, tune_batch, L, {"eta": etas}).hyperparameters,
+        "heavy_ball_tuned": tune(heavy_ball, tune_batch, L, pair).hyperparameters,
+        "nesterov_tuned": tune(nesterov, tune_batch, L, pair).hyperparameters,
+        "pgd_tuned": tune(
+            preconditioned_gd, tune_batch, L, {"eta": etas}, per_step=("eta",), fixed={"P": Sinv}
+        ).hyperparameters,
     }
+    return {k: {h: v for h, v in hp.items() if h != "P"} for k, hp in out.items()}
 
 
 def baseline_iterates(name: str, batch: PromptBatch, L: int, hp: dict, Sinv: torch.Tensor) -> torch.Tensor:
@@ -394,6 +352,7 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
 
 def _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist) -> None:
     zero = zero_predictor_loss(cfg.prompt(setting))
+    plain, pre = krylov(test, max(cfg.depths)), krylov(test, max(cfg.depths), Sinv)
     for L in cfg.depths:
         rows.add(f"{setting}:zero_predictor", L, seed, "test_loss", zero)
         cg = conjugate_gradient(test.X, test.y, L)[:, -1]
@@ -401,8 +360,8 @@ def _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist) 
         n1 = cfg.n - 1
         cg19 = conjugate_gradient(test.X[:, :n1], test.y[:, :n1], L)[:, -1]
         rows.add_loss(f"{setting}:cg_n19", L, seed, query_losses(einsum(cg19, test.x_query, "b d, b d -> b"), test))
-        rows.add(f"{setting}:krylov", L, seed, "test_loss", krylov_bound(test, L))
-        rows.add(f"{setting}:krylov_pre", L, seed, "test_loss", krylov_bound(test, L, Sinv))
+        rows.add(f"{setting}:krylov", L, seed, "test_loss", plain[L - 1])
+        rows.add(f"{setting}:krylov_pre", L, seed, "test_loss", pre[L - 1])
         hp = tuned_baselines(tune_batch, Sinv, L)
         hparams[f"{setting}/s{seed}/L{L}"] = hp
         for name, h in hp.items():
