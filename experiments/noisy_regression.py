@@ -273,7 +273,8 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
                     adj = _add(rows, f"{noise}:{mode}", L, seed, err, oracle)
                     rows.add(f"{noise}:{mode}", L, seed, "final_train_loss", trainer.history.last_loss)
                     if mode == "gdpp":
-                        rows.add(f"{noise}:{mode}", L, seed, "max_abs_qy", float(trainer.model.q[..., 1].abs().max()))
+                        qy = float(trainer.model.q.detach()[..., 1].abs().max())
+                        rows.add(f"{noise}:{mode}", L, seed, "max_abs_qy", qy)
                     ctx.print(f"seed {seed} {noise:<10} {mode:<5} L={L}  adjusted loss {adj:.4g}")
             rows.write(ctx)
     rows.write(ctx)
