@@ -43,6 +43,9 @@ Baselines, computed on the same held-out test prompts of each seed:
   ``lfom_scalar(_h5)``, GD, heavy ball (any shared schedule). ``krylov_pre``: the same with the
   Σ⁻¹-preconditioned Krylov space x_qᵀ(Σ⁻¹H)^kΣ⁻¹g, which contains ``pgd_tuned``. Full-A models are in neither
   space (their A_ℓ differ per layer and need not be functions of Σ).
+- ``lfom_shared_class``: the best member (coefficients tuned on the training-law prompts) of the weight-space
+  family the scalar LFOM Memformer with shared Γ_j^ℓ = Γ_j computes, w_{ℓ+1} = w_ℓ − Σ_{j≤ℓ} c_j ∇R(w_j): the
+  floor of ``lfom_scalar(_h5)``'s function class, which is strictly smaller than the Krylov class.
 - ``theory_ahn_thm1`` (L = 1): the optimal single full-A layer, d(d+1)/(n+d+1) for w* ~ N(0, Σ⁻¹).
 
 The loss is the plain query MSE (Dutta & Sra plot log(MSE), no ½), reported as log(test loss) as in the paper.
@@ -86,6 +89,7 @@ from reference_optimizers import (
     gradient_descent,
     heavy_ball,
     krylov_bound,
+    moments,
     nesterov,
     one_layer_optimum,
     preconditioned_gd,
@@ -277,6 +281,23 @@ def krylov(test: PromptBatch, depth: int, M: torch.Tensor | None = None) -> list
     return [float(v) for v in krylov_bound(test, test, depth, preconditioner=M).test_loss[1:]]
 
 
+def lfom_shared(X: torch.Tensor, y: torch.Tensor, steps: int, c: list[float] | float = 1.0) -> torch.Tensor:
+    """The weight-space iteration of the scalar LFOM Memformer with Γ shared across layers (Γ_j^ℓ = Γ_j).
+
+    Update rule: w_{ℓ+1} = w_ℓ − Σ_{j≤ℓ} c_j ∇R(w_j), c_j = Γ_j·a_j, w_0 = 0 (Dutta & Sra eq. 20 with scalar Γ and
+    A_j = a_j·I, B = 0): every layer re-applies all earlier gradients with the same weights. Returns (B, steps+1, d).
+    """
+    cs = [float(c)] * steps if isinstance(c, (int, float)) else [float(v) for v in c]
+    H, g = moments(X, y)
+    w = torch.zeros_like(g)
+    grads, out = [], [w]
+    for layer in range(steps):
+        grads.append(einsum(H, w, "b i j, b j -> b i") - g)
+        w = w - sum(cs[j] * grads[j] for j in range(layer + 1))
+        out.append(w)
+    return torch.stack(out, dim=1)
+
+
 def tuned_baselines(tune_batch: PromptBatch, Sinv: torch.Tensor, L: int) -> dict[str, dict]:
     """GD (one η), heavy ball and Nesterov (one (η, β)) and Σ⁻¹-preconditioned GD (one η_ℓ per step), each
     tuned for L steps on ``tune_batch`` with ``reference_optimizers.tune`` (grid, then scipy refinement)."""
@@ -289,6 +310,9 @@ def tuned_baselines(tune_batch: PromptBatch, Sinv: torch.Tensor, L: int) -> dict
         "pgd_tuned": tune(
             preconditioned_gd, tune_batch, L, {"eta": etas}, per_step=("eta",), fixed={"P": Sinv}
         ).hyperparameters,
+        "lfom_shared_class": tune(
+            lfom_shared, tune_batch, L, {"c": [-0.2, 0.1, 0.3, 0.6, 1.0]}, per_step=("c",), maxfev=3000
+        ).hyperparameters,
     }
     return {k: {h: v for h, v in hp.items() if h != "P"} for k, hp in out.items()}
 
@@ -300,6 +324,8 @@ def baseline_iterates(name: str, batch: PromptBatch, L: int, hp: dict, Sinv: tor
         return heavy_ball(batch.X, batch.y, L, eta=hp["eta"], beta=hp["beta"])
     if name == "nesterov_tuned":
         return nesterov(batch.X, batch.y, L, eta=hp["eta"], beta=hp["beta"])
+    if name == "lfom_shared_class":
+        return lfom_shared(batch.X, batch.y, L, c=hp["c"])
     return preconditioned_gd(batch.X, batch.y, L, P=Sinv, eta=hp["eta"])
 
 
@@ -388,11 +414,12 @@ def _model_diagnostics(rows, method, L, seed, kind, model, test, ctx, cfg, strea
 
 LINES = {
     "noniso": ("cg", "cg_n19", "lt_scalar", "lt_full", "cgd_scalar", "cgd_full", "lfom_scalar", "lfom_scalar_h5",
-               "lfom_full", "heavy_ball_tuned", "nesterov_tuned", "gd_tuned", "pgd_tuned", "krylov", "krylov_pre"),
+               "lfom_full", "lfom_shared_class", "heavy_ball_tuned", "nesterov_tuned", "gd_tuned", "pgd_tuned",
+               "krylov", "krylov_pre"),
     "iso": ("cg", "lt_full", "cgd_scalar", "lfom_full", "heavy_ball_tuned", "nesterov_tuned", "gd_tuned",
             "krylov"),
 }  # fmt: skip
-DASHED = ("krylov", "krylov_pre", "cg_n19")
+DASHED = ("krylov", "krylov_pre", "cg_n19", "lfom_shared_class")
 
 
 def _log_stats(rows, method: str, L: int) -> tuple[float, float, float, int]:
@@ -479,7 +506,9 @@ def _heads_section(rows, depths, out) -> list[str]:
         diff = [r["value"] for r in select(rows, method="noniso:lfom_scalar_h5", depth=L,
                                            metric="collapse_max_abs_diff")]  # fmt: skip
         kry = _log_stats(rows, "noniso:krylov", L)[0]
-        table.append([L, f"{one:+.3f}", f"{five:+.3f}", f"{kry:+.3f}", fmt(max(diff) if diff else float("nan"))])
+        floor = _log_stats(rows, "noniso:lfom_shared_class", L)[0]
+        table.append([L, f"{one:+.3f}", f"{five:+.3f}", f"{floor:+.3f}", f"{kry:+.3f}",
+                      fmt(max(diff) if diff else float("nan"))])  # fmt: skip
     out["heads"] = {str(r[0]): {"one": r[1], "five": r[2]} for r in table}
     return [
         "## 1 head vs 5 heads (scalar-Γ LFOM Memformer, A_{ℓ,h} = a_{ℓ,h}·I; paper Fig. 5)",
@@ -487,9 +516,13 @@ def _heads_section(rows, depths, out) -> list[str]:
         "Each head has P = [[0, 0], [0, 1]] and Q_h = −a_h·I, so the heads sum to one head with a = Σ_h a_h: the "
         "two models have the same function class. `max |Δŷ|` is the largest difference on the test prompts "
         "between the trained 5-head model and its collapse into one head (float32 rounding only). Both are "
-        "bounded below by the Krylov bound, since their output is one shared polynomial p(H)g.",
+        "bounded below by the Krylov bound, since their output is one shared polynomial p(H)g, and more tightly by "
+        "the best member of their own class (Γ shared across layers: w_{ℓ+1} = w_ℓ − Σ_{j≤ℓ} c_j ∇R(w_j), "
+        "`lfom_shared_class`, tuned on training-law prompts). When both models sit at that floor, the 1-head vs "
+        "5-head difference of the paper's Fig. 5 (trained and evaluated on one batch of 10 prompts) is not "
+        "reproduced: it came from optimisation/evaluation, not from the extra heads.",
         "",
-        markdown_table(["L", "1 head", "5 heads", "Krylov bound", "max |Δŷ| (5 → 1 head)"], table),
+        markdown_table(["L", "1 head", "5 heads", "class floor", "Krylov bound", "max |Δŷ| (5 → 1 head)"], table),
         "",
     ]
 
@@ -572,11 +605,37 @@ def _findings(rows, depths, cfg) -> list[str]:
         checks.append(("Isotropic: the LFOM Memformer is not better than the LT (Fig. 2b), within 0.1 log-units",
                        v("lfom_full", Lmax, "iso") > v("lt_full", Lmax, "iso") - 0.1))  # fmt: skip
     if select(rows, method="noniso:lfom_scalar_h5"):
-        checks.append(("5 heads better than 1 head (Fig. 5); with the same function class this is an optimisation "
-                       "effect: Adam moves each head's a_h by about lr per step, so Σ_h a_h moves 5× faster",
-                       v("lfom_scalar_h5", Lmax) < v("lfom_scalar", Lmax)))  # fmt: skip
+        checks.append(
+            ("5 heads better than 1 head (Fig. 5)", v("lfom_scalar_h5", Lmax) < v("lfom_scalar", Lmax) - 0.02)
+        )
     for text, ok in checks:
         out.append(f"- {text}: **{'holds' if ok else 'does not hold'}** here.")
+    if select(rows, method="noniso:lt_scalar") and select(rows, method="noniso:cgd_scalar"):
+        kry = v("krylov", Lmax)
+        out.append(
+            f"- **No preconditioning (Q = q·I).** At L = {Lmax} the plain LT with per-layer scalar steps is "
+            f"{v('lt_scalar', Lmax) - kry:+.3f} and the CGD-like Memformer {v('cgd_scalar', Lmax) - kry:+.3f} "
+            f"log-units above the Krylov bound ({kry:+.3f}). The LT's residual polynomial Π_ℓ(1 − a_ℓλ) already "
+            "reaches the best shared polynomial here, so the memory has nothing to add; the paper's Fig. 1a reading "
+            f"(Memformer ≈ −0.4, LT ≈ −0.1 at L = 4) puts its Memformer {'below' if -0.4 < kry else 'above'} "
+            "this bound, which no shared-coefficient model can do on fresh prompts (the figure reading, ±0.3, is "
+            "off, or the curve was not measured on fresh prompts); its LT reading matches ours."
+        )
+    if select(rows, method="noniso:lfom_scalar") and select(rows, method="noniso:lfom_shared_class"):
+        out.append(
+            f"- **Scalar-Γ LFOM.** 1 head {v('lfom_scalar', Lmax):+.3f}, 5 heads {v('lfom_scalar_h5', Lmax):+.3f}, "
+            f"floor of the shared-Γ class {v('lfom_shared_class', Lmax):+.3f} (Krylov {v('krylov', Lmax):+.3f}): "
+            "sharing Γ_j across layers makes every layer re-apply all earlier gradients with the same weight, a "
+            "strictly smaller class than the Krylov one. Same function class for 1 and 5 heads (collapse check), "
+            "same loss: Fig. 5's gap is not an expressivity effect."
+        )
+    if select(rows, method="noniso:lt_full") and select(rows, method="noniso:pgd_tuned"):
+        out.append(
+            f"- **Full A.** CGD-like {v('cgd_full', Lmax):+.3f}, LFOM {v('lfom_full', Lmax):+.3f}, LT (Pre) "
+            f"{v('lt_full', Lmax):+.3f}, tuned PGD with the true Σ⁻¹ {v('pgd_tuned', Lmax):+.3f}, per-prompt CG "
+            f"{v('cg', Lmax):+.3f}. The LT's class contains A_ℓ = a_ℓΣ⁻¹ (= PGD), so its deficit to the Memformers "
+            "is optimisation at this budget, not expressivity; no learned model beats preconditioned GD."
+        )
     for m in ("cgd_scalar", "lfom_scalar", "lt_scalar"):
         if select(rows, method=f"noniso:{m}"):
             gaps = [v(m, L) - v("krylov", L) for L in depths]
