@@ -443,30 +443,34 @@ def _noiseless_section(rows, noise, modes, depths, cfg) -> list[str]:
 
 
 def _findings(rows, noises, modes, depths) -> list[str]:
+    """The paper's orderings at the deepest depth, per noise setting, stated as holds / does not hold."""
     Lmax = max(depths)
     out = ["## Claims checked", ""]
     for noise in noises:
         if noise == "U(0,0)":
             continue
         v = {m: _mean(rows, f"{noise}:{m}", Lmax)[0] for m in (*modes, "const_rr", "ada_rr")}
+        const, ada = v["const_rr"], v["ada_rr"]
         parts = []
-        if "gdpp" in v and "full" in v:
-            parts.append(f"GD++ {'above' if v['gdpp'] > v['full'] else 'below'} FULL")
         if "gdpp" in v:
-            parts.append(f"GD++ vs ConstRR {v['gdpp']:.3g} vs {v['const_rr']:.3g}")
-        if "full" in v:
-            parts.append(f"FULL {'beats' if v['full'] < v['ada_rr'] else 'does not beat'} AdaRR "
-                         f"({v['full']:.3g} vs {v['ada_rr']:.3g})")  # fmt: skip
-        if "diag" in v and "full" in v:
-            parts.append(f"DIAG/FULL {v['diag']:.3g}/{v['full']:.3g}")
+            ok = math.isfinite(v["gdpp"]) and abs(v["gdpp"] / const - 1) < 0.1
+            parts.append(f"GD++ saturates at ConstRR ({v['gdpp']:.3g} vs {const:.3g}): "
+                         f"{'holds' if ok else 'does not hold'}")  # fmt: skip
+        for m in ("diag", "full"):
+            if m in v:
+                if not math.isfinite(v[m]) or v[m] > 10 * const:
+                    parts.append(f"{m.upper()} below ConstRR: not testable (unstable/diverged, {v[m]:.3g})")
+                    continue
+                parts.append(f"{m.upper()} below ConstRR ({v[m]:.3g}): {'holds' if v[m] < const else 'does not hold'}")
+                parts.append(f"{m.upper()} below AdaRR ({ada:.3g}): {'yes' if v[m] < ada else 'no'}")
         out.append(f"- {noise}, L = {Lmax}: " + "; ".join(parts) + ".")
     out += [
         "",
         "Paper's claims: GD++ saturates at the ConstRR level (it can only estimate one noise level); FULL and DIAG "
         "go below ConstRR and, with ≥ 4 layers and σ_max ≥ 4, below AdaRR (σ_max = 7, L = 7: FULL 0.057, DIAG "
-        "0.059, AdaRR 0.092, GD++ 0.530, ConstRR 0.530 in ½·MSE, i.e. ×2 in MSE). Our grid stops at σ_max = 5 and "
-        f"L = {Lmax} with a far shorter training run, so only the ordering (GD++ ≈ ConstRR, DIAG ≈ FULL below "
-        "ConstRR) can be checked here; the AdaRR crossing needs the paper profile.",
+        "0.059, AdaRR 0.092, GD++ 0.530, ConstRR 0.530 in ½·MSE, i.e. ×2 in MSE). Below AdaRR is not expected on "
+        f"this grid (σ_max ≤ 5, L ≤ {Lmax}, a training run ~1000× shorter than the paper's); it needs the paper "
+        "profile. Where GD++ has not reached ConstRR at small σ_max the model is still training-limited.",
     ]
     return out
 
