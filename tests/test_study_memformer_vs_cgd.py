@@ -51,7 +51,7 @@ def test_quick_profile_cli_writes_every_artifact_and_report_rerenders(tmp_path):
             assert v >= val[("noniso:krylov", L, s, "test_loss")] * (1 - 1e-6)
     summary = json.loads((out / "summary.json").read_text())
     assert "noniso" in summary["log_test_loss"] and summary["hyperparameters"]
-    for stem in ("log_loss_noniso", "log_loss_iso"):
+    for stem in ("log_loss_noniso_scalar", "log_loss_noniso_full", "log_loss_iso_full"):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
         assert (out / "figures" / f"{stem}.pdf").exists()
     text = (out / "report.md").read_text()
