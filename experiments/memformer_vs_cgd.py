@@ -55,11 +55,13 @@ so ``lfom_scalar_h5`` has exactly the function class of ``lfom_scalar``; the stu
 trained 5-head model into one head (metric ``collapse_max_abs_diff``) and compares the two trained losses.
 
 Profiles (seeds 0, 1, 2 unless --seeds): ``quick`` (depths 1–2, 60 steps, a smoke test, about a minute);
-``standard`` (depths 1–4, both data settings, 800 AdamW steps of 500 prompts each; about 7–9 minutes per seed
-on one core of an idle machine, under 30 minutes for three seeds); ``paper`` (B = 1000 resampled every 100
-steps, lr 0.01 halved every 4000 steps, per-matrix clipping 0.01 as in the authors' code, but 20,000 steps
-instead of their 10 steps plus 1000 fine-tuning steps on one fixed batch; 5 seeds, 100,000 test prompts;
-about 40 trainings × 20k steps per seed: roughly 1–2 GPU-hours with --device cuda, days on a CPU).
+``standard`` (depths 1–4, both data settings, 800 AdamW steps of 500 prompts each at lr 0.03, cosine schedule: Adam
+moves an entry by at most ≈ lr per step and the optimal A ≈ 0.77·Σ⁻¹ has an eigenvalue ≈ 12, so lr 0.01 left the
+full-A LT at log-loss +0.47 instead of +0.23 at L = 1; measured ≈ 6–7 minutes per seed on one core at load ≈ 3,
+about 20 minutes for three seeds, 17 minutes for one seed under load ≈ 10 at nice 10); ``paper`` (B = 1000
+resampled every 100 steps, lr 0.01 halved every 4000 steps, per-matrix clipping 0.01 as in the authors' code, but
+20,000 steps instead of their 10 steps plus 1000 fine-tuning steps on one fixed batch; 5 seeds, 100,000 test
+prompts; about 40 trainings × 20k steps per seed: roughly 1–2 GPU-hours with --device cuda, days on a CPU).
 """
 
 from __future__ import annotations

@@ -25,13 +25,14 @@ noiseless 1-layer value 1.768 matches ½·d(d+1)/(n+d+1) = 1.774), so published 
 compared and the noiseless table lists both conventions.
 
 Profiles (seeds 0, 1, 2 unless --seeds). ``quick``: depths 1–2, σ_max ∈ {0, 3}, 60 steps (a smoke test).
-``standard``: depths 1, 2, 4, all five noise settings, 600 Adam steps of 512 prompts (about 8 minutes per seed
-on one idle core, under 30 minutes for three seeds); at this budget only the 1- and 2-layer models are near
-their optimum, deep noiseless values (1e−4 … 1e−12 in the paper) need the paper's budget. ``paper``: depths
-1–7, σ_max ∈ {0, 1, …, 7} plus {1, 3} and {1, 3, 5}, Adam lr 1e-4, 200,000 steps of 2048 prompts, 100,000
-test prompts, 5 seeds: the paper reports 4–12 H100-hours per model; on this framework expect about 1–3 GPU-hours
-per (mode, depth, noise) triple with --device cuda (a few thousand GPU-hours for the full grid; run a slice with
---set).
+``standard``: depths 1, 2, 4, all five noise settings, 600 Adam steps of 512 prompts, lr 0.02, cosine (measured ≈ 4
+minutes per seed on one core at load ≈ 3, about 13 minutes for three seeds; 26 minutes for one seed under load ≈ 10
+at nice 10); a model that diverges is retrained from the same initialisation at half the lr; at this budget only
+the 1- and 2-layer models are near their optimum, deep noiseless values (1e−4 … 1e−12 in the paper) need the
+paper's budget. ``paper``: depths 1–7, σ_max ∈ {0, 1, …, 7} plus {1, 3} and {1, 3, 5}, Adam lr 1e-4, 200,000 steps
+of 2048 prompts, 100,000 test prompts, 5 seeds: the paper reports 4–12 H100-hours per model; on this framework
+expect about 1–3 GPU-hours per (mode, depth, noise) triple with --device cuda (a few thousand GPU-hours for the
+full grid; run a slice with --set).
 """
 
 from __future__ import annotations
