@@ -7,7 +7,11 @@
     python -m experiments bench [--quick] [--out bench.json]
 
 Every argument is validated before any compute: an unknown experiment or config key, a value out of range or
-an unavailable device exits with status 2 and a message naming the problem.
+an unavailable device exits with status 2 and a message naming the problem, before a run directory is made.
+
+Exit status: 0 done (or stopped at ``--stop-after``); 1 training diverged (the last finite checkpoint is kept);
+2 bad arguments, config, run directory or checkpoint; 128 + N stopped by signal N (SIGINT 130, SIGTERM 143)
+after checkpointing, to be continued with ``--resume``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from experiments.common import RunContext
 from experiments.registry import all_experiments, get_experiment
 from icl.config import ConfigError
 from icl.runio import CheckpointError, RunDirError, prepare_run_dir
+from icl.train import TrainingDiverged, TrainingInterrupted
 
 DEVICES = ("cpu", "cuda", "mps")
 
@@ -63,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     run.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    run.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="checkpoint and stop at this training step, as an interruption would (continue with --resume)",
+    )
     report = sub.add_parser("report", help="re-render a run's figures and report.md from its results.csv")
     report.add_argument("run_dir", type=Path)
     bench = sub.add_parser("bench", help="run the benchmarks and write bench.json")
@@ -113,6 +125,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out, the run directory to continue")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(f"--stop-after = {args.stop_after} is out of range: must be >= 1")
     if args.resume and (args.out / "config.json").exists() and not args.overrides and args.seed is None:
         saved = json.loads((args.out / "config.json").read_text())
         cfg = exp.config_cls.from_dict(saved["config"])
@@ -125,8 +139,39 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
     out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
     out = prepare_run_dir(out, overwrite=args.overwrite, resume=args.resume)
-    ctx = RunContext(name=exp.name, out_dir=out, device=device, quiet=args.quiet, resume=args.resume, argv=list(argv))
-    exp.run(cfg, ctx)
+    ctx = RunContext(
+        name=exp.name,
+        out_dir=out,
+        device=device,
+        quiet=args.quiet,
+        resume=args.resume,
+        argv=list(argv),
+        stop_after=args.stop_after,
+    )
+    try:
+        exp.run(cfg, ctx)
+    except TrainingInterrupted as e:
+        resume = f"python -m experiments run {exp.name} --out {out} --resume"
+        if args.overrides:
+            resume += "".join(f" --set {o}" for o in args.overrides)
+        if args.seed is not None:
+            resume += f" --seed {args.seed}"
+        if args.seeds is not None:
+            resume += f" --seeds {args.seeds}"
+        if args.profile is not None:
+            resume += f" --profile {args.profile}"
+        print(
+            f"interrupted: {e}; the checkpoint {ctx.checkpoint_path} holds it. Continue with:\n  {resume}",
+            file=sys.stderr,
+        )
+        return 0 if e.signum is None else 128 + e.signum
+    except TrainingDiverged as e:
+        print(
+            f"error: training diverged: {e}. Nothing non-finite was written: {ctx.checkpoint_path}, if present, "
+            "holds the last finite state. Lower train.lr or set train.on_divergence=rollback.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

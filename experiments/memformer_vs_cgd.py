@@ -81,7 +81,7 @@ from experiments.reporting import aggregate, fmt, line_plot, load_run, markdown_
 from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_one
 from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution, zero_predictor_loss
-from icl.runio import save_checkpoint, write_json
+from icl.runio import write_json
 from icl.seeding import Streams
 from icl.train import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
@@ -339,7 +339,6 @@ def baseline_iterates(name: str, batch: PromptBatch, L: int, hp: dict, Sinv: tor
 def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
-    mark_resumable(ctx)
     rows = Rows(NAME)
     hparams: dict = {}
     for seed in cfg.seeds:
@@ -665,18 +664,6 @@ def _findings(rows, depths, cfg) -> list[str]:
         "(L = 3, 4) above their optimum, which mostly affects full-A models (many more parameters).",
     ]
     return out
-
-
-def mark_resumable(ctx: RunContext) -> None:
-    """Write the run's root ``checkpoint.pt``: an index of the per-model checkpoints under ``checkpoints/``.
-
-    Work-around: ``icl.runio.prepare_run_dir`` refuses ``--resume`` unless ``checkpoint.pt`` exists, but the study
-    frame (``experiments.study.train_one``) keeps one checkpoint per (model, seed) under ``checkpoints/`` and none
-    at the root, so without this file a multi-model study could never be resumed.
-    """
-    if not ctx.checkpoint_path.exists():
-        index = {"experiment": ctx.name, "layout": "per-model checkpoints/<tag>-s<seed>.pt"}
-        save_checkpoint(ctx.checkpoint_path, index)
 
 
 @register_report(NAME)

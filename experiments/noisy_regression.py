@@ -52,7 +52,7 @@ from experiments.reporting import aggregate, line_plot, load_run, markdown_table
 from experiments.study import Rows, StudyConfig, held_out_prompts, train_one
 from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
-from icl.runio import save_checkpoint, write_json
+from icl.runio import write_json
 from icl.seeding import Streams
 from icl.train import TrainConfig, TrainingDiverged
 from learned_optimizers import LinearSelfAttention, LSAConfig
@@ -234,7 +234,6 @@ def _errors(w: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
 def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
-    mark_resumable(ctx)
     rows = Rows(NAME)
     lambdas: dict = {}
     for seed in cfg.seeds:
@@ -474,18 +473,6 @@ def _findings(rows, noises, modes, depths) -> list[str]:
         "profile. Where GD++ has not reached ConstRR at small σ_max the model is still training-limited.",
     ]
     return out
-
-
-def mark_resumable(ctx: RunContext) -> None:
-    """Write the run's root ``checkpoint.pt``: an index of the per-model checkpoints under ``checkpoints/``.
-
-    Work-around: ``icl.runio.prepare_run_dir`` refuses ``--resume`` unless ``checkpoint.pt`` exists, but the study
-    frame (``experiments.study.train_one``) keeps one checkpoint per (model, seed) under ``checkpoints/`` and none
-    at the root, so without this file a multi-model study could never be resumed.
-    """
-    if not ctx.checkpoint_path.exists():
-        index = {"experiment": ctx.name, "layout": "per-model checkpoints/<tag>-s<seed>.pt"}
-        save_checkpoint(ctx.checkpoint_path, index)
 
 
 @register_report(NAME)

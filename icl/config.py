@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,33 @@ C = TypeVar("C", bound="Config")
 
 
 class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type, or out of range."""
+    """A config value is missing, unknown, of the wrong type, or out of range.
+
+    ``qualified`` marks a message that already names the full dotted path (``prompt.d``), so that enclosing
+    sections do not prefix it again.
+    """
+
+    def __init__(self, message: str, *, qualified: bool = False) -> None:
+        super().__init__(message)
+        self.qualified = qualified
+
+
+_FIELD_HEAD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _in_section(section: str, cls: type, err: ConfigError) -> ConfigError:
+    """The error of a nested config re-worded with its section's dotted path (``d = 0`` -> ``prompt.d = 0``).
+
+    A message that starts with one of ``cls``'s field names gets ``section.`` prepended; any other message
+    (a cross-field rule worded freely) gets ``section: `` prepended, so the reader always knows where to look.
+    """
+    msg = str(err)
+    if not section or err.qualified:
+        return err
+    m = _FIELD_HEAD.match(msg)
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    new = f"{section}.{msg}" if m and m.group(0) in names else f"{section}: {msg}"
+    return ConfigError(new)
 
 
 def spec(
@@ -148,7 +175,9 @@ class Config:
             meta = f.metadata
             if meta.get("choices") is not None and value is not None and value not in meta["choices"]:
                 choices = ", ".join(repr(c) for c in meta["choices"])
-                raise ConfigError(f"{path} = {value!r} is not one of: {choices}")
+                near = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=3, cutoff=0.5)
+                hint = f" (did you mean: {', '.join(repr(x) for x in near)}?)" if near else ""
+                raise ConfigError(f"{path} = {value!r} is not one of: {choices}{hint}")
             if value is None or isinstance(value, (str, bool)) or dataclasses.is_dataclass(value):
                 continue
             values = value if isinstance(value, tuple) else (value,)
@@ -181,8 +210,11 @@ class Config:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
-                raise ConfigError(_unknown(f"{prefix}.{key}" if prefix else key, cls, prefix))
-        return cls(**dict(data))
+                raise ConfigError(_unknown(f"{prefix}.{key}" if prefix else key, cls, prefix), qualified=True)
+        try:
+            return cls(**dict(data))
+        except ConfigError as e:
+            raise _in_section(prefix, cls, e) from None
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with some fields changed (validated again)."""
@@ -212,15 +244,18 @@ class Config:
         head = parts[0]
         prefix = full[: len(full) - len(".".join(parts))].rstrip(".")
         if head not in names:
-            raise ConfigError(_unknown(full, type(self), prefix))
+            raise ConfigError(_unknown(full, type(self), prefix), qualified=True)
         current = getattr(self, head)
         if len(parts) > 1:
             if not isinstance(current, Config):
-                raise ConfigError(f"{full}: {head} is not a section, it has no field {parts[1]!r}")
-            new = current._set(parts[1:], value, full)
+                raise ConfigError(f"{full}: {head} is not a section, it has no field {parts[1]!r}", qualified=True)
+            try:
+                new = current._set(parts[1:], value, full)
+            except ConfigError as e:
+                raise _in_section(head, type(current), e) from None
         else:
             if isinstance(current, Config):
-                raise ConfigError(f"{full} is a section; set one of its fields, e.g. {full}.<field>")
+                raise ConfigError(f"{full} is a section; set one of its fields, e.g. {full}.<field>", qualified=True)
             new = coerce(full, value, _hints(type(self))[head]) if isinstance(value, str) else value
         return dataclasses.replace(self, **{head: new})
 
@@ -273,5 +308,5 @@ def coerce(path: str, text: str, tp: Any) -> Any:
             return tuple(coerce(f"{path}[{i}]", t.strip(), elem) for i, t in enumerate(items))
     except ValueError:
         name = getattr(tp, "__name__", str(tp))
-        raise ConfigError(f"{path} = {text!r} is not a valid {name}") from None
+        raise ConfigError(f"{path} = {text!r} is not a valid {name}", qualified=True) from None
     return text

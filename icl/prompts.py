@@ -22,7 +22,7 @@ import torch
 from einops import einsum, rearrange
 
 from icl.config import Config, ConfigError, spec
-from icl.validation import check_tensor
+from icl.validation import check_float_dtype, check_generator, check_tensor
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,12 @@ class PromptDistribution:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        if not isinstance(cfg, PromptConfig):
+            raise ValueError(f"cfg must be a PromptConfig, got {type(cfg).__name__}")
+        if generator is not None:
+            check_generator("generator", generator)
         self.cfg = cfg
-        self.dtype = dtype
+        self.dtype = check_float_dtype("dtype", dtype)
         d = cfg.d
         if U is None:
             if cfg.rotation == "identity":
@@ -192,6 +196,9 @@ class PromptDistribution:
         """Draw ``batch_size`` prompts on the generator's device."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_generator("generator", generator)
+        check_float_dtype("dtype", self.dtype)
+        self._check_scale(self.dtype)
         cfg, dev, dt = self.cfg, generator.device, self.dtype
         B, n, d = batch_size, cfg.n, cfg.d
         if cfg.input_law == "gaussian":
@@ -219,6 +226,32 @@ class PromptDistribution:
             U=self.U.to(dev, dt),
             sigma=sigma,
         )
+
+    def _check_scale(self, dtype: torch.dtype) -> None:
+        """Refuse a law whose values (or their squares, as in losses and XᵀX) overflow ``dtype``.
+
+        Pure float arithmetic on the config (no host sync), done once per dtype: a clear error instead of
+        prompts that silently hold inf and losses that silently become NaN.
+        """
+        if getattr(self, "_scale_ok", None) == dtype:
+            return
+        cfg = self.cfg
+        lam = [float(v) * (cfg.uniform_a**2 / 3 if cfg.input_law == "uniform" else 1.0) for v in cfg.spectrum()]
+        with_inf = lambda f: f() if all(v > 0 for v in lam) else math.inf
+        m_x = math.sqrt(max(lam))
+        m_w = 1.0 if cfg.w_prior == "identity" else with_inf(lambda: 1 / math.sqrt(min(lam)))
+        m_s = {"fixed": cfg.sigma, "uniform": cfg.sigma_max, "categorical": max(cfg.sigma_set, default=0.0)}
+        m_y = m_x * m_w * math.sqrt(cfg.d) + m_s.get(cfg.noise, 0.0)
+        big = 10 * max(m_x, m_w, m_y) * math.sqrt(max(cfg.n, cfg.d))  # ~10 standard deviations, summed over n, d
+        top = torch.finfo(dtype).max
+        if not big < math.sqrt(top):
+            name = str(dtype).replace("torch.", "")
+            raise ValueError(
+                f"the prompt law's scale overflows {name}: |x| ~ {m_x:.3g}, |w*| ~ {m_w:.3g}, |y| ~ {m_y:.3g}, whose "
+                f"squares (~{big:.3g}²) exceed the largest {name} ({top:.3g}); use train.dtype=float64 or "
+                "rescale prompt.eigenvalues / uniform_a / sigma"
+            )
+        self._scale_ok = dtype
 
     def _sample_sigma(self, B: int, generator: torch.Generator) -> torch.Tensor:
         cfg, dev, dt = self.cfg, generator.device, self.dtype

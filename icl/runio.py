@@ -5,12 +5,14 @@ directory, are flushed and fsync'ed, and the file is renamed over the target, so
 half-written ``results.csv`` or checkpoint, and what was there before survives until the new file is complete.
 
 Checkpoints are plain ``torch.save`` dicts of tensors, numbers, strings, lists and dicts, so they load with
-``torch.load(path, weights_only=True)``; the resolved config is stored as a JSON string.
+``torch.load(path, weights_only=True)``; the resolved config is stored as a JSON string, and a SHA-256 of the
+contents (``checksum``) lets :func:`load_checkpoint` reject a file whose bytes changed after it was written.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -113,33 +115,97 @@ def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False, resume:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} exists and is not a directory")
-    occupied = path.is_dir() and any(path.iterdir())
+    # an empty figures/ folder is what an earlier attempt that failed before writing anything leaves
+    occupied = path.is_dir() and any(p.name != "figures" or any(p.iterdir()) for p in path.iterdir())
     if occupied and not (overwrite or resume):
         raise RunDirError(
             f"run directory {path} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    if resume and not (path / "checkpoint.pt").exists():
-        raise RunDirError(f"cannot resume: {path / 'checkpoint.pt'} does not exist")
+    if resume and not (path / "checkpoint.pt").exists() and not any((path / "checkpoints").glob("*.pt")):
+        raise RunDirError(f"cannot resume: {path} holds no checkpoint (checkpoint.pt or checkpoints/*.pt)")
     path.mkdir(parents=True, exist_ok=True)
     (path / "figures").mkdir(exist_ok=True)
     return path
 
 
+def find_nonfinite(obj: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN/inf floating tensor inside ``obj`` (nested dicts, lists and tensors),
+    or None when every floating tensor is finite."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return path or "<tensor>"
+        return None
+    if isinstance(obj, Mapping):
+        items: Iterable[tuple[Any, Any]] = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = find_nonfinite(v, f"{path}.{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
+
+
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Atomically save a checkpoint dict; refuses non-finite model weights so a good file is never replaced
-    by a diverged state."""
-    state = payload.get("model")
-    if isinstance(state, Mapping):
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                raise CheckpointError(f"refusing to write a checkpoint: model weight {k!r} is not finite")
+    """Atomically save a checkpoint dict.
+
+    Refuses (with :class:`CheckpointError`, before touching the file) a payload holding any non-finite floating
+    tensor (model weights, optimizer state), so a good checkpoint is never replaced by a diverged state.
+    """
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"a checkpoint payload must be a mapping, got {type(payload).__name__}")
+    bad = find_nonfinite(payload)
+    if bad is not None:
+        raise CheckpointError(f"refusing to write a checkpoint: {bad} is not finite (the previous file is kept)")
+    payload = {k: v for k, v in payload.items() if k != "checksum"}
+    payload["checksum"] = payload_digest(payload)
     buf = io.BytesIO()
-    torch.save(dict(payload), buf)
+    torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``, turning any failure into a clear :class:`CheckpointError`."""
+def payload_digest(obj: Any) -> str:
+    """A SHA-256 over a checkpoint payload's contents (tensor bytes, dtypes, shapes, numbers, strings), stored
+    in the file so that bytes flipped inside tensor data, which ``torch.load`` cannot notice, are caught."""
+    h = hashlib.sha256()
+
+    def feed(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, Mapping):
+            h.update(b"{")
+            for k in sorted(o, key=str):
+                h.update(repr(k).encode())
+                feed(o[k])
+            h.update(b"}")
+        elif isinstance(o, (list, tuple)):
+            h.update(b"[")
+            for v in o:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(o).encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    required: Sequence[str] = ("format", "model"),
+) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``, turning any failure into a clear :class:`CheckpointError`.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where to put the tensors.
+        required: top-level keys that must be present (named in the error when missing).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -151,6 +217,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
     except Exception as e:  # pickle.UnpicklingError and friends
         raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict) or "format" not in obj or "model" not in obj:
-        raise CheckpointError(f"checkpoint {path} is not an icl-optimizers checkpoint (missing 'format'/'model')")
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} is not an icl-optimizers checkpoint (a {type(obj).__name__})")
+    if "checksum" in obj:
+        stored = obj.pop("checksum")
+        if stored != payload_digest(obj):
+            raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the stored checksum")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is not an icl-optimizers checkpoint: missing {', '.join(repr(k) for k in missing)}"
+        )
     return obj

@@ -13,10 +13,14 @@ states, the state of the ``train`` generator at the start of the current batch, 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import math
+import signal
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +31,7 @@ from tqdm.auto import tqdm
 from icl.config import Config, ConfigError, spec
 from icl.optim import OPTIMIZERS, make_optimizer
 from icl.prompts import PromptDistribution
+from icl.runio import find_nonfinite
 from icl.seeding import Streams
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -53,6 +58,12 @@ class TrainConfig(Config):
         eval_batch: size of the held-out batch.
         log_every: read the losses back (and update the progress bar) every so many steps.
         dtype: floating dtype of the model and the prompts.
+        on_divergence: what a non-finite loss, gradient or state does: ``stop`` raises
+            :class:`TrainingDiverged` naming the step and the last finite loss; ``rollback`` restores the last
+            state that passed a finite read-back and continues with the learning rate multiplied by
+            ``rollback_lr_factor``, at most ``max_rollbacks`` times (then it stops as ``stop`` does).
+        max_rollbacks: how many rollbacks one run may take.
+        rollback_lr_factor: the learning rate is multiplied by this at each rollback.
     """
 
     steps: int = spec(2000, ge=0)
@@ -71,6 +82,9 @@ class TrainConfig(Config):
     eval_batch: int = spec(4096, ge=1)
     log_every: int = spec(50, ge=1)
     dtype: str = spec("float32", choices=tuple(DTYPES))
+    on_divergence: str = spec("stop", choices=("stop", "rollback"))
+    max_rollbacks: int = spec(3, ge=0)
+    rollback_lr_factor: float = spec(0.5, gt=0, lt=1)
 
     def check(self) -> None:
         if self.betas is not None and len(self.betas) != 2:
@@ -130,22 +144,61 @@ def query_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became non-finite."""
+    """The loss, the gradient or the trained state became non-finite (and no rollback was left).
+
+    Attributes:
+        step: the step (1-based count of optimizer steps) at which it was detected.
+        last_loss: the last finite training loss read back (NaN if none).
+    """
+
+    def __init__(self, message: str, *, step: int = -1, last_loss: float = float("nan")) -> None:
+        super().__init__(message)
+        self.step = step
+        self.last_loss = last_loss
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run was asked to stop (SIGINT, SIGTERM or :meth:`Trainer.request_stop`) and stopped cleanly.
+
+    The on-checkpoint callback has been called with the state at ``step`` before this is raised, so the run can
+    be continued exactly from it.
+
+    Attributes:
+        step: the step the trainer stopped at.
+        signum: the signal that asked for the stop, or None for a programmatic request.
+    """
+
+    def __init__(self, message: str, *, step: int, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
 class History:
-    """What the run logged: one row per step, and the held-out evaluations."""
+    """What the run logged: one row per step, the held-out evaluations and events (rollbacks)."""
 
     rows: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def to_state(self) -> dict[str, Any]:
-        return {"rows": [dict(r) for r in self.rows], "evals": [dict(r) for r in self.evals]}
+        return {
+            "rows": [dict(r) for r in self.rows],
+            "evals": [dict(r) for r in self.evals],
+            "events": [dict(r) for r in self.events],
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> History:
-        return cls(rows=[dict(r) for r in state["rows"]], evals=[dict(r) for r in state["evals"]])
+        return cls(
+            rows=[dict(r) for r in state["rows"]],
+            evals=[dict(r) for r in state["evals"]],
+            events=[dict(r) for r in state.get("events", [])],
+        )
 
     def table(self) -> list[dict[str, Any]]:
         """Rows (step, loss, lr, grad_norm, eval_loss) for ``train_log.csv``; eval_loss empty between evals."""
@@ -155,6 +208,21 @@ class History:
     @property
     def last_loss(self) -> float:
         return self.rows[-1]["loss"] if self.rows else float("nan")
+
+
+@dataclass
+class _Snapshot:
+    """An in-memory copy of the trainer state taken at a read-back where everything was finite."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    block_state: torch.Tensor
+    gen_state: torch.Tensor
+    rows: int
+
+
+TRAINER_STATE_KEYS = ("step", "model", "optimizer", "train_generator", "history")
 
 
 class Trainer:
@@ -168,6 +236,9 @@ class Trainer:
         optimizer: an outer optimizer over ``model.parameters()``; built from ``cfg`` when None.
         device: where the model and the prompts live.
         quiet: no progress bar (it is also off when stderr is not a terminal).
+
+    Raises:
+        ValueError: an argument of the wrong kind (naming it) before any compute.
     """
 
     def __init__(
@@ -181,7 +252,25 @@ class Trainer:
         device: str | torch.device = "cpu",
         quiet: bool = False,
     ) -> None:
-        self.device = torch.device(device)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(dist, PromptDistribution):
+            raise ValueError(f"dist must be a PromptDistribution, got {type(dist).__name__}")
+        if not isinstance(cfg, TrainConfig):
+            raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        if not isinstance(streams, Streams):
+            raise ValueError(f"streams must be a Streams, got {type(streams).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device {device!r} is not a torch device ({e})") from None
+        model_d = getattr(model, "d", None)
+        if isinstance(model_d, int) and model_d != dist.cfg.d:
+            raise ValueError(f"the model takes d = {model_d} but the prompts have d = {dist.cfg.d}")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("model has no trainable parameters")
         self.cfg = cfg
         self.model = model.to(device=self.device, dtype=cfg.torch_dtype)
         self.dist = dist
@@ -192,34 +281,76 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.quiet = quiet or not sys.stderr.isatty()
         self.step = 0
+        self.rollbacks = 0
         self.history = History()
         self.gen_train = streams.generator("train", self.device)
         self._block_state = self.gen_train.get_state()
         val = dist.sample(cfg.eval_batch, streams.generator("val", self.device))
         self.Z_val, self.y_val = val.Z(), val.y_query
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._stop: tuple[str, int | None] | None = None
+        self._snapshot: _Snapshot | None = None
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (tensors, numbers, lists: loads with weights_only=True)."""
+        """Everything needed to continue exactly (tensors, numbers, lists: loads with weights_only=True).
+
+        ``train_generator`` is the ``train`` stream's state at the start of the current batch block (to
+        re-draw a batch that is being reused) and ``train_generator_now`` its current state. The learning-rate
+        schedule is stateless (:func:`lr_factor` of the step), so ``base_lrs`` (lowered by rollbacks) and the
+        step determine it.
+        """
         return {
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "train_generator": self._block_state.clone(),
+            "train_generator_now": self.gen_train.get_state(),
+            "base_lrs": list(self.base_lrs),
+            "rollbacks": self.rollbacks,
             "history": self.history.to_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`.
+
+        Raises:
+            ValueError: a key is missing, or the saved generator state does not match the re-drawn batch.
+        """
+        missing = [k for k in TRAINER_STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"trainer state is missing {', '.join(repr(k) for k in missing)}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.history = History.from_state(state["history"])
-        self._block_state = state["train_generator"].clone()
-        self.gen_train.set_state(self._block_state.clone())
+        if "base_lrs" in state:
+            if len(state["base_lrs"]) != len(self.optimizer.param_groups):
+                raise ValueError(
+                    f"trainer state has {len(state['base_lrs'])} learning rates but the optimizer has "
+                    f"{len(self.optimizer.param_groups)} parameter groups"
+                )
+            self.base_lrs = [float(x) for x in state["base_lrs"]]
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self._restore_generator(state["train_generator"], state.get("train_generator_now"))
+        self._snapshot = None
+
+    def _restore_generator(self, block_state: torch.Tensor, now: torch.Tensor | None) -> None:
+        """Put the ``train`` stream where it was at ``self.step``, re-drawing the batch of an unfinished block."""
+        self._block_state = block_state.clone()
         self._batch = None
         if self.step % self.cfg.resample_every != 0:  # re-draw the batch the interrupted block was using
+            self.gen_train.set_state(self._block_state.clone())
             self._batch = self._sample()
+            if now is not None and not torch.equal(self.gen_train.get_state(), now):
+                raise ValueError(
+                    "the train generator does not reach its saved state after re-drawing the current batch "
+                    "(was the state saved with another batch size or prompt law?)"
+                )
+        elif now is not None:  # at a block boundary the next step draws from the current state
+            self.gen_train.set_state(now.clone())
+        else:  # an old checkpoint without the current state: only exact when it was saved mid-block
+            self.gen_train.set_state(self._block_state.clone())
 
     # -- one step ------------------------------------------------------------------------------------------
     def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,6 +385,36 @@ class Trainer:
         """The query MSE on the fixed held-out batch."""
         return float(query_mse(self.model(self.Z_val, check=False), self.y_val))
 
+    # -- stopping ------------------------------------------------------------------------------------------
+    def request_stop(self, reason: str = "a stop was requested", signum: int | None = None) -> None:
+        """Ask :meth:`run` to stop after the current step: it reads the losses back, calls the on-checkpoint
+        callback and raises :class:`TrainingInterrupted`. Safe to call from a signal handler."""
+        self._stop = (reason, signum)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into :meth:`request_stop` while training (a second signal acts at once);
+        the previous handlers are restored afterwards. Only in the main thread (where Python allows it)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop is not None and self._stop[1] is not None:  # asked twice: stop now
+                signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+                signal.raise_signal(signum)
+                return
+            self.request_stop(f"{signal.Signals(signum).name} received", signum)
+
+        try:
+            for sig in STOP_SIGNALS:
+                previous[sig] = signal.signal(sig, handler)
+            yield
+        finally:
+            for sig, prev in previous.items():
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+
     # -- the loop ------------------------------------------------------------------------------------------
     def run(
         self,
@@ -263,41 +424,131 @@ class Trainer:
     ) -> History:
         """Train until step ``until`` (default ``cfg.steps``), logging and evaluating on the way.
 
+        Losses stay on the device and are read back every ``log_every`` steps, and always before a checkpoint,
+        an evaluation or a stop, so ``on_checkpoint`` only ever sees a state whose losses, gradients, weights and
+        optimizer state are all finite. At each such read-back an in-memory snapshot is kept for rollback.
+
+        SIGINT and SIGTERM received while this runs stop it cleanly after the current step (see
+        :meth:`request_stop`); the previous handlers are restored when it returns.
+
         Raises:
-            TrainingDiverged: the loss or gradient norm became NaN or infinite (naming the step and the last
-                finite loss).
+            TrainingDiverged: the loss, gradient norm or state became NaN or infinite (naming the step and the
+                last finite loss), with ``on_divergence = "stop"`` or no rollback left.
+            TrainingInterrupted: a stop was requested; ``on_checkpoint`` was called first.
         """
         cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
         pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
+        self._stop = None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, desc="train", leave=False)
         try:
-            while self.step < until:
-                loss, gnorm, lr = self.train_step()
-                pending.append((self.step, lr, loss, gnorm))
-                bar.update(1)
-                at_end = self.step == until
-                if self.step % cfg.log_every == 0 or at_end or self.step % cfg.eval_every == 0:
-                    self._flush(pending)
-                    pending = []
-                    bar.set_postfix(loss=f"{self.history.last_loss:.4g}")
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    self.history.evals.append({"step": self.step, "eval_loss": self.evaluate()})
-                if on_checkpoint is not None and checkpoint_every and (self.step % checkpoint_every == 0 or at_end):
-                    on_checkpoint(self)
+            with self._stop_on_signals():
+                if self._snapshot is None or self._snapshot.step != self.step:
+                    self._take_snapshot()
+                while self.step < until:
+                    loss, gnorm, lr = self.train_step()
+                    pending.append((self.step, lr, loss, gnorm))
+                    bar.update(1)
+                    at_end = self.step == until
+                    stop = self._stop is not None
+                    evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                    checkpoint = on_checkpoint is not None and (
+                        stop or (bool(checkpoint_every) and (self.step % checkpoint_every == 0 or at_end))
+                    )
+                    if self.step % cfg.log_every == 0 or at_end or evaluate or checkpoint or stop:
+                        ok = self._flush(pending)
+                        pending = []
+                        if not ok:  # rolled back to the last snapshot
+                            bar.reset(total=cfg.steps)
+                            bar.update(self.step)
+                            continue
+                        bar.set_postfix(loss=f"{self.history.last_loss:.4g}")
+                    if evaluate:
+                        self.history.evals.append({"step": self.step, "eval_loss": self.evaluate()})
+                    if checkpoint:
+                        on_checkpoint(self)
+                    if stop:
+                        reason, signum = self._stop
+                        raise TrainingInterrupted(
+                            f"{reason}; stopped at step {self.step}", step=self.step, signum=signum
+                        )
         finally:
             bar.close()
         return self.history
 
-    def _flush(self, pending: list[tuple[int, float, torch.Tensor, torch.Tensor]]) -> None:
-        if not pending:
-            return
-        values = torch.stack([torch.stack([l.float(), g.float()]) for _, _, l, g in pending]).tolist()
-        for (step, lr, _, _), (loss, gnorm) in zip(pending, values):
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                last = self.history.last_loss
-                raise TrainingDiverged(
-                    f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step}; "
-                    f"last finite loss {last:.6g}"
-                )
-            self.history.rows.append({"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm})
+    def _take_snapshot(self) -> None:
+        self._snapshot = _Snapshot(
+            step=self.step,
+            model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            block_state=self._block_state.clone(),
+            gen_state=self.gen_train.get_state(),
+            rows=len(self.history.rows),
+        )
+
+    def _restore_snapshot(self) -> None:
+        snap = self._snapshot
+        assert snap is not None
+        self.model.load_state_dict(snap.model)
+        self.optimizer.load_state_dict(copy.deepcopy(snap.optimizer))
+        self.step = snap.step
+        del self.history.rows[snap.rows :]
+        self.history.evals = [e for e in self.history.evals if e["step"] <= snap.step]
+        self._restore_generator(snap.block_state, snap.gen_state)
+
+    def _state_problem(self) -> str | None:
+        """What is non-finite in the weights or the optimizer state, if anything (one host sync)."""
+        flags = [torch.isfinite(p.detach()).all() for p in self.params]
+        if flags and not bool(torch.stack(flags).all()):
+            return f"model weight {find_nonfinite(self.model.state_dict())!r}"
+        bad = find_nonfinite(self.optimizer.state_dict().get("state", {}))
+        return None if bad is None else f"optimizer state {bad!r}"
+
+    def _flush(self, pending: list[tuple[int, float, torch.Tensor, torch.Tensor]]) -> bool:
+        """Read the pending losses back and check them and the state; True if all is finite.
+
+        On a non-finite value: raise :class:`TrainingDiverged`, or roll back and return False.
+        """
+        if pending:
+            values = torch.stack([torch.stack([l.float(), g.float()]) for _, _, l, g in pending]).tolist()
+            for (step, lr, _, _), (loss, gnorm) in zip(pending, values):
+                if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                    what = "loss" if not math.isfinite(loss) else "gradient norm"
+                    return self._diverged(
+                        f"non-finite {what} ({loss if what == 'loss' else gnorm}) at step {step}", step
+                    )
+                self.history.rows.append({"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm})
+        problem = self._state_problem()
+        if problem is not None:
+            return self._diverged(f"non-finite {problem} after step {self.step}", self.step)
+        self._take_snapshot()
+        return True
+
+    def _diverged(self, what: str, step: int) -> bool:
+        cfg = self.cfg
+        last = self.history.last_loss
+        snap = self._snapshot
+        if cfg.on_divergence == "rollback" and snap is not None and self.rollbacks < cfg.max_rollbacks:
+            self._restore_snapshot()
+            self.rollbacks += 1
+            self.base_lrs = [lr * cfg.rollback_lr_factor for lr in self.base_lrs]
+            self.history.events.append(
+                {
+                    "event": "rollback",
+                    "diverged_at": step,
+                    "rolled_back_to": snap.step,
+                    "base_lr": self.base_lrs[0],
+                    "rollback": self.rollbacks,
+                }
+            )
+            print(
+                f"warning: {what}; rolled back to step {snap.step} and lowered the learning rate to "
+                f"{self.base_lrs[0]:.3g} (rollback {self.rollbacks} of {cfg.max_rollbacks})",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+        tail = ""
+        if cfg.on_divergence == "rollback":
+            tail = f" after {self.rollbacks} rollback(s) (max_rollbacks = {cfg.max_rollbacks})"
+        raise TrainingDiverged(f"{what}; last finite loss {last:.6g}{tail}", step=step, last_loss=last)

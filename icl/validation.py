@@ -49,9 +49,20 @@ def check_tensor(
                 raise ValueError(f"{name} must have shape {_fmt_shape(shape)}, got {tuple(t.shape)} (dimension {i})")
     if floating and t.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
-    if finite and t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    if finite:
+        check_finite(name, t)
     return t
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Reject NaN and ±inf at the cost of one reduction.
+
+    A finite sum proves that every entry is finite (a NaN or an inf makes the sum NaN or inf), so the
+    elementwise ``isfinite`` pass, which allocates a bool tensor as large as ``t``, only runs when the sum is
+    not finite (a NaN/inf, or an overflow of the sum itself).
+    """
+    if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def check_same(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
@@ -80,6 +91,20 @@ def check_steps(steps: object) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     return steps
+
+
+def check_generator(name: str, g: object) -> torch.Generator:
+    """Require an explicit ``torch.Generator`` (every random draw comes from one; DEVELOPERS.md)."""
+    if not isinstance(g, torch.Generator):
+        raise ValueError(f"{name} must be a torch.Generator (a named stream from icl.seeding), got {type(g).__name__}")
+    return g
+
+
+def check_float_dtype(name: str, dtype: object) -> torch.dtype:
+    """Require a floating torch dtype."""
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating torch dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {dtype!r}")
+    return dtype
 
 
 def _fmt_shape(shape: Sequence[int | None]) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from einops import einsum
 
-from reference_optimizers._checks import check_regression, check_scalar
+from icl.validation import check_regression
+from reference_optimizers._checks import check_scalar
 from reference_optimizers.gradient_descent import moments
 
 

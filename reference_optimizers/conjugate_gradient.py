@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from einops import einsum
 
-from icl.validation import check_steps
-from reference_optimizers._checks import check_regression
+from icl.validation import check_regression, check_steps
 from reference_optimizers.gradient_descent import moments
 
 
@@ -61,7 +60,7 @@ def conjugate_gradient(X: torch.Tensor, y: torch.Tensor, steps: int, variant: st
     tol = torch.finfo(X.dtype).eps ** 2 * rr  # ‖r‖ <= eps·‖g‖ counts as a zero residual
     one = torch.ones_like(rr)
     for t in range(steps):
-        Hs = einsum(H, s, "b i j, b j -> b i")
+        Hs = einsum(s, H, "b j, b j i -> b i")
         sHs = einsum(s, Hs, "b i, b i -> b")
         active = (rr > tol) & (sHs > 0)
         alpha = torch.where(active, rr / torch.where(active, sHs, one), 0.0).unsqueeze(-1)

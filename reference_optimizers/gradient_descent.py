@@ -14,12 +14,16 @@ from collections.abc import Sequence
 import torch
 from einops import einsum
 
-from icl.validation import check_steps
-from reference_optimizers._checks import check_preconditioner, check_regression
+from icl.validation import check_regression, check_steps
+from reference_optimizers._checks import check_iterates, check_preconditioner
 
 
 def moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sufficient statistics of R: H = XᵀX/n (B, d, d) and g = Xᵀy/n (B, d)."""
+    """The sufficient statistics of R: H = XᵀX/n (B, d, d) and g = Xᵀy/n (B, d).
+
+    H is symmetric, so the iterations compute H v as vᵀH (``einsum(v, H, "b j, b j i -> b i")``): the batched
+    row-vector product reads H row-contiguously and is ~3-4× faster on CPU than the column form.
+    """
     n = X.shape[1]
     H = einsum(X, X, "b n i, b n j -> b i j").div_(n)  # in place: no second (B, d, d) buffer
     g = einsum(X, y, "b n i, b n -> b i").div_(n)
@@ -72,9 +76,10 @@ def gradient_descent(
     w = X.new_zeros(X.shape[0], X.shape[2])
     out = [w]
     for e in etas:
-        w = w - e * (einsum(H, w, "b i j, b j -> b i") - g)
+        w = w - e * (einsum(w, H, "b j, b j i -> b i") - g)
         out.append(w)
-    return torch.stack(out, dim=1)
+    hint = "gradient descent is stable only for η < 2/λ_max(XᵀX/n): lower eta"
+    return check_iterates("gradient_descent", torch.stack(out, dim=1), hint)
 
 
 def preconditioned_gd(
@@ -111,6 +116,7 @@ def preconditioned_gd(
     w = X.new_zeros(X.shape[0], X.shape[2])
     out = [w]
     for e in etas:
-        w = w - e * einsum(P, einsum(H, w, "b i j, b j -> b i") - g, pattern)
+        w = w - e * einsum(P, einsum(w, H, "b j, b j i -> b i") - g, pattern)
         out.append(w)
-    return torch.stack(out, dim=1)
+    hint = "it is stable only while the eigenvalues of η·P·XᵀX/n stay below 2: lower eta or rescale P"
+    return check_iterates("preconditioned_gd", torch.stack(out, dim=1), hint)

@@ -128,7 +128,7 @@ def _chebyshev_features(P, H, g, xq, depth, L):
     if depth > 1:
 
         def A(v):
-            return 2 / L * einsum(P, einsum(H, v, "b i j, b j -> b i"), "i j, b j -> b i") - v
+            return 2 / L * einsum(P, einsum(v, H, "b j, b j i -> b i"), "i j, b j -> b i") - v
 
         v = A(v_prev)
         cols.append(einsum(xq, v, "b i, b i -> b"))

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from reference_optimizers._checks import check_prompts
+from reference_optimizers._checks import DivergedError, check_prompts
 from reference_optimizers.losses import mean_query_loss
 
 _BIG = 1e30  # the objective of a diverged run (inf/NaN), finite so that the optimisers can compare it
@@ -102,7 +102,10 @@ def tune(
 
     def losses(hp: dict[str, Any], X, y, xq, yq) -> torch.Tensor:
         with torch.no_grad():
-            it = method(X, y, steps, **fixed, **hp)
+            try:
+                it = method(X, y, steps, **fixed, **hp)
+            except DivergedError:
+                return torch.full((steps + 1,), math.inf, dtype=torch.float64)
         return mean_query_loss(it, xq, yq).to(torch.float64).cpu()
 
     def score(hp: dict[str, Any]) -> float:
@@ -133,14 +136,10 @@ def tune(
                 i += sizes[k]
             return hp
 
-        z0 = np.concatenate(
-            [np.full(sizes[k], math.log(best_hp[k]) if log[k] else best_hp[k]) for k in names]
-        )
+        z0 = np.concatenate([np.full(sizes[k], math.log(best_hp[k]) if log[k] else best_hp[k]) for k in names])
         budget = maxfev if maxfev is not None else min(2000, 100 * len(z0))
         solver = "Nelder-Mead" if len(z0) <= 4 else "Powell"
-        res = scipy.optimize.minimize(
-            lambda z: score(unpack(z)), z0, method=solver, options={"maxfev": budget}
-        )
+        res = scipy.optimize.minimize(lambda z: score(unpack(z)), z0, method=solver, options={"maxfev": budget})
         if res.fun < best:
             best, best_hp = float(res.fun), unpack(res.x)
         else:  # keep the grid point, expanded to schedules where asked

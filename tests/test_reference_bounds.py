@@ -58,9 +58,7 @@ def test_krylov_depth_one_with_preconditioner_is_best_preconditioned_step():
     P = torch.linalg.inv(S @ S)  # Σ⁻¹
     p = make_prompts(3000, 10, 4, seed=2, Sigma_sqrt=S)
     bound = ro.krylov_bound(p, p, 1, preconditioner=P)
-    best = scipy.optimize.minimize_scalar(
-        lambda e: one_step_loss(p, e, P), bounds=(0.0, 3.0), method="bounded"
-    )
+    best = scipy.optimize.minimize_scalar(lambda e: one_step_loss(p, e, P), bounds=(0.0, 3.0), method="bounded")
     assert bound.train_loss[1] == pytest.approx(best.fun, rel=1e-8)
 
 
@@ -123,9 +121,7 @@ def test_tune_one_step_gd_finds_the_scalar_optimum():
     train = make_prompts(2000, 10, 4, seed=10)
     test = make_prompts(2000, 10, 4, seed=11)
     res = ro.tune(ro.gradient_descent, train, 1, {"eta": [0.1, 0.3, 1.0, 3.0]}, test_prompts=test)
-    best = scipy.optimize.minimize_scalar(
-        lambda e: one_step_loss(train, e), bounds=(0.0, 3.0), method="bounded"
-    )
+    best = scipy.optimize.minimize_scalar(lambda e: one_step_loss(train, e), bounds=(0.0, 3.0), method="bounded")
     assert res.hyperparameters["eta"] == pytest.approx(best.x, rel=1e-3)
     assert float(res.train_loss[1]) == pytest.approx(best.fun, rel=1e-7)
     assert res.test_loss.shape == (2,) and float(res.test_loss[1]) == pytest.approx(

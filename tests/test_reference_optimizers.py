@@ -67,9 +67,7 @@ def test_shape_start_and_batch_equals_loop(name):
     if name == "preconditioned_gd_per_prompt":  # P must be sliced with the prompt
         H, _ = ro.moments(X, y)
         P = torch.linalg.inv(H + torch.eye(4, dtype=X.dtype))
-        loop = [
-            ro.preconditioned_gd(X[b : b + 1], y[b : b + 1], STEPS, P[b : b + 1], eta=0.5) for b in range(5)
-        ]
+        loop = [ro.preconditioned_gd(X[b : b + 1], y[b : b + 1], STEPS, P[b : b + 1], eta=0.5) for b in range(5)]
     else:
         loop = [run(name, X[b : b + 1], y[b : b + 1]) for b in range(5)]
     torch.testing.assert_close(it, torch.cat(loop), rtol=1e-12, atol=1e-12)
@@ -210,9 +208,7 @@ def test_gd_plus_plus_matches_token_recurrence(etas, gammas):
 
 def test_gd_plus_plus_with_zero_gamma_is_gd():
     X, y, _, _ = make_problem()
-    torch.testing.assert_close(
-        ro.gd_plus_plus(X, y, 5, eta=ETAS, gamma=0.0), ro.gradient_descent(X, y, 5, ETAS)
-    )
+    torch.testing.assert_close(ro.gd_plus_plus(X, y, 5, eta=ETAS, gamma=0.0), ro.gradient_descent(X, y, 5, ETAS))
 
 
 # --- conjugate gradient -----------------------------------------------------------------------------------
@@ -296,9 +292,7 @@ def test_least_squares_matches_numpy_lstsq_min_norm(n, d):
     y = y + torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
     w = ro.least_squares(X, y).numpy()
     for b in range(4):
-        np.testing.assert_allclose(
-            w[b], np.linalg.lstsq(X[b].numpy(), y[b].numpy(), rcond=None)[0], atol=1e-10
-        )
+        np.testing.assert_allclose(w[b], np.linalg.lstsq(X[b].numpy(), y[b].numpy(), rcond=None)[0], atol=1e-10)
 
 
 def test_least_squares_rank_deficient_is_min_norm():
@@ -307,9 +301,7 @@ def test_least_squares_rank_deficient_is_min_norm():
     X[..., 4:] = X[..., :2]
     w = ro.least_squares(X, y).numpy()
     for b in range(3):
-        np.testing.assert_allclose(
-            w[b], np.linalg.lstsq(X[b].numpy(), y[b].numpy(), rcond=None)[0], atol=1e-10
-        )
+        np.testing.assert_allclose(w[b], np.linalg.lstsq(X[b].numpy(), y[b].numpy(), rcond=None)[0], atol=1e-10)
 
 
 def test_ridge_matches_normal_equations():
@@ -319,9 +311,7 @@ def test_ridge_matches_normal_equations():
     for b in range(X.shape[0]):
         Xb, yb = X[b].numpy(), y[b].numpy()
         n, d = Xb.shape
-        np.testing.assert_allclose(
-            w[b], np.linalg.solve(Xb.T @ Xb / n + lam * np.eye(d), Xb.T @ yb / n), atol=1e-12
-        )
+        np.testing.assert_allclose(w[b], np.linalg.solve(Xb.T @ Xb / n + lam * np.eye(d), Xb.T @ yb / n), atol=1e-12)
     torch.testing.assert_close(ro.ridge(X, y, 0.0), ro.least_squares(X, y))
 
 

@@ -1,0 +1,423 @@
+"""newton_vs_gd (issue #5 item 4): do deeper layers match iterative Newton or exponentially many GD steps?
+
+Fu et al. (2023/24, arXiv 2310.17086) probe every layer of a 12-layer GPT-2 (d = 20) and find best-matching
+iterative-Newton steps 1, 1, 3, 5, 8, 10, 14, 17, 20, 21, 21, 21 for layers 1..12 (about 3 Newton iterations
+per middle layer) while GD needs exponentially many steps per extra layer; Giannou et al. (2024) show linear
+attention can emulate Newton–Schulz steps. At CPU scale we train, on d = 10, n = 20, x ~ N(0, I), w* ~ N(0, I):
+
+- ``lsa_full``: an L-layer LSA with unconstrained P, Q (``mode="full"``), read out per layer as −(query y-slot)
+  (von Oswald et al.'s per-layer read-out; trained in float64 with global clipping, see below);
+- ``gpt``: the softmax baseline (:class:`learned_optimizers.GPT`, pre-LN, causal, Garg's interleaved tokens),
+  trained on the query loss; per layer a linear read-out of the query position's hidden state is fitted by
+  ridge regression on separate ``probe`` prompts (Fu et al. retrain one linear read-out per layer with the
+  network frozen; ours is the closed-form fit of that read-out).
+
+Per layer ℓ and reference step t, :func:`learned_optimizers.probes.compare` gives Fu's SimE (cosine of the error
+vectors on the n context inputs and the query; Fu use prefixes of a causal model, ours is the whole-context
+version of the probe) and SimW (cosine of induced weights), against
+
+- iterative Newton (Newton–Schulz on S = XᵀX, M₀ = αS with Fu's *code* scaling α = 1/‖SSᵀ‖_F; the paper's
+  α = 2/‖SSᵀ‖₂ does not converge along the top eigenvector, see ``reference_optimizers.newton_schulz``), steps
+  1..``newton_steps``;
+- GD with the tuned constant step (η minimising the mean query loss after ``gd_tune_steps`` steps on a
+  ``tune`` batch; ``reference_optimizers.tune`` is not on main yet, so this is a local grid search), at
+  log-spaced steps 1, 2, 4, …, ``gd_max_steps`` plus a linear grid.
+
+The best-matching step of a layer is argmax_t SimE (Fu's p_b^M); heat maps show SimE per layer × step.
+
+Profiles: quick (1 seed, tiny models and budgets, ~1.5 minutes: a smoke test, the models barely train),
+standard (3 seeds; LSA 4 layers 3000 steps, GPT 4 layers width 64 3000 steps batch 64; ~25 minutes per seed
+on 2 idle cores: run one seed with ``--seeds 0`` on CPU), paper (Fu's GPT-2 scale is out of reach; 6-layer
+GPT width 128, 8 heads, 50k steps batch 64 and 6-layer LSA 20k steps: ~1 GPU-hour with ``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from einops import einsum
+from torch import nn
+
+from experiments.common import RunContext, make_distribution, write_config
+from experiments.registry import register, register_report
+from experiments.reporting import fmt, load_run, markdown_table, mean_ci, write_report
+from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts, train_one
+from icl.config import ConfigError, spec
+from icl.plotting import plt, save_figure, set_theme
+from icl.prompts import PromptConfig, zero_predictor_loss
+from icl.runio import write_json
+from icl.seeding import Streams
+from icl.train import TrainConfig, TrainingDiverged
+from learned_optimizers import LinearSelfAttention, LSAConfig
+from learned_optimizers.gpt import GPT, GPTConfig
+from learned_optimizers.probes import compare
+from reference_optimizers import iterative_newton, least_squares, mean_query_loss, moments
+
+NAME = "newton_vs_gd"
+MODELS = ("lsa_full", "gpt")
+#: Fu et al. (2024) Fig. 7b legend: best-matching iterative-Newton steps of GPT-2 layers 1..12 (d = 20)
+FU_NEWTON = (1, 1, 3, 5, 8, 10, 14, 17, 20, 21, 21, 21)
+
+
+@dataclass(frozen=True)
+class NewtonVsGDConfig(StudyConfig):
+    """Layer-by-step comparison of deeper models with iterative Newton and GD (defaults: standard)."""
+
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(d=10, n=20))
+    models: tuple[str, ...] = MODELS
+    lsa: LSAConfig = field(default_factory=lambda: LSAConfig(layers=4, mode="full", init_std=0.02))
+    lsa_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=3000, batch_size=512, lr=1e-3, clip="global", clip_value=1.0, schedule="cosine",
+            eval_every=100, eval_batch=2048, dtype="float64",
+        )
+    )  # fmt: skip
+    gpt: GPTConfig = field(default_factory=lambda: GPTConfig(layers=4, heads=4, width=64, max_points=20))
+    gpt_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=3000, batch_size=64, lr=1e-3, clip="global", clip_value=1.0, schedule="cosine",
+            eval_every=100, eval_batch=2048,
+        )
+    )  # fmt: skip
+    compare_prompts: int = spec(256, ge=2)
+    probe_prompts: int = spec(4096, ge=16)
+    test_prompts: int = spec(10_000, ge=2)
+    newton_steps: int = spec(24, ge=1)
+    gd_max_steps: int = spec(4096, ge=1)
+    gd_tune_steps: int = spec(100, ge=1)
+
+    def check(self) -> None:
+        super().check()
+        bad = [m for m in self.models if m not in MODELS]
+        if bad:
+            raise ConfigError(f"models {bad} are not among {', '.join(MODELS)}")
+        if self.lsa.mode != "full":
+            raise ConfigError("lsa.mode must be 'full' (the study's unconstrained LSA)")
+        if self.gpt.max_points < self.prompt.n:
+            raise ConfigError(f"gpt.max_points = {self.gpt.max_points} < prompt.n = {self.prompt.n}")
+
+
+PROFILES = {
+    "quick": {"seeds": (0,), "lsa.layers": 3, "lsa_train.steps": 200, "lsa_train.batch_size": 256,
+              "lsa_train.eval_batch": 512, "lsa_train.eval_every": 50, "gpt.layers": 3, "gpt.width": 32,
+              "gpt_train.steps": 60, "gpt_train.batch_size": 32, "gpt_train.eval_batch": 256,
+              "gpt_train.eval_every": 30, "compare_prompts": 48, "probe_prompts": 512, "test_prompts": 1000,
+              "newton_steps": 12, "gd_max_steps": 512, "checkpoint_every": 200},
+    "standard": {},
+    "paper": {"seeds": (0, 1, 2), "lsa.layers": 6, "lsa_train.steps": 20000, "lsa_train.batch_size": 2048,
+              "lsa_train.lr": 5e-4, "gpt.layers": 6, "gpt.width": 128, "gpt.heads": 8, "gpt_train.steps": 50000,
+              "gpt_train.lr": 3e-4, "compare_prompts": 1024, "probe_prompts": 16384, "test_prompts": 100_000,
+              "checkpoint_every": 5000},
+}  # fmt: skip
+
+
+class ProbedGPT(nn.Module):
+    """The GPT with one fitted linear read-out per layer on the query position's hidden state (Fu et al.'s
+    per-layer probes), exposing the interface :func:`compare` uses."""
+
+    query_linear = False
+
+    def __init__(self, gpt: GPT, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.gpt, self.d, self.layers = gpt, gpt.d, gpt.layers
+        self.register_buffer("weight", weight.to(gpt.dtype))  # (L+1, width)
+        self.register_buffer("bias", bias.to(gpt.dtype))  # (L+1,)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.gpt.dtype
+
+    def check_input(self, Z: torch.Tensor) -> torch.Tensor:
+        return self.gpt.check_input(Z)
+
+    def hidden(self, Z: torch.Tensor) -> list[torch.Tensor]:
+        return [h[:, -1] for h in self.gpt.hidden_states(Z[:, :-1, :-1], Z[:, :-1, -1], Z[:, -1, :-1])]
+
+    def layer_predictions(self, Z: torch.Tensor, check: bool = True) -> torch.Tensor:
+        if check:
+            Z = self.check_input(Z)
+        hs = self.hidden(Z)
+        return torch.stack([h @ self.weight[i] + self.bias[i] for i, h in enumerate(hs)], dim=1)
+
+    def forward(self, Z: torch.Tensor, check: bool = True) -> torch.Tensor:
+        return self.layer_predictions(Z, check)[:, -1]
+
+
+@torch.no_grad()
+def fit_probes(gpt: GPT, dist, streams: Streams, count: int, ridge: float = 1e-4) -> ProbedGPT:
+    """Ridge read-outs y_q ≈ w_ℓᵀ h_ℓ + b_ℓ on ``count`` prompts of the ``probe`` stream."""
+    old = dist.dtype
+    dist.dtype = gpt.dtype
+    batch = dist.sample(count, streams.generator("probe", next(gpt.parameters()).device))
+    dist.dtype = old
+    probe = ProbedGPT(gpt, torch.zeros(gpt.layers + 1, gpt.cfg.width), torch.zeros(gpt.layers + 1))
+    hs = probe.hidden(batch.Z())
+    y = batch.y_query.double().cpu()
+    W, b = [], []
+    for h in hs:
+        H = torch.cat([h.double().cpu(), torch.ones(count, 1, dtype=torch.float64)], dim=1)
+        A = H.T @ H + ridge * count * torch.eye(H.shape[1], dtype=torch.float64)
+        coef = torch.linalg.solve(A, H.T @ y)
+        W.append(coef[:-1])
+        b.append(coef[-1])
+    probe.weight.copy_(torch.stack(W).to(probe.weight))
+    probe.bias.copy_(torch.stack(b).to(probe.bias))
+    return probe
+
+
+def gd_steps_grid(max_steps: int) -> list[int]:
+    """Log-spaced 0, 1, 2, 4, … plus a linear grid (Fu: 2⁰…2¹² and 1, 50, 100, …)."""
+    steps = {0, max_steps}
+    k = 1
+    while k <= max_steps:
+        steps.add(k)
+        steps.add(min(max_steps, int(round(k * 1.5))))
+        k *= 2
+    return sorted(steps)
+
+
+def gd_iterates(X: torch.Tensor, y: torch.Tensor, eta: float, keep: list[int]) -> torch.Tensor:
+    """GD from w₀ = 0 with step η on R(w) = (1/2n)‖Xw − y‖², the iterates at the steps in ``keep``."""
+    H, g = moments(X, y)
+    w = X.new_zeros(X.shape[0], X.shape[2])
+    out, wanted = [], set(keep)
+    for t in range(max(keep) + 1):
+        if t in wanted:
+            out.append(w)
+        w = w - eta * (einsum(H, w, "b i j, b j -> b i") - g)
+    return torch.stack(out, dim=1)
+
+
+def tune_gd_step(dist, streams: Streams, steps: int, count: int = 2048) -> float:
+    """The constant η on a grid minimising the mean query loss after ``steps`` GD steps (``tune`` stream)."""
+    old = dist.dtype
+    dist.dtype = torch.float64
+    batch = dist.sample(count, streams.generator("tune"))
+    dist.dtype = old
+    best = (math.inf, 0.0)
+    for eta in np.linspace(0.05, 1.5, 59):
+        w = gd_iterates(batch.X, batch.y, float(eta), [steps])
+        loss = float(mean_query_loss(w, batch.x_query, batch.y_query)[-1])
+        if math.isfinite(loss) and loss < best[0]:
+            best = (loss, float(eta))
+    return best[1]
+
+
+def train_models(cfg: NewtonVsGDConfig, ctx: RunContext, seed: int, streams: Streams, dist):
+    out = {}
+    for name in cfg.models:
+        if name == "lsa_full":
+            model = LinearSelfAttention(cfg.prompt.d, cfg.lsa, generator=streams.generator("init", "cpu"))
+            tc = cfg.lsa_train
+        else:
+            model = GPT(cfg.prompt.d, cfg.gpt, generator=streams.generator("init", "cpu"))
+            tc = cfg.gpt_train
+        try:
+            trainer = train_one(ctx, cfg, name, seed, model, dist, tc, streams)
+        except TrainingDiverged as err:
+            ctx.print(f"seed {seed} {name}: {err}")
+            out[name] = None
+            continue
+        out[name] = trainer.model
+    return out
+
+
+@register(NAME, "per-layer best-matching iterative-Newton vs GD steps of a full LSA and a small GPT (d=10)",
+          NewtonVsGDConfig, profiles=PROFILES)  # fmt: skip
+def run(cfg: NewtonVsGDConfig, ctx: RunContext) -> dict:
+    t0 = time.time()
+    write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
+    rows = Rows(ctx.name)
+    keep = gd_steps_grid(cfg.gd_max_steps)
+    for seed in cfg.seeds:
+        streams = Streams(seed, ctx.device)
+        dist = make_distribution(cfg.prompt, streams)
+        models = train_models(cfg, ctx, seed, streams, dist)
+        prompts = held_out_prompts(dist, streams, cfg.compare_prompts, torch.float64)
+        eta = tune_gd_step(dist, streams, cfg.gd_tune_steps)
+        rows.add("gd", 0, seed, "tuned_eta", eta)
+        refs = {
+            "newton": (iterative_newton(prompts.X, prompts.y, cfg.newton_steps, scaling="code"),
+                       list(range(cfg.newton_steps + 1))),
+            "gd": (gd_iterates(prompts.X, prompts.y, eta, keep), keep),
+        }  # fmt: skip
+        for ref, (iters, steps) in refs.items():
+            losses = mean_query_loss(iters, prompts.x_query, prompts.y_query)
+            for t, v in zip(steps, losses.tolist()):
+                rows.add(ref, t, seed, "compare_loss", v)
+        ols = least_squares(prompts.X, prompts.y)
+        rows.add(
+            "least_squares", 0, seed, "compare_loss", float(mean_query_loss(ols, prompts.x_query, prompts.y_query))
+        )
+        rows.add("zero_predictor", 0, seed, "test_loss", zero_predictor_loss(cfg.prompt))
+        for name, model in models.items():
+            if model is None:
+                rows.add(name, 0, seed, "diverged", 1.0)
+                continue
+            rows.add(name, 0, seed, "diverged", 0.0)
+            rows.add_loss(name, 0, seed, evaluate_model(model, dist, streams, cfg.test_prompts))
+            probed = model if name == "lsa_full" else fit_probes(model, dist, streams, cfg.probe_prompts)
+            for ref, (iters, steps) in refs.items():
+                c = compare(probed, prompts, iters, generator=streams.generator("simw", "cpu"))
+                for layer in range(c.sim_e.shape[0]):
+                    rows.add(f"{name}:{ref}", layer, seed, "layer_loss", c.loss_model[layer])
+                    for j, t in enumerate(steps):
+                        rows.add(f"{name}:{ref}", layer, seed, f"sim_e@{t}", c.sim_e[layer, j])
+                        rows.add(f"{name}:{ref}", layer, seed, f"sim_w@{t}", c.sim_w[layer, j])
+                    rows.add(f"{name}:{ref}", layer, seed, "best_step_sime", steps[int(c.best_step_sime[layer])])
+                    rows.add(f"{name}:{ref}", layer, seed, "best_step_simw", steps[int(c.best_step_simw[layer])])
+                    rows.add(f"{name}:{ref}", layer, seed, "best_sime", float(c.sim_e[layer].max()))
+            ctx.print(f"seed {seed} {name}: compared with Newton and GD")
+        rows.write(ctx)
+    summary = report(ctx.out_dir)
+    summary["wall_time_s"] = time.time() - t0
+    write_json(ctx.out_dir / "summary.json", summary)
+    return summary
+
+
+def _sim_matrix(rows, method: str, metric: str) -> tuple[np.ndarray, list[int], list[int]]:
+    """Mean over seeds of a layer × step similarity."""
+    acc: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["method"] == method and r["metric"].startswith(metric + "@"):
+            acc[(r["depth"], int(r["metric"].split("@")[1]))].append(r["value"])
+    layers = sorted({k[0] for k in acc})
+    steps = sorted({k[1] for k in acc})
+    M = np.array([[np.mean(acc[(ell, t)]) for t in steps] for ell in layers])
+    return M, layers, steps
+
+
+def heatmap(rows, method: str, stem, title: str) -> list:
+    import seaborn as sns
+
+    set_theme()
+    M, layers, steps = _sim_matrix(rows, method, "sim_e")
+    if M.size == 0:
+        return []
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(steps)), 0.45 * len(layers) + 1.6))
+    sns.heatmap(M, ax=ax, cmap="viridis", vmin=max(0.0, float(np.nanmin(M))), vmax=1.0, xticklabels=steps,
+                yticklabels=layers, cbar_kws={"label": "SimE (mean over seeds)"})  # fmt: skip
+    best = M.argmax(axis=1)
+    ax.scatter(best + 0.5, np.arange(len(layers)) + 0.5, marker="*", color="red", s=40, label="best-matching step")
+    ax.set_xlabel("reference step")
+    ax.set_ylabel("layer (0 = input)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.text(0.01, -0.02, "cell: mean over seeds of Fu et al.'s SimE; star: argmax per layer", fontsize=7,
+             ha="left", va="top")  # fmt: skip
+    return save_figure(fig, stem)
+
+
+def best_steps(rows, method: str, metric: str = "best_step_sime") -> dict[int, tuple[float, float, float]]:
+    acc: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["method"] == method and r["metric"] == metric:
+            acc[r["depth"]].append(r["value"])
+    return {k: mean_ci(v) for k, v in sorted(acc.items())}
+
+
+@register_report(NAME)
+def report(run_dir) -> dict:
+    saved, rows = load_run(run_dir)
+    cfg = NewtonVsGDConfig.from_dict(saved["config"])
+    fig_dir = run_dir / "figures"
+    figs = []
+    models = [m for m in cfg.models if any(r["method"].startswith(m + ":") for r in rows)]
+    for m in models:
+        for ref, label in (("newton", "iterative Newton (Fu code scaling)"), ("gd", "GD, tuned constant step")):
+            figs += heatmap(rows, f"{m}:{ref}", fig_dir / f"heatmap_{m}_{ref}", f"{m}: SimE per layer vs {label}")
+    # best-matching steps against depth
+    set_theme()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, ref in zip(axes, ("newton", "gd")):
+        for m, c in zip(models, colors):
+            b = best_steps(rows, f"{m}:{ref}")
+            xs = np.array(list(b))
+            mean = np.array([v[0] for v in b.values()])
+            ax.plot(xs, mean, "o-", color=c, label=m)
+            if len(cfg.seeds) > 1:
+                ax.fill_between(xs, [v[1] for v in b.values()], [v[2] for v in b.values()], color=c, alpha=0.2)
+        if ref == "newton":
+            ax.plot(range(1, 13), FU_NEWTON, "--", color="grey", label="Fu et al. GPT-2 12L, d=20")
+            ax.set_ylabel("best-matching Newton step")
+        else:
+            ax.set_yscale("symlog", linthresh=1)
+            ax.set_ylabel("best-matching GD step")
+        ax.set_xlabel("layer")
+        ax.legend(fontsize=7)
+    fig.text(0.01, -0.02, "argmax_t SimE per layer; mean over seeds, band: 95% t-interval; dashed: published",
+             fontsize=7, ha="left", va="top")  # fmt: skip
+    figs += save_figure(fig, fig_dir / "best_matching_steps")
+
+    def val(method, metric):
+        v = [r["value"] for r in rows if r["method"] == method and r["metric"] == metric]
+        return float(np.mean(v)) if v else float("nan")
+
+    eta = val("gd", "tuned_eta")
+    ols = val("least_squares", "compare_loss")
+    zero = val("zero_predictor", "test_loss")
+    newton_loss = {r["depth"]: r["value"] for r in rows if r["method"] == "newton" and r["metric"] == "compare_loss"}
+    tables, summary_models = [], {}
+    for m in models:
+        bn, bg = best_steps(rows, f"{m}:newton"), best_steps(rows, f"{m}:gd")
+        sn = best_steps(rows, f"{m}:newton", "best_sime")
+        sg = best_steps(rows, f"{m}:gd", "best_sime")
+        ll = best_steps(rows, f"{m}:newton", "layer_loss")
+        body = markdown_table(
+            ["layer", "layer MSE", "best Newton step (SimE)", "SimE there", "best GD step (SimE)", "SimE there",
+             "Fu et al. Newton step"],
+            [[ell, ll[ell][0], f"{bn[ell][0]:.3g} [{fmt(bn[ell][1])}, {fmt(bn[ell][2])}]", sn[ell][0],
+              f"{bg[ell][0]:.4g} [{fmt(bg[ell][1])}, {fmt(bg[ell][2])}]", sg[ell][0],
+              FU_NEWTON[ell - 1] if 1 <= ell <= 12 else "–"] for ell in bn],
+        )  # fmt: skip
+        test = val(m, "test_loss")
+        tables.append(f"### {m} (test MSE {fmt(test)}; diverged seeds "
+                      f"{int(sum(r['value'] for r in rows if r['method'] == m and r['metric'] == 'diverged'))})\n\n"
+                      f"{body}")  # fmt: skip
+        summary_models[m] = {"test_loss": test, "best_newton": {k: v[0] for k, v in bn.items()},
+                             "best_gd": {k: v[0] for k, v in bg.items()}}  # fmt: skip
+    nl = ", ".join(f"{t}: {fmt(v)}" for t, v in sorted(newton_loss.items()) if t <= 8)
+    text = f"""# newton_vs_gd: best-matching Newton and GD steps per layer (Fu et al. 2023; Giannou et al. 2024)
+
+Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, x ~ N(0, I), w* ~ N(0, I), noiseless; seeds {list(cfg.seeds)}.
+Models: `lsa_full` = {cfg.lsa.layers}-layer full LSA ({cfg.lsa_train.steps} steps, batch {cfg.lsa_train.batch_size},
+lr {cfg.lsa_train.lr:g} cosine, global clip {cfg.lsa_train.clip_value:g}, {cfg.lsa_train.dtype});
+`gpt` = {cfg.gpt.layers}-layer softmax GPT, width {cfg.gpt.width}, {cfg.gpt.heads} heads ({cfg.gpt_train.steps} steps,
+batch {cfg.gpt_train.batch_size}, lr {cfg.gpt_train.lr:g} cosine), per-layer ridge read-outs fitted on
+{cfg.probe_prompts} probe prompts. Comparison on {cfg.compare_prompts} held-out prompts.
+Iterative Newton: M₀ = S/‖SSᵀ‖_F (Fu's code). GD: tuned constant
+η = {fmt(eta)} (normalised gradient; best mean query loss after {cfg.gd_tune_steps} steps). Layer 0 = the input
+(prediction 0). Loss: query MSE. Least squares on these prompts: {fmt(ols)}; zero predictor {fmt(zero)}.
+Iterative Newton query MSE at steps 0..8: {nl}.
+
+{chr(10).join(tables)}
+
+## Ours vs Fu et al.
+
+Fu et al. (12-layer GPT-2, width 256, d = 20, n ≤ 40, 500k steps): best-matching Newton steps
+{", ".join(map(str, FU_NEWTON))} for layers 1..12 (≈ 3 Newton iterations per middle layer), while GD needs
+exponentially many steps per layer (≈ 1000+ at late layers). Our models are 2–3 orders of magnitude smaller and
+trained for {max(cfg.lsa_train.steps, cfg.gpt_train.steps)} steps, with 4 layers instead of 12, at d = 10:
+
+- Newton–Schulz converges in about log₂ κ(S)² + log log(1/ε) iterations; at d = 10, n = 20 the context Gram
+  matrix has κ(S) ≈ ((1+√(d/n))/(1−√(d/n)))² ≈ 34 (Marchenko–Pastur edges), so iterative Newton reaches OLS
+  in ~12–15 steps; the Newton axis therefore saturates earlier than Fu's 21 at d = 20.
+- A 4-layer model can at most show the first, linear part of Fu's staircase; read the per-layer increments of
+  the best-matching Newton step (Fu: +2 to +4 per middle layer) and whether the GD step grows geometrically
+  (a straight line on the log axis of `figures/best_matching_steps.png`), not the absolute numbers.
+- The LSA uses its own per-layer read-out (−y-slot of the query); Fu's probes are retrained read-outs, which we
+  use for the GPT. SimE here runs over the n context inputs and the query, not over causal prefixes.
+- A model whose final loss is far above least squares (an under-trained GPT at this budget) matches
+  only early steps of either method: check the layer MSE column first.
+
+Figures: `figures/heatmap_<model>_<newton|gd>.png` (layer × step SimE), `figures/best_matching_steps.png`.
+"""
+    write_report(run_dir, text)
+    return {"experiment": NAME, "tuned_gd_eta": eta, "least_squares_loss": ols, "models": summary_models,
+            "fu_newton_steps": list(FU_NEWTON), "figures": [str(p.relative_to(run_dir)) for p in figs]}  # fmt: skip

@@ -1,0 +1,239 @@
+"""Checkpoints and results on disk: atomic writes that keep the old file on failure, weights_only loading, a
+clear CheckpointError for every kind of bad file, and refusal to write a non-finite state."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.common import CHECKPOINT_FORMAT, RunContext, checkpoint_payload, restore_trainer, save_trainer
+from experiments.quickstart import QuickstartConfig
+from icl.prompts import PromptDistribution
+from icl.runio import (
+    CheckpointError,
+    RunDirError,
+    atomic_write_bytes,
+    load_checkpoint,
+    prepare_run_dir,
+    read_csv,
+    save_checkpoint,
+    write_json,
+    write_results,
+)
+from icl.seeding import Streams
+from icl.train import Trainer
+from learned_optimizers import LinearSelfAttention
+
+CFG = QuickstartConfig().with_overrides(
+    ["train.steps=4", "train.batch_size=4", "train.eval_batch=4", "prompt.d=2", "prompt.n=3"]
+)
+
+
+def make(tmp_path: Path, cfg=CFG) -> tuple[RunContext, Trainer]:
+    ctx = RunContext(name="quickstart", out_dir=tmp_path, quiet=True)
+    streams = Streams(cfg.seed)
+    dist = PromptDistribution(cfg.prompt, generator=streams.generator("rotation"))
+    model = LinearSelfAttention(cfg.prompt.d, cfg.model, generator=streams.generator("init"))
+    return ctx, Trainer(model, dist, cfg.train, streams, quiet=True)
+
+
+@pytest.fixture
+def good(tmp_path) -> Path:
+    ctx, trainer = make(tmp_path)
+    trainer.run(until=2)
+    return save_trainer(ctx, CFG, trainer)
+
+
+# -- what a checkpoint holds ----------------------------------------------------------------------------------
+def test_checkpoint_holds_everything_and_loads_weights_only(good):
+    ckpt = torch.load(good, weights_only=True)
+    assert ckpt["format"] == CHECKPOINT_FORMAT
+    assert QuickstartConfig.from_dict(json.loads(ckpt["config"])) == CFG  # the resolved config
+    t = ckpt["trainer"]
+    assert t["step"] == 2 and set(ckpt["model"]) == {"A"}
+    assert {"state", "param_groups"} <= set(t["optimizer"])
+    assert t["train_generator"].dtype == torch.uint8 and t["train_generator_now"].dtype == torch.uint8
+    assert t["base_lrs"] == [CFG.train.lr] and t["rollbacks"] == 0
+    assert [r["step"] for r in t["history"]["rows"]] == [1, 2]
+
+
+def test_restore_roundtrip(tmp_path, good):
+    ctx, fresh = make(tmp_path)
+    restore_trainer(ctx, CFG, fresh)
+    assert fresh.step == 2
+
+
+# -- bad files ------------------------------------------------------------------------------------------------
+def corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "truncated_tail":
+        path.write_bytes(data[:-10])
+    elif how == "garbage":
+        path.write_bytes(os.urandom(2048))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "text":
+        path.write_text("this is not a checkpoint\n")
+    elif how == "flipped":
+        mid = len(data) // 2
+        path.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 64]) + data[mid + 64 :])
+    elif how == "pickle_object":  # an arbitrary pickled object: weights_only must refuse it
+        path.write_bytes(pickle.dumps(RunDirError("x")))
+    elif how == "directory":
+        path.unlink()
+        path.mkdir()
+    elif how == "missing":
+        path.unlink()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize(
+    "how",
+    ["truncated", "truncated_tail", "garbage", "empty", "text", "flipped", "pickle_object", "directory", "missing"],
+)
+def test_bad_file_gives_checkpoint_error(tmp_path, good, how):
+    corrupt(good, how)
+    with pytest.raises(CheckpointError, match=str(good.name)):
+        load_checkpoint(good)
+    ctx, fresh = make(tmp_path)
+    with pytest.raises(CheckpointError):
+        restore_trainer(ctx, CFG, fresh)
+
+
+def rewrite(path: Path, payload) -> None:
+    """Write a hand-edited payload as a file without a checksum (as older versions wrote them)."""
+    if isinstance(payload, dict):
+        payload = {k: v for k, v in payload.items() if k != "checksum"}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: [1, 2, 3], "is not an icl-optimizers checkpoint \\(a list\\)"),
+        (lambda c: {"model": c["model"]}, "missing 'format', 'config', 'trainer'"),
+        (lambda c: {k: v for k, v in c.items() if k != "trainer"}, "missing 'trainer'"),
+        (lambda c: {**c, "format": "someone-else/3"}, "has format 'someone-else/3'"),
+        (lambda c: {**c, "config": "{not json"}, "unreadable config"),
+        (lambda c: {**c, "config": json.dumps({"prompt": {"dd": 1}})}, "unreadable config"),
+        (lambda c: {**c, "trainer": {k: v for k, v in c["trainer"].items() if k != "step"}}, "missing 'step'"),
+        (lambda c: {**c, "model": {"A": torch.zeros(1, 1, 7, 7)}}, "does not fit this run"),
+        (lambda c: {**c, "trainer": 3}, "'trainer' must be a dict"),
+    ],
+)
+def test_wrong_format_or_missing_keys(tmp_path, good, edit, message):
+    rewrite(good, edit(torch.load(good, weights_only=True)))
+    ctx, fresh = make(tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        restore_trainer(ctx, CFG, fresh)
+
+
+def test_edited_contents_fail_the_checksum(good):
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["model"]["A"] += 1e-3
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)  # the stored checksum is kept, the contents changed
+    good.write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="do not match the stored checksum"):
+        load_checkpoint(good)
+
+
+def test_other_config_is_refused_naming_keys(tmp_path, good):
+    other = CFG.with_overrides(["train.lr=0.5", "seed=3"])
+    ctx, fresh = make(tmp_path, other)
+    with pytest.raises(CheckpointError, match="differs in: seed, train.lr"):
+        restore_trainer(ctx, other, fresh)
+
+
+def test_checkpoint_of_older_config_without_new_fields_still_resumes(tmp_path, good):
+    ckpt = torch.load(good, weights_only=True)
+    old = json.loads(ckpt["config"])
+    for k in ("on_divergence", "max_rollbacks", "rollback_lr_factor"):
+        del old["train"][k]
+    del ckpt["trainer"]["train_generator_now"]
+    rewrite(good, {**ckpt, "config": json.dumps(old)})
+    ctx, fresh = make(tmp_path)
+    restore_trainer(ctx, CFG, fresh)
+    assert fresh.step == 2
+
+
+# -- never overwrite good with bad ----------------------------------------------------------------------------
+def test_nonfinite_state_is_refused_and_old_file_kept(tmp_path, good):
+    before = good.read_bytes()
+    ctx, trainer = make(tmp_path)
+    restore_trainer(ctx, CFG, trainer)
+    with torch.no_grad():
+        trainer.model.A[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="refusing to write a checkpoint: model.A is not finite"):
+        save_trainer(ctx, CFG, trainer)
+    assert good.read_bytes() == before
+    with torch.no_grad():
+        trainer.model.A.nan_to_num_(0.0)
+    state = trainer.optimizer.state[trainer.model.A]
+    state["exp_avg"].fill_(float("inf"))
+    with pytest.raises(CheckpointError, match="trainer.optimizer.state.0.exp_avg is not finite"):
+        save_checkpoint(good, checkpoint_payload(ctx, CFG, trainer))
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temp files
+
+
+# -- atomic writes -----------------------------------------------------------------------------------------------
+def fail_replace(monkeypatch):
+    def boom(src, dst):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "replace", boom)
+
+
+@pytest.mark.parametrize(
+    "writer",
+    [
+        lambda p: write_results(p, [dict(experiment="e", method="m", depth=1, seed=0, metric="x", value=2.0)]),
+        lambda p: write_json(p, {"test_loss": 2.0}),
+        lambda p: save_checkpoint(p, {"format": CHECKPOINT_FORMAT, "model": {"A": torch.ones(2)}}),
+        lambda p: atomic_write_bytes(p, b"new"),
+    ],
+    ids=["results.csv", "summary.json", "checkpoint", "bytes"],
+)
+def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypatch, writer):
+    path = tmp_path / "target"
+    path.write_bytes(b"previous complete contents")
+    fail_replace(monkeypatch)
+    with pytest.raises(OSError, match="simulated"):
+        writer(path)
+    assert path.read_bytes() == b"previous complete contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]
+
+
+def test_results_and_summary_roundtrip(tmp_path):
+    rows = [dict(experiment="e", method="m", depth=1, seed=0, metric="x", value=float("nan"))]
+    write_results(tmp_path / "results.csv", rows)
+    assert read_csv(tmp_path / "results.csv")[0]["metric"] == "x"
+    write_json(tmp_path / "summary.json", {"a": float("inf"), "b": [1.0, float("nan")]})
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"a": None, "b": [1.0, None]}
+
+
+# -- run directories ---------------------------------------------------------------------------------------------
+def test_prepare_run_dir_refuses_occupied(tmp_path):
+    run = tmp_path / "run"
+    prepare_run_dir(run)  # new: fine
+    prepare_run_dir(run)  # only the empty figures/ folder: still fine
+    (run / "results.csv").write_text("old")
+    with pytest.raises(RunDirError, match="already holds a run; pass --resume to continue it or --overwrite"):
+        prepare_run_dir(run)
+    with pytest.raises(RunDirError, match="cannot resume: .* holds no checkpoint"):
+        prepare_run_dir(run, resume=True)
+    assert prepare_run_dir(run, overwrite=True) == run
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="exists and is not a directory"):
+        prepare_run_dir(tmp_path / "file")

@@ -1,0 +1,46 @@
+"""gd_one_layer: the quick profile end to end (artifacts, report re-rendering, --resume) and the exact theory."""
+
+import csv
+import json
+
+import pytest
+
+from experiments.cli import main
+from experiments.gd_one_layer import theory_loss, theory_optimum
+
+
+def test_theory_matches_the_published_numbers():
+    eta, mse = theory_optimum(0.5, 10, 10)
+    assert eta == pytest.approx(6.0606, abs=1e-3)
+    assert mse / 2 == pytest.approx(0.2062, abs=1e-3)  # notes §3.2: 0.206 (½·MSE), η ≈ 6.07
+    assert theory_loss(0.0, 0.5, 10, 10) / 2 == pytest.approx(0.4167, abs=1e-3)  # zero predictor 0.417
+    # the text's U(−1, 1): exactly 4× (every term scales with a²); the notes' 0.822 is a simulation
+    assert theory_optimum(1.0, 10, 10)[1] / 2 == pytest.approx(0.822, abs=5e-3)
+
+
+def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "gd_one_layer", "--profile", "quick", "--out", str(out), "--quiet"]
+    assert main([*args, "--set", "train.steps=150", "--set", "ood_a=0.25,0.5,1.0"]) == 0
+    assert "TF ½MSE" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["experiment"] == "gd_one_layer" and cfg["config"]["profile"] == "quick"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    vals = {(r["method"], r["metric"]): float(r["value"]) for r in rows}
+    assert vals[("gd_tuned", "eta")] == pytest.approx(6.07, rel=0.05)
+    assert vals[("gd_tuned", "test_half_mse")] < vals[("zero_predictor", "test_half_mse")]
+    assert vals[("lsa_trained", "test_half_mse")] < vals[("zero_predictor", "test_half_mse")]
+    assert ("lsa_trained", "ood:a=1.0000") in vals and ("interpolation", "interp:t=0.5000") in vals
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eta"]["theory"] == pytest.approx(6.0606, abs=1e-3)
+    for stem in ("ood_inputs", "interpolation", "weights"):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
+    # --resume reuses the finished model's checkpoint and reproduces the rows
+    assert main(["run", "gd_one_layer", "--out", str(out), "--resume", "--quiet"]) == 0
+    again = {(r["method"], r["metric"]): float(r["value"]) for r in csv.DictReader((out / "results.csv").open())}
+    assert again[("lsa_trained", "test_loss")] == pytest.approx(vals[("lsa_trained", "test_loss")], rel=1e-9)
