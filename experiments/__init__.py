@@ -7,7 +7,9 @@ from experiments import (  # noqa: F401  (registers the studies)
     baselines,
     gd_one_layer,
     manifold_adam_study,
+    memformer_vs_cgd,
     newton_vs_gd,
+    noisy_regression,
     outer_optimizers,
     pgd_depth,
     quickstart,
@@ -21,4 +23,6 @@ STUDIES = (
     "newton_vs_gd",
     "manifold_adam",
     "outer_optimizers",
+    "memformer_vs_cgd",
+    "noisy_regression",
 )

@@ -1,0 +1,672 @@
+"""memformer_vs_cgd: Memformers against per-prompt CG, tuned momentum/Nesterov and preconditioned GD.
+
+Reproduces Dutta & Sra (2024, arXiv 2410.07263, "Memory-augmented Transformers can implement linear first-order
+optimization methods", Figs. 1, 2 and 5) with held-out test prompts, several seeds and every baseline on the same
+n = 20 context points as the models (research notes §1).
+
+Data. d = 5, n = 20, x = U·diag(√λ)·g with a Haar U per seed and λ = (1, 1, 1/4, 1/16, 1), w* ~ N(0, Σ⁻¹)
+(``noniso``), and the isotropic variant Σ = I (``iso``). Convention: λ are the eigenvalues of Σ itself. The
+paper's text writes Σ = UᵀDU with D = diag(1, 1, ½, ¼, 1), but its code draws x = U D g, so its Σ has
+eigenvalues D² = (1, 1, 0.25, 0.0625, 1) (κ = 16): those are the values used here (notes §1.9 #1).
+
+Models (all trained, one per depth L = 1…4, sparse parametrisation B_ℓ = 0):
+
+- ``lt_scalar`` / ``lt_full``: the plain linear transformer (Ahn et al. eq. 8) with A_ℓ = a_ℓ·I ("no
+  preconditioning", the paper's Q = q·I) or a full A_ℓ ("LT (Pre)").
+- ``cgd_scalar`` / ``cgd_full``: the CGD-like Memformer (eqs. 17–18; learned α_ℓ, γ_ℓ) with A_ℓ = a_ℓ·I (Fig. 1a)
+  or full A_ℓ (Fig. 1b).
+- ``lfom_scalar``: the LFOM Memformer (eqs. 19–20) with A_ℓ = a_ℓ·I and scalar Γ_j (an LFOM in Goh's sense,
+  the 1-head model of Fig. 5); ``lfom_scalar_h5``: the same with 5 heads, each A_{ℓ,h} = a_{ℓ,h}·I (Fig. 5).
+- ``lfom_full``: the LFOM Memformer with full A_ℓ and the paper's full Hadamard Γ_j ∈ R^{(n+1)×(d+1)} shared
+  across layers, initialised at zero as in the authors' code (Fig. 2).
+
+The scalar constraint A_ℓ = a_ℓ·I is not an LSAConfig option. It is imposed here by initialising every A block
+at a_ℓ·I (a_ℓ from the ``init`` stream) and projecting the gradient of each d×d block onto span{I}
+(g ← tr(g)/d · I) with a tensor hook. Adam then sees a zero gradient off the diagonal (its moments stay 0, so
+those entries never move) and the same gradient on every diagonal entry, so each block stays exactly a_ℓ·I at
+every step and the saved weights are an ordinary ``lsa``/``memformer`` checkpoint. This is the authors'
+``identity_q()`` projection (Q ← mean(diag Q)·I before every forward) done on the gradient instead, and it
+equals training the scalar a_ℓ directly (Adam is invariant to the factor d). Using mode ``diag`` would not
+do: its P and q_y entries would have to be frozen as well.
+
+Baselines, computed on the same held-out test prompts of each seed:
+
+- ``cg``: Fletcher–Reeves CG with exact line search per prompt on the 20 context points (``cg_n19``: on the
+  first 19 only, the authors' off-by-one, to explain the published numbers).
+- ``gd_tuned`` (one η), ``heavy_ball_tuned`` and ``nesterov_tuned`` (one (η, β)), and ``pgd_tuned``
+  (preconditioner Σ⁻¹, one η_ℓ per step: the Ahn et al. Thm 3 family A_ℓ = a_ℓ Σ⁻¹), each tuned for every
+  depth with ``reference_optimizers.tune`` on ``tune_prompts`` prompts of the training law (the ``tune``
+  stream, never the test prompts).
+- ``krylov`` (``reference_optimizers.krylov_bound`` fitted in-sample): min over shared coefficients c of
+  mean (Σ_{k<L} c_k x_qᵀH^k g − y_q)² on the test prompts, with H = XᵀX/n, g = Xᵀy/n: a lower bound for every
+  model whose output is one polynomial p(H)g shared by all prompts, i.e. ``lt_scalar``, ``cgd_scalar``,
+  ``lfom_scalar(_h5)``, GD, heavy ball (any shared schedule). ``krylov_pre``: the same with the
+  Σ⁻¹-preconditioned Krylov space x_qᵀ(Σ⁻¹H)^kΣ⁻¹g, which contains ``pgd_tuned``. Full-A models are in neither
+  space (their A_ℓ differ per layer and need not be functions of Σ).
+- ``lfom_shared_class``: the best member (coefficients tuned on the training-law prompts) of the weight-space
+  family the scalar LFOM Memformer with shared Γ_j^ℓ = Γ_j computes, w_{ℓ+1} = w_ℓ − Σ_{j≤ℓ} c_j ∇R(w_j): the
+  floor of ``lfom_scalar(_h5)``'s function class, which is strictly smaller than the Krylov class.
+- ``theory_ahn_thm1`` (L = 1): the optimal single full-A layer, d(d+1)/(n+d+1) for w* ~ N(0, Σ⁻¹).
+
+The loss is the plain query MSE (Dutta & Sra plot log(MSE), no ½), reported as log(test loss) as in the paper.
+
+Heads. With P = [[0, 0], [0, 1]] and Q_h = −a_h·I per head the heads' outputs sum to one head with a = Σ_h a_h,
+so ``lfom_scalar_h5`` has exactly the function class of ``lfom_scalar``; the study checks this by collapsing the
+trained 5-head model into one head (metric ``collapse_max_abs_diff``) and compares the two trained losses.
+
+Profiles (seeds 0, 1, 2 unless --seeds): ``quick`` (depths 1–2, 60 steps, a smoke test, about a minute);
+``standard`` (depths 1–4, both data settings, 800 AdamW steps of 500 prompts each at lr 0.03, cosine schedule: Adam
+moves an entry by at most ≈ lr per step and the optimal A ≈ 0.77·Σ⁻¹ has an eigenvalue ≈ 12, so lr 0.01 left the
+full-A LT at log-loss +0.47 instead of +0.23 at L = 1; measured ≈ 6–7 minutes per seed on one core at load ≈ 3,
+about 20 minutes for three seeds, 17 minutes for one seed under load ≈ 10 at nice 10); ``paper`` (B = 1000
+resampled every 100 steps, lr 0.01 halved every 4000 steps, per-matrix clipping 0.01 as in the authors' code, but
+20,000 steps instead of their 10 steps plus 1000 fine-tuning steps on one fixed batch; 5 seeds, 100,000 test
+prompts; about 40 trainings × 20k steps per seed: roughly 1–2 GPU-hours with --device cuda, days on a CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from einops import einsum
+from torch import nn
+
+from experiments.common import RunContext, make_distribution, write_config
+from experiments.registry import register, register_report
+from experiments.reporting import aggregate, fmt, line_plot, load_run, markdown_table, select, write_report
+from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_one
+from icl.config import ConfigError, spec
+from icl.prompts import PromptBatch, PromptConfig, PromptDistribution, zero_predictor_loss
+from icl.runio import write_json
+from icl.seeding import Streams
+from icl.train import TrainConfig
+from learned_optimizers import LinearSelfAttention, LSAConfig
+from learned_optimizers.memformer import Memformer, MemformerConfig
+from reference_optimizers import (
+    conjugate_gradient,
+    gradient_descent,
+    heavy_ball,
+    krylov_bound,
+    moments,
+    nesterov,
+    one_layer_optimum,
+    preconditioned_gd,
+    tune,
+)
+
+NAME = "memformer_vs_cgd"
+MODEL_KINDS = ("lt_scalar", "lt_full", "cgd_scalar", "cgd_full", "lfom_scalar", "lfom_scalar_h5", "lfom_full")
+SETTINGS = ("noniso", "iso")
+PAPER_EIGENVALUES = (1.0, 1.0, 0.25, 0.0625, 1.0)
+
+#: Dutta & Sra's printed CGD log-losses (notebook output, 19 context points, B = 1000 test prompts; notes §1.6).
+PAPER_CG_LOG = {1: 0.75, 2: 0.18, 3: -0.74, 4: -1.62}
+#: Values read off the paper's figures at L = 1 and L = 4 (±0.1–0.3; notes §1.5): (setting, method) -> {L: log}.
+PAPER_FIGURES = {
+    ("noniso", "cg"): {1: 0.5, 4: -1.5},
+    ("noniso", "cgd_scalar"): {1: 0.5, 4: -0.4},  # Fig. 1a Memformer
+    ("noniso", "lt_scalar"): {1: 0.5, 4: -0.1},  # Fig. 1a LT
+    ("noniso", "cgd_full"): {1: 0.2, 4: -2.0},  # Fig. 1b Memformer
+    ("noniso", "lt_full"): {1: 0.2, 4: -1.1},  # Figs. 1b/2a LT (Pre)
+    ("noniso", "lfom_full"): {1: 0.2, 4: -2.0},  # Fig. 2a
+    ("iso", "cg"): {1: 0.2, 4: -6.0},  # Fig. 2b
+    ("iso", "lfom_full"): {1: 0.2, 4: -1.8},
+    ("iso", "lt_full"): {1: 0.2, 4: -1.8},
+}
+FIGURE_OF = {"cgd_scalar": "1a", "lt_scalar": "1a", "cgd_full": "1b", "lt_full": "1b/2a", "lfom_full": "2a/2b",
+             "cg": "1a, 2b", "lfom_scalar": "5", "lfom_scalar_h5": "5"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MemformerVsCGDConfig(StudyConfig):
+    """The study (defaults: the ``standard`` profile).
+
+    Attributes:
+        d, n: dimension and context points (the paper's 5 and 20).
+        eigenvalues: the spectrum of Σ in the non-isotropic setting (the code's D², see the module docstring).
+        depths: the numbers of layers / steps L.
+        settings: ``noniso`` and/or ``iso``.
+        models: the trained models in the non-isotropic setting.
+        iso_models: the trained models in the isotropic setting.
+        heads: heads of ``lfom_scalar_h5``.
+        init_std: std of the initial attention weights (scalar blocks: of a_ℓ).
+        train: the outer training (AdamW, per-matrix clipping as in the authors' code).
+        test_prompts: held-out prompts per seed (models and every baseline see the same ones).
+        tune_prompts: prompts of the training law used to tune the baselines' step sizes.
+    """
+
+    d: int = spec(5, ge=1)
+    n: int = spec(20, ge=2)
+    eigenvalues: tuple[float, ...] = spec(PAPER_EIGENVALUES, gt=0)
+    depths: tuple[int, ...] = spec((1, 2, 3, 4), ge=1)
+    settings: tuple[str, ...] = SETTINGS
+    models: tuple[str, ...] = MODEL_KINDS
+    iso_models: tuple[str, ...] = ("lt_full", "cgd_scalar", "lfom_full")
+    heads: int = spec(5, ge=2)
+    init_std: float = spec(0.01, gt=0)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=800,
+            batch_size=500,
+            lr=0.03,
+            weight_decay=0.0,
+            clip="per_matrix",
+            clip_value=0.01,
+            resample_every=10,
+            schedule="cosine",
+            eval_every=200,
+            eval_batch=1000,
+            log_every=100,
+        )  # fmt: skip
+    )
+    test_prompts: int = spec(20_000, ge=100)
+    tune_prompts: int = spec(4_000, ge=100)
+
+    def check(self) -> None:
+        super().check()
+        if len(self.eigenvalues) != self.d:
+            raise ConfigError(f"eigenvalues has {len(self.eigenvalues)} entries but d = {self.d}")
+        for name, values, allowed in (
+            ("settings", self.settings, SETTINGS),
+            ("models", self.models, MODEL_KINDS),
+            ("iso_models", self.iso_models, MODEL_KINDS),
+        ):
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise ConfigError(f"{name} has unknown entries {bad}; choose from {', '.join(allowed)}")
+
+    def prompt(self, setting: str) -> PromptConfig:
+        eig = self.eigenvalues if setting == "noniso" else None
+        return PromptConfig(d=self.d, n=self.n, eigenvalues=eig, w_prior="inverse_sigma")
+
+
+PROFILES = {
+    "quick": {
+        "depths": (1, 2),
+        "models": ("lt_scalar", "lt_full", "cgd_scalar", "lfom_scalar", "lfom_scalar_h5", "lfom_full"),
+        "iso_models": ("lt_full",),
+        "train.steps": 60,
+        "train.batch_size": 200,
+        "train.eval_every": 60,
+        "train.eval_batch": 200,
+        "test_prompts": 2000,
+        "tune_prompts": 500,
+        "checkpoint_every": 60,
+    },
+    "standard": {},
+    "paper": {
+        "seeds": (0, 1, 2, 3, 4),
+        "iso_models": MODEL_KINDS,
+        "train.steps": 20_000,
+        "train.batch_size": 1000,
+        "train.resample_every": 100,
+        "train.schedule": "step",
+        "train.halve_every": 4000,
+        "train.betas": (0.99, 0.9),
+        "train.eval_every": 1000,
+        "test_prompts": 100_000,
+        "tune_prompts": 20_000,
+        "checkpoint_every": 1000,
+    },
+}
+
+
+# -- models --------------------------------------------------------------------------------------------------
+
+
+def _project_to_identity(grad: torch.Tensor) -> torch.Tensor:
+    """The orthogonal projection of every trailing d×d block onto span{I}: g ← (tr g / d)·I."""
+    d = grad.shape[-1]
+    scale = torch.diagonal(grad, dim1=-2, dim2=-1).mean(-1)
+    return scale[..., None, None] * torch.eye(d, dtype=grad.dtype, device=grad.device)
+
+
+def constrain_scalar(A: nn.Parameter, generator: torch.Generator, std: float) -> None:
+    """Make every d×d block of A a multiple a·I (a ~ N(0, std²)) and keep it so under any gradient step."""
+    with torch.no_grad():
+        a = torch.randn(A.shape[:-2], generator=generator, dtype=torch.float64) * std
+        A.copy_((a[..., None, None] * torch.eye(A.shape[-1], dtype=torch.float64)).to(A.dtype))
+    A.register_hook(_project_to_identity)
+
+
+def build(kind: str, d: int, n: int, layers: int, cfg: MemformerVsCGDConfig, generator: torch.Generator) -> nn.Module:
+    """One of :data:`MODEL_KINDS` with ``layers`` layers (weights from ``generator``)."""
+    scalar = "scalar" in kind
+    heads = cfg.heads if kind.endswith("_h5") else 1
+    att = LSAConfig(layers=layers, heads=heads, mode="sparse", init_std=cfg.init_std)
+    if kind.startswith("lt"):
+        model: nn.Module = LinearSelfAttention(d, att, generator)
+        A = model.A
+    else:
+        if kind.startswith("cgd"):
+            mcfg = MemformerConfig(attention=att, memory="cgd")
+        else:
+            shape = "scalar" if scalar else "full"
+            mcfg = MemformerConfig(attention=att, memory="lfom", gamma_shape=shape, gamma_init="zeros", n=n)
+        model = Memformer(d, mcfg, generator)
+        A = model.attention.A
+    if scalar:
+        constrain_scalar(A, generator, cfg.init_std)
+    return model
+
+
+def attention_A(model: nn.Module) -> torch.Tensor:
+    return (model.attention.A if isinstance(model, Memformer) else model.A).detach()
+
+
+@torch.no_grad()
+def collapse_heads(model: Memformer, d: int, generator: torch.Generator) -> Memformer:
+    """The one-head Memformer with A_ℓ = Σ_h A_{ℓ,h} and the same memory coefficients."""
+    att = model.cfg.attention
+    one = Memformer(d, model.cfg.replace(attention=att.replace(heads=1)), generator)
+    one = one.to(dtype=model.dtype)
+    one.attention.A.copy_(model.attention.A.sum(dim=1, keepdim=True))
+    one.set_memory(Gamma=model.Gamma)
+    return one
+
+
+# -- baselines -----------------------------------------------------------------------------------------------
+
+
+def krylov(test: PromptBatch, depth: int, M: torch.Tensor | None = None) -> list[float]:
+    """In-sample Krylov bounds on ``test`` for depths 1…``depth`` (``reference_optimizers.krylov_bound``).
+
+    The coefficients are fitted on the test prompts themselves, so the value is the smallest loss on exactly
+    these prompts that any prediction x_qᵀ p(MH) M g with one polynomial p of degree < L shared by all prompts can
+    reach: a strict lower bound for the measured losses of scalar-A LSAs and Memformers, GD and heavy ball with
+    any shared schedule (M = I), and of preconditioned GD with P = Σ⁻¹ (M = Σ⁻¹).
+    """
+    return [float(v) for v in krylov_bound(test, test, depth, preconditioner=M).test_loss[1:]]
+
+
+def lfom_shared(X: torch.Tensor, y: torch.Tensor, steps: int, c: list[float] | float = 1.0) -> torch.Tensor:
+    """The weight-space iteration of the scalar LFOM Memformer with Γ shared across layers (Γ_j^ℓ = Γ_j).
+
+    Update rule: w_{ℓ+1} = w_ℓ − Σ_{j≤ℓ} c_j ∇R(w_j), c_j = Γ_j·a_j, w_0 = 0 (Dutta & Sra eq. 20 with scalar Γ and
+    A_j = a_j·I, B = 0): every layer re-applies all earlier gradients with the same weights. Returns (B, steps+1, d).
+    """
+    cs = [float(c)] * steps if isinstance(c, (int, float)) else [float(v) for v in c]
+    H, g = moments(X, y)
+    w = torch.zeros_like(g)
+    grads, out = [], [w]
+    for layer in range(steps):
+        grads.append(einsum(H, w, "b i j, b j -> b i") - g)
+        w = w - sum(cs[j] * grads[j] for j in range(layer + 1))
+        out.append(w)
+    return torch.stack(out, dim=1)
+
+
+def tuned_baselines(tune_batch: PromptBatch, Sinv: torch.Tensor, L: int) -> dict[str, dict]:
+    """GD (one η), heavy ball and Nesterov (one (η, β)) and Σ⁻¹-preconditioned GD (one η_ℓ per step), each
+    tuned for L steps on ``tune_batch`` with ``reference_optimizers.tune`` (grid, then scipy refinement)."""
+    etas = np.geomspace(0.02, 3.0, 30).tolist()
+    pair = {"eta": np.geomspace(0.02, 3.0, 20).tolist(), "beta": np.linspace(0.0, 0.95, 20).tolist()}
+    out = {
+        "gd_tuned": tune(gradient_descent, tune_batch, L, {"eta": etas}).hyperparameters,
+        "heavy_ball_tuned": tune(heavy_ball, tune_batch, L, pair).hyperparameters,
+        "nesterov_tuned": tune(nesterov, tune_batch, L, pair).hyperparameters,
+        "pgd_tuned": tune(
+            preconditioned_gd, tune_batch, L, {"eta": etas}, per_step=("eta",), fixed={"P": Sinv}
+        ).hyperparameters,
+        "lfom_shared_class": tune(
+            lfom_shared, tune_batch, L, {"c": [-0.2, 0.1, 0.3, 0.6, 1.0]}, per_step=("c",), maxfev=3000
+        ).hyperparameters,
+    }
+    return {k: {h: v for h, v in hp.items() if h != "P"} for k, hp in out.items()}
+
+
+def baseline_iterates(name: str, batch: PromptBatch, L: int, hp: dict, Sinv: torch.Tensor) -> torch.Tensor:
+    if name == "gd_tuned":
+        return gradient_descent(batch.X, batch.y, L, eta=hp["eta"])
+    if name == "heavy_ball_tuned":
+        return heavy_ball(batch.X, batch.y, L, eta=hp["eta"], beta=hp["beta"])
+    if name == "nesterov_tuned":
+        return nesterov(batch.X, batch.y, L, eta=hp["eta"], beta=hp["beta"])
+    if name == "lfom_shared_class":
+        return lfom_shared(batch.X, batch.y, L, c=hp["c"])
+    return preconditioned_gd(batch.X, batch.y, L, P=Sinv, eta=hp["eta"])
+
+
+# -- the study -----------------------------------------------------------------------------------------------
+
+
+@register(NAME, "Memformers (CGD-like, LFOM) vs per-prompt CG, tuned momentum/Nesterov/PGD (Dutta & Sra 2024)",
+          MemformerVsCGDConfig, profiles=PROFILES)  # fmt: skip
+def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
+    t0 = time.time()
+    write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
+    rows = Rows(NAME)
+    hparams: dict = {}
+    for seed in cfg.seeds:
+        streams = Streams(seed, ctx.device)
+        for setting in cfg.settings:
+            pcfg = cfg.prompt(setting)
+            dist = make_distribution(pcfg, streams)
+            test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
+            tune_batch = PromptDistribution(pcfg, U=dist.U, dtype=torch.float64).sample(
+                cfg.tune_prompts, streams.generator("tune", "cpu")
+            )
+            Sinv = torch.linalg.inv(dist.Sigma)
+            _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist)
+            kinds = cfg.models if setting == "noniso" else cfg.iso_models
+            for kind in kinds:
+                for L in cfg.depths:
+                    model = build(kind, cfg.d, cfg.n, L, cfg, streams.generator("init", "cpu"))
+                    trainer = train_one(ctx, cfg, f"{setting}-{kind}-L{L}", seed, model, dist, cfg.train, streams)
+                    model = trainer.model
+                    with torch.no_grad():
+                        pred = model(test.Z().to(device=ctx.device, dtype=model.dtype))
+                    est = query_losses(pred, test)
+                    method = f"{setting}:{kind}"
+                    rows.add_loss(method, L, seed, est)
+                    rows.add(method, L, seed, "final_train_loss", trainer.history.last_loss)
+                    rows.add(method, L, seed, "train_seconds", getattr(trainer, "wall_time", float("nan")))
+                    _model_diagnostics(rows, method, L, seed, kind, model, test, ctx, cfg, streams)
+                    ctx.print(f"seed {seed} {method:<24} L={L}  log test loss {math.log(est.mean):+.3f}")
+            rows.write(ctx)
+    rows.write(ctx)
+    summary = {"experiment": NAME, "seeds": list(cfg.seeds), "profile": cfg.profile, "hyperparameters": hparams,
+               "wall_time_s": time.time() - t0}  # fmt: skip
+    summary.update(render(ctx.out_dir, rows.rows, cfg.to_dict()))
+    write_json(ctx.out_dir / "summary.json", summary)
+    ctx.print((ctx.out_dir / "report.md").read_text())
+    return summary
+
+
+def _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist) -> None:
+    zero = zero_predictor_loss(cfg.prompt(setting))
+    plain, pre = krylov(test, max(cfg.depths)), krylov(test, max(cfg.depths), Sinv)
+    for L in cfg.depths:
+        rows.add(f"{setting}:zero_predictor", L, seed, "test_loss", zero)
+        cg = conjugate_gradient(test.X, test.y, L)[:, -1]
+        rows.add_loss(f"{setting}:cg", L, seed, query_losses(einsum(cg, test.x_query, "b d, b d -> b"), test))
+        n1 = cfg.n - 1
+        cg19 = conjugate_gradient(test.X[:, :n1], test.y[:, :n1], L)[:, -1]
+        rows.add_loss(f"{setting}:cg_n19", L, seed, query_losses(einsum(cg19, test.x_query, "b d, b d -> b"), test))
+        rows.add(f"{setting}:krylov", L, seed, "test_loss", plain[L - 1])
+        rows.add(f"{setting}:krylov_pre", L, seed, "test_loss", pre[L - 1])
+        hp = tuned_baselines(tune_batch, Sinv, L)
+        hparams[f"{setting}/s{seed}/L{L}"] = hp
+        for name, h in hp.items():
+            w = baseline_iterates(name, test, L, h, Sinv)[:, -1]
+            rows.add_loss(f"{setting}:{name}", L, seed, query_losses(einsum(w, test.x_query, "b d, b d -> b"), test))
+    opt = one_layer_optimum(dist.Sigma, cfg.n, "inverse_sigma")
+    rows.add(f"{setting}:theory_ahn_thm1", 1, seed, "test_loss", opt.loss)
+
+
+def _model_diagnostics(rows, method, L, seed, kind, model, test, ctx, cfg, streams) -> None:
+    A = attention_A(model).double().cpu()
+    if "scalar" in kind:  # the constraint held: off-diagonal mass of every block
+        off = A - torch.diag_embed(torch.diagonal(A, dim1=-2, dim2=-1).mean(-1, keepdim=True).expand(*A.shape[:-1]))
+        rows.add(method, L, seed, "scalar_violation", float(off.abs().max()))
+    if kind.endswith("_h5"):
+        one = collapse_heads(model, cfg.d, streams.generator("init", "cpu"))
+        Z = test.Z().to(device=ctx.device, dtype=model.dtype)
+        with torch.no_grad():
+            diff = (one.to(ctx.device)(Z) - model(Z)).abs().max()
+        rows.add(method, L, seed, "collapse_max_abs_diff", float(diff))
+
+
+# -- report --------------------------------------------------------------------------------------------------
+
+LINES = {
+    "noniso": ("cg", "cg_n19", "lt_scalar", "lt_full", "cgd_scalar", "cgd_full", "lfom_scalar", "lfom_scalar_h5",
+               "lfom_full", "lfom_shared_class", "heavy_ball_tuned", "nesterov_tuned", "gd_tuned", "pgd_tuned",
+               "krylov", "krylov_pre"),
+    "iso": ("cg", "lt_full", "cgd_scalar", "lfom_full", "heavy_ball_tuned", "nesterov_tuned", "gd_tuned",
+            "krylov"),
+}  # fmt: skip
+DASHED = ("krylov", "krylov_pre", "cg_n19", "lfom_shared_class")
+FIGURES = {
+    "scalar": ("cg", "cg_n19", "lt_scalar", "cgd_scalar", "lfom_scalar", "lfom_scalar_h5", "lfom_shared_class",
+               "heavy_ball_tuned", "nesterov_tuned", "krylov"),
+    "full": ("cg", "lt_full", "cgd_full", "lfom_full", "pgd_tuned", "gd_tuned", "krylov_pre", "cgd_scalar",
+             "heavy_ball_tuned", "krylov"),
+}  # fmt: skip
+
+
+def _log_stats(rows, method: str, L: int) -> tuple[float, float, float, int]:
+    """Mean over seeds of log(test loss) with its 95% t-interval."""
+    agg = aggregate(
+        [{**r, "value": math.log(r["value"])} for r in select(rows, method=method, depth=L, metric="test_loss")],
+        keys=("method",),
+    )
+    return agg.get((method,), (float("nan"),) * 3 + (0,))
+
+
+def render(run_dir, rows, cfg: dict) -> dict:
+    """Figures and report.md from the rows; returns the headline numbers for summary.json."""
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    depths = sorted({r["depth"] for r in rows if r["depth"] > 0 and r["metric"] == "test_loss"})
+    settings = [s for s in SETTINGS if any(r["method"].startswith(s + ":") for r in rows)]
+    seeds = sorted({r["seed"] for r in rows})
+    out: dict = {"log_test_loss": {}}
+    lines = [
+        f"# {NAME}: Memformers vs CG, momentum, Nesterov and preconditioned GD (Dutta & Sra 2024)",
+        "",
+        f"Seeds {seeds}; d = {cfg['d']}, n = {cfg['n']}; every model and baseline on the same n = {cfg['n']} "
+        f"context points and the same {cfg['test_prompts']:,} held-out test prompts per seed. Values are "
+        "log(query MSE), mean over seeds [95% t-interval over seeds]. Non-isotropic: Σ eigenvalues "
+        f"{tuple(cfg['eigenvalues'])} (the authors' code's D²), w* ~ N(0, Σ⁻¹). Training: "
+        f"{cfg['train']['steps']} AdamW steps of {cfg['train']['batch_size']} prompts, lr {cfg['train']['lr']} "
+        f"({cfg['train']['schedule']}), {cfg['train']['clip']} clip {cfg['train']['clip_value']}.",
+        "",
+    ]
+    for setting in settings:
+        names = [m for m in LINES[setting] if select(rows, method=f"{setting}:{m}", metric="test_loss")]
+        table = []
+        for m in names:
+            row = [m, FIGURE_OF.get(m, "")]
+            for L in depths:
+                mean, lo, hi, k = _log_stats(rows, f"{setting}:{m}", L)
+                out["log_test_loss"].setdefault(setting, {}).setdefault(m, {})[L] = mean
+                paper = PAPER_FIGURES.get((setting, m), {}).get(L)
+                if m == "cg_n19" and setting == "noniso":
+                    paper = PAPER_CG_LOG.get(L)
+                cell = "–" if not math.isfinite(mean) else f"{mean:+.3f}"
+                if k > 1 and math.isfinite(lo):
+                    cell += f" [{lo:+.2f}, {hi:+.2f}]"
+                if paper is not None:
+                    cell += f" (paper {paper:+.2f})"
+                row.append(cell)
+            table.append(row)
+        zero = select(rows, method=f"{setting}:zero_predictor", metric="test_loss")
+        theory = select(rows, method=f"{setting}:theory_ahn_thm1", metric="test_loss")
+        lines += [f"## {setting}: log(test loss) against L", ""]
+        lines.append(markdown_table(["method", "paper fig.", *[f"L = {L}" for L in depths]], table))
+        lines.append("")
+        if zero and theory:
+            lines.append(
+                f"Zero predictor log {math.log(zero[0]['value']):+.3f}; Ahn et al. Thm 1 optimum of one full-A layer "
+                f"log {math.log(theory[0]['value']):+.3f} (= log d(d+1)/(n+d+1) = "
+                f"{math.log(cfg['d'] * (cfg['d'] + 1) / (cfg['n'] + cfg['d'] + 1)):+.3f})."
+            )
+            lines.append("")
+        sub = [r for r in rows if r["method"].startswith(setting + ":") and r["metric"] == "test_loss"]
+        sub = [{**r, "method": r["method"].split(":", 1)[1]} for r in sub if r["method"].split(":", 1)[1] in names]
+        for panel, members in FIGURES.items():  # two panels of at most ten lines, one colour each
+            part = [r for r in sub if r["method"] in members]
+            if not part:
+                continue
+            line_plot(
+                part, run_dir / "figures" / f"log_loss_{setting}_{panel}", metric="test_loss",
+                ylabel="log(test MSE)", log_values=True, dashed_methods=DASHED,
+                title=f"{setting}, {panel} A: Memformers vs CG and tuned baselines",
+                caption="mean over seeds of the test MSE, plotted as log; band: 95% t-interval over seeds; dashed: "
+                "Krylov lower bounds, the shared-Γ LFOM floor and CG on 19 points",
+            )  # fmt: skip
+    lines += _heads_section(rows, depths, out)
+    lines += _krylov_section(rows, depths)
+    lines += _findings(rows, depths, cfg)
+    write_report(run_dir, "\n".join(lines))
+    return out
+
+
+def _heads_section(rows, depths, out) -> list[str]:
+    if not select(rows, method="noniso:lfom_scalar_h5"):
+        return []
+    table = []
+    for L in depths:
+        one = _log_stats(rows, "noniso:lfom_scalar", L)[0]
+        five = _log_stats(rows, "noniso:lfom_scalar_h5", L)[0]
+        diff = [r["value"] for r in select(rows, method="noniso:lfom_scalar_h5", depth=L,
+                                           metric="collapse_max_abs_diff")]  # fmt: skip
+        kry = _log_stats(rows, "noniso:krylov", L)[0]
+        floor = _log_stats(rows, "noniso:lfom_shared_class", L)[0]
+        table.append([L, f"{one:+.3f}", f"{five:+.3f}", f"{floor:+.3f}", f"{kry:+.3f}",
+                      fmt(max(diff) if diff else float("nan"))])  # fmt: skip
+    out["heads"] = {str(r[0]): {"one": r[1], "five": r[2]} for r in table}
+    return [
+        "## 1 head vs 5 heads (scalar-Γ LFOM Memformer, A_{ℓ,h} = a_{ℓ,h}·I; paper Fig. 5)",
+        "",
+        "Each head has P = [[0, 0], [0, 1]] and Q_h = −a_h·I, so the heads sum to one head with a = Σ_h a_h: the "
+        "two models have the same function class. `max |Δŷ|` is the largest difference on the test prompts "
+        "between the trained 5-head model and its collapse into one head (float32 rounding only). Both are "
+        "bounded below by the Krylov bound, since their output is one shared polynomial p(H)g, and more tightly by "
+        "the best member of their own class (Γ shared across layers: w_{ℓ+1} = w_ℓ − Σ_{j≤ℓ} c_j ∇R(w_j), "
+        "`lfom_shared_class`, tuned on training-law prompts). When both models sit at that floor, the 1-head vs "
+        "5-head difference of the paper's Fig. 5 (trained and evaluated on one batch of 10 prompts) is not "
+        "reproduced: it came from optimisation/evaluation, not from the extra heads.",
+        "",
+        markdown_table(["L", "1 head", "5 heads", "class floor", "Krylov bound", "max |Δŷ| (5 → 1 head)"], table),
+        "",
+    ]
+
+
+def _krylov_section(rows, depths) -> list[str]:
+    table = []
+    for m in ("lt_scalar", "cgd_scalar", "lfom_scalar", "lfom_scalar_h5", "heavy_ball_tuned", "gd_tuned",
+              "pgd_tuned", "cgd_full", "lfom_full", "lt_full", "cg"):  # fmt: skip
+        if not select(rows, method=f"noniso:{m}"):
+            continue
+        row = [m]
+        for L in depths:
+            mine = _log_stats(rows, f"noniso:{m}", L)[0]
+            kry = _log_stats(rows, "noniso:krylov", L)[0]
+            pre = _log_stats(rows, "noniso:krylov_pre", L)[0]
+            row.append(f"{mine - kry:+.3f} / {mine - pre:+.3f}")
+        table.append(row)
+    if not table:
+        return []
+    return [
+        "## Gap to the Krylov bounds (non-isotropic)",
+        "",
+        "log(loss) − log(bound), plain Krylov / Σ⁻¹-preconditioned Krylov, per seed-mean. Every scalar-A model "
+        "(and GD, heavy ball) must be ≥ 0 against the plain bound; PGD ≥ 0 against the preconditioned one. "
+        "Per-prompt CG (data-dependent coefficients) and full-A models are not bound by them.",
+        "",
+        markdown_table(["method", *[f"L = {L}" for L in depths]], table),
+        "",
+    ]
+
+
+def _findings(rows, depths, cfg) -> list[str]:
+    """Where the paper's claims hold and where they do not, stated from the numbers."""
+
+    def v(m, L, setting="noniso"):
+        return _log_stats(rows, f"{setting}:{m}", L)[0]
+
+    Lmax = max(depths)
+    out = ["## Claims checked", ""]
+    if select(rows, method="noniso:cg_n19"):
+        cg20 = ", ".join(f"{v('cg', L):+.2f}" for L in depths)
+        cg19 = ", ".join(f"{v('cg_n19', L):+.2f}" for L in depths)
+        pub = ", ".join(f"{PAPER_CG_LOG[L]:+.2f}" for L in depths if L in PAPER_CG_LOG)
+        se = []
+        for L in depths:  # s.e. of a log-loss estimated from 1000 prompts, as the authors' printed values were
+            est = select(rows, method="noniso:cg_n19", depth=L, metric="test_loss_stderr")
+            mean = select(rows, method="noniso:cg_n19", depth=L, metric="test_loss")
+            if est and mean:
+                se.append(est[0]["value"] / mean[0]["value"] * math.sqrt(cfg["test_prompts"] / 1000))
+        gap = max(abs(v("cg_n19", L) - PAPER_CG_LOG[L]) for L in depths if L in PAPER_CG_LOG)
+        out.append(
+            f"- **CG numbers.** Published CGD log-loss (19 points, 1000 test prompts): {pub}. Ours on 19 points: "
+            f"{cg19}; on the 20 points the models see: {cg20}. The published curve is CG on 19 of the 20 points "
+            "(the authors' off-by-one); dropping a point costs CG the difference between those two rows. The "
+            f"largest gap between the published values and our 19-point CG is {gap:.2f}, against a standard error "
+            f"of ≈ {max(se) if se else float('nan'):.2f} for a log-loss from 1000 prompts "
+            f"({'within' if se and gap <= 2 * max(se) else 'outside'} two standard errors). The figure readings "
+            "(≈ +0.5 at L = 1) are less precise than the printed notebook values."
+        )
+    checks = []
+    if select(rows, method="noniso:cgd_scalar") and select(rows, method="noniso:lt_scalar"):
+        checks.append(("CGD-like Memformer (Q = q·I) beats the LT without preconditioning (Fig. 1a)",
+                       v("cgd_scalar", Lmax) < v("lt_scalar", Lmax)))  # fmt: skip
+    if select(rows, method="noniso:cgd_scalar"):
+        checks.append((f"CGD-like Memformer (Q = q·I) is behind per-prompt CG at L = {Lmax} (Fig. 1a)",
+                       v("cgd_scalar", Lmax) > v("cg", Lmax)))  # fmt: skip
+    if select(rows, method="noniso:cgd_full"):
+        checks.append((f"CGD-like Memformer with full A beats per-prompt CG at L = {Lmax} (Fig. 1b)",
+                       v("cgd_full", Lmax) < v("cg", Lmax)))  # fmt: skip
+    if select(rows, method="noniso:lfom_full"):
+        checks.append((f"LFOM Memformer (full A, full Γ) beats the preconditioned LT at L = {Lmax} (Fig. 2a)",
+                       v("lfom_full", Lmax) < v("lt_full", Lmax)))  # fmt: skip
+        checks.append((f"LFOM Memformer beats per-prompt CG at L = {Lmax} (Fig. 2a)",
+                       v("lfom_full", Lmax) < v("cg", Lmax)))  # fmt: skip
+        if select(rows, method="noniso:pgd_tuned"):
+            checks.append((f"Memformers do not radically outperform preconditioned GD (§6.1): LFOM within 0.5 "
+                           f"log-units of tuned PGD at L = {Lmax}",
+                           abs(v("lfom_full", Lmax) - v("pgd_tuned", Lmax)) < 0.5))  # fmt: skip
+    if select(rows, method="iso:lfom_full") and select(rows, method="iso:lt_full"):
+        checks.append(("Isotropic: the LFOM Memformer is not better than the LT (Fig. 2b), within 0.1 log-units",
+                       v("lfom_full", Lmax, "iso") > v("lt_full", Lmax, "iso") - 0.1))  # fmt: skip
+    if select(rows, method="noniso:lfom_scalar_h5"):
+        checks.append(
+            ("5 heads better than 1 head (Fig. 5)", v("lfom_scalar_h5", Lmax) < v("lfom_scalar", Lmax) - 0.02)
+        )
+    for text, ok in checks:
+        out.append(f"- {text}: **{'holds' if ok else 'does not hold'}** here.")
+    if select(rows, method="noniso:lt_scalar") and select(rows, method="noniso:cgd_scalar"):
+        kry = v("krylov", Lmax)
+        out.append(
+            f"- **No preconditioning (Q = q·I).** At L = {Lmax} the plain LT with per-layer scalar steps is "
+            f"{v('lt_scalar', Lmax) - kry:+.3f} and the CGD-like Memformer {v('cgd_scalar', Lmax) - kry:+.3f} "
+            f"log-units above the Krylov bound ({kry:+.3f}). The LT's residual polynomial Π_ℓ(1 − a_ℓλ) already "
+            "reaches the best shared polynomial here, so the memory has nothing to add; the paper's Fig. 1a reading "
+            f"(Memformer ≈ −0.4, LT ≈ −0.1 at L = 4) puts its Memformer {'below' if -0.4 < kry else 'above'} "
+            "this bound, which no shared-coefficient model can do on fresh prompts (the figure reading, ±0.3, is "
+            "off, or the curve was not measured on fresh prompts); its LT reading matches ours."
+        )
+    if select(rows, method="noniso:lfom_scalar") and select(rows, method="noniso:lfom_shared_class"):
+        out.append(
+            f"- **Scalar-Γ LFOM.** 1 head {v('lfom_scalar', Lmax):+.3f}, 5 heads {v('lfom_scalar_h5', Lmax):+.3f}, "
+            f"floor of the shared-Γ class {v('lfom_shared_class', Lmax):+.3f} (Krylov {v('krylov', Lmax):+.3f}): "
+            "sharing Γ_j across layers makes every layer re-apply all earlier gradients with the same weight, a "
+            "strictly smaller class than the Krylov one. Same function class for 1 and 5 heads (collapse check), "
+            "same loss: Fig. 5's gap is not an expressivity effect."
+        )
+    if select(rows, method="noniso:lt_full") and select(rows, method="noniso:pgd_tuned"):
+        out.append(
+            f"- **Full A.** CGD-like {v('cgd_full', Lmax):+.3f}, LFOM {v('lfom_full', Lmax):+.3f}, LT (Pre) "
+            f"{v('lt_full', Lmax):+.3f}, tuned PGD with the true Σ⁻¹ {v('pgd_tuned', Lmax):+.3f}, per-prompt CG "
+            f"{v('cg', Lmax):+.3f}. The LT's class contains A_ℓ = a_ℓΣ⁻¹ (= PGD), so its deficit to the Memformers "
+            "is optimisation at this budget, not expressivity; no learned model beats preconditioned GD."
+        )
+    for m in ("cgd_scalar", "lfom_scalar", "lt_scalar"):
+        if select(rows, method=f"noniso:{m}"):
+            gaps = [v(m, L) - v("krylov", L) for L in depths]
+            out.append(f"- {m} stays above the shared-coefficient Krylov bound at every L (min gap "
+                       f"{min(gaps):+.3f}): {'yes' if min(gaps) > -1e-3 else 'NO (check)'}.")  # fmt: skip
+    out += [
+        "",
+        "Differences from the paper: (1) baselines use all 20 context points (the authors' code used 19: see the "
+        "CG row); (2) training is a resampled-batch AdamW run of the profile's length, not 10 steps plus 1000 "
+        "steps on one fixed batch, and the test prompts are never trained on; (3) momentum and Nesterov are "
+        "tuned for every L on training prompts (the authors used fixed η = 0.005/0.03, β = 0.9 on the "
+        "unnormalised gradient); (4) values are means over seeds with intervals, not read off a figure; figure "
+        "readings are ±0.1–0.3. A shorter training budget than the paper's leaves the deeper learned models "
+        "(L = 3, 4) above their optimum, which mostly affects full-A models (many more parameters).",
+    ]
+    return out
+
+
+@register_report(NAME)
+def report(run_dir) -> dict:
+    cfg, rows = load_run(run_dir)
+    return render(run_dir, rows, cfg["config"])

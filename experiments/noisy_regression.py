@@ -1,0 +1,481 @@
+"""noisy_regression: FULL, DIAG and GD++ linear transformers on noisy regression (Vladymyrov et al. 2024).
+
+Reproduces the adjusted-loss study of Vladymyrov, von Oswald, Sandler & Ge (NeurIPS 2024, "Linear Transformers
+are Versatile In-Context Learners", Table 1 and Fig. 2; research notes §5) at CPU scale.
+
+Data. d = 10, n = 20, x ~ N(0, I), w* ~ N(0, I), y_i = ⟨w*, x_i⟩ + σ_τ ξ_i with one σ_τ per prompt drawn from
+U(0, σ_max) (σ_max ∈ {0, 1, 3, 5}) or uniformly from the categorical set {1, 3}; the query target is noiseless.
+
+Models (single head, one model per depth L):
+
+- ``full``: unconstrained (d+1)×(d+1) P and Q per layer (LSAConfig mode ``full``, the paper's FULL).
+- ``diag``: P = diag(p_x·I, p_y), Q = diag(q_x·I, q_y) (mode ``diag``, the paper's DIAG).
+- ``gdpp``: the paper's GD++ = DIAG with q_y = 0, so that only ω_xx = p_x q_x and ω_yx = p_y q_x are non-zero.
+  This is mode ``diag`` with q_y initialised at 0 and its gradient zeroed by a tensor hook (Adam never moves an
+  entry whose gradient is always 0). It is not the package's mode ``gdpp`` (Ahn et al. eq. 11, full d×d A and B
+  blocks), which contains GD++ (A = η·I, B = (γ/η)·I) but has d² times more parameters per block.
+
+Metric. Adjusted loss = model loss − oracle loss on the same held-out prompts, where the oracle is the posterior
+mean for w* ~ N(0, I) with the prompt's true σ: w = (XᵀX + σ²I)⁻¹Xᵀy. In the (1/2n) normalisation of
+``reference_optimizers.ridge`` (minimiser of (1/2n)‖Xw − y‖² + (λ/2)‖w‖², i.e. (XᵀX/n + λI)⁻¹Xᵀy/n) this is
+λ = σ²/n; tests/test_study_noisy_regression.py checks both forms and that the oracle beats λ·2 and λ/2.
+Baselines: ``const_rr`` (one λ for all prompts, tuned on training prompts), ``ada_rr`` (λ = σ̂²/n with
+σ̂² = (1/(n−d)) Σ_j (y_j − ⟨ŵ_OLS, x_j⟩)²) and ``ols``. Losses are plain MSE; the paper reports ½·MSE (its
+noiseless 1-layer value 1.768 matches ½·d(d+1)/(n+d+1) = 1.774), so published values are doubled before they are
+compared and the noiseless table lists both conventions.
+
+Profiles (seeds 0, 1, 2 unless --seeds). ``quick``: depths 1–2, σ_max ∈ {0, 3}, 60 steps (a smoke test).
+``standard``: depths 1, 2, 4, all five noise settings, 600 Adam steps of 512 prompts, lr 0.02, cosine (measured ≈ 4
+minutes per seed on one core at load ≈ 3, about 13 minutes for three seeds; 26 minutes for one seed under load ≈ 10
+at nice 10); a model that diverges is retrained from the same initialisation at half the lr; at this budget only
+the 1- and 2-layer models are near their optimum, deep noiseless values (1e−4 … 1e−12 in the paper) need the
+paper's budget. ``paper``: depths 1–7, σ_max ∈ {0, 1, …, 7} plus {1, 3} and {1, 3, 5}, Adam lr 1e-4, 200,000 steps
+of 2048 prompts, 100,000 test prompts, 5 seeds: the paper reports 4–12 H100-hours per model; on this framework
+expect about 1–3 GPU-hours per (mode, depth, noise) triple with --device cuda (a few thousand GPU-hours for the
+full grid; run a slice with --set).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from einops import einsum
+from scipy import optimize
+
+from experiments.common import RunContext, make_distribution, write_config
+from experiments.registry import register, register_report
+from experiments.reporting import aggregate, line_plot, load_run, markdown_table, select, write_report
+from experiments.study import Rows, StudyConfig, held_out_prompts, train_one
+from icl.config import ConfigError, spec
+from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
+from icl.runio import write_json
+from icl.seeding import Streams
+from icl.train import TrainConfig, TrainingDiverged
+from learned_optimizers import LinearSelfAttention, LSAConfig
+from reference_optimizers import least_squares, one_layer_optimum, ridge
+
+NAME = "noisy_regression"
+MODES = ("full", "diag", "gdpp")
+#: Vladymyrov et al. Table 1, σ_max = 0 column, in their ½·MSE convention: mode -> {L: value}.
+PAPER_NOISELESS_HALF_MSE = {
+    "gdpp": {1: 1.768, 2: 0.341, 3: 0.019, 4: 9.91e-5, 5: 1.14e-7, 6: 2.37e-10, 7: 2.65e-12},
+    "diag": {1: 1.767, 2: 0.265, 3: 0.013, 4: 1.19e-4, 5: 1.81e-7, 6: 2.57e-10, 7: 2.50e-12},
+    "full": {1: 1.768, 2: 0.264, 3: 0.012, 4: 1.63e-4, 5: 1.79e-7, 6: 2.71e-10, 7: 2.50e-12},
+}
+#: σ_max = 7 at 7 layers (½·MSE, adjusted): mode/baseline -> value.
+PAPER_SIGMA7_L7_HALF_MSE = {"gdpp": 0.530, "diag": 0.059, "full": 0.057, "ada_rr": 0.092, "const_rr": 0.530}
+
+
+@dataclass(frozen=True)
+class NoisyRegressionConfig(StudyConfig):
+    """The study (defaults: the ``standard`` profile).
+
+    Attributes:
+        d, n: dimension and context points (the paper's 10 and 20).
+        depths: numbers of layers.
+        sigma_max: the uniform noise settings σ_τ ~ U(0, σ_max) (0: noiseless).
+        categorical: the categorical noise sets, each written as levels joined by '/' (e.g. "1/3"); σ_τ is
+            uniform over the levels.
+        modes: ``full``, ``diag`` and/or ``gdpp`` (GD++ = DIAG with q_y = 0).
+        init_std: std of the initial weights (products of two factors, so not too small).
+        train: the outer training.
+        test_prompts: held-out prompts per (seed, noise setting).
+        tune_prompts: training-law prompts used to tune ConstRR's λ.
+    """
+
+    d: int = spec(10, ge=1)
+    n: int = spec(20, ge=2)
+    depths: tuple[int, ...] = spec((1, 2, 4), ge=1)
+    sigma_max: tuple[float, ...] = spec((0.0, 1.0, 3.0, 5.0), ge=0)
+    categorical: tuple[str, ...] = ("1/3",)
+    modes: tuple[str, ...] = MODES
+    init_std: float = spec(0.05, gt=0)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=600,
+            batch_size=512,
+            lr=0.02,
+            weight_decay=0.0,
+            clip="global",
+            clip_value=1.0,
+            schedule="cosine",
+            eval_every=200,
+            eval_batch=1000,
+            log_every=100,
+        )  # fmt: skip
+    )
+    test_prompts: int = spec(20_000, ge=100)
+    tune_prompts: int = spec(4_000, ge=100)
+
+    def check(self) -> None:
+        super().check()
+        bad = [m for m in self.modes if m not in MODES]
+        if bad:
+            raise ConfigError(f"modes has unknown entries {bad}; choose from {', '.join(MODES)}")
+        for s in self.categorical:
+            try:
+                levels = [float(v) for v in s.split("/")]
+            except ValueError:
+                raise ConfigError(f"categorical entry {s!r} must be levels joined by '/', e.g. 1/3") from None
+            if not levels or min(levels) < 0:
+                raise ConfigError(f"categorical entry {s!r} needs non-negative levels")
+        if self.n <= self.d:
+            raise ConfigError(f"AdaRR needs n > d (σ̂² divides by n − d); got n = {self.n}, d = {self.d}")
+
+    def noise_settings(self) -> list[tuple[str, PromptConfig]]:
+        """(name, prompt law) of every noise setting."""
+        out = []
+        for s in self.sigma_max:
+            noise = "uniform" if s > 0 else "none"
+            out.append((f"U(0,{s:g})", PromptConfig(d=self.d, n=self.n, noise=noise, sigma_max=s)))
+        for c in self.categorical:
+            levels = tuple(float(v) for v in c.split("/"))
+            out.append((f"cat{{{','.join(f'{v:g}' for v in levels)}}}",
+                        PromptConfig(d=self.d, n=self.n, noise="categorical", sigma_set=levels)))  # fmt: skip
+        return out
+
+
+PROFILES = {
+    "quick": {
+        "depths": (1, 2),
+        "sigma_max": (0.0, 3.0),
+        "categorical": (),
+        "train.steps": 60,
+        "train.batch_size": 256,
+        "train.eval_every": 60,
+        "train.eval_batch": 256,
+        "test_prompts": 2000,
+        "tune_prompts": 500,
+        "checkpoint_every": 60,
+    },
+    "standard": {},
+    "paper": {
+        "seeds": (0, 1, 2, 3, 4),
+        "depths": (1, 2, 3, 4, 5, 6, 7),
+        "sigma_max": (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0),
+        "categorical": ("1/3", "1/3/5"),
+        "init_std": 0.02,
+        "train.steps": 200_000,
+        "train.batch_size": 2048,
+        "train.lr": 1e-4,
+        "train.schedule": "constant",
+        "train.eval_every": 5000,
+        "train.log_every": 1000,
+        "test_prompts": 100_000,
+        "tune_prompts": 20_000,
+        "checkpoint_every": 5000,
+    },
+}
+
+
+# -- models and oracles --------------------------------------------------------------------------------------
+
+
+def _zero_qy(grad: torch.Tensor) -> torch.Tensor:
+    out = grad.clone()
+    out[..., 1] = 0
+    return out
+
+
+def build(mode: str, d: int, layers: int, init_std: float, generator: torch.Generator) -> LinearSelfAttention:
+    """FULL, DIAG, or GD++ (DIAG with q_y held at 0 by a gradient hook)."""
+    model = LinearSelfAttention(d, LSAConfig(layers=layers, mode="diag" if mode == "gdpp" else mode,
+                                             init_std=init_std), generator)  # fmt: skip
+    if mode == "gdpp":
+        with torch.no_grad():
+            model.q[..., 1] = 0
+        model.q.register_hook(_zero_qy)
+    return model
+
+
+def posterior_mean(X: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The Bayes oracle for w* ~ N(0, I) with known per-prompt σ: (XᵀX + σ²I)⁻¹Xᵀy, (B, d).
+
+    Equal to ``reference_optimizers.ridge(X, y, σ²/n)`` for each prompt; σ = 0 gives (XᵀX)⁻¹Xᵀy (OLS for n ≥ d).
+    """
+    d = X.shape[-1]
+    G = einsum(X, X, "b n i, b n j -> b i j") + sigma[:, None, None] ** 2 * torch.eye(d, dtype=X.dtype)
+    return torch.linalg.solve(G, einsum(X, y, "b n i, b n -> b i"))
+
+
+def ada_rr(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """AdaRR: ridge with σ̂² = (1/(n−d)) Σ_j (y_j − ⟨ŵ_OLS, x_j⟩)² (Vladymyrov et al. §5)."""
+    n, d = X.shape[1], X.shape[2]
+    w = least_squares(X, y)
+    resid = y - einsum(X, w, "b n i, b i -> b n")
+    return posterior_mean(X, y, (resid.square().sum(-1) / (n - d)).sqrt())
+
+
+def tune_const_rr(batch: PromptBatch) -> float:
+    """ConstRR's λ (ridge units of ``reference_optimizers.ridge``) minimising the query MSE on ``batch``."""
+
+    def loss(log_lam: float) -> float:
+        w = ridge(batch.X, batch.y, math.exp(log_lam))
+        return float((einsum(w, batch.x_query, "b d, b d -> b") - batch.y_query).square().mean())
+
+    res = optimize.minimize_scalar(loss, bounds=(math.log(1e-6), math.log(100.0)), method="bounded")
+    best = min([(res.fun, res.x)] + [(loss(math.log(v)), math.log(v)) for v in (1e-6, 1e-3)])
+    return math.exp(best[1])
+
+
+def _errors(w: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+    return (einsum(w, batch.x_query, "b d, b d -> b") - batch.y_query).square()
+
+
+# -- the study -----------------------------------------------------------------------------------------------
+
+
+@register(NAME, "FULL/DIAG/GD++ linear transformers vs ridge oracles on noisy regression (Vladymyrov et al. 2024)",
+          NoisyRegressionConfig, profiles=PROFILES)  # fmt: skip
+def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
+    t0 = time.time()
+    write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
+    rows = Rows(NAME)
+    lambdas: dict = {}
+    for seed in cfg.seeds:
+        streams = Streams(seed, ctx.device)
+        for noise, pcfg in cfg.noise_settings():
+            dist = make_distribution(pcfg, streams)
+            test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
+            tune = PromptDistribution(pcfg, U=dist.U, dtype=torch.float64).sample(
+                cfg.tune_prompts, streams.generator("tune", "cpu")
+            )
+            oracle = _errors(posterior_mean(test.X, test.y, test.sigma), test)
+            lam = tune_const_rr(tune)
+            lambdas[f"{noise}/s{seed}"] = lam
+            refs = {
+                "oracle": oracle,
+                "const_rr": _errors(ridge(test.X, test.y, lam), test),
+                "ada_rr": _errors(ada_rr(test.X, test.y), test),
+                "ols": _errors(least_squares(test.X, test.y), test),
+            }
+            theory = one_layer_optimum(dist.Sigma, cfg.n, "identity", pcfg.mean_noise_var()).loss
+            for L in cfg.depths:  # depth-independent references, repeated per depth for the plots
+                for name, err in refs.items():
+                    _add(rows, f"{noise}:{name}", L, seed, err, oracle)
+            rows.add(f"{noise}:theory_1layer_gd", 1, seed, "test_loss", theory)
+            rows.add(f"{noise}:theory_1layer_gd", 1, seed, "adjusted_loss", theory - float(oracle.mean()))
+            for mode in cfg.modes:
+                for L in cfg.depths:
+                    trainer, lr = _train_with_backoff(ctx, cfg, f"{noise}-{mode}-L{L}", seed, mode, L, dist, streams)
+                    if trainer is None:
+                        rows.add(f"{noise}:{mode}", L, seed, "diverged", 1.0)
+                        continue
+                    rows.add(f"{noise}:{mode}", L, seed, "lr_used", lr)
+                    with torch.no_grad():
+                        pred = trainer.model(test.Z().to(device=ctx.device, dtype=trainer.model.dtype))
+                    err = (pred.double().cpu() - test.y_query).square()
+                    rows.add(f"{noise}:{mode}", L, seed, "max_query_error", float(err.max()))
+                    adj = _add(rows, f"{noise}:{mode}", L, seed, err, oracle)
+                    rows.add(f"{noise}:{mode}", L, seed, "final_train_loss", trainer.history.last_loss)
+                    if mode == "gdpp":
+                        qy = float(trainer.model.q.detach()[..., 1].abs().max())
+                        rows.add(f"{noise}:{mode}", L, seed, "max_abs_qy", qy)
+                    ctx.print(f"seed {seed} {noise:<10} {mode:<5} L={L}  adjusted loss {adj:.4g}")
+            rows.write(ctx)
+    rows.write(ctx)
+    summary = {"experiment": NAME, "seeds": list(cfg.seeds), "profile": cfg.profile, "const_rr_lambda": lambdas,
+               "wall_time_s": time.time() - t0}  # fmt: skip
+    summary.update(render(ctx.out_dir, rows.rows, cfg.to_dict()))
+    write_json(ctx.out_dir / "summary.json", summary)
+    ctx.print((ctx.out_dir / "report.md").read_text())
+    return summary
+
+
+def _train_with_backoff(ctx, cfg, tag, seed, mode, L, dist, streams, retries: int = 2):
+    """Train; if the run diverges, start again from the same initialisation with half the learning rate.
+
+    Vladymyrov et al. also lowered the learning rate of deep models that were unstable. Each attempt has its own
+    checkpoint tag (``-lr/2``, ``-lr/4``), so ``--resume`` replays the same sequence. Returns (trainer, lr) or
+    (None, lr) when every attempt diverged.
+    """
+    train = cfg.train
+    for attempt in range(retries + 1):
+        model = build(mode, cfg.d, L, cfg.init_std, streams.generator("init", "cpu"))
+        suffix = f"-lr/{2**attempt}" if attempt else ""
+        try:
+            return train_one(ctx, cfg, tag + suffix.replace("/", "_"), seed, model, dist, train, streams), train.lr
+        except TrainingDiverged as e:
+            ctx.print(f"seed {seed} {tag} diverged at lr {train.lr:g}: {e}")
+            train = train.replace(lr=train.lr / 2)
+    return None, train.lr * 2
+
+
+def _add(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, oracle: torch.Tensor) -> float:
+    """test_loss and adjusted_loss (paired with the oracle on the same prompts), each with its standard error."""
+    k = err.numel()
+    diff = err - oracle
+    rows.add(method, L, seed, "test_loss", float(err.mean()))
+    rows.add(method, L, seed, "test_loss_stderr", float(err.std() / math.sqrt(k)))
+    rows.add(method, L, seed, "adjusted_loss", float(diff.mean()))
+    rows.add(method, L, seed, "adjusted_loss_stderr", float(diff.std() / math.sqrt(k)))
+    return float(diff.mean())
+
+
+# -- report --------------------------------------------------------------------------------------------------
+
+
+def _mean(rows, method, L, metric="adjusted_loss") -> tuple[float, float, float, int]:
+    agg = aggregate(select(rows, method=method, depth=L, metric=metric), keys=("method",))
+    return agg.get((method,), (float("nan"),) * 3 + (0,))
+
+
+def _flags(rows, method, L) -> str:
+    """† when a few test prompts dominate the mean (s.e. > 30% of it), ‡ when the learning rate was lowered."""
+    mean = _mean(rows, method, L)[0]
+    se = _mean(rows, method, L, "adjusted_loss_stderr")[0]
+    lr = [r["value"] for r in select(rows, method=method, depth=L, metric="lr_used")]
+    base = [r["value"] for r in select(rows, method=method, metric="lr_used")]
+    out = " †" if math.isfinite(se) and abs(mean) > 0.05 and se > 0.3 * abs(mean) else ""
+    return out + (" ‡" if lr and base and min(lr) < max(base) else "")
+
+
+def _cell(stats) -> str:
+    mean, lo, hi, k = stats
+    if not math.isfinite(mean):
+        return "–"
+    s = f"{mean:.4g}"
+    if k > 1:
+        s += f" [{lo:.3g}, {hi:.3g}]"
+    return s
+
+
+def render(run_dir, rows, cfg: dict) -> dict:
+    run_dir = Path(run_dir)
+    noises = list(dict.fromkeys(r["method"].split(":", 1)[0] for r in rows))
+    depths = sorted({r["depth"] for r in rows if r["metric"] == "adjusted_loss" and ":theory" not in r["method"]})
+    seeds = sorted({r["seed"] for r in rows})
+    modes = [m for m in MODES if any(r["method"].endswith(":" + m) for r in rows)]
+    out: dict = {"adjusted_loss": {}}
+    lines = [
+        f"# {NAME}: FULL / DIAG / GD++ linear transformers on noisy regression (Vladymyrov et al. 2024)",
+        "",
+        f"Seeds {seeds}; d = {cfg['d']}, n = {cfg['n']}, x ~ N(0, I), w* ~ N(0, I), one σ per prompt. Adjusted "
+        "loss = model MSE − oracle MSE on the same held-out prompts (oracle: posterior mean (XᵀX + σ²I)⁻¹Xᵀy with "
+        "the prompt's σ, i.e. ridge λ = σ²/n in the (1/2n) normalisation). Plain MSE (the paper's ½·MSE × 2). "
+        "Cells: mean over seeds [95% t-interval over seeds]. GD++ = DIAG with q_y = 0 (mode diag, q_y held at 0). "
+        f"Training: {cfg['train']['steps']} Adam steps of {cfg['train']['batch_size']} prompts, lr "
+        f"{cfg['train']['lr']} ({cfg['train']['schedule']}); the paper: 200,000 steps of 2048, lr 1e-4.",
+        "",
+        "## Adjusted loss (MSE) against depth",
+        "",
+    ]
+    table = []
+    for noise in noises:
+        for m in (*modes, "const_rr", "ada_rr", "ols"):
+            if not select(rows, method=f"{noise}:{m}"):
+                continue
+            cells = [_cell(_mean(rows, f"{noise}:{m}", L)) + _flags(rows, f"{noise}:{m}", L) for L in depths]
+            for L in depths:
+                out["adjusted_loss"].setdefault(noise, {}).setdefault(m, {})[L] = _mean(rows, f"{noise}:{m}", L)[0]
+            table.append([noise, m, *cells])
+        oracle = _mean(rows, f"{noise}:oracle", depths[0], "test_loss")[0]
+        theory = select(rows, method=f"{noise}:theory_1layer_gd", metric="adjusted_loss")
+        if theory:
+            th = sum(r["value"] for r in theory) / len(theory)
+            table.append(
+                [noise, "theory: best 1-layer model, any mode (Ahn Thm 1)", f"{th:.4g}", *[""] * (len(depths) - 1)]
+            )
+        table.append([noise, "(oracle MSE itself)", f"{oracle:.4g}", *[""] * (len(depths) - 1)])
+    lines.append(markdown_table(["noise", "method", *[f"L = {L}" for L in depths]], table))
+    lines += [
+        "",
+        "– : every attempt diverged (learning rate halved twice). ‡: trained at a halved learning rate after a "
+        "divergence (as Vladymyrov et al. did for unstable deep models). †: the mean is dominated by a few test "
+        "prompts (standard error > 30% of the mean): deep LSAs are polynomials of high degree in the labels, and "
+        "on rare prompts with large noise and large ‖y‖ their prediction explodes; `max_query_error` in "
+        "results.csv records the worst prompt. The paper's 100,000-prompt evaluation would meet such prompts too; "
+        "its longer, lower-lr training presumably leaves models whose growth is better controlled.",
+        "",
+    ]
+    noiseless = next((nz for nz in noises if nz == "U(0,0)"), None)
+    if noiseless:
+        lines += _noiseless_section(rows, noiseless, modes, depths, cfg)
+    lines += _findings(rows, noises, modes, depths)
+    for noise in noises:
+        sub = [
+            {**r, "method": r["method"].split(":", 1)[1]}
+            for r in rows
+            if r["method"].startswith(noise + ":") and r["metric"] == "adjusted_loss"
+            and r["method"].split(":", 1)[1] in (*modes, "const_rr", "ada_rr")
+            and r["value"] > 0
+        ]  # fmt: skip
+        stem = "adjusted_" + noise.replace("(", "").replace(")", "").replace(",", "-").replace("{", "").replace("}", "")
+        line_plot(
+            sub, run_dir / "figures" / stem, metric="adjusted_loss", ylabel="adjusted loss (MSE − oracle MSE)",
+            xlabel="layers", logy=True, dashed_methods=("const_rr", "ada_rr"), title=f"noise {noise}",
+            caption="mean over seeds; band: 95% t-interval over seeds; dashed: ridge baselines (depth-independent)",
+        )  # fmt: skip
+    write_report(run_dir, "\n".join(lines))
+    return out
+
+
+def _noiseless_section(rows, noise, modes, depths, cfg) -> list[str]:
+    d, n = cfg["d"], cfg["n"]
+    theory = d * (d + 1) / (n + d + 1)
+    table = []
+    for m in modes:
+        for L in depths:
+            mean = _mean(rows, f"{noise}:{m}", L)[0]
+            pub = PAPER_NOISELESS_HALF_MSE[m].get(L)
+            table.append([m, L, f"{mean:.4g}", f"{mean / 2:.4g}", "–" if pub is None else f"{pub:.3g}",
+                          "–" if pub is None else f"{2 * pub:.4g}",
+                          f"{theory:.4f} / {theory / 2:.4f}" if L == 1 else ""])  # fmt: skip
+    return [
+        "## Noiseless column against Table 1 (σ_max = 0; oracle loss 0, so adjusted = model loss)",
+        "",
+        f"Published values are ½·MSE; theory at L = 1 is d(d+1)/(n+d+1) = {theory:.4f} MSE = {theory / 2:.4f} "
+        "½·MSE. At L = 1 every mode's prediction is the query's x against Σ_i (x_i, y_i) products; the terms even in "
+        "y (x_ix_iᵀ, y_i²) vanish at the optimum by the symmetry w* → −w*, so the best FULL, DIAG or GD++ layer is "
+        "Ahn et al.'s one-step preconditioned GD (A* ∝ I here). Deeper values need the paper's budget: at this "
+        "study's budget they sit "
+        "above the published ones by orders of magnitude at L ≥ 3.",
+        "",
+        markdown_table(
+            ["mode", "L", "ours MSE", "ours ½·MSE", "paper ½·MSE", "paper ×2 (MSE)", "theory MSE / ½·MSE"], table
+        ),  # fmt: skip
+        "",
+    ]
+
+
+def _findings(rows, noises, modes, depths) -> list[str]:
+    """The paper's orderings at the deepest depth, per noise setting, stated as holds / does not hold."""
+    Lmax = max(depths)
+    out = ["## Claims checked", ""]
+    for noise in noises:
+        if noise == "U(0,0)":
+            continue
+        v = {m: _mean(rows, f"{noise}:{m}", Lmax)[0] for m in (*modes, "const_rr", "ada_rr")}
+        const, ada = v["const_rr"], v["ada_rr"]
+        parts = []
+        if "gdpp" in v:
+            ok = math.isfinite(v["gdpp"]) and abs(v["gdpp"] / const - 1) < 0.1
+            parts.append(f"GD++ saturates at ConstRR ({v['gdpp']:.3g} vs {const:.3g}): "
+                         f"{'holds' if ok else 'does not hold'}")  # fmt: skip
+        for m in ("diag", "full"):
+            if m in v:
+                if not math.isfinite(v[m]) or v[m] > 10 * const:
+                    parts.append(f"{m.upper()} below ConstRR: not testable (unstable/diverged, {v[m]:.3g})")
+                    continue
+                parts.append(f"{m.upper()} below ConstRR ({v[m]:.3g}): {'holds' if v[m] < const else 'does not hold'}")
+                parts.append(f"{m.upper()} below AdaRR ({ada:.3g}): {'yes' if v[m] < ada else 'no'}")
+        out.append(f"- {noise}, L = {Lmax}: " + "; ".join(parts) + ".")
+    out += [
+        "",
+        "Paper's claims: GD++ saturates at the ConstRR level (it can only estimate one noise level); FULL and DIAG "
+        "go below ConstRR and, with ≥ 4 layers and σ_max ≥ 4, below AdaRR (σ_max = 7, L = 7: FULL 0.057, DIAG "
+        "0.059, AdaRR 0.092, GD++ 0.530, ConstRR 0.530 in ½·MSE, i.e. ×2 in MSE). Below AdaRR is not expected on "
+        f"this grid (σ_max ≤ 5, L ≤ {Lmax}, a training run ~1000× shorter than the paper's); it needs the paper "
+        "profile. Where GD++ has not reached ConstRR at small σ_max the model is still training-limited.",
+    ]
+    return out
+
+
+@register_report(NAME)
+def report(run_dir) -> dict:
+    cfg, rows = load_run(run_dir)
+    return render(run_dir, rows, cfg["config"])

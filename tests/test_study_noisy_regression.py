@@ -1,0 +1,84 @@
+"""noisy_regression: the quick profile end to end, the report re-render, and the oracle's λ."""
+
+import csv
+import json
+
+import torch
+
+from experiments.cli import main
+from experiments.noisy_regression import ada_rr, build, posterior_mean
+from icl.prompts import PromptConfig, PromptDistribution
+from reference_optimizers import ridge
+
+TINY = ["--set", "depths=1,2", "--set", "train.steps=20", "--set", "checkpoint_every=10",
+        "--set", "test_prompts=500", "--set", "tune_prompts=200", "--quiet"]  # fmt: skip
+
+
+def test_quick_profile_cli_writes_every_artifact_and_report_rerenders(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "noisy_regression", "--profile", "quick", "--seeds", "0,1", "--out", str(out), *TINY]
+    assert main([*args, "--set", "categorical=1/3"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    methods = {r["method"] for r in rows}
+    for noise in ("U(0,0)", "U(0,3)", "cat{1,3}"):
+        assert {f"{noise}:{m}" for m in ("full", "diag", "gdpp", "const_rr", "ada_rr", "oracle")} <= methods
+    val = {(r["method"], r["depth"], r["seed"], r["metric"]): float(r["value"]) for r in rows}
+    for (m, _L, _s, metric), v in val.items():
+        if metric == "adjusted_loss" and m.split(":")[1] in ("const_rr", "ada_rr", "ols"):
+            assert v >= -1e-9  # nobody beats the Bayes oracle on average ... up to Monte-Carlo noise
+        if metric == "max_abs_qy":
+            assert v == 0.0  # GD++: q_y never moved
+    assert val[("U(0,0):oracle", "1", "0", "test_loss")] < 1e-20
+    summary = json.loads((out / "summary.json").read_text())
+    assert "U(0,3)" in summary["adjusted_loss"]
+    assert (out / "figures" / "adjusted_U0-3.png").stat().st_size > 1000
+    text = (out / "report.md").read_text()
+    assert "Table 1" in text and "½·MSE" in text
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == text
+
+
+def _batch(sigma_max=2.0, count=20_000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = PromptConfig(d=10, n=20, noise="uniform", sigma_max=sigma_max)
+    return PromptDistribution(cfg, generator=g, dtype=torch.float64).sample(count, g)
+
+
+def test_oracle_is_ridge_with_lambda_sigma2_over_n_and_the_posterior_mean():
+    b = _batch(count=50)
+    n = b.n
+    w = posterior_mean(b.X, b.y, b.sigma)
+    for i in range(5):
+        s = float(b.sigma[i])
+        ref = ridge(b.X[i : i + 1], b.y[i : i + 1], s**2 / n)[0]
+        torch.testing.assert_close(w[i], ref, rtol=1e-10, atol=1e-10)
+        # the Gaussian posterior mean of w* ~ N(0, I), y = Xw* + σξ: (XᵀX + σ²I)⁻¹Xᵀy
+        X, y = b.X[i], b.y[i]
+        torch.testing.assert_close(w[i], torch.linalg.solve(X.T @ X + s**2 * torch.eye(10, dtype=X.dtype), X.T @ y))
+
+
+def test_oracle_beats_wrong_lambdas_and_adarr():
+    b = _batch()
+
+    def loss(w):
+        return ((w * b.x_query).sum(-1) - b.y_query).square()
+
+    oracle = loss(posterior_mean(b.X, b.y, b.sigma))
+    for factor in (0.5, 2.0):  # λ·2 and λ/2 are worse, paired on the same prompts
+        diff = loss(posterior_mean(b.X, b.y, b.sigma * factor**0.5)) - oracle
+        assert diff.mean() > 3 * diff.std() / len(diff) ** 0.5
+    diff = loss(ada_rr(b.X, b.y)) - oracle
+    assert diff.mean() > 0
+
+
+def test_gdpp_is_diag_with_qy_zero():
+    model = build("gdpp", 10, 2, 0.05, torch.Generator().manual_seed(0))
+    assert model.cfg.mode == "diag" and torch.all(model.q[..., 1] == 0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    b = _batch(count=256).to(dtype=torch.float32)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(b.Z()) - b.y_query).square().mean().backward()
+        opt.step()
+    assert torch.all(model.q[..., 1] == 0) and model.q[..., 0].abs().min() > 0
