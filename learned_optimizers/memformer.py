@@ -41,7 +41,7 @@ from einops import einsum
 from torch import nn
 
 from icl.config import Config, ConfigError, spec
-from learned_optimizers.linear_attention import LinearSelfAttention, LSAConfig, attention, check_tokens, read_prediction
+from learned_optimizers.linear_attention import LinearSelfAttention, LSAConfig, check_tokens, read_prediction
 
 GAMMA_SHAPES = ("scalar", "feature", "full")
 _COMBINE = {  # Σ_j Γ_j ⊙ R_j for each shape of Γ
@@ -150,8 +150,7 @@ class Memformer(nn.Module):
         R = torch.zeros_like(Z)
         registers: list[torch.Tensor] = []
         for layer in range(self.layers):
-            P, Q = self.attention.layer_weights(layer)
-            U = attention(Z, P, Q)
+            U = self.attention.attend(Z, layer)
             if self.cfg.memory == "cgd":
                 R = U + self.gamma[layer] * R
                 Z = Z + self.alpha[layer] * R / n
