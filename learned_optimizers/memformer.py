@@ -41,7 +41,13 @@ from einops import einsum
 from torch import nn
 
 from icl.config import Config, ConfigError, spec
-from learned_optimizers.linear_attention import LinearSelfAttention, LSAConfig, check_tokens, read_prediction
+from learned_optimizers.linear_attention import (
+    LinearSelfAttention,
+    LSAConfig,
+    check_tokens,
+    context_gram,
+    read_prediction,
+)
 
 GAMMA_SHAPES = ("scalar", "feature", "full")
 _COMBINE = {  # Σ_j Γ_j ⊙ R_j for each shape of Γ
@@ -166,8 +172,33 @@ class Memformer(nn.Module):
         return torch.stack([read_prediction(Zl) for Zl in self.tokens(Z, check=check)], dim=1)
 
     def forward(self, Z: torch.Tensor, check: bool = True) -> torch.Tensor:
-        """The prediction ŷ = −[Z_L]_{query, y}, (B,)."""
-        return read_prediction(self.tokens(Z, check=check)[-1])
+        """The prediction ŷ = −[Z_L]_{query, y}, (B,), computed in Gram space where the memory allows.
+
+        Every register is the tokens times a (d+1)×(d+1) matrix, R_ℓ = Z_0 S_ℓ, and Z_ℓ = Z_0 T_ℓ (as for the
+        plain LSA, :meth:`LinearSelfAttention.forward`): the prompts are read once (G_0) and each layer costs
+        O(d³) per prompt. A scalar or per-feature Γ keeps this form (Γ ⊙ R = Z_0 S diag Γ); the full
+        (n+1)×(d+1) Hadamard Γ does not, and runs the token recursion.
+        """
+        if check:
+            Z = self.check_input(Z)
+        if self.Gamma is not None and self.cfg.gamma_shape == "full":
+            return read_prediction(self.tokens(Z, check=False)[-1])
+        n, e = Z.shape[1] - 1, Z.shape[-1]
+        G0 = context_gram(Z)
+        T = torch.eye(e, dtype=Z.dtype, device=Z.device).expand_as(G0)
+        S = torch.zeros_like(G0)
+        registers: list[torch.Tensor] = []
+        for layer in range(self.layers):
+            W = self.attention.layer_matrix(G0 if layer == 0 else torch.matmul(T.mT, torch.matmul(G0, T)), layer)
+            U = W if layer == 0 else torch.matmul(T, W)  # Attn(Z_ℓ) = Z_0 T_ℓ W_ℓ
+            if self.cfg.memory == "cgd":
+                S = U + self.gamma[layer] * S
+                T = T + self.alpha[layer] * S / n
+            else:
+                registers.append(U)
+                G = self.gamma_coefficients(layer)
+                T = T + einsum(G, torch.stack(registers), _COMBINE[self.cfg.gamma_shape]) / n
+        return -(Z[:, -1] * T[:, :, -1]).sum(-1)
 
     @torch.no_grad()
     def set_memory(
