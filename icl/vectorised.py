@@ -160,8 +160,20 @@ class SeedBatchTrainer:
         return dict(zip(self.names, self.params))
 
     def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each seed's batch from its own generator, written straight into one (S, B, n+1, d+1) token array
+        (the layout of :meth:`icl.prompts.PromptBatch.Z`, without building S token arrays and stacking them)."""
         batches = [d.sample(self.cfg.batch_size, g) for d, g in zip(self.dists, self.gens)]
-        return torch.stack([b.Z() for b in batches]), torch.stack([b.y_query for b in batches])
+        first = batches[0]
+        B, n, d = first.X.shape
+        Z = first.X.new_empty((self.S, B, n + 1, d + 1))
+        y = first.y_query.new_empty((self.S, B))
+        for s, b in enumerate(batches):
+            Z[s, :, :n, :d] = b.X
+            Z[s, :, :n, d] = b.y
+            Z[s, :, n, :d] = b.x_query
+            y[s] = b.y_query
+        Z[:, :, n, d] = 0
+        return Z, y
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step of every seed; returns the (device) losses and gradient norms, (S,), and the lr."""

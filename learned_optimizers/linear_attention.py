@@ -315,13 +315,14 @@ class LinearSelfAttention(nn.Module):
         v = −(Σ_h A_h)ᵀ g, g ← g + G_xx v/n, y_q ← y_q + x_qᵀ v/n with g = X_ctxᵀ y_ctx: O(d²) per prompt
         (Ahn et al.'s Lemma 1: the implicit weights take a preconditioned GD step)."""
         d, L = self.d, self.cfg.layers
-        G_xx, g = G0[:, :d, :d], G0[:, d:, :d]  # g as a row, (B, 1, d)
+        G_xx, g = G0[:, :d, :d], G0[:, d, :d]  # g = X_ctxᵀ y_ctx, (B, d)
         x_q, y_q = z_q[:, :d], z_q[:, d]
         for layer in range(L):
-            v = -torch.matmul(g, self._a_sum(0 if self.cfg.tied else layer))  # (B, 1, d)
-            y_q = y_q + (x_q * v[:, 0]).sum(-1) / n
+            # v = −(Σ_h A_h)ᵀ g as rows: one (B, d) × (d, d) product, which stays a single GEMM under vmap
+            v = -torch.matmul(g, self._a_sum(0 if self.cfg.tied else layer))
+            y_q = y_q + (x_q * v).sum(-1) / n
             if layer < L - 1:
-                g = g + torch.matmul(v, G_xx) / n  # (G_xx v)ᵀ = vᵀ G_xx (G_xx symmetric)
+                g = g + (G_xx * v.unsqueeze(-2)).sum(-1) / n  # G_xx v, elementwise: d×d is too small for a GEMM
         return -y_q
 
     @torch.no_grad()
