@@ -53,6 +53,7 @@ from icl.config import ConfigError
 from icl.prompts import PromptDistribution
 from icl.seeding import Streams
 from icl.train import History, TrainConfig, TrainingDiverged, build_optimizer, lr_factor, query_mse
+from learned_optimizers.linear_attention import context_gram
 
 #: outer optimizers whose update is elementwise, so that one optimizer over stacked parameters is S optimizers
 ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -83,6 +84,17 @@ def clip_seed_per_matrix(grads: Sequence[torch.Tensor], max_norm: float) -> None
         blocks = g.reshape(-1, g.shape[-2], g.shape[-1]) if g.ndim >= 3 else g.reshape(S, 1, -1)
         norms = torch.linalg.matrix_norm(blocks).clamp_min(1e-30)
         blocks.mul_((max_norm / norms).clamp(max=1.0)[:, None, None])
+
+
+class _GramCall(nn.Module):
+    """Calls ``model.forward_gram`` through :func:`functional_call` (parameters named ``model.*``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
+        return self.model.forward_gram(G0, z_q, n)
 
 
 class SeedBatchTrainer:
@@ -146,20 +158,39 @@ class SeedBatchTrainer:
         self._block_states = [g.get_state() for g in self.gens]
         vals = [d.sample(cfg.eval_batch, s.generator("val", self.device)) for d, s in zip(self.dists, self.streams)]
         self.Z_val = torch.stack([v.Z() for v in vals])
+        self.n = self.Z_val.shape[-2] - 1
         self.y_val = torch.stack([v.y_query for v in vals])
-        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        batched = vmap(self._seed_loss, in_dims=(0, 0, 0, 0))
+        self._batch: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
+        # models whose prediction needs only the context Gram matrix and the query (the LSA family): compute
+        # those once per batch for all seeds, outside autograd and vmap, instead of inside every step
+        self.gram = bool(getattr(self.skeleton, "gram_sufficient", False))
+        self._gram_call = _GramCall(self.skeleton) if self.gram else None
+        self.val_inputs = self._inputs(self.Z_val)
+        batched = vmap(self._seed_loss)
         self._losses = torch.compile(batched) if compile else batched
 
     # -- one step ------------------------------------------------------------------------------------------
-    def _seed_loss(self, params: dict, buffers: dict, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pred = functional_call(self.skeleton, (params, buffers), (Z,), {"check": False})
+    def _inputs(self, Z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the model reads of a token array (S, B, n+1, d+1): the tokens, or (G_0, z_q) for the LSA family."""
+        if not self.gram:
+            return (Z,)
+        S, B, T, e = Z.shape
+        return context_gram(Z.reshape(S * B, T, e)).reshape(S, B, e, e), Z[:, :, -1]
+
+    def _seed_loss(self, params: dict, buffers: dict, inputs: tuple, y: torch.Tensor) -> torch.Tensor:
+        if self.gram:
+            G0, z_q = inputs
+            params = {f"model.{k}": v for k, v in params.items()}
+            buffers = {f"model.{k}": v for k, v in buffers.items()}
+            pred = functional_call(self._gram_call, (params, buffers), (G0, z_q, self.n))
+        else:
+            pred = functional_call(self.skeleton, (params, buffers), inputs, {"check": False})
         return query_mse(pred, y)
 
     def _param_dict(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.params))
 
-    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Each seed's batch from its own generator, written straight into one (S, B, n+1, d+1) token array
         (the layout of :meth:`icl.prompts.PromptBatch.Z`, without building S token arrays and stacking them)."""
         batches = [d.sample(self.cfg.batch_size, g) for d, g in zip(self.dists, self.gens)]
@@ -173,7 +204,7 @@ class SeedBatchTrainer:
             Z[s, :, n, :d] = b.x_query
             y[s] = b.y_query
         Z[:, :, n, d] = 0
-        return Z, y
+        return self._inputs(Z), y
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step of every seed; returns the (device) losses and gradient norms, (S,), and the lr."""
@@ -181,13 +212,13 @@ class SeedBatchTrainer:
         if self.step % cfg.resample_every == 0 or self._batch is None:
             self._block_states = [g.get_state() for g in self.gens]
             self._batch = self._sample()
-        Z, y = self._batch
+        inputs, y = self._batch
         factor = lr_factor(cfg, self.step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
         lr = self.base_lrs[0] * factor
         self.optimizer.zero_grad(set_to_none=True)
-        losses = self._losses(self._param_dict(), self.buffers, Z, y)
+        losses = self._losses(self._param_dict(), self.buffers, inputs, y)
         losses.sum().backward()
         grads = [p.grad for p in self.params if p.grad is not None]
         gnorms = seed_grad_norms(grads) if grads else torch.zeros(self.S, device=self.device)
@@ -202,7 +233,7 @@ class SeedBatchTrainer:
     @torch.no_grad()
     def evaluate(self) -> list[float]:
         """Each seed's query MSE on its fixed held-out batch."""
-        return self._losses(self._param_dict(), self.buffers, self.Z_val, self.y_val).tolist()
+        return self._losses(self._param_dict(), self.buffers, self.val_inputs, self.y_val).tolist()
 
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self, until: int | None = None) -> list[History]:

@@ -287,20 +287,24 @@ class LinearSelfAttention(nn.Module):
         """The read-out −[Z_ℓ]_{query, y} after every layer ℓ = 0, …, L, (B, L+1)."""
         return torch.stack([read_prediction(Zl) for Zl in self.tokens(Z, check=check)], dim=1)
 
+    #: the prediction depends on the prompt only through its context Gram matrix and its query token
+    gram_sufficient = True
+
     def forward(self, Z: torch.Tensor, check: bool = True) -> torch.Tensor:
-        """The prediction ŷ = −[Z_L]_{query, y}, (B,), computed in Gram space.
+        """The prediction ŷ = −[Z_L]_{query, y}, (B,), computed in Gram space (:meth:`forward_gram`)."""
+        if check:
+            Z = self.check_input(Z)
+        return self.forward_gram(context_gram(Z), Z[:, -1], Z.shape[1] - 1)
+
+    def forward_gram(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
+        """ŷ from the prompt's statistics alone: G_0 = Σ_{i≤n} z_i z_iᵀ (B, d+1, d+1) and the query z_q (B, d+1).
 
         Every layer multiplies all tokens on the right by M_ℓ = I + W_ℓ/n, so Z_ℓ = Z_0 T_ℓ with
         T_ℓ = M_0 ⋯ M_{ℓ−1} and the context Gram matrix of Z_ℓ is T_ℓᵀ G_0 T_ℓ. The data are read once (G_0,
-        O(n·d²) per prompt, outside the autograd graph of the weights); the L layers then cost O(d³) per
-        prompt whatever n is, and ŷ = −z_qᵀ T_L e_y. Equal to the token recursion (:meth:`tokens`) up to
-        floating-point reassociation.
+        O(n·d²) per prompt, outside the autograd graph of the weights; a trainer may compute it once per batch);
+        the L layers then cost O(d³) per prompt whatever n is, and ŷ = −z_qᵀ T_L e_y. Equal to the token
+        recursion (:meth:`tokens`) up to floating-point reassociation.
         """
-        if check:
-            Z = self.check_input(Z)
-        n = Z.shape[1] - 1
-        G0 = context_gram(Z)
-        z_q = Z[:, -1]
         if self.cfg.mode == "sparse":
             return self._forward_sparse(G0, z_q, n)
         T = None
@@ -313,17 +317,19 @@ class LinearSelfAttention(nn.Module):
     def _forward_sparse(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
         """Mode ``sparse`` in Gram space: x never moves (T_ℓ = [[I, t_ℓ], [0, 1]]), so a layer is
         v = −(Σ_h A_h)ᵀ g, g ← g + G_xx v/n, y_q ← y_q + x_qᵀ v/n with g = X_ctxᵀ y_ctx: O(d²) per prompt
-        (Ahn et al.'s Lemma 1: the implicit weights take a preconditioned GD step)."""
+        (Ahn et al.'s Lemma 1: the implicit weights take a preconditioned GD step). The query's updates are
+        summed first and read out once."""
         d, L = self.d, self.cfg.layers
-        G_xx, g = G0[:, :d, :d], G0[:, d, :d]  # g = X_ctxᵀ y_ctx, (B, d)
-        x_q, y_q = z_q[:, :d], z_q[:, d]
+        G_n = G0[:, :d, :d] / n  # G_xx/n, contiguous: one copy per forward, none per layer
+        g = G0[:, d, :d]  # g = X_ctxᵀ y_ctx, (B, d)
+        total = None
         for layer in range(L):
-            # v = −(Σ_h A_h)ᵀ g as rows: one (B, d) × (d, d) product, which stays a single GEMM under vmap
-            v = -torch.matmul(g, self._a_sum(0 if self.cfg.tied else layer))
-            y_q = y_q + (x_q * v).sum(-1) / n
+            # u = −v = gᵀ Σ_h A_h as rows: one (B, d) × (d, d) product, a single GEMM (per seed under vmap)
+            u = torch.matmul(g, self._a_sum(0 if self.cfg.tied else layer))
+            total = u if total is None else total + u
             if layer < L - 1:
-                g = g + (G_xx * v.unsqueeze(-2)).sum(-1) / n  # G_xx v, elementwise: d×d is too small for a GEMM
-        return -y_q
+                g = g - torch.matmul(G_n, u.unsqueeze(-1)).squeeze(-1)  # g + G_xx v/n
+        return (z_q[:, :d] * total).sum(-1) / n - z_q[:, d]  # ŷ = −(y_q + x_qᵀ Σ_ℓ v_ℓ/n)
 
     @torch.no_grad()
     def set_weights(self, A: torch.Tensor | None = None, B: torch.Tensor | None = None, **named) -> LinearSelfAttention:
