@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from einops import einsum
 
-from icl.validation import check_regression
-from reference_optimizers._checks import check_scalar
+from reference_optimizers._checks import check_regression, check_scalar
 from reference_optimizers.gradient_descent import moments
 
 

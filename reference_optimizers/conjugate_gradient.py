@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from einops import einsum
 
-from icl.validation import check_regression, check_steps
+from icl.validation import check_steps
+from reference_optimizers._checks import check_regression
 from reference_optimizers.gradient_descent import moments
 
 
@@ -52,23 +53,29 @@ def conjugate_gradient(X: torch.Tensor, y: torch.Tensor, steps: int, variant: st
     B, _, d = X.shape
     out = X.new_empty(B, steps + 1, d)
     out[:, 0] = 0
+    # The loop is memory-bound (one pass over H per step), so the (B, d) state is updated in place.
     w = X.new_zeros(B, d)
-    r = g.clone()
+    r = g  # g is not needed again
     s = g.clone()
     rr = einsum(r, r, "b i, b i -> b")
     tol = torch.finfo(X.dtype).eps ** 2 * rr  # ‖r‖ <= eps·‖g‖ counts as a zero residual
     one = torch.ones_like(rr)
     for t in range(steps):
-        Hs = einsum(H, s, "b i j, b j -> b i")
+        Hs = einsum(s, H, "b j, b j i -> b i")
         sHs = einsum(s, Hs, "b i, b i -> b")
         active = (rr > tol) & (sHs > 0)
         alpha = torch.where(active, rr / torch.where(active, sHs, one), 0.0).unsqueeze(-1)
-        w = w + alpha * s
-        r_new = r - alpha * Hs
-        rr_new = einsum(r_new, r_new, "b i, b i -> b")
-        num = rr_new if variant == "fletcher_reeves" else einsum(r_new, r_new - r, "b i, b i -> b")
+        w.addcmul_(alpha, s)
+        if variant == "fletcher_reeves":
+            r.addcmul_(alpha, Hs, value=-1.0)
+            num = rr_new = einsum(r, r, "b i, b i -> b")
+        else:
+            r_old = r
+            r = r - alpha * Hs
+            rr_new = einsum(r, r, "b i, b i -> b")
+            num = rr_new - einsum(r, r_old, "b i, b i -> b")
         beta = torch.where(active, num / torch.where(active, rr, one), 0.0).unsqueeze(-1)
-        s = r_new + beta * s
-        r, rr = r_new, rr_new
+        s.mul_(beta).add_(r)
+        rr = rr_new
         out[:, t + 1] = w
     return out

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 from einops import einsum
 
-from icl.validation import check_regression, check_steps
+from icl.validation import check_steps
+from reference_optimizers._checks import check_regression
 from reference_optimizers.gradient_descent import moments, step_schedule
 
 Schedule = float | Sequence[float] | torch.Tensor
@@ -47,7 +48,7 @@ def heavy_ball(X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0
     v = torch.zeros_like(w)
     out = [w]
     for e, b in zip(etas, betas):
-        v = b * v - e * (einsum(H, w, "b i j, b j -> b i") - g)
+        v = b * v - e * (einsum(w, H, "b j, b j i -> b i") - g)
         w = w + v
         out.append(w)
     return torch.stack(out, dim=1)
@@ -80,6 +81,6 @@ def nesterov(X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0, 
     out = [w]
     for e, b in zip(etas, betas):
         u = w + b * (w - w_prev)
-        w_prev, w = w, u - e * (einsum(H, u, "b i j, b j -> b i") - g)
+        w_prev, w = w, u - e * (einsum(u, H, "b j, b j i -> b i") - g)
         out.append(w)
     return torch.stack(out, dim=1)

@@ -14,8 +14,8 @@ from math import comb
 import torch
 from einops import einsum
 
-from icl.validation import check_regression, check_steps, check_tensor
-from reference_optimizers._checks import check_scalar
+from icl.validation import check_steps, check_tensor
+from reference_optimizers._checks import check_regression, check_scalar
 from reference_optimizers.closed_form import least_squares
 
 SCALINGS = ("paper", "code", "giannou")
@@ -79,20 +79,24 @@ def newton_schulz(S: torch.Tensor, steps: int, scaling: str | float = "code", or
     steps = check_steps(steps)
     if isinstance(order, bool) or not isinstance(order, int) or order < 2:
         raise ValueError(f"order must be an integer >= 2, got {order!r}")
+    return torch.stack(list(_newton_schulz_iterates(S, steps, scaling, order)), dim=1)
+
+
+def _newton_schulz_iterates(S: torch.Tensor, steps: int, scaling: str | float, order: int):
+    """Yield M_0, …, M_steps one at a time (iterative_newton never holds all of them: (B, steps+1, d, d))."""
     alpha = _initial_scale(S, scaling)
-    B, d, _ = S.shape
+    d = S.shape[1]
     eye = torch.eye(d, dtype=S.dtype, device=S.device)
     coeffs = [(-1) ** m * comb(order, m + 1) for m in range(order)]
     M = alpha[:, None, None] * S.transpose(1, 2)
-    out = [M]
+    yield M
     for _ in range(steps):
         SM = einsum(S, M, "b i k, b k j -> b i j")
-        R = coeffs[-1] * eye.expand(B, d, d)
-        for c in reversed(coeffs[:-1]):  # Horner: Σ_m c_m (SM)^m
+        R = coeffs[-1] * SM + coeffs[-2] * eye  # Horner for Σ_m c_m (SM)^m; order 2: R = 2I − SM
+        for c in reversed(coeffs[:-2]):
             R = einsum(R, SM, "b i k, b k j -> b i j") + c * eye
         M = einsum(M, R, "b i k, b k j -> b i j")
-        out.append(M)
-    return torch.stack(out, dim=1)
+        yield M
 
 
 def iterative_newton(
@@ -123,9 +127,13 @@ def iterative_newton(
     steps = check_steps(steps)
     S = einsum(X, X, "b n i, b n j -> b i j")
     b = einsum(X, y, "b n i, b n -> b i")
-    M = newton_schulz(S, steps, scaling=scaling, order=order)
-    w = einsum(M[:, 1:], b, "b t i j, b j -> b t i")
-    return torch.cat([X.new_zeros(X.shape[0], 1, X.shape[2]), w], dim=1)
+    if isinstance(order, bool) or not isinstance(order, int) or order < 2:
+        raise ValueError(f"order must be an integer >= 2, got {order!r}")
+    out = X.new_zeros(X.shape[0], steps + 1, X.shape[2])
+    for t, M in enumerate(_newton_schulz_iterates(S, steps, scaling, order)):
+        if t:
+            out[:, t] = einsum(M, b, "b i j, b j -> b i")
+    return out
 
 
 def _initial_scale(S: torch.Tensor, scaling: str | float) -> torch.Tensor:

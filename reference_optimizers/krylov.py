@@ -1,0 +1,147 @@
+"""The Krylov lower bound: the best query loss of any method with prompt-independent scalar coefficients.
+
+GD with any step schedule, heavy ball, Nesterov, preconditioned GD with a fixed P, and the linear transformers
+with B_ℓ = 0 and scalar or shared matrices (Dutta & Sra 2024 §1.3 [D] in our notes; Ahn et al. 2023, Lemma 1)
+all predict, after `depth` steps from w_0 = 0,
+
+    ŷ = Σ_{k=1..depth} c_k · x_qᵀ (P H)^{k−1} P g,   H = XᵀX/n, g = Xᵀy/n,
+
+with coefficients c_k that are the same for every prompt. Fitting c by least squares on many prompts therefore
+gives the lowest expected query loss any such method can reach (CG and Newton are not in this class: their
+coefficients depend on the prompt). With P = Σ⁻¹ it bounds the preconditioned linear transformer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from einops import einsum
+
+from reference_optimizers._checks import check_prompts
+from reference_optimizers.gradient_descent import moments
+
+
+@dataclass(frozen=True)
+class KrylovBound:
+    """The fitted bound.
+
+    Attributes:
+        coefficients: c_1, …, c_depth of the monomial form above, (depth,) float64.
+        train_loss: the fitted mean squared query error on the training prompts for depth 0, …, depth
+            (depth+1,); entry k uses the best k coefficients (entry 0 is the zero predictor).
+        test_loss: the same coefficients evaluated on the test prompts, (depth+1,): the honest bound.
+        coefficients_by_depth: the monomial coefficients fitted for every depth 1, …, depth.
+    """
+
+    coefficients: torch.Tensor
+    train_loss: torch.Tensor
+    test_loss: torch.Tensor
+    coefficients_by_depth: tuple[torch.Tensor, ...]
+
+
+def krylov_bound(
+    train_prompts: Any, test_prompts: Any, depth: int, preconditioner: torch.Tensor | None = None
+) -> KrylovBound:
+    """Fit ŷ = Σ_k c_k x_qᵀ (PH)^{k−1} P g on ``train_prompts`` by least squares; evaluate on the test ones.
+
+    Numerics: in float64, the features are built in the Chebyshev basis T_{k−1}(2PH/L − I) P g (L the largest
+    eigenvalue of PH over the training prompts), which spans the same space as the monomials but is far better
+    conditioned, and every feature column is scaled to unit RMS before an SVD-based least squares. The fitted
+    polynomial is converted back to the monomial coefficients c_k for reporting. Depth 1 is one GD step with
+    the best constant step; with P = I and isotropic data it is also Ahn et al.'s one-layer optimum.
+
+    The train loss decreases with depth; the test loss need not: a deep fit (large coefficients) can
+    extrapolate badly to test prompts whose spectrum of PH leaves the training range, so fit deep bounds on
+    many prompts and read ``test_loss`` as the bound.
+
+    Args:
+        train_prompts: anything with X (B, n, d), y (B, n), x_query (B, d), y_query (B,).
+        test_prompts: the same, for a separate batch (same d).
+        depth: the number of steps/coefficients (>= 1).
+        preconditioner: a fixed (d, d) matrix P with real non-negative spectrum of PH (e.g. Σ⁻¹); default I.
+
+    Returns:
+        A :class:`KrylovBound`.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    train = [t.detach().to(torch.float64) for t in check_prompts(train_prompts, "train_prompts")]
+    test = [t.detach().to(torch.float64) for t in check_prompts(test_prompts, "test_prompts")]
+    d = train[0].shape[2]
+    if test[0].shape[2] != d:
+        raise ValueError(f"test_prompts has d = {test[0].shape[2]} but train_prompts has d = {d}")
+    if preconditioner is None:
+        P = torch.eye(d, dtype=torch.float64, device=train[0].device)
+    else:
+        if not isinstance(preconditioner, torch.Tensor) or preconditioner.shape != (d, d):
+            raise ValueError(f"preconditioner must be a (d, d) = ({d}, {d}) tensor, got {preconditioner!r}")
+        if not bool(torch.isfinite(preconditioner).all()):
+            raise ValueError("preconditioner contains NaN or infinite values")
+        P = preconditioner.detach().to(torch.float64).to(train[0].device)
+
+    H_tr, g_tr = moments(train[0], train[1])
+    L = _spectral_scale(P, H_tr)
+    F_tr = _chebyshev_features(P, H_tr, g_tr, train[2], depth, L)
+    H_te, g_te = moments(test[0], test[1])
+    F_te = _chebyshev_features(P, H_te, g_te.to(train[0].device), test[2].to(train[0].device), depth, L)
+    y_tr, y_te = train[3], test[3].to(train[0].device)
+
+    train_loss = [float((y_tr**2).mean())]
+    test_loss = [float((y_te**2).mean())]
+    coeffs = []
+    for k in range(1, depth + 1):
+        A = F_tr[:, :k]
+        scale = A.pow(2).mean(0).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+        a = torch.linalg.pinv(A / scale, rtol=1e-13) @ y_tr / scale  # Chebyshev-basis coefficients
+        train_loss.append(float(((A @ a - y_tr) ** 2).mean()))
+        test_loss.append(float(((F_te[:, :k] @ a - y_te) ** 2).mean()))
+        coeffs.append(torch.as_tensor(_chebyshev_to_monomial(a.cpu().numpy(), L), dtype=torch.float64))
+    return KrylovBound(
+        coefficients=coeffs[-1],
+        train_loss=torch.tensor(train_loss, dtype=torch.float64),
+        test_loss=torch.tensor(test_loss, dtype=torch.float64),
+        coefficients_by_depth=tuple(coeffs),
+    )
+
+
+def _spectral_scale(P: torch.Tensor, H: torch.Tensor) -> float:
+    """The largest eigenvalue of PH over at most 4096 prompts; it only sets the Chebyshev interval."""
+    Hs = H[:4096]
+    Ps = (P + P.T) / 2
+    # eigenvalues of PH equal those of C H Cᵀ for P = CᵀC when P is SPD; else fall back to singular values
+    try:
+        C = torch.linalg.cholesky(Ps).T
+        lam = torch.linalg.eigvalsh(einsum(C, Hs, C, "i k, b k l, j l -> b i j"))[:, -1]
+    except RuntimeError:
+        lam = torch.linalg.matrix_norm(einsum(P, Hs, "i k, b k j -> b i j"), ord=2)
+    L = float(lam.max())
+    return L if L > 0 else 1.0
+
+
+def _chebyshev_features(P, H, g, xq, depth, L):
+    """Columns x_qᵀ T_{k−1}(A) P g, A = (2/L) PH − I, k = 1..depth (three-term recurrence), (B, depth)."""
+    v_prev = einsum(P, g, "i j, b j -> b i")
+    cols = [einsum(xq, v_prev, "b i, b i -> b")]
+    if depth > 1:
+
+        def A(v):
+            return 2 / L * einsum(P, einsum(v, H, "b j, b j i -> b i"), "i j, b j -> b i") - v
+
+        v = A(v_prev)
+        cols.append(einsum(xq, v, "b i, b i -> b"))
+        for _ in range(depth - 2):
+            v, v_prev = 2 * A(v) - v_prev, v
+            cols.append(einsum(xq, v, "b i, b i -> b"))
+    return torch.stack(cols, dim=1)
+
+
+def _chebyshev_to_monomial(a: np.ndarray, L: float) -> np.ndarray:
+    """Σ_j a_j T_j(2x/L − 1) as Σ_k c_k x^{k−1}."""
+    p = np.polynomial.Chebyshev(a).convert(kind=np.polynomial.Polynomial)  # in t = 2x/L − 1
+    q = p(np.polynomial.Polynomial([-1.0, 2.0 / L]))
+    c = np.zeros(len(a))
+    c[: len(q.coef)] = q.coef[: len(a)]
+    return c
