@@ -66,3 +66,12 @@ def compile_(quick: bool) -> list[dict[str, Any]]:
     from experiments.perf import bench_compile
 
     return bench_compile(quick)
+
+
+@benchmark("reference_optimizers")
+def reference_optimizers(quick: bool) -> list[dict[str, Any]]:
+    """Wall clock of every reference optimizer on 100,000 prompts, d = 20, n = 40, 20 steps (quick: small)."""
+    from reference_optimizers.bench import bench_reference_optimizers
+
+    kw = {"batch": 2_000, "d": 5, "n": 10, "steps": 5, "repeats": 1} if quick else {}
+    return bench_reference_optimizers(**kw)
