@@ -1,8 +1,14 @@
-"""The registered benchmarks (see :mod:`experiments.bench`)."""
+"""The registered benchmarks (see :mod:`experiments.bench`), run in this order.
+
+The small, overhead-bound step timings (seed batch, scaling, throughput) run before the quadratic baseline,
+whose gigabyte-sized score matrices leave the allocator in a state that slows later small steps.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from experiments.bench import benchmark
 
@@ -16,3 +22,60 @@ def manifold_adam(quick: bool) -> list[dict[str, Any]]:
     kw = {"n": 64, "p": 8, "steps": 20, "violation_steps": 200} if quick else {}
     res = bench_manifold_adam(**kw)
     return res if isinstance(res, list) else [res]
+
+
+@benchmark("seed_batch")
+def seed_batch(quick: bool) -> list[dict[str, Any]]:
+    """S = 8 vectorised seeds vs 1 seed; target at most 2.5x the time."""
+    from experiments.perf import bench_seed_batch
+
+    return bench_seed_batch(quick)
+
+
+@benchmark("lsa_scaling_n")
+def lsa_scaling_n(quick: bool) -> list[dict[str, Any]]:
+    """Step time at n = 1000 over n = 100; target at most 12 (linear in n)."""
+    from experiments.perf import bench_scaling_n
+
+    return bench_scaling_n(quick)
+
+
+@benchmark("throughput")
+def throughput(quick: bool) -> list[dict[str, Any]]:
+    """Training prompts per second of the LSA, the Memformers and the softmax GPT."""
+    from experiments.perf import bench_throughput
+
+    return bench_throughput(quick)
+
+
+@benchmark("lsa_vs_quadratic")
+def lsa_vs_quadratic(quick: bool) -> list[dict[str, Any]]:
+    """Train step of the package's LSA vs the quadratic score-matrix form; targets 2.5x, 15x, 50x (issue 8)."""
+    from experiments.perf import bench_lsa_vs_quadratic
+
+    return bench_lsa_vs_quadratic(quick)
+
+
+@benchmark("peak_memory")
+def peak_memory(quick: bool) -> list[dict[str, Any]]:
+    """Peak memory of a train step per configuration (subprocess maxrss on CPU, max_memory_allocated on CUDA)."""
+    from experiments.perf import bench_peak_memory
+
+    return bench_peak_memory(quick, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+@benchmark("reference_optimizers")
+def reference_optimizers(quick: bool) -> list[dict[str, Any]]:
+    """Wall clock of every reference optimizer on 100,000 prompts, d = 20, n = 40, 20 steps (quick: small)."""
+    from reference_optimizers.bench import bench_reference_optimizers
+
+    kw = {"batch": 2_000, "d": 5, "n": 10, "steps": 5, "repeats": 1} if quick else {}
+    return bench_reference_optimizers(**kw)
+
+
+@benchmark("compile")
+def compile_(quick: bool) -> list[dict[str, Any]]:
+    """torch.compile vs eager train step (full bench only)."""
+    from experiments.perf import bench_compile
+
+    return bench_compile(quick)

@@ -118,10 +118,11 @@ def build_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.o
 
 
 def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
-    """The global L2 norm of the gradients (a 0-d tensor, no host sync)."""
+    """The global L2 norm of the gradients (a 0-d tensor on the parameters' device, no host sync)."""
+    params = list(params)
     norms = [p.grad.detach().norm() for p in params if p.grad is not None]
     if not norms:
-        return torch.zeros(())
+        return torch.zeros((), device=params[0].device if params else None)
     return torch.linalg.vector_norm(torch.stack(norms))
 
 

@@ -83,7 +83,21 @@ class LSAConfig(Config):
 def context_gram(Z: torch.Tensor) -> torch.Tensor:
     """G = Σ_{i≤n} z_i z_iᵀ over the n context tokens (the query excluded), (B, d+1, d+1)."""
     ctx = Z[:, :-1]
-    return einsum(ctx, ctx, "b n i, b n j -> b i j")
+    return torch.matmul(ctx.mT, ctx)
+
+
+def combine_heads(G: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """W = Σ_h Q_hᵀ G P_hᵀ for a batch of Gram matrices G (B, a, a), Q (H, a, c), P (H, e, a): (B, c, e).
+
+    Two GEMMs over all heads and prompts at once (no loop over heads or prompts): the shared weights are always
+    the right factor, so each product folds the batch into the rows of one matrix multiplication:
+    R[b, j, (h, l)] = Σ_k G[b, j, k] P[h, l, k], then W[b, i, l] = Σ_{h, j} R[b, j, h, l] Q[h, j, i].
+    """
+    B, a = G.shape[0], G.shape[-1]
+    H, e, c = P.shape[0], P.shape[1], Q.shape[-1]
+    R = torch.matmul(G, P.permute(2, 0, 1).reshape(a, H * e))  # (B, j, (h, l))
+    R = R.reshape(B, a, H, e).permute(0, 3, 2, 1).reshape(B * e, H * a)  # [(b, l), (h, j)]
+    return torch.matmul(R, Q.reshape(H * a, c)).reshape(B, e, c).mT
 
 
 def attention(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -100,9 +114,7 @@ def attention(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor
     Returns:
         Attn(Z), (B, n+1, d+1) (without the 1/n of the layer).
     """
-    G = context_gram(Z)
-    W = einsum(Q, G, P, "h j i, b j k, h l k -> b i l")  # Σ_h Q_hᵀ G P_hᵀ
-    return torch.bmm(Z, W)
+    return torch.matmul(Z, combine_heads(context_gram(Z), P, Q))
 
 
 def lsa_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -218,18 +230,56 @@ class LinearSelfAttention(nn.Module):
             P = self.W_V[i] if self.W_P is None else einsum(self.W_P[i], self.W_V[i], "h i k, h k j -> h i j")
         return P, Q
 
+    def layer_matrix(self, G: torch.Tensor, layer: int) -> torch.Tensor:
+        """W_ℓ = Σ_h Q_{ℓ,h}ᵀ G P_{ℓ,h}ᵀ for a batch of context Gram matrices G (B, d+1, d+1): (B, d+1, d+1).
+
+        One layer is Z ← Z (I + W_ℓ/n) (Attn(Z) = Z W). The mode's structure is used instead of padding P and
+        Q to (d+1)×(d+1): with Q_h = −[[A_h, 0], [0, 0]] and P_h = [[B_h, 0], [0, 1]] (``sparse``, ``gdpp``),
+        W = −[[Σ_h A_hᵀ G_xx B_hᵀ, Σ_h A_hᵀ G_xy], [0, 0]], whose y-column needs only Σ_h A_h; ``diag`` is
+        W = G ⊙ Σ_h q_h p_hᵀ.
+        """
+        i = 0 if self.cfg.tied else layer
+        mode, d = self.cfg.mode, self.d
+        if mode in ("sparse", "gdpp"):
+            v = -torch.matmul(G[:, -1:, :d], self._a_sum(i))  # (Σ_h A_hᵀ G_xy)ᵀ negated, (B, 1, d)
+            if mode == "sparse":
+                top = F.pad(v.mT, (d, 0))
+            else:
+                top = torch.cat([-combine_heads(G[:, :d, :d], self.B[i], self.A[i]), v.mT], dim=-1)
+            return F.pad(top, (0, 0, 0, 1))
+        if mode == "diag":
+            p, q = self._diag_vectors(i)
+            return G * torch.matmul(q.mT, p)
+        P, Q = self.layer_weights(layer)
+        return combine_heads(G, P, Q)
+
+    def _a_sum(self, i: int) -> torch.Tensor:
+        A = self.A[i]
+        return A[0] if A.shape[0] == 1 else A.sum(0)
+
+    def _diag_vectors(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mode ``diag``: the diagonals of P and Q, each (H, d+1) = (p_x·1_d, p_y)."""
+        d = self.d
+        p, q = self.p[i], self.q[i]
+        return (torch.cat([p[:, :1].expand(-1, d), p[:, 1:]], dim=-1),
+                torch.cat([q[:, :1].expand(-1, d), q[:, 1:]], dim=-1))  # fmt: skip
+
+    def attend(self, Z: torch.Tensor, layer: int) -> torch.Tensor:
+        """Attn_ℓ(Z) = Z W_ℓ(G) of one layer on the token matrix, (B, n+1, d+1) (see :meth:`layer_matrix`)."""
+        return torch.matmul(Z, self.layer_matrix(context_gram(Z), layer))
+
     def check_input(self, Z: torch.Tensor) -> torch.Tensor:
         """Validate the token matrix: (B, n+1, d+1) with n >= 1, finite, in the model's dtype."""
         return check_tokens(Z, self.d, self.dtype)
 
     def tokens(self, Z: torch.Tensor, check: bool = True) -> list[torch.Tensor]:
-        """The token matrices Z_0, Z_1, …, Z_L after every layer."""
+        """The token matrices Z_0, Z_1, …, Z_L after every layer (the token-space recursion)."""
         if check:
             Z = self.check_input(Z)
+        n = Z.shape[1] - 1
         out = [Z]
         for layer in range(self.cfg.layers):
-            P, Q = self.layer_weights(layer)
-            Z = lsa_layer(Z, P, Q)
+            Z = Z + self.attend(Z, layer) / n
             out.append(Z)
         return out
 
@@ -237,14 +287,49 @@ class LinearSelfAttention(nn.Module):
         """The read-out −[Z_ℓ]_{query, y} after every layer ℓ = 0, …, L, (B, L+1)."""
         return torch.stack([read_prediction(Zl) for Zl in self.tokens(Z, check=check)], dim=1)
 
+    #: the prediction depends on the prompt only through its context Gram matrix and its query token
+    gram_sufficient = True
+
     def forward(self, Z: torch.Tensor, check: bool = True) -> torch.Tensor:
-        """The prediction ŷ = −[Z_L]_{query, y}, (B,)."""
+        """The prediction ŷ = −[Z_L]_{query, y}, (B,), computed in Gram space (:meth:`forward_gram`)."""
         if check:
             Z = self.check_input(Z)
+        return self.forward_gram(context_gram(Z), Z[:, -1], Z.shape[1] - 1)
+
+    def forward_gram(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
+        """ŷ from the prompt's statistics alone: G_0 = Σ_{i≤n} z_i z_iᵀ (B, d+1, d+1) and the query z_q (B, d+1).
+
+        Every layer multiplies all tokens on the right by M_ℓ = I + W_ℓ/n, so Z_ℓ = Z_0 T_ℓ with
+        T_ℓ = M_0 ⋯ M_{ℓ−1} and the context Gram matrix of Z_ℓ is T_ℓᵀ G_0 T_ℓ. The data are read once (G_0,
+        O(n·d²) per prompt, outside the autograd graph of the weights; a trainer may compute it once per batch);
+        the L layers then cost O(d³) per prompt whatever n is, and ŷ = −z_qᵀ T_L e_y. Equal to the token
+        recursion (:meth:`tokens`) up to floating-point reassociation.
+        """
+        if self.cfg.mode == "sparse":
+            return self._forward_sparse(G0, z_q, n)
+        T = None
         for layer in range(self.cfg.layers):
-            P, Q = self.layer_weights(layer)
-            Z = lsa_layer(Z, P, Q)
-        return read_prediction(Z)
+            G = G0 if T is None else torch.matmul(T.mT, torch.matmul(G0, T))
+            W = self.layer_matrix(G, layer) / n
+            T = W + torch.eye(W.shape[-1], dtype=W.dtype, device=W.device) if T is None else T + torch.matmul(T, W)
+        return -(z_q * T[:, :, -1]).sum(-1)
+
+    def _forward_sparse(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
+        """Mode ``sparse`` in Gram space: x never moves (T_ℓ = [[I, t_ℓ], [0, 1]]), so a layer is
+        v = −(Σ_h A_h)ᵀ g, g ← g + G_xx v/n, y_q ← y_q + x_qᵀ v/n with g = X_ctxᵀ y_ctx: O(d²) per prompt
+        (Ahn et al.'s Lemma 1: the implicit weights take a preconditioned GD step). The query's updates are
+        summed first and read out once."""
+        d, L = self.d, self.cfg.layers
+        G_n = G0[:, :d, :d] / n  # G_xx/n, contiguous: one copy per forward, none per layer
+        g = G0[:, d, :d]  # g = X_ctxᵀ y_ctx, (B, d)
+        total = None
+        for layer in range(L):
+            # u = −v = gᵀ Σ_h A_h as rows: one (B, d) × (d, d) product, a single GEMM (per seed under vmap)
+            u = torch.matmul(g, self._a_sum(0 if self.cfg.tied else layer))
+            total = u if total is None else total + u
+            if layer < L - 1:
+                g = g - torch.matmul(G_n, u.unsqueeze(-1)).squeeze(-1)  # g + G_xx v/n
+        return (z_q[:, :d] * total).sum(-1) / n - z_q[:, d]  # ŷ = −(y_q + x_qᵀ Σ_ℓ v_ℓ/n)
 
     @torch.no_grad()
     def set_weights(self, A: torch.Tensor | None = None, B: torch.Tensor | None = None, **named) -> LinearSelfAttention:

@@ -41,7 +41,13 @@ from einops import einsum
 from torch import nn
 
 from icl.config import Config, ConfigError, spec
-from learned_optimizers.linear_attention import LinearSelfAttention, LSAConfig, attention, check_tokens, read_prediction
+from learned_optimizers.linear_attention import (
+    LinearSelfAttention,
+    LSAConfig,
+    check_tokens,
+    context_gram,
+    read_prediction,
+)
 
 GAMMA_SHAPES = ("scalar", "feature", "full")
 _COMBINE = {  # Σ_j Γ_j ⊙ R_j for each shape of Γ
@@ -150,8 +156,7 @@ class Memformer(nn.Module):
         R = torch.zeros_like(Z)
         registers: list[torch.Tensor] = []
         for layer in range(self.layers):
-            P, Q = self.attention.layer_weights(layer)
-            U = attention(Z, P, Q)
+            U = self.attention.attend(Z, layer)
             if self.cfg.memory == "cgd":
                 R = U + self.gamma[layer] * R
                 Z = Z + self.alpha[layer] * R / n
@@ -166,9 +171,43 @@ class Memformer(nn.Module):
         """The read-out −[Z_ℓ]_{query, y} after every layer ℓ = 0, …, L, (B, L+1)."""
         return torch.stack([read_prediction(Zl) for Zl in self.tokens(Z, check=check)], dim=1)
 
+    @property
+    def gram_sufficient(self) -> bool:
+        """Whether ŷ depends on the prompt only through G_0 and z_q (not with the full Hadamard Γ)."""
+        return not (self.Gamma is not None and self.cfg.gamma_shape == "full")
+
     def forward(self, Z: torch.Tensor, check: bool = True) -> torch.Tensor:
-        """The prediction ŷ = −[Z_L]_{query, y}, (B,)."""
-        return read_prediction(self.tokens(Z, check=check)[-1])
+        """The prediction ŷ = −[Z_L]_{query, y}, (B,), computed in Gram space where the memory allows.
+
+        Every register is the tokens times a (d+1)×(d+1) matrix, R_ℓ = Z_0 S_ℓ, and Z_ℓ = Z_0 T_ℓ (as for the
+        plain LSA, :meth:`LinearSelfAttention.forward_gram`): the prompts are read once (G_0) and each layer
+        costs O(d³) per prompt. A scalar or per-feature Γ keeps this form (Γ ⊙ R = Z_0 S diag Γ); the full
+        (n+1)×(d+1) Hadamard Γ does not, and runs the token recursion.
+        """
+        if check:
+            Z = self.check_input(Z)
+        if not self.gram_sufficient:
+            return read_prediction(self.tokens(Z, check=False)[-1])
+        return self.forward_gram(context_gram(Z), Z[:, -1], Z.shape[1] - 1)
+
+    def forward_gram(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
+        """ŷ from G_0 (B, d+1, d+1) and the query token z_q (B, d+1); not for the full Hadamard Γ."""
+        if not self.gram_sufficient:
+            raise ValueError("a Memformer with the full (n+1)×(d+1) Γ needs the tokens, not only their Gram matrix")
+        T = torch.eye(G0.shape[-1], dtype=G0.dtype, device=G0.device).expand_as(G0)
+        S = torch.zeros_like(G0)
+        registers: list[torch.Tensor] = []
+        for layer in range(self.layers):
+            W = self.attention.layer_matrix(G0 if layer == 0 else torch.matmul(T.mT, torch.matmul(G0, T)), layer)
+            U = W if layer == 0 else torch.matmul(T, W)  # Attn(Z_ℓ) = Z_0 T_ℓ W_ℓ
+            if self.cfg.memory == "cgd":
+                S = U + self.gamma[layer] * S
+                T = T + self.alpha[layer] * S / n
+            else:
+                registers.append(U)
+                G = self.gamma_coefficients(layer)
+                T = T + einsum(G, torch.stack(registers), _COMBINE[self.cfg.gamma_shape]) / n
+        return -(z_q * T[:, :, -1]).sum(-1)
 
     @torch.no_grad()
     def set_memory(

@@ -1,0 +1,52 @@
+"""The benchmark command runs (--quick) and writes every benchmark; the quadratic baseline computes the LSA.
+
+Timings are never asserted here (machines are noisy); the ratios are read from a full run (docs/performance.md).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from experiments.bench import BENCHMARKS, _load_all
+from experiments.perf import QuadraticLSA, interleaved
+from learned_optimizers import LinearSelfAttention, LSAConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quadratic_baseline_equals_the_package_lsa():
+    d, n = 4, 12
+    quad = QuadraticLSA(d, layers=3, init_std=0.3).double()
+    lsa = LinearSelfAttention(d, LSAConfig(layers=3)).double()
+    lsa.set_weights(A=quad.A.detach()[:, None])
+    Z = torch.randn(5, n + 1, d + 1, dtype=torch.float64)
+    Z[:, -1, -1] = 0
+    assert torch.allclose(quad(Z), lsa(Z), rtol=1e-12, atol=1e-12)
+
+
+def test_interleaved_times_every_variant():
+    calls = []
+    med, reps = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
+    assert set(med) == {"a", "b"} and reps == 3
+    assert calls == ["a", "b"] * 4  # interleaved: A, B, A, B, ...
+
+
+def test_quick_bench_writes_every_benchmark(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments", "bench", "--quick", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    _load_all()
+    assert set(result["benchmarks"]) == set(BENCHMARKS)
+    for name, bench in result["benchmarks"].items():
+        assert bench["rows"], name
+        assert all("error" not in row for row in bench["rows"]), (name, bench["rows"])
+    assert {"date", "cpu_count", "torch"} <= set(result["hardware"])
