@@ -37,7 +37,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import scipy.optimize
 import torch
 
@@ -53,7 +52,7 @@ from experiments.optimizer_sweep import (
     train_timed,
 )
 from experiments.registry import register, register_report
-from experiments.reporting import fmt, load_run, markdown_table, write_report
+from experiments.reporting import fmt, load_run, markdown_table, mean_value, write_report
 from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts
 from icl.config import ConfigError, spec
 from icl.optim import ManifoldAdam, ManifoldSGD, ProjectedRiemannianAdam, manifold_point
@@ -209,11 +208,6 @@ def run(cfg: ManifoldAdamConfig, ctx: RunContext) -> dict:
     return summary
 
 
-def _mean(rows, method, metric) -> float:
-    v = [r["value"] for r in rows if r["method"] == method and r["metric"] == metric]
-    return float(np.mean(v)) if v else float("nan")
-
-
 @register_report(NAME)
 def report(run_dir) -> dict:
     saved, rows = load_run(run_dir)
@@ -223,9 +217,9 @@ def report(run_dir) -> dict:
     target = 1.1 * best
     table = sweep_table(rows, target)
     selected = {e["name"]: e["method"] for e in table}
-    gd = _mean(rows, "tuned_gd", "test_loss")
-    zero = _mean(rows, "zero_predictor", "test_loss")
-    one = _mean(rows, "theory_ahn_thm1_one_layer", "test_loss")
+    gd = mean_value(rows, "tuned_gd", "test_loss")
+    zero = mean_value(rows, "zero_predictor", "test_loss")
+    one = mean_value(rows, "theory_ahn_thm1_one_layer", "test_loss")
     hl = {f"tuned {cfg.model.layers}-step GD": gd, "zero predictor": zero}
     cap = (f"held-out query MSE of the selected lr per method; mean over {len(cfg.seeds)} seed(s), band: 95% "
            "t-interval over seeds; dashed: references")  # fmt: skip
@@ -261,7 +255,7 @@ def report(run_dir) -> dict:
     grid_rows = sorted({r["method"] for r in rows if r["metric"] == "final_val_loss"})
     grid = markdown_table(
         ["method@lr", "mean final val MSE", "diverged seeds"],
-        [[m, _mean(rows, m, "final_val_loss"),
+        [[m, mean_value(rows, m, "final_val_loss"),
           int(sum(r["value"] for r in rows if r["method"] == m and r["metric"] == "diverged"))] for m in grid_rows],
     )  # fmt: skip
     by = {e["name"]: e for e in table}

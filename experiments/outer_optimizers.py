@@ -29,7 +29,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import scipy.optimize
 import torch
 
@@ -44,7 +43,7 @@ from experiments.optimizer_sweep import (
     train_timed,
 )
 from experiments.registry import register, register_report
-from experiments.reporting import fmt, load_run, markdown_table, write_report
+from experiments.reporting import fmt, load_run, markdown_table, mean_value, write_report
 from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts
 from icl.config import ConfigError, spec
 from icl.optim import make_optimizer
@@ -186,11 +185,6 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     return summary
 
 
-def _mean(rows, method, metric) -> float:
-    v = [r["value"] for r in rows if r["method"] == method and r["metric"] == metric]
-    return float(np.mean(v)) if v else float("nan")
-
-
 @register_report(NAME)
 def report(run_dir) -> dict:
     saved, rows = load_run(run_dir)
@@ -199,8 +193,8 @@ def report(run_dir) -> dict:
     best = best_final(rows)
     target = cfg.target_factor * best
     table = sweep_table(rows, target)
-    pgd = _mean(rows, "tuned_pgd_sigma_inv", "test_loss")
-    zero = _mean(rows, "zero_predictor", "test_loss")
+    pgd = mean_value(rows, "tuned_pgd_sigma_inv", "test_loss")
+    zero = mean_value(rows, "zero_predictor", "test_loss")
     selected = {e["name"]: e["method"] for e in table}
     hl = {"tuned 3-step Σ⁻¹-PGD (Ahn Thm 3 family)": pgd, "zero predictor": zero, f"target {fmt(target)}": target}
     cap = (f"held-out query MSE of the selected lr per optimizer; mean over {len(cfg.seeds)} seed(s), band: 95% "
@@ -239,7 +233,7 @@ def report(run_dir) -> dict:
     grid_rows = sorted({r["method"] for r in rows if r["metric"] == "final_val_loss"})
     grid = markdown_table(
         ["optimizer@lr", "mean final val MSE", "diverged seeds"],
-        [[m, _mean(rows, m, "final_val_loss"),
+        [[m, mean_value(rows, m, "final_val_loss"),
           int(sum(r["value"] for r in rows if r["method"] == m and r["metric"] == "diverged"))] for m in grid_rows],
     )  # fmt: skip
     best_txt = f"{fmt(table[0]['test'][0])} ({table[0]['name']})" if table else "–"

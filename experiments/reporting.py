@@ -77,6 +77,12 @@ def aggregate(rows: Iterable[Row], keys: Sequence[str] = ("method", "depth", "me
     return {k: (*mean_ci(v), len(v)) for k, v in groups.items()}
 
 
+def mean_value(rows: Iterable[Row], method: str, metric: str) -> float:
+    """The mean of ``metric`` of ``method`` over all its rows (seeds, depths); NaN when there is none."""
+    v = [float(r["value"]) for r in rows if r["method"] == method and r["metric"] == metric]
+    return float(np.mean(v)) if v else float("nan")
+
+
 def fmt(x: float | None, digits: int = 4) -> str:
     """A number for a report table ('–' for missing)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
