@@ -67,10 +67,13 @@ def assert_same(vec, seq, tol=1e-6, grad_tol=1e-6):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_seed_batch_equals_sequential_trainer(variant):
     cfg = TrainConfig(steps=50, batch_size=32, lr=1e-2, eval_every=20, eval_batch=64, log_every=10)
-    # the GPT's gradient norms see the drift of its (loss-invariant) key bias in the last float32 bits
+    # the GPT's gradient norms see the drift of its (loss-invariant) key bias in the last float32 bits; with 2
+    # intra-op threads its batched and per-seed matmuls also reduce in different orders, and Adam turns those
+    # rounding differences of small gradients into weight differences up to ~1.3e-6 after 50 steps (measured)
     grad_tol = 1e-5 if variant == "gpt" else 1e-6
+    tol = 3e-6 if variant == "gpt" else 1e-6
     vec, seq = train_seeds(*factories(variant), cfg, SEEDS, quiet=True), sequential(variant, cfg, SEEDS)
-    assert_same(vec, seq, grad_tol=grad_tol)
+    assert_same(vec, seq, tol=tol, grad_tol=grad_tol)
 
 
 @pytest.mark.parametrize("clip", ["global", "per_matrix"])
