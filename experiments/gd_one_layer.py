@@ -50,7 +50,7 @@ from icl.config import spec
 from icl.metrics import relative_frobenius
 from icl.plotting import plt, save_figure, set_theme
 from icl.prompts import PromptConfig, PromptDistribution
-from icl.runio import save_checkpoint, write_json
+from icl.runio import write_json
 from icl.seeding import Streams
 from icl.train import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
@@ -137,11 +137,6 @@ def full_model(d: int, P: torch.Tensor, Q: torch.Tensor) -> LinearSelfAttention:
     return m.set_weights(P=P, Q=Q)
 
 
-def _save_progress(ctx: RunContext, done: list[int]) -> None:
-    # the study-level checkpoint.pt that ``--resume`` looks for; the models' own checkpoints are in checkpoints/
-    save_checkpoint(ctx.checkpoint_path, {"format": "icl-optimizers/study", "experiment": NAME, "seeds_done": done})
-
-
 @register(NAME, "1-layer factorised LSA vs one optimal GD step (von Oswald et al. 2023)", GDOneLayerConfig, PROFILES)
 def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
     t0 = time.time()
@@ -149,8 +144,6 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
     rows = Rows(NAME)
     d, n = cfg.prompt.d, cfg.prompt.n
     eta_th, mse_th = theory_optimum(cfg.prompt.uniform_a, d, n)
-    done: list[int] = []
-    _save_progress(ctx, done)
     for seed in cfg.seeds:
         streams = Streams(seed, ctx.device)
         dist = PromptDistribution(cfg.prompt, generator=streams.generator("rotation"))
@@ -216,8 +209,6 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
                 rows.add(method, 1, seed, f"ood:a={a:.4f}", v / 2)
         rows.add("lsa_trained", 1, seed, "wall_time_s", getattr(trainer, "wall_time", float("nan")))
         rows.write(ctx)
-        done.append(seed)
-        _save_progress(ctx, done)
         ctx.print(f"seed {seed}: TF ½MSE {est_tf.mean / 2:.4f}, GD(η={eta:.3f}) ½MSE {est_gd.mean / 2:.4f}, "
                   f"cos {comp.model_cosine[1, 1]:.4f}")  # fmt: skip
     summary = report(ctx.out_dir)

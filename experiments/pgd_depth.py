@@ -300,19 +300,12 @@ def train_with_readouts(
     return trainer, dynamics
 
 
-def _save_progress(ctx: RunContext, done: list[str]) -> None:
-    # the study-level checkpoint.pt that ``--resume`` looks for; the models' own checkpoints are in checkpoints/
-    save_checkpoint(ctx.checkpoint_path, {"format": "icl-optimizers/study", "experiment": NAME, "done": done})
-
-
 @register(NAME, "L-layer LSA vs preconditioned GD, Krylov bounds, Dist(Σ½AΣ½, I) (Ahn et al. 2023)", PGDDepthConfig,
           PROFILES)  # fmt: skip
 def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
-    done: list[str] = []
-    _save_progress(ctx, done)
     d, n = cfg.prompt.d, cfg.prompt.n
     for seed in cfg.seeds:
         streams = Streams(seed, ctx.device)
@@ -356,8 +349,6 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
                     rows.add("ahn_thm1", 1, seed, "test_loss", opt.loss)
                     rows.add(mode, 1, seed, "A_rel_error_thm1", relative_frobenius(trained.A[0, 0], opt.A))
                 rows.write(ctx)
-                done.append(f"{tag}-s{seed}")
-                _save_progress(ctx, done)
                 ctx.print(f"seed {seed} {tag}: log test loss {math.log(est.mean):.3f} "
                           f"({trainer.wall_time:.0f}s)")  # fmt: skip
 
@@ -380,8 +371,6 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
             rows.add("thm1_learned", 1, seed, "A_rel_error_vs_sigma_inv",
                      relative_frobenius(A, torch.trace(A) / torch.trace(Sinv) * Sinv))  # fmt: skip
             rows.write(ctx)
-            done.append(f"thm1-s{seed}")
-            _save_progress(ctx, done)
     summary = report(ctx.out_dir)
     summary["wall_time_s"] = time.time() - t0
     write_json(ctx.out_dir / "summary.json", summary)
