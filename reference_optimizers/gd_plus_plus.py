@@ -61,10 +61,9 @@ def gd_plus_plus(
     steps = check_steps(steps)
     etas = step_schedule(eta, steps, "eta")
     gammas = step_schedule(gamma, steps, "gamma")
-    H, g = moments(X, y)
-    B, _, d = X.shape
     if all(c == 0.0 for c in gammas):  # plain GD: no eigendecomposition needed
         return gradient_descent(X, y, steps, etas)
+    H, g = moments(X, y)
     # P_s is a polynomial in H (P_0 = I and the recurrence only multiplies by H and P), so in the eigenbasis
     # H = Q diag(λ) Qᵀ every P_s is diagonal with p_{s+1} = p_s (1 − γ_s λ p_s)²: one batched eigh instead of
     # three batched d×d matmuls per step.
