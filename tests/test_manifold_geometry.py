@@ -13,6 +13,7 @@ from icl.optim.manifolds import (
     exp_kernel,
     get_manifold,
     poisson_tensor,
+    stiefel_cayley_kernel,
 )
 
 DT = torch.float64
@@ -119,6 +120,23 @@ def test_lowrank_retractions_equal_dense(name, shape, scale):
         L2 = L.clone()
         m.retract_(L2, c, shape[1], method)
         assert torch.allclose(L2, L @ R, atol=10 * tol, rtol=0), method
+
+
+@pytest.mark.parametrize("name", ["stiefel", "grassmann"])
+@pytest.mark.parametrize("shape", [(6, 1), (9, 4), (30, 8)])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+def test_block_eliminated_cayley_kernel_equals_the_2p_solve(name, shape, scale):
+    """The Schur-complement kernel used by Stiefel/Grassmann retract_ equals (I − ½X)⁻¹ of the general 2p×2p
+    solve, from the small steps of training to lifts far outside them."""
+    m = get_manifold(name)
+    c = torch.randn(m.dim(shape), generator=_gen(6), dtype=DT)
+    c = c * (scale / c.norm())
+    U, V = m.lowrank_factors(c, shape)
+    S, B = m.split(c, *shape)
+    A = m.skew_from(S, shape[1]) if S is not None else None
+    K = stiefel_cayley_kernel(A, B.T @ B)
+    ref = cayley_kernel(V.T @ U)
+    assert torch.allclose(K, ref, atol=1e-13 * max(1.0, float(ref.abs().max())), rtol=0)
 
 
 def test_exp_series_is_stable_for_large_lifts():
