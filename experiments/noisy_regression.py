@@ -48,7 +48,15 @@ from scipy import optimize
 
 from experiments.common import RunContext, make_distribution, write_config
 from experiments.registry import register, register_report
-from experiments.reporting import aggregate, line_plot, load_run, markdown_table, select, write_report
+from experiments.reporting import (
+    aggregate,
+    dominated_by_few,
+    line_plot,
+    load_run,
+    markdown_table,
+    select,
+    write_report,
+)
 from experiments.study import Rows, StudyConfig, held_out_prompts, train_one
 from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
@@ -326,11 +334,9 @@ def _mean(rows, method, L, metric="adjusted_loss") -> tuple[float, float, float,
 
 def _flags(rows, method, L) -> str:
     """† when a few test prompts dominate the mean (s.e. > 30% of it), ‡ when the learning rate was lowered."""
-    mean = _mean(rows, method, L)[0]
-    se = _mean(rows, method, L, "adjusted_loss_stderr")[0]
     lr = [r["value"] for r in select(rows, method=method, depth=L, metric="lr_used")]
     base = [r["value"] for r in select(rows, method=method, metric="lr_used")]
-    out = " †" if math.isfinite(se) and abs(mean) > 0.05 and se > 0.3 * abs(mean) else ""
+    out = " †" if dominated_by_few(rows, method, L, "adjusted_loss", floor=0.05) else ""
     return out + (" ‡" if lr and base and min(lr) < max(base) else "")
 
 

@@ -83,6 +83,30 @@ def mean_value(rows: Iterable[Row], method: str, metric: str) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
+def dominated_by_few(
+    rows: Iterable[Row], method: str, depth: int, metric: str = "test_loss", threshold: float = 0.3,
+    floor: float = 0.0,
+) -> list[tuple[int, float, float]]:  # fmt: skip
+    """Seeds whose estimate of ``metric`` is carried by a few test prompts: (seed, mean, stderr) with
+    stderr > ``threshold``·|mean| (and |mean| > ``floor``).
+
+    A mean over M prompts that one prompt of value V dominates has mean ≈ V/M and standard error ≈ V/M too, so
+    stderr/mean → 1; a light-tailed loss has stderr/mean ≈ std/(mean·√M), a few percent at M ≥ 10⁴.  Reports
+    mark such cells (†) and name the seeds, because the mean then describes rare prompts, not the typical one.
+    """
+    rows = list(rows)
+    means = {r["seed"]: float(r["value"]) for r in rows
+             if r["method"] == method and r["depth"] == depth and r["metric"] == metric}  # fmt: skip
+    ses = {r["seed"]: float(r["value"]) for r in rows
+           if r["method"] == method and r["depth"] == depth and r["metric"] == f"{metric}_stderr"}  # fmt: skip
+    out = []
+    for seed in sorted(means):
+        m, se = means[seed], ses.get(seed, float("nan"))
+        if math.isfinite(se) and abs(m) > floor and se > threshold * abs(m):
+            out.append((int(seed), m, se))
+    return out
+
+
 def fmt(x: float | None, digits: int = 4) -> str:
     """A number for a report table ('–' for missing)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
