@@ -18,6 +18,7 @@ from icl.prompts import PromptDistribution
 from icl.runio import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from icl.seeding import Streams
 from icl.train import Trainer, TrainingInterrupted
+from icl.vectorised import SeedBatchTrainer
 from learned_optimizers.registry import model_name
 
 CHECKPOINT_FORMAT = "icl-optimizers/1"
@@ -99,14 +100,17 @@ def save_trainer(ctx: RunContext, cfg: Config, trainer: Trainer, path: Path | No
 
 CHECKPOINT_KEYS = ("format", "config", "model", "trainer")
 
+#: config fields (by their last name) that choose how a run is computed, not what: a checkpoint written with
+#: another value of them resumes (the numbers then differ from an uninterrupted run only by float rounding)
+RESUME_INDIFFERENT = ("vectorise_seeds", "compile")
 
-def restore_trainer(ctx: RunContext, cfg: Config, trainer: Trainer, path: Path | None = None) -> None:
-    """Load the checkpoint into ``trainer``, refusing one that is not ours or was written for another config.
+
+def load_run_checkpoint(ctx: RunContext, cfg: Config, path: Path) -> dict[str, Any]:
+    """Load a checkpoint of this run, refusing one that is not ours or was written for another config.
 
     Raises:
-        CheckpointError: missing, truncated, corrupt, of another format or config, or not matching the model.
+        CheckpointError: missing, truncated, corrupt, of another format or of another config.
     """
-    path = path or ctx.checkpoint_path
     ckpt = load_checkpoint(path, map_location=ctx.device, required=CHECKPOINT_KEYS)
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(
@@ -117,19 +121,64 @@ def restore_trainer(ctx: RunContext, cfg: Config, trainer: Trainer, path: Path |
         saved = type(cfg).from_dict(saved).to_dict()  # defaults of fields added since are filled in
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} holds an unreadable config ({e})") from None
-    current = cfg.to_dict()
-    if saved != current:
-        diff = _diff_keys(saved, current)
+    diff = [k for k in _diff_keys(saved, cfg.to_dict()) if k.rsplit(".", 1)[-1] not in RESUME_INDIFFERENT]
+    if diff:
         raise CheckpointError(
             f"the checkpoint {path} was written with a different config (differs in: {', '.join(diff)}); "
             "resume with the same settings"
         )
     if not isinstance(ckpt["trainer"], dict):
         raise CheckpointError(f"checkpoint {path}: 'trainer' must be a dict, got {type(ckpt['trainer']).__name__}")
+    return ckpt
+
+
+def restore_trainer(ctx: RunContext, cfg: Config, trainer: Trainer, path: Path | None = None) -> dict[str, Any]:
+    """Load the checkpoint into ``trainer`` (see :func:`load_run_checkpoint`); returns the checkpoint dict,
+    whose extra entries (e.g. a study's read-outs) travel with it.
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt, of another format or config, or not matching the model.
+    """
+    path = path or ctx.checkpoint_path
+    ckpt = load_run_checkpoint(ctx, cfg, path)
     try:
         trainer.load_state_dict({**ckpt["trainer"], "model": ckpt["model"]})
     except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: {e})") from None
+    return ckpt
+
+
+def seed_batch_payload(ctx: RunContext, cfg: Config, batch: SeedBatchTrainer, **extra: Any) -> dict[str, Any]:
+    """The checkpoint of a seed batch: as :func:`checkpoint_payload`, with ``model`` the stacked parameters
+    (name -> (S, ...)) and ``seeds`` the batch's seeds."""
+    state = batch.state_dict()
+    model = batch.skeleton
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "experiment": ctx.name,
+        "config": json.dumps(cfg.to_dict()),
+        "model_name": model_name(model),
+        "model_d": int(model.d),
+        "model_config": model.cfg.to_dict(),
+        "seeds": list(state["seeds"]),
+        "model": state.pop("params"),
+        "trainer": state,
+        **extra,
+    }
+
+
+def restore_seed_batch(ctx: RunContext, cfg: Config, batch: SeedBatchTrainer, path: Path) -> dict[str, Any]:
+    """Load a :func:`seed_batch_payload` checkpoint into ``batch``; returns the checkpoint dict.
+
+    Raises:
+        CheckpointError: as :func:`restore_trainer`, or the checkpoint is of other seeds.
+    """
+    ckpt = load_run_checkpoint(ctx, cfg, path)
+    try:
+        batch.load_state_dict({**ckpt["trainer"], "params": ckpt["model"]})
+    except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: {e})") from None
+    return ckpt
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

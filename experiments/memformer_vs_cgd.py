@@ -62,6 +62,8 @@ about 20 minutes for three seeds, 17 minutes for one seed under load ≈ 10 at n
 resampled every 100 steps, lr 0.01 halved every 4000 steps, per-matrix clipping 0.01 as in the authors' code, but
 20,000 steps instead of their 10 steps plus 1000 fine-tuning steps on one fixed batch; 5 seeds, 100,000 test
 prompts; about 40 trainings × 20k steps per seed: roughly 1–2 GPU-hours with --device cuda, days on a CPU).
+Each setting's baselines are computed per seed, then each (kind, depth) is trained for all seeds at once
+(``vectorise_seeds``, :func:`experiments.study.train_all_seeds`); the timings above are of one-by-one runs.
 """
 
 from __future__ import annotations
@@ -78,12 +80,13 @@ from torch import nn
 from experiments.common import RunContext, make_distribution, write_config
 from experiments.registry import register, register_report
 from experiments.reporting import aggregate, fmt, line_plot, load_run, markdown_table, select, write_report
-from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_one
+from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_all_seeds
 from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
 from icl.train import TrainConfig
+from icl.vectorised import seed_batchable
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.memformer import Memformer, MemformerConfig
 from reference_optimizers import (
@@ -218,6 +221,7 @@ PROFILES = {
 # -- models --------------------------------------------------------------------------------------------------
 
 
+@seed_batchable  # blockwise, so it applies unchanged to the (S, ...) stack of a seed batch
 def _project_to_identity(grad: torch.Tensor) -> torch.Tensor:
     """The orthogonal projection of every trailing d×d block onto span{I}: g ← (tr g / d)·I."""
     d = grad.shape[-1]
@@ -341,23 +345,29 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
     hparams: dict = {}
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        for setting in cfg.settings:
-            pcfg = cfg.prompt(setting)
-            dist = make_distribution(pcfg, streams)
-            test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
+    for setting in cfg.settings:
+        pcfg = cfg.prompt(setting)
+        streams, dists, tests = [], [], []
+        for seed in cfg.seeds:  # the baselines, per seed
+            st = Streams(seed, ctx.device)
+            dist = make_distribution(pcfg, st)
+            test = held_out_prompts(dist, st, cfg.test_prompts, torch.float64)
             tune_batch = PromptDistribution(pcfg, U=dist.U, dtype=torch.float64).sample(
-                cfg.tune_prompts, streams.generator("tune", "cpu")
+                cfg.tune_prompts, st.generator("tune", "cpu")
             )
             Sinv = torch.linalg.inv(dist.Sigma)
             _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist)
-            kinds = cfg.models if setting == "noniso" else cfg.iso_models
-            for kind in kinds:
-                for L in cfg.depths:
-                    model = build(kind, cfg.d, cfg.n, L, cfg, streams.generator("init", "cpu"))
-                    trainer = train_one(ctx, cfg, f"{setting}-{kind}-L{L}", seed, model, dist, cfg.train, streams)
-                    model = trainer.model
+            streams.append(st)
+            dists.append(dist)
+            tests.append(test)
+        rows.write(ctx)
+        kinds = cfg.models if setting == "noniso" else cfg.iso_models
+        for kind in kinds:
+            for L in cfg.depths:  # each model trained for all seeds at once (when vectorise_seeds allows)
+                models = [build(kind, cfg.d, cfg.n, L, cfg, st.generator("init", "cpu")) for st in streams]
+                runs = train_all_seeds(ctx, cfg, f"{setting}-{kind}-L{L}", models, dists, cfg.train, streams)
+                for st, trainer, test in zip(streams, runs.trainers, tests):
+                    seed, model = st.seed, trainer.model
                     with torch.no_grad():
                         pred = model(test.Z().to(device=ctx.device, dtype=model.dtype))
                     est = query_losses(pred, test)
@@ -365,9 +375,9 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
                     rows.add_loss(method, L, seed, est)
                     rows.add(method, L, seed, "final_train_loss", trainer.history.last_loss)
                     rows.add(method, L, seed, "train_seconds", getattr(trainer, "wall_time", float("nan")))
-                    _model_diagnostics(rows, method, L, seed, kind, model, test, ctx, cfg, streams)
+                    _model_diagnostics(rows, method, L, seed, kind, model, test, ctx, cfg, st)
                     ctx.print(f"seed {seed} {method:<24} L={L}  log test loss {math.log(est.mean):+.3f}")
-            rows.write(ctx)
+                rows.write(ctx)
     rows.write(ctx)
     summary = {"experiment": NAME, "seeds": list(cfg.seeds), "profile": cfg.profile, "hyperparameters": hparams,
                "wall_time_s": time.time() - t0}  # fmt: skip

@@ -30,7 +30,10 @@ Profiles (2 shared CPU cores, measured): ``quick`` 1 seed, depths 1–2, 150 ste
 (default) 3 seeds × depths 1–4 × {sparse, gdpp} + the Theorem 1 model, 1200 steps at batch 2048, lr 0.05 halved every
 300 (≈ 25 min on 2 idle cores, one seed ≈ 8 min; per layer-step ≈ 12 ms at batch 2048); ``paper``: Ahn et
 al.'s batch 20000, 20,000 steps, lr halved every 4000, 5 seeds, 100,000 test prompts (days on CPU; use
-``--device cuda``).
+``--device cuda``). The baselines are computed per seed, then each model is trained for all seeds at once
+(``vectorise_seeds``, :func:`experiments.study.train_all_seeds`; the timings above are of one-by-one runs: on
+the CPU the seed batch halves the sparse models' training time and leaves the GD++ models' unchanged, see
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import torch
 from einops import einsum
 
 import reference_optimizers as ro
-from experiments.common import RunContext, checkpoint_payload, restore_trainer, write_config
+from experiments.common import RunContext, write_config
 from experiments.registry import register, register_report
 from experiments.reporting import (
     aggregate,
@@ -58,13 +61,13 @@ from experiments.reporting import (
     markdown_table,
     write_report,
 )
-from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses
+from experiments.study import Rows, SeedRuns, StudyConfig, held_out_prompts, query_losses, train_all_seeds
 from icl.config import ConfigError, spec
 from icl.metrics import dist_to_identity, relative_frobenius
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
-from icl.runio import load_checkpoint, save_checkpoint, write_json
+from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig, Trainer
+from icl.train import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.probes import read_out
 from reference_optimizers import moments, one_layer_optimum
@@ -281,31 +284,14 @@ def readout_rows(model: LinearSelfAttention, Sigma: torch.Tensor) -> dict[str, f
     return out
 
 
-def train_with_readouts(
-    ctx: RunContext, cfg: PGDDepthConfig, tag: str, seed: int, model: LinearSelfAttention, dist: PromptDistribution,
-    streams: Streams,
-) -> tuple[Trainer, list[dict[str, float]]]:  # fmt: skip
-    """Train in chunks of ``read_every`` steps (Trainer.run(until=...)), reading A_ℓ out between chunks; the
-    read-outs travel in the model's checkpoint so ``--resume`` keeps them."""
-    path = ctx.out_dir / "checkpoints" / f"{tag}-s{seed}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, dist, cfg.train, streams, device=ctx.device, quiet=ctx.quiet)
-    dynamics: list[dict[str, float]] = []
-    if ctx.resume and path.exists():
-        restore_trainer(ctx, cfg, trainer, path)
-        dynamics = [dict(r) for r in load_checkpoint(path).get("dynamics", [])]
-    t0 = time.time()
-    if not dynamics:
-        dynamics.append({"step": 0.0, **readout_rows(trainer.model, dist.Sigma)})
-    steps = cfg.train.steps
-    while trainer.step < steps:
-        trainer.run(until=min(steps, (trainer.step // cfg.read_every + 1) * cfg.read_every))
-        dynamics.append({"step": float(trainer.step), **readout_rows(trainer.model, dist.Sigma)})
-        save_checkpoint(path, checkpoint_payload(ctx, cfg, trainer, dynamics=dynamics))
-    if not path.exists():
-        save_checkpoint(path, checkpoint_payload(ctx, cfg, trainer, dynamics=dynamics))
-    trainer.wall_time = time.time() - t0  # type: ignore[attr-defined]
-    return trainer, dynamics
+@dataclass
+class _Seed:
+    """What the study holds per seed while the models of all seeds are trained."""
+
+    seed: int
+    streams: Streams
+    dist: PromptDistribution
+    test: PromptBatch
 
 
 @register(NAME, "L-layer LSA vs preconditioned GD, Krylov bounds, Dist(Σ½AΣ½, I) (Ahn et al. 2023)", PGDDepthConfig,
@@ -315,26 +301,34 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
     d, n = cfg.prompt.d, cfg.prompt.n
-    for seed in cfg.seeds:
+    per_seed: list[_Seed] = []
+    for seed in cfg.seeds:  # the baselines, per seed
         streams = Streams(seed, ctx.device)
         dist = PromptDistribution(cfg.prompt, generator=streams.generator("rotation"))
-        Sigma = dist.Sigma
-        Sinv = torch.linalg.inv(Sigma)
         tune = dist.sample(cfg.tune_prompts, streams.generator("tune", "cpu")).to(dtype=torch.float64)
         test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
         rng = np.random.default_rng([seed, 7])
         rows.add_loss("zero_predictor", 0, seed, query_losses(torch.zeros_like(test.y_query), test))
-
-        baselines(rows, cfg, seed, tune, test, Sigma, rng)
+        baselines(rows, cfg, seed, tune, test, dist.Sigma, rng)
         rows.write(ctx)
+        per_seed.append(_Seed(seed, streams, dist, test))
 
-        # learned models
-        for mode in cfg.modes:
-            for L in cfg.depths:
-                tag = f"{mode}-L{L}"
-                model = LinearSelfAttention(d, LSAConfig(layers=L, mode=mode, init_std=cfg.init_std),
-                                            generator=streams.generator("init", "cpu"))  # fmt: skip
-                trainer, dynamics = train_with_readouts(ctx, cfg, tag, seed, model, dist, streams)
+    def train(tag: str, L: int, mode: str, dists: list[PromptDistribution]) -> SeedRuns:
+        """Model ``tag`` for every seed (together when vectorise_seeds allows), read out every read_every steps."""
+        models = [LinearSelfAttention(d, LSAConfig(layers=L, mode=mode, init_std=cfg.init_std),
+                                      generator=s.streams.generator("init", "cpu")) for s in per_seed]  # fmt: skip
+        streams = [s.streams for s in per_seed]
+        read_out = lambda i, m: readout_rows(m, dists[i].Sigma)
+        return train_all_seeds(ctx, cfg, tag, models, dists, cfg.train, streams, read_every=cfg.read_every,
+                               read_out=read_out)  # fmt: skip
+
+    # learned models, each trained for all seeds at once
+    for mode in cfg.modes:
+        for L in cfg.depths:
+            tag = f"{mode}-L{L}"
+            runs = train(tag, L, mode, [s.dist for s in per_seed])
+            for s, trainer, dynamics in zip(per_seed, runs.trainers, runs.dynamics):
+                seed, test, Sigma = s.seed, s.test, s.dist.Sigma
                 trained = trainer.model.to("cpu").double().eval()
                 with torch.no_grad():
                     est = query_losses(trained(test.Z()), test)
@@ -356,18 +350,19 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
                     opt = one_layer_optimum(Sigma, n, "inverse_sigma")
                     rows.add("ahn_thm1", 1, seed, "test_loss", opt.loss)
                     rows.add(mode, 1, seed, "A_rel_error_thm1", relative_frobenius(trained.A[0, 0], opt.A))
-                rows.write(ctx)
                 ctx.print(f"seed {seed} {tag}: log test loss {math.log(est.mean):.3f} "
                           f"({trainer.wall_time:.0f}s)")  # fmt: skip
+            rows.write(ctx)
 
-        if cfg.theorem1:  # Theorem 1: w* ~ N(0, I), non-isotropic Σ, one sparse layer
-            law = replace(cfg.prompt, w_prior="identity")
-            dist1 = PromptDistribution(law, U=dist.U)
-            model = LinearSelfAttention(d, LSAConfig(layers=1, mode="sparse", init_std=cfg.init_std),
-                                        generator=streams.generator("init", "cpu"))  # fmt: skip
-            trainer, _ = train_with_readouts(ctx, cfg, "thm1-sparse-L1", seed, model, dist1, streams)
+    if cfg.theorem1:  # Theorem 1: w* ~ N(0, I), non-isotropic Σ, one sparse layer
+        law = replace(cfg.prompt, w_prior="identity")
+        dists1 = [PromptDistribution(law, U=s.dist.U) for s in per_seed]
+        runs = train("thm1-sparse-L1", 1, "sparse", dists1)
+        for s, trainer, dist1 in zip(per_seed, runs.trainers, dists1):
+            seed = s.seed
+            Sinv = torch.linalg.inv(s.dist.Sigma)
             trained = trainer.model.to("cpu").double().eval()
-            test1 = held_out_prompts(dist1, streams, cfg.test_prompts, torch.float64)
+            test1 = held_out_prompts(dist1, s.streams, cfg.test_prompts, torch.float64)
             with torch.no_grad():
                 est = query_losses(trained(test1.Z()), test1)
             opt = one_layer_optimum(dist1.Sigma, n, "identity")
@@ -378,7 +373,7 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
             rows.add("thm1_learned", 1, seed, "A_rel_error", relative_frobenius(A, opt.A))
             rows.add("thm1_learned", 1, seed, "A_rel_error_vs_sigma_inv",
                      relative_frobenius(A, torch.trace(A) / torch.trace(Sinv) * Sinv))  # fmt: skip
-            rows.write(ctx)
+        rows.write(ctx)
     summary = report(ctx.out_dir)
     summary["wall_time_s"] = time.time() - t0
     write_json(ctx.out_dir / "summary.json", summary)

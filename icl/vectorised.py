@@ -32,13 +32,24 @@ Example (what a study's ``--seeds`` loop becomes)::
     for seed, (model, history) in zip((0, 1, 2), results):
         ...  # evaluate on Streams(seed).generator("test") as before
 
-Checkpoints: :meth:`SeedBatchTrainer.state_dict` holds the stacked state; :meth:`SeedBatchTrainer.models`
-unstacks the weights into the per-seed modules. The seed batch runs on any device (``cpu``, ``cuda``,
-``mps``); losses stay on the device and are read back every ``log_every`` steps, as in the Trainer.
+Checkpoints: :meth:`SeedBatchTrainer.state_dict` holds the stacked state and
+:meth:`SeedBatchTrainer.load_state_dict` continues from it exactly (the same numbers as an uninterrupted run);
+:meth:`SeedBatchTrainer.seed_state_dict` is seed s's state in the form of :meth:`icl.train.Trainer.state_dict`
+(its optimizer state sliced out of the stacked one), so a finished batch can be handed over as S ordinary
+Trainers. :meth:`SeedBatchTrainer.run` takes the Trainer's ``on_checkpoint`` / ``checkpoint_every`` and stops
+cleanly on SIGINT/SIGTERM or :meth:`~icl.train.StopOnSignals.request_stop`. The seed batch runs on any device
+(``cpu``, ``cuda``, ``mps``); losses stay on the device and are read back every ``log_every`` steps, as in the
+Trainer. The studies' ``--seeds`` use it through :func:`experiments.study.train_all_seeds`.
+
+What can not be batched (:func:`seed_batch_problem` says why): an optimizer that is not elementwise, rollback on
+divergence (it would have to roll back one seed of a shared optimizer), models of different architectures,
+frozen parameters, module hooks, and gradient hooks on parameters unless they are marked :func:`seed_batchable`
+(they are then registered on the stacked parameter).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -52,7 +63,16 @@ from tqdm.auto import tqdm
 from icl.config import ConfigError
 from icl.prompts import PromptDistribution
 from icl.seeding import Streams
-from icl.train import History, TrainConfig, TrainingDiverged, build_optimizer, lr_factor, query_mse
+from icl.train import (
+    History,
+    StopOnSignals,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    build_optimizer,
+    lr_factor,
+    query_mse,
+)
 from learned_optimizers.linear_attention import context_gram
 
 #: outer optimizers whose update is elementwise, so that one optimizer over stacked parameters is S optimizers
@@ -97,18 +117,83 @@ class _GramCall(nn.Module):
         return self.model.forward_gram(G0, z_q, n)
 
 
-class SeedBatchTrainer:
+#: a tensor hook: gradient in, replacement gradient (or None) out
+GradHook = Callable[[torch.Tensor], "torch.Tensor | None"]
+#: keys :meth:`SeedBatchTrainer.load_state_dict` needs
+SEED_BATCH_STATE_KEYS = ("step", "params", "optimizer", "train_generators", "histories")
+
+
+def seed_batchable(hook: GradHook) -> GradHook:
+    """Mark a parameter's gradient hook as safe to apply to the stacked (S, ...) gradient of S seeds.
+
+    That holds for a hook that treats every index of the leading dimensions alike and on its own, e.g. one that
+    maps each trailing d×d block of the gradient to a function of that block. :class:`SeedBatchTrainer` carries
+    marked hooks over to the stacked parameter and refuses models with unmarked ones.
+    """
+    hook.seed_batchable = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _grad_hooks(p: torch.Tensor) -> tuple[GradHook, ...]:
+    return tuple((getattr(p, "_backward_hooks", None) or {}).values())
+
+
+def _config_problem(cfg: TrainConfig) -> str | None:
+    if cfg.optimizer not in ELEMENTWISE_OPTIMIZERS:
+        return (f"train.optimizer = {cfg.optimizer!r} is not elementwise, so seeds can not share one stacked "
+                f"optimizer; use one of {', '.join(ELEMENTWISE_OPTIMIZERS)} or train the seeds one by one")  # fmt: skip
+    if cfg.on_divergence != "stop":
+        return (f"train.on_divergence = {cfg.on_divergence!r}: a rollback of one seed would roll back the "
+                "optimizer of all; the seed batch only stops")  # fmt: skip
+    return None
+
+
+def _model_problem(models: Sequence[nn.Module]) -> str | None:
+    kinds = {(type(m), repr(getattr(m, "cfg", None)), getattr(m, "d", None)) for m in models}
+    if len(kinds) != 1:
+        return "the seeds' models differ in class, config or d"
+    hooks = []
+    for m in models:
+        if not all(p.requires_grad for p in m.parameters()):
+            return "a model has frozen parameters"
+        for sub in m.modules():
+            if sub._forward_hooks or sub._forward_pre_hooks or sub._backward_hooks or sub._backward_pre_hooks:
+                return f"module {type(sub).__name__} has hooks"
+        for name, p in m.named_parameters():
+            if getattr(p, "_post_accumulate_grad_hooks", None):
+                return f"parameter {name!r} has a post-accumulate-grad hook"
+            unmarked = [h for h in _grad_hooks(p) if not getattr(h, "seed_batchable", False)]
+            if unmarked:
+                return (f"parameter {name!r} has a gradient hook ({getattr(unmarked[0], '__name__', unmarked[0])}) "
+                        "that is not marked seed_batchable")  # fmt: skip
+        hooks.append([_grad_hooks(p) for p in m.parameters()])
+    if any(h != hooks[0] for h in hooks):
+        return "the seeds' parameters carry different gradient hooks"
+    return None
+
+
+def seed_batch_problem(models: Sequence[nn.Module], cfg: TrainConfig) -> str | None:
+    """Why ``models`` can not be trained as one :class:`SeedBatchTrainer` under ``cfg`` (None: they can)."""
+    return _config_problem(cfg) or _model_problem(models)
+
+
+class SeedBatchTrainer(StopOnSignals):
     """Trains S models of one architecture, one per seed, in one vectorised run (see the module docstring).
 
     Args:
         models: the S freshly initialised models (same class and config).
         dists: the S prompt laws (each seed's own rotation).
-        cfg: the training config (``optimizer`` must be one of :data:`ELEMENTWISE_OPTIMIZERS`).
+        cfg: the training config (``optimizer`` must be one of :data:`ELEMENTWISE_OPTIMIZERS`,
+            ``on_divergence`` must be ``stop``).
         streams: the S seeds' streams (``train`` and ``val`` are used).
         device: where the models and prompts live.
         quiet: no progress bar.
-        compile: wrap the batched loss in :func:`torch.compile` (off by default: on a 2-core CPU compiling
-            costs far more than it saves; see docs/performance.md).
+        compile: wrap the batched loss in :func:`torch.compile`; None (default) reads ``cfg.compile`` (off by
+            default: on a 2-core CPU compiling costs far more than it saves; see docs/performance.md).
+
+    Raises:
+        ConfigError: ``cfg`` can not be batched (:func:`seed_batch_problem`).
+        ValueError: the models can not be batched, or the argument counts differ.
     """
 
     def __init__(
@@ -120,26 +205,21 @@ class SeedBatchTrainer:
         *,
         device: str | torch.device = "cpu",
         quiet: bool = False,
-        compile: bool = False,
+        compile: bool | None = None,
     ) -> None:
         if not models or not (len(models) == len(dists) == len(streams)):
             raise ValueError(f"need one model, law and Streams per seed, got {len(models)}, {len(dists)}, "
                              f"{len(streams)}")  # fmt: skip
-        if cfg.optimizer not in ELEMENTWISE_OPTIMIZERS:
-            raise ConfigError(
-                f"train.optimizer = {cfg.optimizer!r} is not elementwise, so seeds can not share one stacked "
-                f"optimizer; use one of {', '.join(ELEMENTWISE_OPTIMIZERS)} or train the seeds one by one"
-            )
-        kinds = {(type(m), repr(getattr(m, "cfg", None)), getattr(m, "d", None)) for m in models}
-        if len(kinds) != 1:
-            raise ValueError("every seed's model must have the same class, config and d")
+        problem = _config_problem(cfg)
+        if problem:
+            raise ConfigError(problem)
+        problem = _model_problem(models)
+        if problem:
+            raise ValueError(f"{problem}; train the seeds one by one")
         self.device = torch.device(device)
         self.cfg = cfg
         self.S = len(models)
         self._models = [m.to(device=self.device, dtype=cfg.torch_dtype) for m in models]
-        for m in self._models:
-            if not all(p.requires_grad for p in m.parameters()):
-                raise ValueError("frozen parameters are not supported by the seed batch; train one by one")
         self.dists = list(dists)
         for dist in self.dists:
             dist.dtype = cfg.torch_dtype
@@ -149,6 +229,10 @@ class SeedBatchTrainer:
         self.names = list(params)
         self.params = [params[k] for k in self.names]  # leaves, (S, ...)
         self.buffers = buffers
+        originals = dict(self._models[0].named_parameters())
+        for name, p in zip(self.names, self.params):  # the seed-batchable gradient hooks, on the stacked leaf
+            for hook in _grad_hooks(originals[name]):
+                p.register_hook(hook)
         self.optimizer = build_optimizer(cfg, self.params)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.skeleton = self._models[0]
@@ -161,13 +245,19 @@ class SeedBatchTrainer:
         self.n = self.Z_val.shape[-2] - 1
         self.y_val = torch.stack([v.y_query for v in vals])
         self._batch: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
+        self._stop = None
         # models whose prediction needs only the context Gram matrix and the query (the LSA family): compute
         # those once per batch for all seeds, outside autograd and vmap, instead of inside every step
         self.gram = bool(getattr(self.skeleton, "gram_sufficient", False))
         self._gram_call = _GramCall(self.skeleton) if self.gram else None
         self.val_inputs = self._inputs(self.Z_val)
+        self.compiled = bool(cfg.compile if compile is None else compile)
         batched = vmap(self._seed_loss)
-        self._losses = torch.compile(batched) if compile else batched
+        self._losses = torch.compile(batched) if self.compiled else batched
+
+    @property
+    def seeds(self) -> list[int]:
+        return [s.seed for s in self.streams]
 
     # -- one step ------------------------------------------------------------------------------------------
     def _inputs(self, Z: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -236,67 +326,174 @@ class SeedBatchTrainer:
         return self._losses(self._param_dict(), self.buffers, self.val_inputs, self.y_val).tolist()
 
     # -- the loop ------------------------------------------------------------------------------------------
-    def run(self, until: int | None = None) -> list[History]:
+    def run(
+        self,
+        until: int | None = None,
+        on_checkpoint: Callable[[SeedBatchTrainer], None] | None = None,
+        checkpoint_every: int | None = None,
+    ) -> list[History]:
         """Train until step ``until`` (default ``cfg.steps``); the per-seed histories, as the Trainer logs them.
 
+        As :meth:`icl.train.Trainer.run`: losses are read back every ``log_every`` steps and always before an
+        evaluation, a checkpoint or a stop, so ``on_checkpoint`` (called every ``checkpoint_every`` steps, at
+        ``until`` and on a stop) only sees states whose losses, gradients, weights and optimizer state are
+        finite. SIGINT and SIGTERM stop the run after the current step.
+
         Raises:
-            TrainingDiverged: a seed's loss or gradient norm became NaN or infinite (naming the seed).
+            TrainingDiverged: a seed's loss, gradient norm, weights or optimizer state became NaN or infinite
+                (naming the seed).
+            TrainingInterrupted: a stop was requested; ``on_checkpoint`` was called first.
         """
         cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
         pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
+        self._stop = None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, desc=f"train ×{self.S}", leave=False)
         try:
-            while self.step < until:
-                losses, gnorms, lr = self.train_step()
-                pending.append((self.step, lr, losses, gnorms))
-                bar.update(1)
-                at_end = self.step == until
-                if self.step % cfg.log_every == 0 or at_end or self.step % cfg.eval_every == 0:
-                    self._flush(pending)
-                    pending = []
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    for hist, value in zip(self.histories, self.evaluate()):
-                        hist.evals.append({"step": self.step, "eval_loss": value})
+            with self._stop_on_signals():
+                while self.step < until:
+                    losses, gnorms, lr = self.train_step()
+                    pending.append((self.step, lr, losses, gnorms))
+                    bar.update(1)
+                    at_end = self.step == until
+                    stop = self._stop is not None
+                    evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                    checkpoint = on_checkpoint is not None and (
+                        stop or (bool(checkpoint_every) and (self.step % checkpoint_every == 0 or at_end))
+                    )
+                    if self.step % cfg.log_every == 0 or at_end or evaluate or checkpoint or stop:
+                        self._flush(pending)
+                        pending = []
+                    if evaluate:
+                        for hist, value in zip(self.histories, self.evaluate()):
+                            hist.evals.append({"step": self.step, "eval_loss": value})
+                    if checkpoint:
+                        on_checkpoint(self)
+                    if stop:
+                        reason, signum = self._stop
+                        raise TrainingInterrupted(
+                            f"{reason}; stopped at step {self.step}", step=self.step, signum=signum
+                        )
         finally:
             bar.close()
         return self.histories
 
     def _flush(self, pending: list[tuple[int, float, torch.Tensor, torch.Tensor]]) -> None:
-        if not pending:
-            return
-        values = torch.stack([torch.stack([l.float(), g.float()], dim=1) for _, _, l, g in pending]).tolist()
-        for (step, lr, _, _), per_seed in zip(pending, values):
-            for s, (hist, (loss, gnorm)) in enumerate(zip(self.histories, per_seed)):
-                if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                    what = "loss" if not math.isfinite(loss) else "gradient norm"
-                    raise TrainingDiverged(
-                        f"seed {self.streams[s].seed}: non-finite {what} at step {step}; "
-                        f"last finite loss {hist.last_loss:.6g}"
-                    )
-                hist.rows.append({"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm})
+        """Read the pending losses back and check them and the state, per seed."""
+        if pending:
+            values = torch.stack([torch.stack([l.float(), g.float()], dim=1) for _, _, l, g in pending]).tolist()
+            for (step, lr, _, _), per_seed in zip(pending, values):
+                for s, (hist, (loss, gnorm)) in enumerate(zip(self.histories, per_seed)):
+                    if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                        what = "loss" if not math.isfinite(loss) else "gradient norm"
+                        self._diverged(s, f"non-finite {what} at step {step}", step)
+                    hist.rows.append({"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm})
+        stacked = list(self.params)
+        for state in self.optimizer.state.values():
+            stacked += [v for v in state.values() if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == self.S]
+        if stacked:
+            finite = torch.stack([torch.isfinite(t.detach()).reshape(self.S, -1).all(1) for t in stacked]).all(0)
+            bad = (~finite).nonzero().flatten().tolist()
+            if bad:
+                self._diverged(bad[0], f"non-finite weights or optimizer state after step {self.step}", self.step)
 
-    # -- results -------------------------------------------------------------------------------------------
+    def _diverged(self, s: int, what: str, step: int) -> None:
+        last = self.histories[s].last_loss
+        raise TrainingDiverged(f"seed {self.seeds[s]}: {what}; last finite loss {last:.6g}", step=step, last_loss=last)
+
+    # -- state and results ---------------------------------------------------------------------------------
     @torch.no_grad()
+    def _copy_out(self, s: int) -> nn.Module:
+        model = self._models[s]
+        named = dict(model.named_parameters())
+        for name, p in zip(self.names, self.params):
+            named[name].copy_(p[s])
+        named_b = dict(model.named_buffers())
+        for name, b in self.buffers.items():
+            named_b[name].copy_(b[s])
+        return model
+
     def models(self) -> list[nn.Module]:
         """The S models with their trained weights (the stacked parameters copied back)."""
-        for s, model in enumerate(self._models):
-            named = dict(model.named_parameters())
-            for name, p in zip(self.names, self.params):
-                named[name].copy_(p[s])
-            named_b = dict(model.named_buffers())
-            for name, b in self.buffers.items():
-                named_b[name].copy_(b[s])
-        return self._models
+        return [self._copy_out(s) for s in range(self.S)]
 
     def state_dict(self) -> dict[str, Any]:
-        """The stacked state: step, parameters (S, ...), optimizer, train-generator states, histories."""
+        """The stacked state (tensors, numbers, lists: loads with weights_only=True).
+
+        ``params`` maps each parameter name to its (S, ...) stack; ``train_generators`` holds each seed's ``train``
+        stream state at the start of the current batch block and ``train_generators_now`` its current state,
+        as :meth:`icl.train.Trainer.state_dict` does for one seed.
+        """
         return {
             "step": self.step,
+            "seeds": self.seeds,
             "params": {k: p.detach().clone() for k, p in zip(self.names, self.params)},
             "optimizer": self.optimizer.state_dict(),
             "train_generators": [s.clone() for s in self._block_states],
+            "train_generators_now": [g.get_state() for g in self.gens],
             "histories": [h.to_state() for h in self.histories],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; training then continues exactly as the saved run would have.
+
+        Raises:
+            ValueError: a key is missing, the seeds or parameter names differ, or a saved generator state does
+                not match the re-drawn batch.
+        """
+        missing = [k for k in SEED_BATCH_STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"seed-batch state is missing {', '.join(repr(k) for k in missing)}")
+        if "seeds" in state and [int(s) for s in state["seeds"]] != self.seeds:
+            raise ValueError(f"the state is of seeds {list(state['seeds'])}, this batch trains seeds {self.seeds}")
+        if set(state["params"]) != set(self.names):
+            raise ValueError(f"the state's parameters {sorted(state['params'])} are not this model's {self.names}")
+        if len(state["train_generators"]) != self.S or len(state["histories"]) != self.S:
+            raise ValueError(f"the state holds {len(state['histories'])} seeds, this batch {self.S}")
+        with torch.no_grad():
+            for name, p in zip(self.names, self.params):
+                p.copy_(state["params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.histories = [History.from_state(h) for h in state["histories"]]
+        self._block_states = [g.clone() for g in state["train_generators"]]
+        now = state.get("train_generators_now")
+        self._batch = None
+        if self.step % self.cfg.resample_every != 0:  # re-draw the batch the interrupted block was using
+            for g, block in zip(self.gens, self._block_states):
+                g.set_state(block.clone())
+            self._batch = self._sample()
+            if now is not None and not all(torch.equal(g.get_state(), t) for g, t in zip(self.gens, now)):
+                raise ValueError(
+                    "a train generator does not reach its saved state after re-drawing the current batch "
+                    "(was the state saved with another batch size or prompt law?)"
+                )
+        else:
+            for g, t in zip(self.gens, now if now is not None else self._block_states):
+                g.set_state(t.clone())
+
+    def seed_state_dict(self, s: int) -> dict[str, Any]:
+        """Seed index ``s``'s state as :meth:`icl.train.Trainer.state_dict` has it, for a Trainer over the same
+        model, law, config and Streams: its weights, its slice of every stacked optimizer tensor (Adam's moments,
+        SGD's momentum buffer; the shared step counter as it is), its generator states and history."""
+        model = self._copy_out(s)
+        opt = self.optimizer.state_dict()
+        shapes = {i: p.shape for i, p in enumerate(self.params)}
+        sliced = {}
+        for i, st in opt["state"].items():
+            sliced[i] = {
+                k: (v[s].clone() if v.shape == shapes[i] else v.clone()) if torch.is_tensor(v) else copy.deepcopy(v)
+                for k, v in st.items()
+            }
+        return {
+            "step": self.step,
+            "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimizer": {"state": sliced, "param_groups": copy.deepcopy(opt["param_groups"])},
+            "train_generator": self._block_states[s].clone(),
+            "train_generator_now": self.gens[s].get_state(),
+            "base_lrs": list(self.base_lrs),
+            "rollbacks": 0,
+            "history": self.histories[s].to_state(),
         }
 
 
@@ -308,7 +505,7 @@ def train_seeds(
     *,
     device: str | torch.device = "cpu",
     quiet: bool = False,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> list[tuple[nn.Module, History]]:
     """Train one model per root seed in one vectorised run; per seed the same as the sequential Trainer.
 
@@ -320,7 +517,7 @@ def train_seeds(
         seeds: the root seeds; seed s uses ``Streams(s)``.
         device: ``cpu``, ``cuda`` or ``mps``.
         quiet: no progress bar.
-        compile: :func:`torch.compile` the batched loss.
+        compile: :func:`torch.compile` the batched loss; None reads ``train_cfg.compile``.
 
     Returns:
         One (trained model, History) per seed, in the order of ``seeds``.

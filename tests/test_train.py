@@ -103,3 +103,19 @@ def test_any_torch_optimizer_instance_is_accepted():
     t = Trainer(model, dist, TrainConfig(steps=5, batch_size=8, eval_batch=8), s, optimizer=opt, quiet=True)
     t.run()
     assert t.optimizer is opt and t.step == 5
+
+
+def test_compiled_training_equals_eager():
+    """train.compile = True runs the loss through torch.compile (inductor fuses the forward and backward, so
+    the sums may be taken in another order): after 5 steps the weights and logged losses agree with the eager
+    run to float32 rounding. Measured (2-core CPU, one thread): 19 s with a cold inductor cache, 6 s warm."""
+    eager = make_trainer(steps=5, log_every=1, eval_every=5)
+    compiled = make_trainer(steps=5, log_every=1, eval_every=5, compile=True)
+    assert compiled._train_loss is not compiled._loss and eager._train_loss == eager._loss
+    eager.run()
+    compiled.run()
+    assert torch.allclose(compiled.model.A, eager.model.A, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(compiled.model.A, make_trainer().model.A)  # it trained
+    for a, b in zip(compiled.history.rows + compiled.history.evals, eager.history.rows + eager.history.evals):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
