@@ -8,7 +8,8 @@ batched forward and backward pass. Every seed keeps exactly what :class:`icl.tra
 - its own :class:`~icl.seeding.Streams`: the ``train`` generator draws its batches (through its own prompt law,
   whose rotation came from its ``rotation`` stream), the ``val`` generator its held-out batch, and the model
   factory its initial weights (from the ``init`` stream);
-- the same loss, learning-rate schedule, ``resample_every`` blocks, logging and evaluation steps;
+- the same loss (the query MSE; ``loss = "prefix"`` is refused), learning-rate schedule, ``resample_every``
+  blocks, logging and evaluation steps;
 - per-seed gradient norms and clipping (``global`` or ``per_matrix``), computed on the stacked gradients with
   the seed axis kept apart;
 - the outer optimizer: one optimizer over the stacked parameters. This is exact only for optimizers that act
@@ -129,6 +130,11 @@ class SeedBatchTrainer:
             raise ConfigError(
                 f"train.optimizer = {cfg.optimizer!r} is not elementwise, so seeds can not share one stacked "
                 f"optimizer; use one of {', '.join(ELEMENTWISE_OPTIMIZERS)} or train the seeds one by one"
+            )
+        if cfg.loss != "query":
+            raise ConfigError(
+                f"train.loss = {cfg.loss!r} is not supported by the seed batch (it trains on the query loss); "
+                "train the seeds one by one with the Trainer"
             )
         kinds = {(type(m), repr(getattr(m, "cfg", None)), getattr(m, "d", None)) for m in models}
         if len(kinds) != 1:
