@@ -459,9 +459,9 @@ Tuned GD query MSE at steps 1, 2, 4, 8, 16, 32: {gl}.
 
 Fu et al. (12-layer GPT-2, width 256, d = 20, n ≤ 40, 500k steps): best-matching Newton steps
 {", ".join(map(str, FU_NEWTON))} for layers 1..12 (≈ 3 Newton iterations per middle layer), while GD needs
-exponentially many steps per layer (≈ 1000+ at late layers). Our models are 2–3 orders of magnitude smaller and
-trained for {cfg.lsa_train.steps} (LSA) and {cfg.gpt_train.steps} (GPT) steps, with {cfg.lsa.layers} and
-{cfg.gpt.layers} layers instead of 12, at d = {cfg.prompt.d}:
+exponentially many steps per layer (≈ 1000+ at late layers). Our models are 2–3 orders of magnitude smaller
+({cfg.lsa.layers}-layer LSA, {cfg.gpt.layers}-layer GPT instead of 12 layers), trained for {cfg.lsa_train.steps} and
+{cfg.gpt_train.steps} steps, at d = {cfg.prompt.d}:
 
 - Newton–Schulz converges in about log₂ κ(S)² + log log(1/ε) iterations; at d = 10, n = 20 the context Gram
   matrix has κ(S) ≈ ((1+√(d/n))/(1−√(d/n)))² ≈ 34 (Marchenko–Pastur edges), so iterative Newton reaches OLS
