@@ -27,10 +27,10 @@ version of the probe) and SimW (cosine of induced weights), against
 The best-matching step of a layer is argmax_t SimE (Fu's p_b^M); heat maps show SimE per layer × step.
 
 Profiles: quick (1 seed, tiny models and budgets, ~15 s: a smoke test, the models barely train),
-standard (3 seeds; LSA 4 layers 3000 steps, GPT 4 layers width 64 8000 steps batch 128; ~25 minutes per seed
-on 2 idle cores: run one seed with ``--seeds 0`` on CPU), paper (Fu's GPT-2 scale is out of reach; 6-layer
-GPT width 128, 8 heads, 50k steps batch 64 and 6-layer LSA 20k steps: ~1 GPU-hour with ``--device cuda``; its
-GPT settings are not measured).
+standard (3 seeds; LSA 4 layers 3000 steps, GPT 4 layers width 64 8000 steps batch 128; ~21 minutes per seed
+on 2 cores, 1235 s measured: run one seed with ``--seeds 0`` on CPU), paper (Fu's GPT-2 scale is out of reach;
+6-layer GPT width 128, 8 heads, 50k steps batch 64 and 6-layer LSA 20k steps: ~1 GPU-hour with
+``--device cuda``; its GPT settings are not measured).
 
 Why the GPT trains this way. Measured on seed 0 with d = 10, n = 20, width 64, 4 layers, 4 heads, AdamW,
 global clip 1, cosine schedule; the number is the held-out query MSE on the 2048 ``val`` prompts, on which the
@@ -137,8 +137,8 @@ PROFILES = {
     "standard": {},
     "paper": {"seeds": (0, 1, 2), "lsa.layers": 6, "lsa_train.steps": 20000, "lsa_train.batch_size": 2048,
               "lsa_train.lr": 5e-4, "gpt.layers": 6, "gpt.width": 128, "gpt.heads": 8, "gpt_train.steps": 50000,
-              "gpt_train.lr": 3e-4, "compare_prompts": 1024, "probe_prompts": 16384, "test_prompts": 100_000,
-              "checkpoint_every": 5000},
+              "gpt_train.batch_size": 64, "gpt_train.lr": 3e-4, "compare_prompts": 1024, "probe_prompts": 16384,
+              "test_prompts": 100_000, "checkpoint_every": 5000},
 }  # fmt: skip
 
 
