@@ -8,9 +8,10 @@ attention can emulate Newton–Schulz steps. At CPU scale we train, on d = 10, n
 - ``lsa_full``: an L-layer LSA with unconstrained P, Q (``mode="full"``), read out per layer as −(query y-slot)
   (von Oswald et al.'s per-layer read-out; trained in float64 with global clipping, see below);
 - ``gpt``: the softmax baseline (:class:`learned_optimizers.GPT`, pre-LN, causal, Garg's interleaved tokens),
-  trained on the query loss; per layer a linear read-out of the query position's hidden state is fitted by
-  ridge regression on separate ``probe`` prompts (Fu et al. retrain one linear read-out per layer with the
-  network frozen; ours is the closed-form fit of that read-out).
+  trained as Garg et al. and Fu et al. train it, on the mean squared error over every prefix
+  (``gpt_train.loss = "prefix"``); per layer a linear read-out of the query position's hidden state is fitted
+  by ridge regression on separate ``probe`` prompts (Fu et al. retrain one linear read-out per layer with the
+  network frozen; ours is the closed-form fit of that read-out). Every reported loss is the query MSE.
 
 Per layer ℓ and reference step t, :func:`learned_optimizers.probes.compare` gives Fu's SimE (cosine of the error
 vectors on the n context inputs and the query; Fu use prefixes of a causal model, ours is the whole-context
@@ -25,10 +26,34 @@ version of the probe) and SimW (cosine of induced weights), against
 
 The best-matching step of a layer is argmax_t SimE (Fu's p_b^M); heat maps show SimE per layer × step.
 
-Profiles: quick (1 seed, tiny models and budgets, ~1.5 minutes: a smoke test, the models barely train),
-standard (3 seeds; LSA 4 layers 3000 steps, GPT 4 layers width 64 3000 steps batch 64; ~25 minutes per seed
-on 2 idle cores: run one seed with ``--seeds 0`` on CPU), paper (Fu's GPT-2 scale is out of reach; 6-layer
-GPT width 128, 8 heads, 50k steps batch 64 and 6-layer LSA 20k steps: ~1 GPU-hour with ``--device cuda``).
+Profiles: quick (1 seed, tiny models and budgets, ~15 s: a smoke test, the models barely train),
+standard (3 seeds; LSA 4 layers 3000 steps, GPT 4 layers width 64 8000 steps batch 128; ~21 minutes per seed
+on 2 cores, 1235 s measured: run one seed with ``--seeds 0`` on CPU), paper (Fu's GPT-2 scale is out of reach;
+6-layer GPT width 128, 8 heads, 50k steps batch 64 and 6-layer LSA 20k steps: ~1 GPU-hour with
+``--device cuda``; its GPT settings are not measured).
+
+Why the GPT trains this way. Measured on seed 0 with d = 10, n = 20, width 64, 4 layers, 4 heads, AdamW,
+global clip 1, cosine schedule; the number is the held-out query MSE on the 2048 ``val`` prompts, on which the
+zero predictor scores 9.89. The first comparisons (batch 64, 3000 steps) used a 100-step warm-up that the
+study's Trainer does not have; the batch-size comparison used the Trainer itself. A softmax GPT first sits
+on the zero-predictor plateau, and at CPU budgets only some settings leave it:
+
+- GPT-2's init std 0.02 (tuned for width 768) never left it: 9.89 after 2250 steps on the prefix loss, and
+  a Garg-style curriculum (effective dimension 2 → 10, points 5 → 20 over 2000 steps) only reached 8.55 by
+  step 3000. Init std 0.1 (≈ 1/√width) leaves it after ≈ 750–1000 steps; 0.2 leaves it as early but learns
+  slower afterwards (4.45 vs 3.20 at step 2500).
+- The loss over every prefix is what makes it learn: on the query loss alone (init 0.1, lr 1e-3) the GPT was
+  still at 9.89 after 3000 steps, against 3.13 on the prefix loss (each prompt gives n+1 targets, and the short
+  prefixes, which need less of the algorithm, are learnt first).
+- lr 1e-3 is the best of those tried over 3000 steps: 2e-3 never left the plateau (9.89), 5e-4 reached 4.81
+  (1e-3: 3.13). Two heads instead of four were still on the plateau at step 2500. The curriculum above gave
+  3.34 at 3000 steps with init 0.1 (3.13 without), so the standard profile trains without one.
+- Batch: at equal compute, batch 128 beats 64 threefold: 0.31 after 6000 steps of 128 against 0.94 after
+  12000 steps of 64 and 1.18 after 3000 steps of 256 (each with its cosine schedule over its steps). The prefix
+  loss is dominated by the short prefixes' irreducible error (prefix i < d leaves (d − i) of the d directions
+  of w* unseen: a floor of Σ_{i<d} (d − i)/(n+1) = 2.6 on this loss, while the training loss ends near 3.2),
+  so a larger batch mostly buys a less noisy gradient for the long prefixes that matter.
+- Budget: a step of batch 128 takes ≈ 0.15 s on one core, so 8000 steps are ≈ 20 minutes.
 """
 
 from __future__ import annotations
@@ -59,6 +84,7 @@ from learned_optimizers.probes import compare
 from reference_optimizers import iterative_newton, least_squares, mean_query_loss, moments
 
 NAME = "newton_vs_gd"
+_LOSS_WORDS = {"prefix": "squared error averaged over every prefix, Garg et al.", "query": "query MSE"}
 MODELS = ("lsa_full", "gpt")
 #: Fu et al. (2024) Fig. 7b legend: best-matching iterative-Newton steps of GPT-2 layers 1..12 (d = 20)
 FU_NEWTON = (1, 1, 3, 5, 8, 10, 14, 17, 20, 21, 21, 21)
@@ -77,11 +103,11 @@ class NewtonVsGDConfig(StudyConfig):
             eval_every=100, eval_batch=2048, dtype="float64",
         )
     )  # fmt: skip
-    gpt: GPTConfig = field(default_factory=lambda: GPTConfig(layers=4, heads=4, width=64, max_points=20))
+    gpt: GPTConfig = field(default_factory=lambda: GPTConfig(layers=4, heads=4, width=64, max_points=20, init_std=0.1))
     gpt_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=3000, batch_size=64, lr=1e-3, clip="global", clip_value=1.0, schedule="cosine",
-            eval_every=100, eval_batch=2048,
+            steps=8000, batch_size=128, lr=1e-3, clip="global", clip_value=1.0, schedule="cosine",
+            eval_every=500, eval_batch=2048, loss="prefix",
         )
     )  # fmt: skip
     compare_prompts: int = spec(256, ge=2)
@@ -111,8 +137,8 @@ PROFILES = {
     "standard": {},
     "paper": {"seeds": (0, 1, 2), "lsa.layers": 6, "lsa_train.steps": 20000, "lsa_train.batch_size": 2048,
               "lsa_train.lr": 5e-4, "gpt.layers": 6, "gpt.width": 128, "gpt.heads": 8, "gpt_train.steps": 50000,
-              "gpt_train.lr": 3e-4, "compare_prompts": 1024, "probe_prompts": 16384, "test_prompts": 100_000,
-              "checkpoint_every": 5000},
+              "gpt_train.batch_size": 64, "gpt_train.lr": 3e-4, "compare_prompts": 1024, "probe_prompts": 16384,
+              "test_prompts": 100_000, "checkpoint_every": 5000},
 }  # fmt: skip
 
 
@@ -321,6 +347,28 @@ def best_steps(rows, method: str, metric: str = "best_step_sime") -> dict[int, t
     return {k: mean_ci(v) for k, v in sorted(acc.items())}
 
 
+def reference_losses(rows, ref: str) -> dict[int, float]:
+    """Mean over seeds of a reference method's query MSE on the comparison prompts, per step."""
+    acc: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["method"] == ref and r["metric"] == "compare_loss":
+            acc[r["depth"]].append(r["value"])
+    return {t: float(np.mean(v)) for t, v in sorted(acc.items())}
+
+
+def steps_to_reach(loss: float, ref_loss: dict[int, float]) -> str:
+    """The bracket of reference steps (on its grid) between which the reference's loss falls to ``loss``."""
+    if not math.isfinite(loss) or not ref_loss:
+        return "–"
+    steps = sorted(ref_loss)
+    reached = [t for t in steps if ref_loss[t] <= loss]
+    if not reached:
+        return f"> {steps[-1]}"
+    first = reached[0]
+    before = [t for t in steps if t < first]
+    return f"{before[-1]}–{first}" if before else f"≤ {first}"
+
+
 @register_report(NAME)
 def report(run_dir) -> dict:
     saved, rows = load_run(run_dir)
@@ -362,7 +410,8 @@ def report(run_dir) -> dict:
     eta = val("gd", "tuned_eta")
     ols = val("least_squares", "compare_loss")
     zero = val("zero_predictor", "test_loss")
-    newton_loss = {r["depth"]: r["value"] for r in rows if r["method"] == "newton" and r["metric"] == "compare_loss"}
+    newton_loss = reference_losses(rows, "newton")
+    gd_loss = reference_losses(rows, "gd")
     tables, summary_models = [], {}
     for m in models:
         bn, bg = best_steps(rows, f"{m}:newton"), best_steps(rows, f"{m}:gd")
@@ -377,33 +426,42 @@ def report(run_dir) -> dict:
               FU_NEWTON[ell - 1] if 1 <= ell <= 12 else "–"] for ell in bn],
         )  # fmt: skip
         test = val(m, "test_loss")
+        as_gd, as_newton = steps_to_reach(test, gd_loss), steps_to_reach(test, newton_loss)
         tables.append(f"### {m} (test MSE {fmt(test)}; diverged seeds "
                       f"{int(sum(r['value'] for r in rows if r['method'] == m and r['metric'] == 'diverged'))})\n\n"
+                      f"Test MSE {fmt(test)} against zero predictor {fmt(zero)} and least squares {fmt(ols)}: tuned GD "
+                      f"reaches it between steps {as_gd}, iterative Newton between steps {as_newton}.\n\n"
                       f"{body}")  # fmt: skip
-        summary_models[m] = {"test_loss": test, "best_newton": {k: v[0] for k, v in bn.items()},
+        summary_models[m] = {"test_loss": test, "gd_steps_to_reach": as_gd, "newton_steps_to_reach": as_newton,
+                             "best_newton": {k: v[0] for k, v in bn.items()},
                              "best_gd": {k: v[0] for k, v in bg.items()}}  # fmt: skip
-    nl = ", ".join(f"{t}: {fmt(v)}" for t, v in sorted(newton_loss.items()) if t <= 8)
+    nl = ", ".join(f"{t}: {fmt(v)}" for t, v in newton_loss.items() if t <= 8)
+    gl = ", ".join(f"{t}: {fmt(v)}" for t, v in gd_loss.items() if t in (1, 2, 4, 8, 16, 32))
     text = f"""# newton_vs_gd: best-matching Newton and GD steps per layer (Fu et al. 2023; Giannou et al. 2024)
 
 Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, x ~ N(0, I), w* ~ N(0, I), noiseless; seeds {list(cfg.seeds)}.
 Models: `lsa_full` = {cfg.lsa.layers}-layer full LSA ({cfg.lsa_train.steps} steps, batch {cfg.lsa_train.batch_size},
 lr {cfg.lsa_train.lr:g} cosine, global clip {cfg.lsa_train.clip_value:g}, {cfg.lsa_train.dtype});
-`gpt` = {cfg.gpt.layers}-layer softmax GPT, width {cfg.gpt.width}, {cfg.gpt.heads} heads ({cfg.gpt_train.steps} steps,
-batch {cfg.gpt_train.batch_size}, lr {cfg.gpt_train.lr:g} cosine), per-layer ridge read-outs fitted on
-{cfg.probe_prompts} probe prompts. Comparison on {cfg.compare_prompts} held-out prompts.
+`gpt` = {cfg.gpt.layers}-layer softmax GPT, width {cfg.gpt.width}, {cfg.gpt.heads} heads, init std {cfg.gpt.init_std:g}
+({cfg.gpt_train.steps} steps, batch {cfg.gpt_train.batch_size}, lr {cfg.gpt_train.lr:g} cosine, trained on the
+{_LOSS_WORDS.get(cfg.gpt_train.loss, cfg.gpt_train.loss)}), per-layer ridge read-outs fitted on {cfg.probe_prompts}
+probe prompts. Comparison on {cfg.compare_prompts} held-out prompts.
 Iterative Newton: M₀ = S/‖SSᵀ‖_F (Fu's code). GD: tuned constant
 η = {fmt(eta)} (normalised gradient; best mean query loss after {cfg.gd_tune_steps} steps). Layer 0 = the input
-(prediction 0). Loss: query MSE. Least squares on these prompts: {fmt(ols)}; zero predictor {fmt(zero)}.
+(prediction 0). Reported loss: query MSE (test MSE on {cfg.test_prompts} test prompts, the rest on the comparison
+prompts). Least squares on these prompts: {fmt(ols)}; zero predictor {fmt(zero)}.
 Iterative Newton query MSE at steps 0..8: {nl}.
+Tuned GD query MSE at steps 1, 2, 4, 8, 16, 32: {gl}.
 
-{chr(10).join(tables)}
+{(chr(10) * 2).join(tables)}
 
 ## Ours vs Fu et al.
 
 Fu et al. (12-layer GPT-2, width 256, d = 20, n ≤ 40, 500k steps): best-matching Newton steps
 {", ".join(map(str, FU_NEWTON))} for layers 1..12 (≈ 3 Newton iterations per middle layer), while GD needs
-exponentially many steps per layer (≈ 1000+ at late layers). Our models are 2–3 orders of magnitude smaller and
-trained for {max(cfg.lsa_train.steps, cfg.gpt_train.steps)} steps, with 4 layers instead of 12, at d = 10:
+exponentially many steps per layer (≈ 1000+ at late layers). Our models are 2–3 orders of magnitude smaller
+({cfg.lsa.layers}-layer LSA, {cfg.gpt.layers}-layer GPT instead of 12 layers), trained for {cfg.lsa_train.steps} and
+{cfg.gpt_train.steps} steps, at d = {cfg.prompt.d}:
 
 - Newton–Schulz converges in about log₂ κ(S)² + log log(1/ε) iterations; at d = 10, n = 20 the context Gram
   matrix has κ(S) ≈ ((1+√(d/n))/(1−√(d/n)))² ≈ 34 (Marchenko–Pastur edges), so iterative Newton reaches OLS
@@ -413,11 +471,15 @@ trained for {max(cfg.lsa_train.steps, cfg.gpt_train.steps)} steps, with 4 layers
   (a straight line on the log axis of `figures/best_matching_steps.png`), not the absolute numbers.
 - The LSA uses its own per-layer read-out (−y-slot of the query); Fu's probes are retrained read-outs, which we
   use for the GPT. SimE here runs over the n context inputs and the query, not over causal prefixes.
-- A model whose final loss is far above least squares (an under-trained GPT at this budget) matches
-  only early steps of either method: check the layer MSE column first.
+- A model whose loss is far above least squares (≈ 0 here; both models at the standard budget) can only match
+  early steps of either method: check the layer MSE column first.
+- The GPT learns at all at this budget only on Garg et al.'s loss over every prefix and with init std 0.1
+  (GPT-2's 0.02, or the query loss alone, leave it at the zero predictor for thousands of steps; measurements
+  in the module docstring of `experiments/newton_vs_gd.py`).
 
 Figures: `figures/heatmap_<model>_<newton|gd>.png` (layer × step SimE), `figures/best_matching_steps.png`.
 """
     write_report(run_dir, text)
-    return {"experiment": NAME, "tuned_gd_eta": eta, "least_squares_loss": ols, "models": summary_models,
+    return {"experiment": NAME, "tuned_gd_eta": eta, "least_squares_loss": ols, "zero_predictor_loss": zero,
+            "gd_loss": {t: v for t, v in gd_loss.items() if t <= 32}, "models": summary_models,
             "fu_newton_steps": list(FU_NEWTON), "figures": [str(p.relative_to(run_dir)) for p in figs]}  # fmt: skip

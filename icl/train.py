@@ -1,11 +1,12 @@
 """The outer training loop: fit a learned optimizer to random regression prompts.
 
 Each step samples (or reuses, with ``resample_every`` = k > 1) a batch of prompts from the run's ``train``
-stream, computes the query mean squared error of the model's prediction, clips the gradient (globally or per
+stream, computes the training loss (``loss``: the query mean squared error of the model's prediction, or Garg et
+al.'s mean over every prefix for models that predict at every prefix), clips the gradient (globally or per
 d×d matrix, as Ahn et al.'s code does), sets the learning rate from the schedule, and takes one step of the
 outer optimizer (AdamW by default; any ``torch.optim.Optimizer`` may be passed in). Losses stay on the device
 and are read back every ``log_every`` steps, so the step itself never synchronises with the host. A fixed
-held-out batch from the ``val`` stream is evaluated every ``eval_every`` steps.
+held-out batch from the ``val`` stream is evaluated every ``eval_every`` steps, always on the query MSE.
 
 The :class:`Trainer` owns everything needed to continue a run exactly: the step, the model and optimizer
 states, the state of the ``train`` generator at the start of the current batch, and the history.
@@ -35,6 +36,7 @@ from icl.runio import find_nonfinite
 from icl.seeding import Streams
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+LOSSES = ("query", "prefix")
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,18 @@ class TrainConfig(Config):
             ``rollback_lr_factor``, at most ``max_rollbacks`` times (then it stops as ``stop`` does).
         max_rollbacks: how many rollbacks one run may take.
         rollback_lr_factor: the learning rate is multiplied by this at each rollback.
-        compile: run the training loss (the model's forward and the query MSE) through :func:`torch.compile`;
+        compile: run the training loss (:meth:`Trainer.loss`, the forward and ``loss``) through torch.compile;
             the backward pass is compiled with it, the held-out evaluation stays eager. The results equal the
             eager run up to rounding (the fused kernels may sum in another order). On a shared 2-core CPU a
             cold compile took 20 s (tiny model) to about 100 s (the benchmark's sparse and full LSA), seconds
             with inductor's cache warm, and made a sparse-LSA step 1.37× faster, so it pays only for runs of
             many thousand steps; off by default (docs/performance.md). A resumed run may switch it.
+        loss: the training loss. ``query``: the query MSE (ŷ − y_q)², the linear models' loss (Ahn et al.,
+            von Oswald et al.). ``prefix``: Garg et al.'s (2022) mean over the n+1 prefixes i = 0, …, n of
+            (ŷ_i − y_{i+1})², ŷ_i the prediction for x_{i+1} from the first i pairs and y_{n+1} = y_q (see
+            :func:`prefix_mse`); only for models with ``prefix_predictions(X, y, x_query, check)`` (the causal
+            :class:`~learned_optimizers.gpt.GPT`), others are refused when the :class:`Trainer` is built. The
+            held-out evaluation is the query MSE either way.
     """
 
     steps: int = spec(2000, ge=0)
@@ -92,6 +100,7 @@ class TrainConfig(Config):
     max_rollbacks: int = spec(3, ge=0)
     rollback_lr_factor: float = spec(0.5, gt=0, lt=1)
     compile: bool = False
+    loss: str = spec("query", choices=LOSSES)
 
     def check(self) -> None:
         if self.betas is not None and len(self.betas) != 2:
@@ -149,6 +158,26 @@ def clip_per_matrix(params: Iterable[nn.Parameter], max_norm: float) -> None:
 def query_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The loss: mean over prompts of (ŷ − y_q)²."""
     return (pred - target).square().mean()
+
+
+def prefix_mse(pred: torch.Tensor, y: torch.Tensor, y_query: torch.Tensor) -> torch.Tensor:
+    """Garg et al.'s (2022) loss: the mean over prompts and over the n+1 prefixes of the squared error.
+
+    Args:
+        pred: (B, n+1); entry i predicts y_{i+1} from the first i pairs, the last entry is the query prediction.
+        y: the context targets (B, n) (noisy if the law is).
+        y_query: the query targets (B,).
+
+    Returns:
+        (1/(B(n+1))) Σ_b [Σ_{i<n} (pred_{b,i} − y_{b,i+1})² + (pred_{b,n} − y_q,b)²], a 0-d tensor.
+    """
+    target = torch.cat([y, y_query[:, None]], dim=1)
+    return (pred - target).square().mean()
+
+
+def has_prefix_predictions(model: nn.Module) -> bool:
+    """Whether ``model`` predicts at every prefix (and so can train on :func:`prefix_mse`)."""
+    return callable(getattr(model, "prefix_predictions", None))
 
 
 class TrainingDiverged(RuntimeError):
@@ -319,6 +348,11 @@ class Trainer(StopOnSignals):
             raise ValueError(f"the model takes d = {model_d} but the prompts have d = {dist.cfg.d}")
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("model has no trainable parameters")
+        if cfg.loss == "prefix" and not has_prefix_predictions(model):
+            raise ValueError(
+                f"loss = 'prefix' needs a model that predicts at every prefix (a prefix_predictions method, as the "
+                f"causal GPT has); {type(model).__name__} predicts only at the query: use loss = 'query'"
+            )
         self.cfg = cfg
         self.model = model.to(device=self.device, dtype=cfg.torch_dtype)
         self.dist = dist
@@ -338,7 +372,7 @@ class Trainer(StopOnSignals):
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._stop: tuple[str, int | None] | None = None
         self._snapshot: _Snapshot | None = None
-        self._train_loss = torch.compile(self._loss) if cfg.compile else self._loss
+        self._train_loss = torch.compile(self.loss) if cfg.compile else self.loss
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -406,9 +440,6 @@ class Trainer(StopOnSignals):
         batch = self.dist.sample(self.cfg.batch_size, self.gen_train)
         return batch.Z(), batch.y_query
 
-    def _loss(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return query_mse(self.model(Z, check=False), y)
-
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step; returns the (device) loss and gradient norm, and the learning rate used."""
         cfg = self.cfg
@@ -431,6 +462,13 @@ class Trainer(StopOnSignals):
         self.optimizer.step()
         self.step += 1
         return loss.detach(), gnorm.detach(), lr
+
+    def loss(self, Z: torch.Tensor, y_query: torch.Tensor) -> torch.Tensor:
+        """The training loss (``cfg.loss``) of the model on tokens Z (B, n+1, d+1) with query targets (B,)."""
+        if self.cfg.loss == "prefix":
+            pred = self.model.prefix_predictions(Z[:, :-1, :-1], Z[:, :-1, -1], Z[:, -1, :-1], check=False)
+            return prefix_mse(pred, Z[:, :-1, -1], y_query)
+        return query_mse(self.model(Z, check=False), y_query)
 
     @torch.no_grad()
     def evaluate(self) -> float:

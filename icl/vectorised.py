@@ -8,7 +8,8 @@ batched forward and backward pass. Every seed keeps exactly what :class:`icl.tra
 - its own :class:`~icl.seeding.Streams`: the ``train`` generator draws its batches (through its own prompt law,
   whose rotation came from its ``rotation`` stream), the ``val`` generator its held-out batch, and the model
   factory its initial weights (from the ``init`` stream);
-- the same loss, learning-rate schedule, ``resample_every`` blocks, logging and evaluation steps;
+- the same loss (the query MSE; ``loss = "prefix"`` is refused), learning-rate schedule, ``resample_every``
+  blocks, logging and evaluation steps;
 - per-seed gradient norms and clipping (``global`` or ``per_matrix``), computed on the stacked gradients with
   the seed axis kept apart;
 - the outer optimizer: one optimizer over the stacked parameters. This is exact only for optimizers that act
@@ -142,6 +143,9 @@ def _config_problem(cfg: TrainConfig) -> str | None:
     if cfg.optimizer not in ELEMENTWISE_OPTIMIZERS:
         return (f"train.optimizer = {cfg.optimizer!r} is not elementwise, so seeds can not share one stacked "
                 f"optimizer; use one of {', '.join(ELEMENTWISE_OPTIMIZERS)} or train the seeds one by one")  # fmt: skip
+    if cfg.loss != "query":
+        return (f"train.loss = {cfg.loss!r} is not supported by the seed batch (it trains on the query loss); "
+                "train the seeds one by one with the Trainer")  # fmt: skip
     if cfg.on_divergence != "stop":
         return (f"train.on_divergence = {cfg.on_divergence!r}: a rollback of one seed would roll back the "
                 "optimizer of all; the seed batch only stops")  # fmt: skip

@@ -11,8 +11,9 @@ x_q) becomes the sequence of 2n+1 vectors in R^d
 read in linearly to the width, with a learned positional embedding added. The read-out is linear, and the
 prediction for x_{i+1} is taken at the position of the x-token x_{i+1}, so one causal forward pass gives the
 predictions for every prefix i = 0, …, n (:meth:`GPT.prefix_predictions`; Garg et al. train on the mean loss over
-prefixes). :meth:`GPT.forward` takes the token matrix Z (B, n+1, d+1) of the linear models and returns the
-prediction at the query, so the model trains in the same :class:`icl.train.Trainer`.
+prefixes, which ``TrainConfig(loss="prefix")`` selects). :meth:`GPT.forward` takes the token matrix Z (B, n+1, d+1)
+of the linear models and returns the prediction at the query, so the model trains in the same
+:class:`icl.train.Trainer`.
 
 ``layer_norm = False`` drops every LayerNorm (von Oswald et al. 2023 report that LayerNorm hurts); with zero
 query weights the attention is then a uniform causal average and the model is linear in x_q, which the probe
@@ -180,15 +181,20 @@ class GPT(nn.Module):
         """The linear read-out after the final LayerNorm, (..., width) -> (...)."""
         return self.read_out(self.ln_f(h))[..., 0]
 
-    def prefix_predictions(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+    def prefix_predictions(
+        self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, check: bool = True
+    ) -> torch.Tensor:
         """Predictions at every x position: entry i predicts y_{i+1} from the first i pairs, (B, n+1).
 
         The last entry is the query prediction; entries 0…n−1 are Garg et al.'s prefix predictions of the
-        context targets (their loss is the mean over all n+1 entries).
+        context targets (their loss is the mean over all n+1 entries, :func:`icl.train.prefix_mse`, which
+        ``TrainConfig(loss="prefix")`` trains on). ``check = False`` skips the shape and finiteness checks (the
+        training step, which must not synchronise with the host).
         """
-        X = check_tensor("X", X, shape=(None, None, self.d))
-        y = check_tensor("y", y, shape=(X.shape[0], X.shape[1]))
-        x_query = check_tensor("x_query", x_query, shape=(X.shape[0], self.d))
+        if check:
+            X = check_tensor("X", X, shape=(None, None, self.d))
+            y = check_tensor("y", y, shape=(X.shape[0], X.shape[1]))
+            x_query = check_tensor("x_query", x_query, shape=(X.shape[0], self.d))
         if X.shape[1] > self.cfg.max_points:
             raise ValueError(f"X holds n = {X.shape[1]} context points but max_points = {self.cfg.max_points}")
         return self.head(self.hidden_states(X, y, x_query)[-1][:, ::2])

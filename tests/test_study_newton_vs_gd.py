@@ -5,7 +5,7 @@ import json
 import torch
 
 from experiments.cli import main
-from experiments.newton_vs_gd import gd_iterates, gd_steps_grid
+from experiments.newton_vs_gd import gd_iterates, gd_steps_grid, steps_to_reach
 from experiments.reporting import load_run
 from reference_optimizers import gradient_descent
 
@@ -34,6 +34,10 @@ def test_newton_vs_gd_quick(tmp_path):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == {"lsa_full", "gpt"}
+    assert summary["zero_predictor_loss"] == 10.0  # tr Σ = d for x ~ N(0, I), w* ~ N(0, I)
+    gd = {int(k): v for k, v in summary["gd_loss"].items()}
+    assert gd[0] > gd[1] > gd[2] > gd[4] > gd[8]  # tuned GD decreases the query loss
+    assert json.loads((out / "config.json").read_text())["config"]["gpt_train"]["loss"] == "prefix"
     assert 0 < summary["tuned_gd_eta"] <= 1.5
     _, rows = load_run(out)
     sims = [r["value"] for r in rows if r["metric"].startswith("sim_e@")]
@@ -41,3 +45,12 @@ def test_newton_vs_gd_quick(tmp_path):
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert "Fu et al." in (out / "report.md").read_text()
+
+
+def test_steps_to_reach_brackets_the_reference_grid():
+    losses = {0: 10.0, 1: 4.0, 2: 2.5, 4: 1.2, 8: 0.5}
+    assert steps_to_reach(1.0, losses) == "4–8"
+    assert steps_to_reach(2.5, losses) == "1–2"  # reached exactly at step 2
+    assert steps_to_reach(11.0, losses) == "≤ 0"
+    assert steps_to_reach(0.1, losses) == "> 8"
+    assert steps_to_reach(float("nan"), losses) == "–"

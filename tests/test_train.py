@@ -1,15 +1,21 @@
-"""The training loop: schedules, clipping, resampling, determinism, and the outer-optimizer registry."""
+"""The training loop: schedules, clipping, resampling, determinism, the outer-optimizer registry and Garg et al.'s
+prefix loss."""
 
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from icl.config import ConfigError
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
-from icl.train import TrainConfig, Trainer, build_optimizer, clip_per_matrix, lr_factor
+from icl.train import TrainConfig, Trainer, build_optimizer, clip_per_matrix, lr_factor, prefix_mse, query_mse
+from icl.vectorised import SeedBatchTrainer
 from learned_optimizers import LinearSelfAttention, LSAConfig
+from learned_optimizers.gpt import GPT, GPTConfig
 
 
 def make_trainer(seed=0, **train):
@@ -111,7 +117,7 @@ def test_compiled_training_equals_eager():
     run to float32 rounding. Measured (2-core CPU, one thread): 19 s with a cold inductor cache, 6 s warm."""
     eager = make_trainer(steps=5, log_every=1, eval_every=5)
     compiled = make_trainer(steps=5, log_every=1, eval_every=5, compile=True)
-    assert compiled._train_loss is not compiled._loss and eager._train_loss == eager._loss
+    assert compiled._train_loss != compiled.loss and eager._train_loss == eager.loss
     eager.run()
     compiled.run()
     assert torch.allclose(compiled.model.A, eager.model.A, rtol=1e-6, atol=1e-7)
@@ -119,3 +125,75 @@ def test_compiled_training_equals_eager():
     for a, b in zip(compiled.history.rows + compiled.history.evals, eager.history.rows + eager.history.evals):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+
+
+# -- the prefix loss (Garg et al.) ------------------------------------------------------------------------------
+
+
+def make_gpt_trainer(seed=0, **train):
+    s = Streams(seed)
+    dist = PromptDistribution(PromptConfig(d=3, n=6), generator=s.generator("rotation"))
+    model = GPT(3, GPTConfig(layers=2, heads=2, width=8, max_points=6, init_std=0.3), generator=s.generator("init"))
+    kw = {"steps": 12, "batch_size": 8, "eval_batch": 16, "eval_every": 6, "log_every": 5, "loss": "prefix"}
+    return Trainer(model, dist, TrainConfig(**{**kw, **train}), s, quiet=True)
+
+
+def test_prefix_loss_is_the_mean_of_per_prefix_squared_errors():
+    """The training loss on the first batch equals, in float64, the mean over prompts and the n+1 prefixes of
+    (prediction for x_{i+1} from the first i pairs − y_{i+1})², each prediction from its own forward pass on the
+    truncated prompt (x_1, y_1, …, x_i, y_i, x_{i+1}); step 1 logs it (read back in float32)."""
+    t = make_gpt_trainer(dtype="float64", optimizer="sgd", lr=1e-3)
+    batch = t.dist.sample(8, Streams(0).generator("train"))  # the batch step 1 draws
+    X = torch.cat([batch.X, batch.x_query[:, None]], dim=1)  # x_1 … x_n, x_q
+    Y = torch.cat([batch.y, batch.y_query[:, None]], dim=1)  # y_1 … y_n, y_q
+    errors = []
+    with torch.no_grad():
+        for i in range(batch.n + 1):  # prefix i: i pairs, predict at x_{i+1}
+            Z = torch.cat([torch.cat([X[:, :i], Y[:, :i, None]], dim=-1), F.pad(X[:, i : i + 1], (0, 1))], dim=1)
+            errors.append((t.model(Z, check=False) - Y[:, i]).square().numpy())
+        oracle = float(np.mean(np.stack(errors)))
+        assert float(t.loss(batch.Z(), batch.y_query)) == pytest.approx(oracle, rel=1e-12)
+    assert abs(oracle - float(np.mean(errors[-1]))) > 1e-3  # the query loss alone would not pass
+    t.run(until=1)
+    assert t.history.rows[0]["loss"] == pytest.approx(oracle, rel=1e-6)
+    # the held-out evaluation stays the query MSE
+    with torch.no_grad():
+        assert t.evaluate() == pytest.approx(float(query_mse(t.model(t.Z_val), t.y_val)), rel=1e-12)
+
+
+def test_prefix_mse_formula():
+    pred = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    y_query = torch.tensor([5.0, -1.0], dtype=torch.float64)
+    # squared errors: [0, 4, 4] and [1, 4, 1]; mean 14/6
+    assert float(prefix_mse(pred, y, y_query)) == pytest.approx(14 / 6, rel=1e-15)
+
+
+def test_prefix_loss_refused_without_prefix_predictions():
+    s = Streams(0)
+    dist = PromptDistribution(PromptConfig(d=3, n=6), generator=s.generator("rotation"))
+    lsa = LinearSelfAttention(3, LSAConfig(layers=2), generator=s.generator("init"))
+    with pytest.raises(ValueError, match="loss = 'prefix' needs a model that predicts at every prefix.*LinearSelf"):
+        Trainer(lsa, dist, TrainConfig(loss="prefix", eval_batch=8), s, quiet=True)
+    with pytest.raises(ConfigError, match="loss"):
+        TrainConfig(loss="prefixes")
+    with pytest.raises(ConfigError, match="train.loss = 'prefix' is not supported by the seed batch"):
+        SeedBatchTrainer([lsa], [dist], TrainConfig(loss="prefix", eval_batch=8), [s], quiet=True)
+
+
+def test_prefix_loss_trains_and_resumes_exactly():
+    """The GPT on the prefix loss learns (loss falls) and a run stopped mid-way and continued from its state
+    equals the uninterrupted run bitwise."""
+    full = make_gpt_trainer(steps=60, lr=3e-3, eval_every=30)
+    full.run()
+    first = [r["loss"] for r in full.history.rows[:10]]
+    last = [r["loss"] for r in full.history.rows[-10:]]
+    assert sum(last) < 0.9 * sum(first)
+    a = make_gpt_trainer(steps=60, lr=3e-3, eval_every=30)
+    a.run(until=23)
+    b = make_gpt_trainer(steps=60, lr=3e-3, eval_every=30)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    b.run()
+    sa, sb = full.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert b.history.rows == full.history.rows and b.history.evals == full.history.evals
