@@ -76,10 +76,7 @@ def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:
     )
 
 
-def checkpoint_payload(ctx: RunContext, cfg: Config, trainer: Trainer, **extra: Any) -> dict[str, Any]:
-    """A self-contained checkpoint: the config, how to rebuild the model, and the trainer's exact state."""
-    state = trainer.state_dict()
-    model = trainer.model
+def _payload(ctx: RunContext, cfg: Config, model: nn.Module, weights: Any, state: dict, **extra: Any) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "experiment": ctx.name,
@@ -87,10 +84,16 @@ def checkpoint_payload(ctx: RunContext, cfg: Config, trainer: Trainer, **extra: 
         "model_name": model_name(model),
         "model_d": int(model.d),
         "model_config": model.cfg.to_dict(),
-        "model": state.pop("model"),
+        "model": weights,
         "trainer": state,
         **extra,
     }
+
+
+def checkpoint_payload(ctx: RunContext, cfg: Config, trainer: Trainer, **extra: Any) -> dict[str, Any]:
+    """A self-contained checkpoint: the config, how to rebuild the model, and the trainer's exact state."""
+    state = trainer.state_dict()
+    return _payload(ctx, cfg, trainer.model, state.pop("model"), state, **extra)
 
 
 def save_trainer(ctx: RunContext, cfg: Config, trainer: Trainer, path: Path | None = None) -> Path:
@@ -140,9 +143,14 @@ def restore_trainer(ctx: RunContext, cfg: Config, trainer: Trainer, path: Path |
         CheckpointError: missing, truncated, corrupt, of another format or config, or not matching the model.
     """
     path = path or ctx.checkpoint_path
+    return _restore(ctx, cfg, path, lambda ckpt: trainer.load_state_dict({**ckpt["trainer"], "model": ckpt["model"]}))
+
+
+def _restore(ctx: RunContext, cfg: Config, path: Path, load: Any) -> dict[str, Any]:
+    """Read the checkpoint at ``path`` and hand it to ``load``; a state that does not fit is a CheckpointError."""
     ckpt = load_run_checkpoint(ctx, cfg, path)
     try:
-        trainer.load_state_dict({**ckpt["trainer"], "model": ckpt["model"]})
+        load(ckpt)
     except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: {e})") from None
     return ckpt
@@ -152,19 +160,8 @@ def seed_batch_payload(ctx: RunContext, cfg: Config, batch: SeedBatchTrainer, **
     """The checkpoint of a seed batch: as :func:`checkpoint_payload`, with ``model`` the stacked parameters
     (name -> (S, ...)) and ``seeds`` the batch's seeds."""
     state = batch.state_dict()
-    model = batch.skeleton
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "experiment": ctx.name,
-        "config": json.dumps(cfg.to_dict()),
-        "model_name": model_name(model),
-        "model_d": int(model.d),
-        "model_config": model.cfg.to_dict(),
-        "seeds": list(state["seeds"]),
-        "model": state.pop("params"),
-        "trainer": state,
-        **extra,
-    }
+    seeds = list(state["seeds"])
+    return _payload(ctx, cfg, batch.skeleton, state.pop("params"), state, seeds=seeds, **extra)
 
 
 def restore_seed_batch(ctx: RunContext, cfg: Config, batch: SeedBatchTrainer, path: Path) -> dict[str, Any]:
@@ -173,12 +170,7 @@ def restore_seed_batch(ctx: RunContext, cfg: Config, batch: SeedBatchTrainer, pa
     Raises:
         CheckpointError: as :func:`restore_trainer`, or the checkpoint is of other seeds.
     """
-    ckpt = load_run_checkpoint(ctx, cfg, path)
-    try:
-        batch.load_state_dict({**ckpt["trainer"], "params": ckpt["model"]})
-    except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: {e})") from None
-    return ckpt
+    return _restore(ctx, cfg, path, lambda ckpt: batch.load_state_dict({**ckpt["trainer"], "params": ckpt["model"]}))
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

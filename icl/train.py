@@ -302,6 +302,20 @@ class StopOnSignals:
 TRAINER_STATE_KEYS = ("step", "model", "optimizer", "train_generator", "history")
 
 
+def step_boundaries(
+    cfg: TrainConfig, step: int, until: int, stop: bool, has_checkpoint: bool, checkpoint_every: int | None
+) -> tuple[bool, bool, bool]:
+    """What happens after training step ``step`` of a run going to ``until``: (read the pending losses back,
+    evaluate, checkpoint).  Shared by :class:`Trainer` and the seed batch so that both log, evaluate and
+    checkpoint at the same steps.  Losses are read back every ``log_every`` steps and before anything that
+    needs them (the end, an evaluation, a checkpoint, a stop)."""
+    at_end = step == until
+    evaluate = step % cfg.eval_every == 0 or step == cfg.steps
+    checkpoint = has_checkpoint and (stop or (bool(checkpoint_every) and (step % checkpoint_every == 0 or at_end)))
+    flush = step % cfg.log_every == 0 or at_end or evaluate or checkpoint or stop
+    return flush, evaluate, checkpoint
+
+
 class Trainer(StopOnSignals):
     """Trains one model on one prompt law; resumable exactly from :meth:`state_dict`.
 
@@ -509,13 +523,11 @@ class Trainer(StopOnSignals):
                     loss, gnorm, lr = self.train_step()
                     pending.append((self.step, lr, loss, gnorm))
                     bar.update(1)
-                    at_end = self.step == until
                     stop = self._stop is not None
-                    evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
-                    checkpoint = on_checkpoint is not None and (
-                        stop or (bool(checkpoint_every) and (self.step % checkpoint_every == 0 or at_end))
+                    flush, evaluate, checkpoint = step_boundaries(
+                        cfg, self.step, until, stop, on_checkpoint is not None, checkpoint_every
                     )
-                    if self.step % cfg.log_every == 0 or at_end or evaluate or checkpoint or stop:
+                    if flush:
                         ok = self._flush(pending)
                         pending = []
                         if not ok:  # rolled back to the last snapshot

@@ -73,6 +73,7 @@ from icl.train import (
     build_optimizer,
     lr_factor,
     query_mse,
+    step_boundaries,
 )
 from learned_optimizers.linear_attention import context_gram
 
@@ -359,13 +360,11 @@ class SeedBatchTrainer(StopOnSignals):
                     losses, gnorms, lr = self.train_step()
                     pending.append((self.step, lr, losses, gnorms))
                     bar.update(1)
-                    at_end = self.step == until
                     stop = self._stop is not None
-                    evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
-                    checkpoint = on_checkpoint is not None and (
-                        stop or (bool(checkpoint_every) and (self.step % checkpoint_every == 0 or at_end))
+                    flush, evaluate, checkpoint = step_boundaries(
+                        cfg, self.step, until, stop, on_checkpoint is not None, checkpoint_every
                     )
-                    if self.step % cfg.log_every == 0 or at_end or evaluate or checkpoint or stop:
+                    if flush:
                         self._flush(pending)
                         pending = []
                     if evaluate:
