@@ -274,6 +274,16 @@ class StopOnSignals:
         callback and raises :class:`TrainingInterrupted`. Safe to call from a signal handler."""
         self._stop = (reason, signum)
 
+    def _checkpoint_or_stop(self, checkpoint: bool, on_checkpoint: Callable[[Any], None] | None, stop: bool) -> None:
+        """After a step's losses are read back: call the on-checkpoint callback when due, then raise
+        :class:`TrainingInterrupted` if a stop was requested before this step's boundary was decided (a stop
+        asked for by the callback itself takes effect after the next step)."""
+        if checkpoint:
+            on_checkpoint(self)
+        if stop:
+            reason, signum = self._stop
+            raise TrainingInterrupted(f"{reason}; stopped at step {self.step}", step=self.step, signum=signum)
+
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
         """Turn SIGINT/SIGTERM into :meth:`request_stop` while training (a second signal acts at once);
@@ -537,13 +547,7 @@ class Trainer(StopOnSignals):
                         bar.set_postfix(loss=f"{self.history.last_loss:.4g}")
                     if evaluate:
                         self.history.evals.append({"step": self.step, "eval_loss": self.evaluate()})
-                    if checkpoint:
-                        on_checkpoint(self)
-                    if stop:
-                        reason, signum = self._stop
-                        raise TrainingInterrupted(
-                            f"{reason}; stopped at step {self.step}", step=self.step, signum=signum
-                        )
+                    self._checkpoint_or_stop(checkpoint, on_checkpoint, stop)
         finally:
             bar.close()
         return self.history

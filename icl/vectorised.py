@@ -69,7 +69,6 @@ from icl.train import (
     StopOnSignals,
     TrainConfig,
     TrainingDiverged,
-    TrainingInterrupted,
     build_optimizer,
     lr_factor,
     query_mse,
@@ -370,13 +369,7 @@ class SeedBatchTrainer(StopOnSignals):
                     if evaluate:
                         for hist, value in zip(self.histories, self.evaluate()):
                             hist.evals.append({"step": self.step, "eval_loss": value})
-                    if checkpoint:
-                        on_checkpoint(self)
-                    if stop:
-                        reason, signum = self._stop
-                        raise TrainingInterrupted(
-                            f"{reason}; stopped at step {self.step}", step=self.step, signum=signum
-                        )
+                    self._checkpoint_or_stop(checkpoint, on_checkpoint, stop)
         finally:
             bar.close()
         return self.histories
