@@ -52,7 +52,7 @@ from icl.plotting import plt, save_figure, set_theme
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
+from icl.training import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.constructions import gd_factorised
 from learned_optimizers.probes import compare, interpolate

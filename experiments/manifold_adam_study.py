@@ -60,7 +60,7 @@ from icl.optim.manifolds import get_manifold
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
+from icl.training import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from reference_optimizers import gradient_descent, mean_query_loss, one_layer_optimum
 

@@ -77,7 +77,7 @@ from icl.plotting import plt, save_figure, set_theme
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig, TrainingDiverged
+from icl.training import TrainConfig, TrainingDiverged
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.gpt import GPT, GPTConfig
 from learned_optimizers.probes import compare

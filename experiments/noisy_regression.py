@@ -62,7 +62,7 @@ from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig, TrainingDiverged
+from icl.training import TrainConfig, TrainingDiverged
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from reference_optimizers import least_squares, one_layer_optimum, ridge
 

@@ -1,11 +1,9 @@
 """Shared pieces of the outer-optimizer studies (``outer_optimizers``, ``manifold_adam``).
 
-- :class:`BlockParams`: an LSA weight of shape (L, H, a, b) stored as L·H separate 2-D parameters (optionally
-  transposed). Stiefel parameters of :class:`icl.optim.ManifoldAdam` must be tall matrices, and
-  :class:`icl.optim.SIRFShampoo` gives Kronecker factors only to matrices (it treats order > 2 tensors with its
-  diagonal fallback), so both studies hand the optimizers per-layer/head matrices. The module replaces the
-  model's attribute (``model.A = BlockParams(...)``), so ``model.A[layer]`` still returns the (H, a, b) stack
-  and the model stays a registered :class:`~learned_optimizers.LinearSelfAttention` (checkpoints work).
+- :class:`~learned_optimizers.constraints.BlockParams` (from the library): an LSA weight of shape (L, H, a, b)
+  stored as L·H separate 2-D parameters. Stiefel parameters of :class:`icl.optim.ManifoldAdam` must be tall
+  matrices, and :class:`icl.optim.SIRFShampoo` gives Kronecker factors only to matrices, so both studies hand
+  the optimizers per-layer/head matrices.
 - :class:`StepClock`: a forward pre-hook that stamps the wall-clock time of every training forward, and
   optionally samples a monitor (e.g. the constraint violation) every so many steps.
 - :func:`train_timed`: :func:`experiments.study.train_one` with the clock, a saved timing file next to the
@@ -39,40 +37,8 @@ from icl.config import Config
 from icl.plotting import plt, save_figure, set_theme
 from icl.prompts import PromptDistribution
 from icl.seeding import Streams
-from icl.train import TrainingDiverged
-
-
-class BlockParams(nn.Module):
-    """A weight of shape (L, H, a, b) held as L·H parameters of shape (a, b), or (b, a) with ``transpose``.
-
-    ``self[i]`` is the (H, a, b) stack of layer i (what :meth:`LinearSelfAttention.layer_weights` indexes), and
-    :meth:`full` the whole (L, H, a, b) tensor.
-    """
-
-    def __init__(self, weight: torch.Tensor, transpose: bool = False) -> None:
-        super().__init__()
-        self.L, self.H = weight.shape[:2]
-        self.transpose = transpose
-        flat = weight.detach().reshape(self.L * self.H, *weight.shape[2:])
-        self.blocks = nn.ParameterList([nn.Parameter((w.T if transpose else w).clone()) for w in flat])
-
-    def block(self, layer: int, head: int) -> torch.Tensor:
-        w = self.blocks[layer * self.H + head]
-        return w.T if self.transpose else w
-
-    def __getitem__(self, layer: int) -> torch.Tensor:
-        return torch.stack([self.block(layer, h) for h in range(self.H)])
-
-    def full(self) -> torch.Tensor:
-        return torch.stack([self[i] for i in range(self.L)])
-
-
-def split_blocks(model: nn.Module, name: str, transpose: bool = False) -> BlockParams:
-    """Replace ``model.<name>`` (an (L, H, a, b) parameter) by a :class:`BlockParams` of the same values."""
-    blocks = BlockParams(getattr(model, name), transpose=transpose)
-    delattr(model, name)
-    setattr(model, name, blocks)  # now a submodule: model.<name>[layer] still indexes the (H, a, b) stack
-    return blocks
+from icl.training import TrainingDiverged
+from learned_optimizers.constraints import BlockParams, split_blocks  # noqa: F401  (the studies import them here)
 
 
 class StepClock:

@@ -50,7 +50,7 @@ from icl.optim import make_optimizer
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
+from icl.training import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from reference_optimizers import mean_query_loss, preconditioned_gd
 

@@ -9,7 +9,7 @@ from einops import einsum
 from icl.config import ConfigError
 from icl.prompts import PromptConfig, PromptDistribution, zero_predictor_loss
 from icl.seeding import Streams
-from icl.train import TrainConfig, Trainer
+from icl.training import TrainConfig, Trainer
 from learned_optimizers import (
     GPT,
     MODELS,

@@ -27,7 +27,7 @@ from icl.runio import (
     write_results,
 )
 from icl.seeding import Streams
-from icl.train import Trainer
+from icl.training import Trainer
 from learned_optimizers import LinearSelfAttention
 
 CFG = QuickstartConfig().with_overrides(

@@ -12,7 +12,7 @@ import torch
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.runio import load_checkpoint, save_checkpoint
 from icl.seeding import Streams
-from icl.train import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
+from icl.training import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
 from learned_optimizers import LinearSelfAttention, LSAConfig
 
 D, N = 3, 6

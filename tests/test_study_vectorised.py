@@ -16,7 +16,7 @@ from experiments.memformer_vs_cgd import MemformerVsCGDConfig, build
 from experiments.study import vectorise_problem
 from icl.runio import load_checkpoint
 from icl.seeding import Streams
-from icl.train import TrainConfig
+from icl.training import TrainConfig
 
 PGD = [
     "--profile", "quick", "--seeds", "0,1", "--quiet", "--set", "train.steps=60", "--set", "read_every=20",
