@@ -226,25 +226,25 @@ class Trainer:
         compile: bool | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        models = [models] if isinstance(models, nn.Module) else list(models)
-        dists = [dists] if isinstance(dists, PromptDistribution) else list(dists)
-        streams = [streams] if isinstance(streams, Streams) else list(streams)
+        models = list(models) if isinstance(models, (list, tuple)) else [models]
+        dists = list(dists) if isinstance(dists, (list, tuple)) else [dists]
+        streams = list(streams) if isinstance(streams, (list, tuple)) else [streams]
         if isinstance(optimizer, torch.optim.Optimizer):
             optimizer = [optimizer]
-        if not isinstance(cfg, TrainConfig):
-            raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
-        if not models or not (len(models) == len(dists) == len(streams)):
-            raise ValueError(f"need one model, law and Streams per seed, got {len(models)}, {len(dists)}, "
-                             f"{len(streams)}")  # fmt: skip
         for m in models:
             if not isinstance(m, nn.Module):
                 raise ValueError(f"model must be a torch.nn.Module, got {type(m).__name__}")
         for dist in dists:
             if not isinstance(dist, PromptDistribution):
                 raise ValueError(f"dist must be a PromptDistribution, got {type(dist).__name__}")
+        if not isinstance(cfg, TrainConfig):
+            raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
         for st in streams:
             if not isinstance(st, Streams):
                 raise ValueError(f"streams must be a Streams, got {type(st).__name__}")
+        if not models or not (len(models) == len(dists) == len(streams)):
+            raise ValueError(f"need one model, law and Streams per seed, got {len(models)}, {len(dists)}, "
+                             f"{len(streams)}")  # fmt: skip
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
@@ -316,9 +316,9 @@ class Trainer:
             self.optimizers = spec.build(groups, self.streams)
             self.optimizer_spec: OptimizerSpec | None = spec
         else:
-            optimizers = list(optimizer)
+            optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
             if len(optimizers) != self.S or not all(isinstance(o, torch.optim.Optimizer) for o in optimizers):
-                raise ValueError(f"optimizer must be an OptimizerSpec or one torch.optim.Optimizer per seed, got "
+                raise ValueError(f"optimizer must be a torch.optim.Optimizer per seed or an OptimizerSpec, got "
                                  f"{[type(o).__name__ for o in optimizers]}")  # fmt: skip
             self.optimizers = optimizers
             self.optimizer_spec = None
@@ -698,7 +698,11 @@ class Trainer:
                 problems.append(None)
                 continue
             bad = find_nonfinite(self.models[s].state_dict())
-            problems.append(f"model weight {bad!r}" if bad is not None else "optimizer state")
+            if bad is None:  # named as in the seed's own optimizer state_dict
+                bad = find_nonfinite({i: self._opt_of[p].state.get(p, {}) for i, p in enumerate(self.params[s])})
+                problems.append(f"optimizer state {bad!r}")
+            else:
+                problems.append(f"model weight {bad!r}")
         return problems
 
     def _flush(self, pending: list[tuple[int, list[float], torch.Tensor, torch.Tensor]]) -> bool:
