@@ -106,7 +106,7 @@ def test_diverged_state_is_never_checkpointed(tmp_path):
     assert seen == [(5, True), (10, True)]
     ckpt = load_checkpoint(path)
     assert ckpt["trainer"]["step"] == 10
-    assert all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values())
+    assert all(bool(torch.isfinite(v).all()) for v in ckpt["models"][0].values())
 
 
 def test_diverged_weights_with_finite_losses_are_caught():

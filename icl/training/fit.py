@@ -178,8 +178,9 @@ def fit(
         if store is not None:
             store.log(f"{tag}: seeds trained one by one ({reason})")
         runs = []
-        for m, d, st in zip(models, dists, streams):
-            runs.extend(_fit([m], [d], train, [st], **kw).runs)
+        for i, (m, d, st) in enumerate(zip(models, dists, streams)):
+            one = None if read_out is None else (lambda _, model, i=i: read_out(i, model))  # i: the seed's index
+            runs.extend(_fit([m], [d], train, [st], **{**kw, "read_out": one}).runs)
         return Fitted(runs, vectorised=False, reason=reason)
     return _fit(models, dists, train, streams, **kw)
 
@@ -240,23 +241,24 @@ def _fit(
     def save(t: Trainer) -> None:
         checkpoint.save(path, store.experiment, store.config, t)
 
+    done_before = trainer.step >= train.steps or trainer.stopped is not None
     trainer.run(until=store.stop_after, on_checkpoint=save, checkpoint_every=store.checkpoint_every)
     if store.stop_after is not None and trainer.step < train.steps and trainer.stopped is None:
         save(trainer)
         raise TrainingInterrupted(f"stopped at step {trainer.step} as asked by stop_after = {store.stop_after}",
                                   step=trainer.step)  # fmt: skip
-    if trainer.S > 1:  # hand every seed over to its own checkpoint, the form a one-seed run ends in
+    if trainer.S > 1 and not done_before:  # hand every seed over to its own checkpoint, as a one-seed run ends
         for s, p in enumerate(seed_paths):
             checkpoint.save(p, store.experiment, store.config, trainer, trainer.seed_state_dict(s))
         path.unlink(missing_ok=True)
     elif not path.exists():
         save(trainer)
     wall = time.time() - t0
-    if store.train_logs is not None:
+    if store.train_logs is not None and not done_before:
         store.train_logs.mkdir(parents=True, exist_ok=True)
         for st, hist in zip(streams, trainer.histories):
             write_csv(store.train_logs / f"{tag}-s{st.seed}.csv", hist.table(), TRAIN_LOG_COLUMNS)
-    if trainer.S > 1:
+    if trainer.S > 1 and not done_before:
         store.log(f"{tag}: seeds {', '.join(str(s) for s in trainer.seeds)} trained together ({wall:.0f}s)")
     return _result(trainer, reader, wall, None)
 
