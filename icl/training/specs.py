@@ -92,17 +92,21 @@ class OptimizerSpec:
         return inspect.signature(OPTIMIZERS[self.name]).parameters
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, **overrides: Any) -> OptimizerSpec:
-        """``cfg.optimizer`` with ``lr`` and those of ``betas``, ``momentum``, ``weight_decay`` that are set and
-        that it takes; root-free optimizers get ``batch_size`` = ``cfg.batch_size``. ``overrides`` win."""
-        accepted = inspect.signature(OPTIMIZERS[cfg.optimizer]).parameters
+    def from_config(cls, cfg: TrainConfig, name: str | None = None, **overrides: Any) -> OptimizerSpec:
+        """``cfg.optimizer`` (or ``name``) with ``lr`` and those of ``betas``, ``momentum``, ``weight_decay`` that
+        are set and that it takes; root-free optimizers get ``batch_size`` = ``cfg.batch_size``. ``overrides``
+        (e.g. ``lr``) win."""
+        name = cfg.optimizer if name is None else name
+        if name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(sorted(OPTIMIZERS))}")
+        accepted = inspect.signature(OPTIMIZERS[name]).parameters
         options = {"betas": cfg.betas, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
         hp: dict[str, Any] = {"lr": cfg.lr}
         hp.update({k: (tuple(v) if k == "betas" else v) for k, v in options.items() if v is not None and k in accepted})
         if "batch_size" in accepted:
             hp["batch_size"] = float(cfg.batch_size)
         hp.update(overrides)
-        return cls(cfg.optimizer, hp)
+        return cls(name, hp)
 
     @property
     def per_seed(self) -> bool:
