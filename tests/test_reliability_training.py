@@ -99,7 +99,7 @@ def test_diverged_state_is_never_checkpointed(tmp_path):
 
     def on_checkpoint(tr):
         seen.append((tr.step, finite_state(tr)))
-        save_checkpoint(path, {"format": "test", "model": tr.model.state_dict(), "trainer": tr.state_dict()})
+        save_checkpoint(path, {"format": "test", "models": [tr.model.state_dict()], "trainer": tr.state_dict()})
 
     with pytest.raises(TrainingDiverged, match="at step 13"):
         t.run(on_checkpoint=on_checkpoint, checkpoint_every=5)
@@ -179,7 +179,7 @@ def test_rollback_state_survives_a_checkpoint(tmp_path):
     t = make_trainer(on_divergence="rollback")
     poison_at(t, 3, times=1)
     t.run(until=12)
-    save_checkpoint(tmp_path / "c.pt", {"format": "t", "model": t.model.state_dict(), "trainer": t.state_dict()})
+    save_checkpoint(tmp_path / "c.pt", {"format": "t", "models": [t.model.state_dict()], "trainer": t.state_dict()})
     u = make_trainer(on_divergence="rollback")
     u.load_state_dict(load_checkpoint(tmp_path / "c.pt")["trainer"])
     assert u.base_lrs == t.base_lrs and u.rollbacks == [1] and u.history.events == t.history.events
@@ -195,10 +195,10 @@ def test_resume_from_checkpoint_file_is_bitwise_exact(tmp_path, resample_every, 
     first = make_trainer(resample_every=resample_every)
     first.run(until=stop)
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"format": "t", "model": first.model.state_dict(), "trainer": first.state_dict()})
+    save_checkpoint(path, {"format": "t", "models": [first.model.state_dict()], "trainer": first.state_dict()})
     second = make_trainer(resample_every=resample_every)
     ckpt = load_checkpoint(path)
-    second.load_state_dict({**ckpt["trainer"], "model": ckpt["model"]})
+    second.load_state_dict({**ckpt["trainer"], "models": ckpt["models"]})
     second.run()
     assert same_state(full, second)
 
@@ -231,7 +231,7 @@ def test_signal_checkpoints_stops_cleanly_and_resumes_exactly(tmp_path, signum):
 
         def on_checkpoint(tr):
             saved.append(tr.step)
-            save_checkpoint(path, {"format": "t", "model": tr.model.state_dict(), "trainer": tr.state_dict()})
+            save_checkpoint(path, {"format": "t", "models": [tr.model.state_dict()], "trainer": tr.state_dict()})
 
         with pytest.raises(TrainingInterrupted) as err:
             t.run(on_checkpoint=on_checkpoint, checkpoint_every=5)
@@ -244,7 +244,7 @@ def test_signal_checkpoints_stops_cleanly_and_resumes_exactly(tmp_path, signum):
 
     resumed = make_trainer(resample_every=3)
     ckpt = load_checkpoint(path)
-    resumed.load_state_dict({**ckpt["trainer"], "model": ckpt["model"]})
+    resumed.load_state_dict({**ckpt["trainer"], "models": ckpt["models"]})
     resumed.run()
     full = make_trainer(resample_every=3)
     full.run()
