@@ -64,6 +64,15 @@ def top_level_weights(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters(recurse=False)]
 
 
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding the weight ``name`` (dotted: ``attention.W_K``) and the weight's own name."""
+    path, _, leaf = name.rpartition(".")
+    try:
+        return (model.get_submodule(path) if path else model), leaf
+    except AttributeError:
+        return model, name
+
+
 def apply_constraints(
     model: nn.Module,
     constraints: Mapping[str, str],
@@ -80,33 +89,40 @@ def apply_constraints(
     Raises:
         ValueError: an unknown weight or manifold, or a weight that is not (L, H, a, b) with a ≤ b.
     """
-    weights = top_level_weights(model)
+    weights = [name for name, _ in model.named_parameters()]
     for name, manifold in constraints.items():
         if name not in weights:
             raise ValueError(f"constraint on {name!r}: the model has no such weight; its weights: {', '.join(weights)}")
         if manifold not in MANIFOLDS:
             raise ValueError(f"constraint on {name!r}: unknown manifold {manifold!r}; one of {', '.join(MANIFOLDS)}")
-        w = getattr(model, name)
+        w = model.get_parameter(name)
         if w.ndim != 4 or w.shape[-2] > w.shape[-1]:
             raise ValueError(f"constraint on {name!r}: needs an (L, H, k, p) weight with k <= p (so Wᵀ is tall), "
                              f"got shape {tuple(w.shape)}")  # fmt: skip
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    for name in weights:
-        on = name in constraints
-        if not (on or (split_all and getattr(model, name).ndim == 4)):
-            continue
-        blocks = split_blocks(model, name, transpose=on)
-        if on:
-            with torch.no_grad():
-                for p in blocks.blocks:
-                    p.copy_(manifold_point(constraints[name], tuple(p.shape), generator=gen))
+    owners = dict.fromkeys(_owner(model, name)[0] for name in constraints)
+    prefix = {owner: path for path, owner in model.named_modules() if owner in owners}
+    for owner, path in prefix.items():
+        for leaf in top_level_weights(owner):
+            name = f"{path}.{leaf}" if path else leaf
+            on = name in constraints
+            if not (on or (split_all and getattr(owner, leaf).ndim == 4)):
+                continue
+            blocks = split_blocks(owner, leaf, transpose=on)
+            if on:
+                with torch.no_grad():
+                    for p in blocks.blocks:
+                        p.copy_(manifold_point(constraints[name], tuple(p.shape), generator=gen))
     model.constraints = dict(constraints)
     return model
 
 
 def manifold_of(model: nn.Module, param_name: str) -> str:
     """The manifold the parameter ``param_name`` (a name of ``model.named_parameters()``) lives on."""
-    return dict(getattr(model, "constraints", {})).get(param_name.split(".", 1)[0], "euclidean")
+    for name, manifold in dict(getattr(model, "constraints", {})).items():
+        if param_name == name or param_name.startswith(name + "."):
+            return manifold
+    return "euclidean"
 
 
 def param_groups(model: nn.Module, manifold_aware: bool = True) -> list[dict]:

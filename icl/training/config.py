@@ -11,6 +11,8 @@ from icl.config import Config, ConfigError, spec
 from icl.optim import OPTIMIZERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: optimizers whose parameter groups take a ``manifold`` option (what constrained weights need)
+MANIFOLD_OPTIMIZERS = ("manifold_adam", "manifold_sgd", "riemannian_adam")
 LOSSES = ("query", "prefix")
 
 
@@ -48,6 +50,11 @@ class TrainConfig(Config):
             for this many evaluations in a row (0: off; ``steps`` stays the cap). In a seed batch the run stops
             when every seed has plateaued. What stopped the run is recorded in its history's events.
         plateau_tol: the relative improvement of the best held-out loss that counts as progress.
+        stiefel: weights of the model (dotted names, e.g. ``W_K,W_Q`` of a factorised LSA or
+            ``attention.W_K`` of a Memformer) trained on the Stiefel manifold: each (L, H, k, p) weight is split
+            into per-layer/head blocks Wᵀ ∈ St(p, k), started at a random point drawn from the seed's
+            ``constraints`` stream (:mod:`learned_optimizers.constraints`); needs a manifold optimizer
+            (``manifold_adam``, ``manifold_sgd``, ``riemannian_adam``).
         compile: run the training loss (the forward and ``loss``) through torch.compile;
             the backward pass is compiled with it, the held-out evaluation stays eager. The results equal the
             eager run up to rounding (the fused kernels may sum in another order). On a shared 2-core CPU a
@@ -86,10 +93,14 @@ class TrainConfig(Config):
     plateau_tol: float = spec(1e-3, ge=0, lt=1)
     compile: bool = False
     loss: str = spec("query", choices=LOSSES)
+    stiefel: tuple[str, ...] = ()
 
     def check(self) -> None:
         if self.betas is not None and len(self.betas) != 2:
             raise ConfigError(f"betas must have 2 entries (β₁, β₂), got {len(self.betas)}")
+        if self.stiefel and self.optimizer not in MANIFOLD_OPTIMIZERS:
+            raise ConfigError(f"stiefel = {','.join(self.stiefel)} needs a manifold optimizer "
+                              f"({', '.join(MANIFOLD_OPTIMIZERS)}); optimizer is {self.optimizer!r}")  # fmt: skip
         accepted = inspect.signature(OPTIMIZERS[self.optimizer]).parameters
         for name in ("betas", "momentum", "weight_decay"):
             if getattr(self, name) is not None and name not in accepted:

@@ -52,6 +52,7 @@ from icl.training.config import TrainConfig
 from icl.training.signals import TrainingInterrupted
 from icl.training.specs import OptimizerSpec
 from icl.training.transforms import schedule_from_config, seed_grad_norms, transform_from_config
+from learned_optimizers.constraints import apply_constraints
 
 
 def query_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -260,6 +261,10 @@ class Trainer:
                     f"loss = 'prefix' needs a model that predicts at every prefix (a prefix_predictions method, as "
                     f"the causal GPT has); {type(m).__name__} predicts only at the query: use loss = 'query'"
                 )
+        if cfg.stiefel:  # weights declared on the Stiefel manifold by the config (a model may declare its own)
+            for m, st in zip(models, streams):
+                if not getattr(m, "constraints", None):
+                    apply_constraints(m, {name: "stiefel" for name in cfg.stiefel}, st.generator("constraints", "cpu"))
         self.S = len(models)
         if self.S > 1:
             problem = _batch_problem(models)

@@ -15,12 +15,9 @@ from torch import nn
 
 from icl.optim import OPTIMIZERS
 from icl.seeding import Streams
-from icl.training.config import TrainConfig
+from icl.training.config import MANIFOLD_OPTIMIZERS, TrainConfig
 from learned_optimizers.constraints import apply_constraints, param_groups
 from learned_optimizers.registry import MODELS, build_model, model_name
-
-#: optimizers whose parameter groups take a ``manifold`` option
-MANIFOLD_OPTIMIZERS = ("manifold_adam", "manifold_sgd", "riemannian_adam")
 
 
 @dataclass(frozen=True)
