@@ -177,24 +177,26 @@ def run(cfg: ManifoldAdamConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(ctx.name)
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        dist = make_distribution(cfg.prompt, streams)
-        for method_name in cfg.methods:
-            for lr in cfg.sgd_lr_grid if method_name in SGD_TYPE else cfg.lr_grid:
-                lr = lr * (cfg.train.lr / REFERENCE_LR)
-                method = f"{method_name}@{lr:g}"
-                model = model_spec(cfg).build(streams.generator("init", "cpu"))
-                model.to(device=ctx.device, dtype=cfg.train.torch_dtype)
-                stiefel = stiefel_blocks(model)
-                res = train_timed(ctx, cfg, method, seed, model, dist, cfg.train, streams,
-                                  optimizer_spec(method_name, lr, cfg.train), monitor=lambda s=stiefel: violation(s),
-                                  monitor_every=cfg.monitor_every)  # fmt: skip
+    seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
+    spec = model_spec(cfg)
+    for method_name in cfg.methods:  # every (method, lr) trained for all seeds together
+        for lr in cfg.sgd_lr_grid if method_name in SGD_TYPE else cfg.lr_grid:
+            lr = lr * (cfg.train.lr / REFERENCE_LR)
+            method = f"{method_name}@{lr:g}"
+            build = lambda st: spec.build(st.generator("init", "cpu"))  # noqa: E731
+            runs = train_timed(ctx, cfg, method, build, dists, cfg.train, seed_streams,
+                               optimizer_spec(method_name, lr, cfg.train),
+                               monitor=lambda m: violation(stiefel_blocks(m)),
+                               monitor_every=cfg.monitor_every)  # fmt: skip
+            for seed, streams, dist, res in zip(cfg.seeds, seed_streams, dists, runs):
                 test = evaluate_model(res["trainer"].model, dist, streams, cfg.test_prompts) if res["trainer"] else None
                 add_run_rows(rows, method, seed, res, test)
                 final = res["evals"][-1]["eval_loss"] if res["evals"] and res["trainer"] else float("nan")
                 viol = res["samples"][-1][1] if res["samples"] else float("nan")
                 ctx.print(f"seed {seed} {method:<28} final val {final:.4g}  violation {viol:.2e}  {res['status'][:50]}")
+            rows.write(ctx)
+    for seed, streams, dist in zip(cfg.seeds, seed_streams, dists):
         gd, etas = tuned_gd(dist, streams, cfg.model.layers, cfg.tune_prompts, cfg.test_prompts)
         rows.add("tuned_gd", cfg.model.layers, seed, "test_loss", gd)
         for i, e in enumerate(etas):

@@ -163,20 +163,21 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(ctx.name)
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        dist = make_distribution(cfg.prompt, streams)
-        for name, base in cfg.base_lrs():
-            for mult in cfg.lr_grid:
-                lr = base * mult * cfg.lr_scale()
-                method = f"{name}@{lr:g}"
-                model = build_model(cfg, streams)
-                opt = optimizer_spec(name, lr, cfg)
-                res = train_timed(ctx, cfg, method, seed, model, dist, cfg.train, streams, opt)
+    seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
+    for name, base in cfg.base_lrs():  # every (optimizer, lr) trained for all seeds together
+        for mult in cfg.lr_grid:
+            lr = base * mult * cfg.lr_scale()
+            method = f"{name}@{lr:g}"
+            opt = optimizer_spec(name, lr, cfg)
+            runs = train_timed(ctx, cfg, method, lambda st: build_model(cfg, st), dists, cfg.train, seed_streams, opt)
+            for seed, streams, dist, res in zip(cfg.seeds, seed_streams, dists, runs):
                 test = evaluate_model(res["trainer"].model, dist, streams, cfg.test_prompts) if res["trainer"] else None
                 add_run_rows(rows, method, seed, res, test)
                 final = res["evals"][-1]["eval_loss"] if res["evals"] and res["trainer"] else float("nan")
                 ctx.print(f"seed {seed} {method:<24} final val {final:.4g}  {res['status'][:60]}")
+            rows.write(ctx)
+    for seed, streams, dist in zip(cfg.seeds, seed_streams, dists):
         pgd, etas = tuned_pgd(dist, streams, cfg.model.layers, cfg.tune_prompts, cfg.test_prompts)
         rows.add("tuned_pgd_sigma_inv", cfg.model.layers, seed, "test_loss", pgd)
         for i, e in enumerate(etas):

@@ -57,16 +57,17 @@ class ReadOut(Callback):
     Args:
         read: (index of the seed, its model at the current step) -> named numbers.
         every: the period in steps.
+        name: the key of its rows in the checkpoint (several read-outs need different names).
 
     ``rows[s]`` is seed s's list of ``{"step": t, **read(s, model)}``; it travels in the checkpoint.
     """
 
     name = "read_out"
 
-    def __init__(self, read: Callable[[int, nn.Module], dict[str, float]], every: int) -> None:
+    def __init__(self, read: Callable[[int, nn.Module], dict[str, float]], every: int, name: str = "read_out") -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        self.read, self.every = read, every
+        self.read, self.every, self.name = read, every, name
         self.rows: list[list[dict[str, float]]] = []
 
     def _record(self, trainer: Any) -> None:
