@@ -53,7 +53,7 @@ from icl.prompts import PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
 from icl.training import ModelSpec, TrainConfig
-from learned_optimizers import LinearSelfAttention, LSAConfig
+from learned_optimizers import LinearSelfAttention, LSAConfig, load_model
 from learned_optimizers.constructions import gd_factorised
 from learned_optimizers.probes import compare, interpolate
 from reference_optimizers import gradient_descent, mean_query_loss
@@ -382,9 +382,7 @@ def _weights_figure(run_dir: Path) -> list[Path]:
     ckpts = sorted((run_dir / "checkpoints").glob("lsa_factorised-s*.pt"))
     if not ckpts:
         return []
-    ckpt = torch.load(ckpts[0], weights_only=True, map_location="cpu")
-    model = LinearSelfAttention(ckpt["model_d"], LSAConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    model = load_model(ckpts[0])
     P, Q = products(model.double())
     d = model.d
     beta = float(torch.diagonal(Q[:d, :d]).mean())
