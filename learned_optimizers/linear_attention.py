@@ -42,6 +42,7 @@ from torch import nn
 
 from icl.config import Config, spec
 from icl.validation import check_tensor
+from learned_optimizers import fused
 
 MODES = ("sparse", "gdpp", "full", "diag", "factorised")
 
@@ -81,7 +82,13 @@ class LSAConfig(Config):
 
 
 def context_gram(Z: torch.Tensor) -> torch.Tensor:
-    """G = Σ_{i≤n} z_i z_iᵀ over the n context tokens (the query excluded), (B, d+1, d+1)."""
+    """G = Σ_{i≤n} z_i z_iᵀ over the n context tokens (the query excluded), (B, d+1, d+1).
+
+    On the CPU by the fused kernel (:mod:`learned_optimizers.fused`, one pass over the tokens) when the tokens are
+    data (no gradient asked for them); otherwise one batched GEMM.
+    """
+    if fused.usable(Z):
+        return fused.context_gram(Z)
     ctx = Z[:, :-1]
     return torch.matmul(ctx.mT, ctx)
 
@@ -253,6 +260,19 @@ class LinearSelfAttention(nn.Module):
         P, Q = self.layer_weights(layer)
         return combine_heads(G, P, Q)
 
+    def gram_maps(self) -> torch.Tensor:
+        """Every layer's W_ℓ = Σ_h Q_{ℓ,h}ᵀ G P_{ℓ,h}ᵀ as a linear map of the symmetric G's upper triangle,
+        (L, (d+1)(d+2)/2, (d+1)²) (:func:`learned_optimizers.fused.gram_maps`); tied layers share one map."""
+        weights = [self.layer_weights(i) for i in range(1 if self.cfg.tied else self.layers)]
+        P, Q = (torch.stack(w) for w in zip(*weights))
+        K = fused.gram_maps(P, Q)
+        return K.expand(self.layers, *K.shape[1:]) if self.cfg.tied else K
+
+    def a_sums(self) -> torch.Tensor:
+        """Modes ``sparse``/``gdpp``: Σ_h A_{ℓ,h} of every layer, (L, d, d)."""
+        A = self.A.sum(1)
+        return A.expand(self.layers, *A.shape[1:]) if self.cfg.tied else A
+
     def _a_sum(self, i: int) -> torch.Tensor:
         A = self.A[i]
         return A[0] if A.shape[0] == 1 else A.sum(0)
@@ -305,6 +325,10 @@ class LinearSelfAttention(nn.Module):
         the L layers then cost O(d³) per prompt whatever n is, and ŷ = −z_qᵀ T_L e_y. Equal to the token
         recursion (:meth:`tokens`) up to floating-point reassociation.
         """
+        if fused.usable(G0, z_q):  # the same recursion, forward and backward fused in one CPU kernel
+            if self.cfg.mode == "sparse":
+                return fused.sparse(G0, z_q, self.a_sums(), n)
+            return fused.gram_space(G0, z_q, self.gram_maps(), fused.plain_memory(self.layers, self.d + 1, G0), n)
         if self.cfg.mode == "sparse":
             return self._forward_sparse(G0, z_q, n)
         T = None
