@@ -75,6 +75,58 @@ static vec load_lanes(const REAL *src, int nv) {
     return x;
 }
 
+/* ---- transposing NB rows to batch-last ----------------------------------------------------------------------- */
+
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define HAVE_SHUFFLE 1
+#endif
+#endif
+
+#ifdef HAVE_SHUFFLE
+#define ZIP_LO(a, b) __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
+#define ZIP_HI(a, b) __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+
+/* out[t][v] = src[v * stride + t] for t, v < NB: four rounds of the perfect shuffle (row i and i + 8 zipped into
+ * rows 2i, 2i+1) transpose a 16x16 tile in registers */
+static inline void transpose_tile(const REAL *src, long stride, vec *out) {
+    vec r[NB], s[NB];
+    for (int v = 0; v < NB; ++v) memcpy(&r[v], src + v * stride, sizeof(vec));
+    for (int round = 0; round < 4; ++round) {
+        for (int i = 0; i < NB / 2; ++i) {
+            s[2 * i] = ZIP_LO(r[i], r[i + NB / 2]);
+            s[2 * i + 1] = ZIP_HI(r[i], r[i + NB / 2]);
+        }
+        memcpy(r, s, sizeof r);
+    }
+    memcpy(out, r, sizeof r);
+}
+#endif
+
+/* out[t][v] = src[v * stride + t] for t < ncols, v < nv (zero for v >= nv). `readable` is how many values may be
+ * read from src on (the tiles read up to the next multiple of NB columns of every row). */
+static void transpose_rows(const REAL *src, long stride, int ncols, int nv, long readable, vec *out) {
+#ifdef HAVE_SHUFFLE
+    const int full = (ncols + NB - 1) / NB * NB;
+    if (nv == NB && (NB - 1) * stride + full <= readable) {
+        int t = 0;
+        for (; t + NB <= ncols; t += NB) transpose_tile(src + t, stride, out + t);
+        if (t < ncols) {
+            vec tmp[NB];
+            transpose_tile(src + t, stride, tmp);
+            memcpy(out + t, tmp, sizeof(vec) * (ncols - t));
+        }
+        return;
+    }
+#endif
+    REAL buf[NB];
+    for (int t = 0; t < ncols; ++t) {
+        for (int v = 0; v < NB; ++v) buf[v] = v < nv ? src[v * stride + t] : 0;
+        memcpy(out + t, buf, sizeof(vec));
+    }
+    (void)readable;
+}
+
 static REAL hsum(vec x) {
     REAL s = 0;
     for (int v = 0; v < NB; ++v) s += x[v];
@@ -129,20 +181,12 @@ static void gram_range(void *a_, long lo, long hi, int tid) {
     const gram_args *a = (const gram_args *)a_;
     const long n = a->T - 1;
     vec *x = vec_alloc((size_t)n * E);
-    REAL *xt = (REAL *)aligned_alloc(sizeof(vec), sizeof(vec) * (size_t)n * E);
-    if (!x || !xt) goto done;
+    if (!x) return;
     for (long blk = lo; blk < hi; ++blk) {
         const long b0 = blk * NB;
         const int nv = (int)(a->B - b0 < NB ? a->B - b0 : NB);
         const REAL *z = a->Z + b0 * a->T * E;
-        const long stride = a->T * E;
-        if (nv == NB) /* transpose the block's context tokens to batch-last (gathers) */
-            for (long t = 0; t < n * E; ++t)
-                for (int v = 0; v < NB; ++v) xt[t * NB + v] = z[v * stride + t];
-        else
-            for (long t = 0; t < n * E; ++t)
-                for (int v = 0; v < NB; ++v) xt[t * NB + v] = v < nv ? z[v * stride + t] : 0;
-        memcpy(x, xt, sizeof(vec) * (size_t)n * E);
+        transpose_rows(z, a->T * E, (int)(n * E), nv, (a->B - b0) * a->T * E, x);
         vec acc[NP] = {{0}};
         for (long i = 0; i < n; ++i) {
             const vec *xi = x + i * E;
@@ -157,8 +201,6 @@ static void gram_range(void *a_, long lo, long hi, int tid) {
                 for (int k = j; k < E; ++k) g[j * E + k] = g[k * E + j] = at[pidx(j, k)][v];
         }
     }
-done:
-    free(xt);
     free(x);
 }
 
@@ -196,22 +238,10 @@ static vec *gs_work_alloc(gs_work *w, int L) {
     return buf;
 }
 
-/* a block's G0 (full symmetric, from its upper triangle) and zq, batch-last; lanes >= nv are zero */
-static void load_block(const REAL *G0, const REAL *zq, int nv, vec *g0, vec *q) {
-    REAL gt[EE][NB], qt[E][NB];
-    if (nv == NB) { /* gathers */
-        for (int c = 0; c < EE; ++c)
-            for (int v = 0; v < NB; ++v) gt[c][v] = G0[v * EE + c];
-        for (int c = 0; c < E; ++c)
-            for (int v = 0; v < NB; ++v) qt[c][v] = zq[v * E + c];
-    } else {
-        for (int c = 0; c < EE; ++c)
-            for (int v = 0; v < NB; ++v) gt[c][v] = v < nv ? G0[v * EE + c] : 0;
-        for (int c = 0; c < E; ++c)
-            for (int v = 0; v < NB; ++v) qt[c][v] = v < nv ? zq[v * E + c] : 0;
-    }
-    memcpy(g0, gt, sizeof gt);
-    memcpy(q, qt, sizeof qt);
+/* a block of G0 and zq batch-last (lanes >= nv zero); `left` prompts may be read from the block on */
+static void load_block(const REAL *G0, const REAL *zq, int nv, long left, vec *g0, vec *q) {
+    transpose_rows(G0, EE, EE, nv, left * EE, g0);
+    transpose_rows(zq, E, E, nv, left * E, q);
 }
 
 /* Forward over one block; fills w->T[0..L] (T_L only in column E-1), H, G, W, U. */
@@ -278,7 +308,7 @@ static void gs_forward_range(void *a_, long lo, long hi, int tid) {
     for (long blk = lo; blk < hi; ++blk) {
         const long s = blk / a->nblk, b0 = (blk % a->nblk) * NB, off = s * a->B + b0;
         const int nv = (int)(a->B - b0 < NB ? a->B - b0 : NB);
-        load_block(a->G0 + off * EE, a->zq + off * E, nv, w.g0, w.q);
+        load_block(a->G0 + off * EE, a->zq + off * E, nv, a->B - b0, w.g0, w.q);
         block_forward(a, s, &w);
         const vec *TL = w.T + a->L * EE;
         vec acc = {0};
@@ -360,7 +390,7 @@ static void gs_backward_range(void *a_, long lo, long hi, int tid) {
             cur = s, cb = 0;
         }
         const int nv = (int)(a->B - b0 < NB ? a->B - b0 : NB);
-        load_block(a->G0 + off * EE, a->zq + off * E, nv, w.g0, w.q);
+        load_block(a->G0 + off * EE, a->zq + off * E, nv, a->B - b0, w.g0, w.q);
         block_forward(a, s, &w);
         const vec dy = load_lanes(a->dy + off, nv);
         for (int c = 0; c < EE; ++c) dT[c] = (vec){0};
@@ -471,7 +501,7 @@ static void sp_range(void *a_, long lo, long hi, int tid) {
     for (long blk = lo; blk < hi; ++blk) {
         const long s = blk / a->nblk, b0 = (blk % a->nblk) * NB, off = s * a->B + b0;
         const int nv = (int)(a->B - b0 < NB ? a->B - b0 : NB);
-        load_block(a->G0 + off * EE, a->zq + off * E, nv, g0, q);
+        load_block(a->G0 + off * EE, a->zq + off * E, nv, a->B - b0, g0, q);
         for (int k = 0; k < D; ++k) gs[k] = g0[D * E + k];
         for (int l = 0; l < L; ++l) { /* u_l = g_l A_l, g_{l+1} = g_l - (G_xx/n) u_l */
             const REAL *A = a->A + (s * L + l) * D * D;
