@@ -117,7 +117,7 @@ def library(e: int, dtype: torch.dtype) -> ctypes.CDLL | None:
             _warn(f"loading {path} failed: {err}")
             return None
     real_t, ptr, i64, i32 = _CTYPES[dtype], ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    lib.context_gram.argtypes = [i64, i64, ptr, ptr, i32]
+    lib.context_gram.argtypes = [i64, i64, ptr, ptr, ptr, i32]
     lib.gram_space_forward.argtypes = [i64, i64, i32, ptr, ptr, ptr, ptr, real_t, ptr, i32]
     lib.gram_space_backward.argtypes = [i64, i64, i32, ptr, ptr, ptr, ptr, real_t, ptr, ptr, ptr, i32]
     lib.sparse_forward.argtypes = [i64, i64, i32, ptr, ptr, ptr, real_t, ptr, i32]
@@ -161,7 +161,7 @@ class _Gram(torch.autograd.Function):
         Z = Z.contiguous()
         B, T, e = Z.shape
         G = Z.new_empty(B, e, e)
-        library(e, Z.dtype).context_gram(B, T, _p(Z), _p(G), _threads(B * T))
+        library(e, Z.dtype).context_gram(B, T, _p(Z), _p(G), None, _threads(B * T))
         return G
 
     @staticmethod
@@ -185,6 +185,16 @@ def context_gram(Z: torch.Tensor) -> torch.Tensor:
     """G = Σ_{i≤n} z_i z_iᵀ for tokens Z (B, n+1, d+1) (the query, last, excluded), by the kernel (check
     :func:`usable` first); differentiable."""
     return _Gram.apply(Z)
+
+
+def prompt_statistics(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context Gram matrices G_0 (B, e, e) and the query tokens z_q (B, e) of tokens Z (B, n+1, e) in one pass
+    over the tokens, by the kernel (check :func:`usable` first); no autograd (Z is data)."""
+    Z = Z.detach().contiguous()
+    B, T, e = Z.shape
+    G, zq = Z.new_empty(B, e, e), Z.new_empty(B, e)
+    library(e, Z.dtype).context_gram(B, T, _p(Z), _p(G), _p(zq), _threads(B * T))
+    return G, zq
 
 
 # -- building the kernel's weights from a model -------------------------------------------------------------------

@@ -93,6 +93,14 @@ def context_gram(Z: torch.Tensor) -> torch.Tensor:
     return torch.matmul(ctx.mT, ctx)
 
 
+def prompt_statistics(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a Gram-space forward reads of the tokens Z (B, n+1, d+1): the context Gram matrix G_0 and the query
+    token z_q (B, d+1); one pass of the fused kernel over the tokens where it applies."""
+    if fused.usable(Z):
+        return fused.prompt_statistics(Z)
+    return context_gram(Z), Z[:, -1]
+
+
 def combine_heads(G: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     """W = Σ_h Q_hᵀ G P_hᵀ for a batch of Gram matrices G (B, a, a), Q (H, a, c), P (H, e, a): (B, c, e).
 
@@ -314,7 +322,7 @@ class LinearSelfAttention(nn.Module):
         """The prediction ŷ = −[Z_L]_{query, y}, (B,), computed in Gram space (:meth:`forward_gram`)."""
         if check:
             Z = self.check_input(Z)
-        return self.forward_gram(context_gram(Z), Z[:, -1], Z.shape[1] - 1)
+        return self.forward_gram(*prompt_statistics(Z), Z.shape[1] - 1)
 
     def forward_gram(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
         """ŷ from the prompt's statistics alone: G_0 = Σ_{i≤n} z_i z_iᵀ (B, d+1, d+1) and the query z_q (B, d+1).

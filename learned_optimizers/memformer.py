@@ -46,7 +46,7 @@ from learned_optimizers.linear_attention import (
     LinearSelfAttention,
     LSAConfig,
     check_tokens,
-    context_gram,
+    prompt_statistics,
     read_prediction,
 )
 
@@ -189,7 +189,7 @@ class Memformer(nn.Module):
             Z = self.check_input(Z)
         if not self.gram_sufficient:
             return read_prediction(self.tokens(Z, check=False)[-1])
-        return self.forward_gram(context_gram(Z), Z[:, -1], Z.shape[1] - 1)
+        return self.forward_gram(*prompt_statistics(Z), Z.shape[1] - 1)
 
     def forward_gram(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
         """ŷ from G_0 (B, d+1, d+1) and the query token z_q (B, d+1); not for the full Hadamard Γ."""

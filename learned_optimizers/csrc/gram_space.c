@@ -171,22 +171,21 @@ static void parallel(void (*fn)(void *, long, long, int), void *args, long nbloc
 /* ---- the context Gram matrix ------------------------------------------------------------------------------- */
 
 typedef struct {
-    long B, T; /* prompts, tokens per prompt (the last one, the query, is skipped) */
+    long B, T; /* prompts, tokens per prompt (the last one, the query, is not in the Gram matrix) */
     const REAL *Z;
-    REAL *G;
+    REAL *G, *zq; /* zq may be NULL */
 } gram_args;
 
 static void gram_range(void *a_, long lo, long hi, int tid) {
     (void)tid;
     const gram_args *a = (const gram_args *)a_;
-    const long n = a->T - 1;
-    vec *x = vec_alloc((size_t)n * E);
+    const long n = a->T - 1, cols = (a->zq ? a->T : n) * E; /* the query's columns only when zq is asked for */
+    vec *x = vec_alloc((size_t)cols);
     if (!x) return;
     for (long blk = lo; blk < hi; ++blk) {
         const long b0 = blk * NB;
         const int nv = (int)(a->B - b0 < NB ? a->B - b0 : NB);
-        const REAL *z = a->Z + b0 * a->T * E;
-        transpose_rows(z, a->T * E, (int)(n * E), nv, (a->B - b0) * a->T * E, x);
+        transpose_rows(a->Z + b0 * a->T * E, a->T * E, (int)cols, nv, (a->B - b0) * a->T * E, x);
         vec acc[NP] = {{0}};
         for (long i = 0; i < n; ++i) {
             const vec *xi = x + i * E;
@@ -200,12 +199,19 @@ static void gram_range(void *a_, long lo, long hi, int tid) {
             for (int j = 0; j < E; ++j)
                 for (int k = j; k < E; ++k) g[j * E + k] = g[k * E + j] = at[pidx(j, k)][v];
         }
+        if (a->zq) {
+            REAL qt[E][NB];
+            memcpy(qt, x + n * E, sizeof qt);
+            for (int v = 0; v < nv; ++v)
+                for (int c = 0; c < E; ++c) a->zq[(b0 + v) * E + c] = qt[c][v];
+        }
     }
     free(x);
 }
 
-void context_gram(long B, long T, const REAL *Z, REAL *G, int nthreads) {
-    gram_args a = {B, T, Z, G};
+/* G (B, E, E) = the context Gram matrices of Z (B, T, E), and, if zq is not NULL, the query tokens zq (B, E) */
+void context_gram(long B, long T, const REAL *Z, REAL *G, REAL *zq, int nthreads) {
+    gram_args a = {B, T, Z, G, zq};
     parallel(gram_range, &a, (B + NB - 1) / NB, nthreads);
 }
 
