@@ -47,19 +47,30 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 2, b
 
     ``budget_s`` stops early (after at least 3 rounds) once the rounds have taken that long.
     """
+    wall, _cpu, rounds = interleaved_wall_cpu(fns, reps, warmup, budget_s)
+    return wall, rounds
+
+
+def interleaved_wall_cpu(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 2, budget_s: float | None = None):
+    """:func:`interleaved`, also returning the median CPU seconds of the calling thread per call (on a machine
+    shared by more jobs than cores the wall clock also counts other jobs' time slices, the thread's CPU time
+    does not); returns (wall medians, CPU medians, rounds)."""
     for _ in range(warmup):
         for f in fns.values():
             f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
     for r in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             f()
-            times[k].append(time.perf_counter() - t0)
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.thread_time() - c0)
         if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
             break
-    return {k: statistics.median(v) for k, v in times.items()}, len(times[next(iter(fns))])
+    med = statistics.median
+    return {k: med(v) for k, v in wall.items()}, {k: med(v) for k, v in cpu.items()}, len(wall[next(iter(fns))])
 
 
 def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], None]:
@@ -440,8 +451,9 @@ def gemm_yardstick(size: int = 512, device: str = "cpu") -> tuple[Callable[[], N
 def bench_gemm_ratio(quick: bool = False, repeats: int = 1) -> list[dict[str, Any]]:
     """Train step (forward of the public model API, backward, torch Adam) of every model family at batch 20,000,
     d = 5, n = 20, L = 3, float32, one thread, over one 512³ float32 GEMM, all timed interleaved in one run
-    (medians); the four issue-15 models also with the fused kernels off (their torch code). Targets: sparse
-    ≤ 2, GD++ / full / CGD-like Memformer ≤ 10."""
+    (medians of the wall clock; ``cpu_step_per_gemm`` is the same ratio of the thread's CPU time, which other
+    jobs' time slices on a shared machine do not inflate); the four issue-15 models also with the fused
+    kernels off (their torch code). Targets (wall clock): sparse ≤ 2, GD++ / full / CGD-like Memformer ≤ 10."""
     device = bench_device()
     d, n, layers, batch = (5, 20, 3, 2000) if quick else (5, 20, 3, 20_000)
     rows = []
@@ -463,7 +475,7 @@ def bench_gemm_ratio(quick: bool = False, repeats: int = 1) -> list[dict[str, An
 
                 fns[name + " (torch)"] = unfused
         for _ in range(repeats):
-            med, reps = interleaved(fns, reps=3 if quick else 11, budget_s=3 if quick else 60)
+            med, cpu, reps = interleaved_wall_cpu(fns, reps=3 if quick else 11, budget_s=3 if quick else 60)
             g = med["gemm"]
             for name, (_kind, _cfg, target) in GEMM_RATIO_MODELS.items():
                 ratio = med[name] / g
@@ -472,7 +484,8 @@ def bench_gemm_ratio(quick: bool = False, repeats: int = 1) -> list[dict[str, An
                     "model": name, "batch": batch, "layers": layers, "device": device, "reps": reps,
                     "fused": fused.usable(Z) if device == "cpu" else False, "step_ms": 1e3 * med[name],
                     "gemm_ms": 1e3 * g, "gemm_gflops": 2 * 512**3 / g / 1e9, "gemm_rel_error": gemm_error,
-                    "step_per_gemm": ratio, "torch_step_per_gemm": "" if unfused is None else unfused / g,
+                    "step_per_gemm": ratio, "cpu_step_per_gemm": cpu[name] / cpu["gemm"] if device == "cpu" else "",
+                    "torch_step_per_gemm": "" if unfused is None else unfused / g,
                     "target": "" if target is None else f"<= {target:g}",
                     "ok": "" if target is None else _ok(ratio <= target, quick),
                 })  # fmt: skip
