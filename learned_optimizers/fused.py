@@ -118,8 +118,8 @@ def library(e: int, dtype: torch.dtype) -> ctypes.CDLL | None:
             return None
     real_t, ptr, i64, i32 = _CTYPES[dtype], ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     lib.context_gram.argtypes = [i64, i64, ptr, ptr, ptr, i32]
-    lib.gram_space_forward.argtypes = [i64, i64, i32, ptr, ptr, ptr, ptr, real_t, ptr, i32]
-    lib.gram_space_backward.argtypes = [i64, i64, i32, ptr, ptr, ptr, ptr, real_t, ptr, ptr, ptr, i32]
+    lib.gram_space_forward.argtypes = [i64, i64, i32, ptr, ptr, ptr, ptr, ptr, real_t, ptr, i32]
+    lib.gram_space_backward.argtypes = [i64, i64, i32, ptr, ptr, ptr, ptr, ptr, real_t, ptr, ptr, ptr, i32]
     lib.sparse_forward.argtypes = [i64, i64, i32, ptr, ptr, ptr, real_t, ptr, i32]
     lib.sparse_backward.argtypes = [i64, i64, i32, ptr, ptr, ptr, real_t, ptr, ptr, i32]
     return lib
@@ -245,23 +245,30 @@ def _fold_vmap(info, in_dims, args):
     return out
 
 
+@functools.cache
+def _active_flags(active: tuple[bool, ...]) -> torch.Tensor:
+    return torch.tensor(active, dtype=torch.int32)
+
+
 class _GramSpace(torch.autograd.Function):
     """ŷ (S, B) of the T-recursion above from G_0 (S, B, e, e), z_q (S, B, e), K (S, L, e(e+1)/2, e²),
-    c (S, L, L, e) and n; gradients for K and c (the data get none)."""
+    c (S, L, L, e), n and the entries of W that K can make non-zero (a tuple of e² flags); gradients for K and c
+    (the data get none; K's gradient is zero outside the active entries)."""
 
     @staticmethod
-    def forward(G0, zq, K, C, n):
+    def forward(G0, zq, K, C, n, active):
         S, B, e = zq.shape
         y = zq.new_empty(S, B)
         lib = library(e, zq.dtype)
-        lib.gram_space_forward(S, B, K.shape[1], _p(G0), _p(zq), _p(K), _p(C), 1.0 / n, _p(y), _threads(S * B))
+        lib.gram_space_forward(S, B, K.shape[1], _p(_active_flags(active)), _p(G0), _p(zq), _p(K), _p(C), 1.0 / n,
+                               _p(y), _threads(S * B))  # fmt: skip
         return y
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        G0, zq, K, C, n = inputs
+        G0, zq, K, C, n, active = inputs
         ctx.save_for_backward(G0, zq, K, C)
-        ctx.n = n
+        ctx.n, ctx.active = n, active
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -273,14 +280,14 @@ class _GramSpace(torch.autograd.Function):
         threads = _threads(S * B)
         dK = zq.new_empty(threads, S, L, NP, e * e)
         dC = zq.new_empty(threads, S, L, L, e)
-        library(e, zq.dtype).gram_space_backward(S, B, L, _p(G0), _p(zq), _p(K), _p(C), 1.0 / ctx.n, _p(dy), _p(dK),
-                                                 _p(dC), threads)  # fmt: skip
-        return None, None, dK.sum(0), dC.sum(0), None
+        library(e, zq.dtype).gram_space_backward(S, B, L, _p(_active_flags(ctx.active)), _p(G0), _p(zq), _p(K),
+                                                 _p(C), 1.0 / ctx.n, _p(dy), _p(dK), _p(dC), threads)  # fmt: skip
+        return None, None, dK.sum(0), dC.sum(0), None, None
 
     @staticmethod
-    def vmap(info, in_dims, G0, zq, K, C, n):
-        G0, zq, K, C, _ = _fold_vmap(info, in_dims, (G0, zq, K, C, n))
-        y = gram_space(G0, zq, K, C, n)
+    def vmap(info, in_dims, G0, zq, K, C, n, active):
+        G0, zq, K, C, _, _ = _fold_vmap(info, in_dims, (G0, zq, K, C, n, active))
+        y = gram_space(G0, zq, K, C, n, active)
         return y.reshape(info.batch_size, -1, y.shape[-1]), 0
 
 
@@ -324,11 +331,17 @@ def _with_seeds(zq: torch.Tensor, *xs: torch.Tensor) -> tuple[bool, list[torch.T
     return seeded, [(x if seeded else x.unsqueeze(0)).contiguous() for x in (zq, *xs)]
 
 
-def gram_space(G0: torch.Tensor, zq: torch.Tensor, K: torch.Tensor, C: torch.Tensor, n: int) -> torch.Tensor:
+def gram_space(
+    G0: torch.Tensor, zq: torch.Tensor, K: torch.Tensor, C: torch.Tensor, n: int, active: tuple[bool, ...] | None = None
+) -> torch.Tensor:
     """ŷ of the T-recursion (module docstring) by the fused kernel: G_0 (B, e, e), z_q (B, e), K (L, e(e+1)/2, e²),
-    c (L, L, e) -> (B,); or all with a leading seed dimension S -> (S, B)."""
+    c (L, L, e) -> (B,); or all with a leading seed dimension S -> (S, B). ``active``: the e² entries (i, m) of W
+    that K can make non-zero, row-major (a mode's structure, e.g. only the y-column of the x-rows in the sparse
+    mode; :meth:`LinearSelfAttention.active_entries`); the kernel computes only those. None: all."""
+    e = zq.shape[-1]
+    active = (True,) * (e * e) if active is None else tuple(bool(a) for a in active)
     seeded, (zq, G0, K, C) = _with_seeds(zq.detach(), G0.detach(), K, C)
-    y = _GramSpace.apply(G0, zq, K, C, n)
+    y = _GramSpace.apply(G0, zq, K, C, n, active)
     return y if seeded else y[0]
 
 

@@ -276,6 +276,16 @@ class LinearSelfAttention(nn.Module):
         K = fused.gram_maps(P, Q)
         return K.expand(self.layers, *K.shape[1:]) if self.cfg.tied else K
 
+    def active_entries(self) -> tuple[bool, ...]:
+        """Which entries (i, m) of W_ℓ the mode can make non-zero, row-major (d+1)² flags: the x-rows only in
+        modes ``sparse``/``gdpp`` (Q's y-column is zero), and of those only the y-column in ``sparse``
+        (P = e_y e_yᵀ)."""
+        e, mode = self.d + 1, self.cfg.mode
+        return tuple(
+            mode not in ("sparse", "gdpp") or (i < self.d and (mode == "gdpp" or m == self.d))
+            for i in range(e) for m in range(e)
+        )  # fmt: skip
+
     def a_sums(self) -> torch.Tensor:
         """Modes ``sparse``/``gdpp``: Σ_h A_{ℓ,h} of every layer, (L, d, d)."""
         A = self.A.sum(1)
@@ -336,7 +346,8 @@ class LinearSelfAttention(nn.Module):
         if fused.usable(G0, z_q):  # the same recursion, forward and backward fused in one CPU kernel
             if self.cfg.mode == "sparse":
                 return fused.sparse(G0, z_q, self.a_sums(), n)
-            return fused.gram_space(G0, z_q, self.gram_maps(), fused.plain_memory(self.layers, self.d + 1, G0), n)
+            C = fused.plain_memory(self.layers, self.d + 1, G0)
+            return fused.gram_space(G0, z_q, self.gram_maps(), C, n, self.active_entries())
         if self.cfg.mode == "sparse":
             return self._forward_sparse(G0, z_q, n)
         T = None

@@ -196,7 +196,8 @@ class Memformer(nn.Module):
         if not self.gram_sufficient:
             raise ValueError("a Memformer with the full (n+1)×(d+1) Γ needs the tokens, not only their Gram matrix")
         if fused.usable(G0, z_q):  # the same recursion, forward and backward fused in one CPU kernel
-            return fused.gram_space(G0, z_q, self.attention.gram_maps(), self.memory_coefficients(), n)
+            att = self.attention
+            return fused.gram_space(G0, z_q, att.gram_maps(), self.memory_coefficients(), n, att.active_entries())
         T = torch.eye(G0.shape[-1], dtype=G0.dtype, device=G0.device).expand_as(G0)
         S = torch.zeros_like(G0)
         registers: list[torch.Tensor] = []

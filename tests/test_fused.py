@@ -177,3 +177,15 @@ def test_fallbacks(gen, monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match="torch code"):
         assert fused.library.__wrapped__(7, torch.float64) is None
     assert not list(tmp_path.rglob("*.so"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_active_entries_hold_every_non_zero_of_W(mode, gen):
+    """The kernel computes only the entries of W_ℓ that the mode marks active: the others must be zero for any
+    weights and any Gram matrix."""
+    model = LinearSelfAttention(4, LSAConfig(layers=2, heads=2, mode=mode, init_std=1.0), gen).double()
+    G = context_gram(prompts(gen))
+    inactive = ~torch.tensor(model.active_entries()).reshape(5, 5)
+    for layer in range(2):
+        W = model.layer_matrix(G, layer)
+        assert torch.all(W[:, inactive] == 0)

@@ -217,9 +217,35 @@ void context_gram(long B, long T, const REAL *Z, REAL *G, REAL *zq, int nthreads
 
 /* ---- the general Gram-space recursion --------------------------------------------------------------------- */
 
+/* The entries (i, m) of W_l that the mode can make non-zero (`active`, row-major ExE flags from the caller: e.g.
+ * only the y-column of the x-rows for the sparse mode); every loop over W, dW runs over these only. The lists
+ * are padded with the zero slot EE to a multiple of 3 for dk_flush's tiles. */
+typedef struct {
+    int all[EE + 3], last[E + 3]; /* active (i, m) as i*E+m: every column; column E-1 only (the last layer) */
+    int nall, nlast, pall, plast; /* their lengths, and padded to a multiple of 3 */
+    int rows[E][E], nrows[E];     /* for each column m, its active rows i */
+} wcols;
+
+static void wcols_init(wcols *c, const int *active) {
+    c->nall = c->nlast = 0;
+    for (int m = 0; m < E; ++m) c->nrows[m] = 0;
+    for (int i = 0; i < E; ++i)
+        for (int m = 0; m < E; ++m)
+            if (active[i * E + m]) {
+                c->all[c->nall++] = i * E + m;
+                if (m == E - 1) c->last[c->nlast++] = i * E + m;
+                c->rows[m][c->nrows[m]++] = i;
+            }
+    c->pall = (c->nall + 2) / 3 * 3;
+    c->plast = (c->nlast + 2) / 3 * 3;
+    for (int t = c->nall; t < c->pall; ++t) c->all[t] = EE;
+    for (int t = c->nlast; t < c->plast; ++t) c->last[t] = EE;
+}
+
 typedef struct {
     long S, B, nblk; /* seeds, prompts per seed, blocks per seed */
     int L;
+    const wcols *cols;
     const REAL *G0, *zq, *Kp, *C, *dy;
     REAL inv_n;
     REAL *y;        /* forward output (S, B) */
@@ -262,6 +288,7 @@ static void block_forward(const gs_args *a, long s, gs_work *w) {
         vec *Tn = w->T + (l + 1) * EE;
         const REAL *K = a->Kp + (s * L + l) * NP * EE;
         const int m0 = l == L - 1 ? E - 1 : 0; /* the last layer is needed only in column E-1 */
+        const int *act = l == L - 1 ? a->cols->last : a->cols->all, nact = l == L - 1 ? a->cols->nlast : a->cols->nall;
         if (l == 0) {
             for (int c = 0; c < EE; ++c) H[c] = w->g0[c];
             for (int j = 0; j < E; ++j)
@@ -280,19 +307,22 @@ static void block_forward(const gs_args *a, long s, gs_work *w) {
                     G[pidx(j, k)] = acc;
                 }
         }
-        for (int i = 0; i < E; ++i) /* W = K(G) */
-            for (int m = m0; m < E; ++m) {
-                vec acc = {0};
-                for (int p = 0; p < NP; ++p) acc += K[p * EE + i * E + m] * G[p];
-                W[i * E + m] = acc;
-            }
+        for (int t = 0; t < nact; ++t) { /* W = K(G) on the active entries (the others stay zero) */
+            const int im = act[t];
+            vec acc = {0};
+            for (int p = 0; p < NP; ++p) acc += K[p * EE + im] * G[p];
+            W[im] = acc;
+        }
         for (int r = 0; r < E; ++r) /* U = T W */
             for (int m = m0; m < E; ++m) {
                 vec acc = {0};
                 if (l == 0)
                     acc = W[r * E + m];
                 else
-                    for (int i = 0; i < E; ++i) acc += T[r * E + i] * W[i * E + m];
+                    for (int t = 0; t < a->cols->nrows[m]; ++t) {
+                        const int i = a->cols->rows[m][t];
+                        acc += T[r * E + i] * W[i * E + m];
+                    }
                 U[r * E + m] = acc;
             }
         const REAL *c = a->C + ((s * L + l) * L) * E;
@@ -331,20 +361,9 @@ static void gs_forward_range(void *a_, long lo, long hi, int tid) {
 #define NPP ((NP + 2) / 3 * 3)
 #define EEP (EE + 1)
 
-typedef struct {
-    int full[EE + 3], last[E + 3], nfull, nlast; /* the columns (i, m) of dW: all, and m = E-1 (last layer) */
-} dk_cols;
-
-static void dk_cols_init(dk_cols *c) {
-    c->nfull = (EE + 2) / 3 * 3;
-    c->nlast = (E + 2) / 3 * 3;
-    for (int t = 0; t < c->nfull; ++t) c->full[t] = t < EE ? t : EE;
-    for (int t = 0; t < c->nlast; ++t) c->last[t] = t < E ? t * E + E - 1 : EE;
-}
-
-static void dk_flush(const vec *Gc, const vec *dWc, int count, int L, const dk_cols *cols, vec *dKacc) {
+static void dk_flush(const vec *Gc, const vec *dWc, int count, int L, const wcols *cols, vec *dKacc) {
     for (int l = 0; l < L; ++l) {
-        const int *ac = l == L - 1 ? cols->last : cols->full, na = l == L - 1 ? cols->nlast : cols->nfull;
+        const int *ac = l == L - 1 ? cols->last : cols->all, na = l == L - 1 ? cols->plast : cols->pall;
         for (int p0 = 0; p0 < NPP; p0 += 3)
             for (int t = 0; t < na; t += 3) {
                 const int i0 = ac[t], i1 = ac[t + 1], i2 = ac[t + 2];
@@ -382,8 +401,6 @@ static void gs_backward_range(void *a_, long lo, long hi, int tid) {
     vec *Gc = vec_alloc((size_t)CH * L * NPP), *dWc = vec_alloc((size_t)CH * L * EEP);
     vec *dKacc = vec_alloc((size_t)L * NPP * EEP);
     REAL *dK = a->dK + (size_t)tid * a->S * L * NP * EE;
-    dk_cols cols;
-    dk_cols_init(&cols);
     long cur = -1; /* the seed whose gradient dKacc holds */
     int cb = 0;    /* blocks held in Gc, dWc */
     if (!buf || !dU || !dCacc || !Gc || !dWc || !dKacc) goto done;
@@ -391,7 +408,7 @@ static void gs_backward_range(void *a_, long lo, long hi, int tid) {
     for (long blk = lo; blk < hi; ++blk) {
         const long s = blk / a->nblk, b0 = (blk % a->nblk) * NB, off = s * a->B + b0;
         if (s != cur) {
-            if (cb) dk_flush(Gc, dWc, cb, L, &cols, dKacc);
+            if (cb) dk_flush(Gc, dWc, cb, L, a->cols, dKacc);
             if (cur >= 0) dk_dump(dKacc, L, dK + cur * L * NP * EE);
             cur = s, cb = 0;
         }
@@ -404,6 +421,8 @@ static void gs_backward_range(void *a_, long lo, long hi, int tid) {
         for (int r = 0; r < E; ++r) dT[r * E + E - 1] = -dy * w.q[r];
         for (int l = L - 1; l >= 0; --l) {
             const int m0 = l == L - 1 ? E - 1 : 0; /* dT_L is zero outside column E-1 */
+            const int *act = l == L - 1 ? a->cols->last : a->cols->all;
+            const int nact = l == L - 1 ? a->cols->nlast : a->cols->nall;
             const REAL *c = a->C + ((s * L + l) * L) * E;
             vec *dCl = dCacc + ((s * L + l) * L) * E;
             for (int j = 0; j <= l; ++j) { /* T_{l+1} = T_l + inv_n sum_j U_j diag(c_j) */
@@ -422,30 +441,27 @@ static void gs_backward_range(void *a_, long lo, long hi, int tid) {
             const vec *T = w.T + l * EE, *H = w.H + l * EE, *G = w.G + l * NP, *W = w.W + l * EE;
             const vec *dUl = dU + l * EE;
             for (int c2 = 0; c2 < EE; ++c2) dW[c2] = (vec){0};
-            for (int i = 0; i < E; ++i) /* U_l = T_l W_l: dW = T_lᵀ dU_l */
-                for (int m = m0; m < E; ++m) {
-                    vec acc = {0};
-                    if (l == 0)
-                        acc = dUl[i * E + m];
-                    else
-                        for (int r = 0; r < E; ++r) acc += T[r * E + i] * dUl[r * E + m];
-                    dW[i * E + m] = acc;
-                }
+            for (int t = 0; t < nact; ++t) { /* U_l = T_l W_l: dW = T_lᵀ dU_l on the active entries */
+                const int im = act[t], i = im / E, m = im % E;
+                vec acc = {0};
+                if (l == 0)
+                    acc = dUl[im];
+                else
+                    for (int r = 0; r < E; ++r) acc += T[r * E + i] * dUl[r * E + m];
+                dW[im] = acc;
+            }
             /* W_l = Kp_l(G_l): dKp_l = sum_b G_l dW_lᵀ, reduced over CH blocks at a time (dk_flush) */
             memcpy(Gc + (cb * L + l) * NPP, G, sizeof(vec) * NP);
             memcpy(dWc + (cb * L + l) * EEP, dW, sizeof(vec) * EE);
             if (l == 0) break; /* T_0 = I is constant */
-            for (int r = 0; r < E; ++r) /* dT_l += dU_l W_lᵀ */
-                for (int i = 0; i < E; ++i) {
-                    vec acc = dT[r * E + i];
-                    for (int m = m0; m < E; ++m) acc += dUl[r * E + m] * W[i * E + m];
-                    dT[r * E + i] = acc;
-                }
+            for (int t = 0; t < nact; ++t) { /* dT_l += dU_l W_lᵀ */
+                const int im = act[t], i = im / E, m = im % E;
+                for (int r = 0; r < E; ++r) dT[r * E + i] += dUl[r * E + m] * W[im];
+            }
             const REAL *K = a->Kp + (s * L + l) * NP * EE;
             for (int p = 0; p < NP; ++p) { /* dG_p = sum_{i,m} Kp[p][i,m] dW[i,m] */
                 vec acc = {0};
-                for (int i = 0; i < E; ++i)
-                    for (int m = m0; m < E; ++m) acc += K[p * EE + i * E + m] * dW[i * E + m];
+                for (int t = 0; t < nact; ++t) acc += K[p * EE + act[t]] * dW[act[t]];
                 dG[p] = acc;
             }
             for (int r = 0; r < E; ++r) /* G_l = T_lᵀ H_l: dT_l += H_l (D + Dᵀ), D the upper-triangular dG */
@@ -455,9 +471,9 @@ static void gs_backward_range(void *a_, long lo, long hi, int tid) {
                     dT[r * E + k] = acc;
                 }
         }
-        if (++cb == CH) dk_flush(Gc, dWc, cb, L, &cols, dKacc), cb = 0;
+        if (++cb == CH) dk_flush(Gc, dWc, cb, L, a->cols, dKacc), cb = 0;
     }
-    if (cb) dk_flush(Gc, dWc, cb, L, &cols, dKacc);
+    if (cb) dk_flush(Gc, dWc, cb, L, a->cols, dKacc);
     if (cur >= 0) dk_dump(dKacc, L, dK + cur * L * NP * EE);
     REAL *dC = a->dC + (size_t)tid * a->S * L * L * E;
     for (long i = 0; i < a->S * L * L * E; ++i) dC[i] = hsum(dCacc[i]);
@@ -470,21 +486,25 @@ done:
     free(buf);
 }
 
-void gram_space_forward(long S, long B, int L, const REAL *G0, const REAL *zq, const REAL *Kp, const REAL *C,
-                        REAL inv_n, REAL *y, int nthreads) {
+void gram_space_forward(long S, long B, int L, const int *active, const REAL *G0, const REAL *zq, const REAL *Kp,
+                        const REAL *C, REAL inv_n, REAL *y, int nthreads) {
     const long nblk = (B + NB - 1) / NB;
-    gs_args a = {S, B, nblk, L, G0, zq, Kp, C, NULL, inv_n, y, NULL, NULL};
+    wcols cols;
+    wcols_init(&cols, active);
+    gs_args a = {S, B, nblk, L, &cols, G0, zq, Kp, C, NULL, inv_n, y, NULL, NULL};
     parallel(gs_forward_range, &a, S * nblk, nthreads);
 }
 
 /* dK and dC must hold nthreads * S * L * NP * EE and nthreads * S * L * L * E values (per-thread partial sums;
  * unused threads' stay zero) */
-void gram_space_backward(long S, long B, int L, const REAL *G0, const REAL *zq, const REAL *Kp, const REAL *C,
-                         REAL inv_n, const REAL *dy, REAL *dK, REAL *dC, int nthreads) {
+void gram_space_backward(long S, long B, int L, const int *active, const REAL *G0, const REAL *zq, const REAL *Kp,
+                         const REAL *C, REAL inv_n, const REAL *dy, REAL *dK, REAL *dC, int nthreads) {
     const long nblk = (B + NB - 1) / NB;
+    wcols cols;
+    wcols_init(&cols, active);
     memset(dK, 0, sizeof(REAL) * (size_t)nthreads * S * L * NP * EE);
     memset(dC, 0, sizeof(REAL) * (size_t)nthreads * S * L * L * E);
-    gs_args a = {S, B, nblk, L, G0, zq, Kp, C, dy, inv_n, NULL, dK, dC};
+    gs_args a = {S, B, nblk, L, &cols, G0, zq, Kp, C, dy, inv_n, NULL, dK, dC};
     parallel(gs_backward_range, &a, S * nblk, nthreads);
 }
 
