@@ -186,11 +186,14 @@ static void gram_range(void *a_, long lo, long hi, int tid) {
         const long b0 = blk * NB;
         const int nv = (int)(a->B - b0 < NB ? a->B - b0 : NB);
         transpose_rows(a->Z + b0 * a->T * E, a->T * E, (int)cols, nv, (a->B - b0) * a->T * E, x);
-        vec acc[NP] = {{0}};
-        for (long i = 0; i < n; ++i) {
-            const vec *xi = x + i * E;
-            for (int j = 0; j < E; ++j)
-                for (int k = j; k < E; ++k) acc[pidx(j, k)] += xi[j] * xi[k];
+        vec acc[NP];
+        for (int j = 0; j < E; ++j) { /* row j of G: E - j accumulators in registers over the tokens */
+            vec r[E] = {{0}};
+            for (long i = 0; i < n; ++i) {
+                const vec *xi = x + i * E, xj = xi[j];
+                for (int k = j; k < E; ++k) r[k] += xj * xi[k];
+            }
+            for (int k = j; k < E; ++k) acc[pidx(j, k)] = r[k];
         }
         REAL at[NP][NB];
         memcpy(at, acc, sizeof at);
