@@ -18,8 +18,8 @@ for LFOM with a scalar or per-feature Γ). Gradients reach the weights through K
 The sparse mode (Ahn et al.) has its own O(L·d²) kernel on g = X_ctxᵀ y_ctx (Lemma 1).
 
 The kernel is compiled on first use for each token width d+1 and dtype (float32, float64) with the system C
-compiler (``cc``, about a second; cached under ``$ICL_KERNEL_CACHE`` or ``~/.cache/icl-optimizers``) and loaded
-with ctypes. Where there is no compiler, the tensors are not on the CPU or not float32/float64, while
+compiler (``cc -O3 -march=native``, without ``-march=native`` where the compiler refuses it; about a second;
+cached under ``$ICL_KERNEL_CACHE`` or ``~/.cache/icl-optimizers``) and loaded with ctypes. Where there is no compiler, the tensors are not on the CPU or not float32/float64, while
 ``torch.compile`` traces, with ``ICL_FUSED=0`` or inside :func:`disabled`, :func:`usable` is False and the
 models run their torch code (the same numbers up to rounding; tests check both against the token recursion).
 Under ``torch.func.vmap`` (the seed batch) the seeds are folded into the kernel's leading dimension.
@@ -100,16 +100,21 @@ def library(e: int, dtype: torch.dtype) -> ctypes.CDLL | None:
     path = _cache_dir() / f"gram_space_e{e}_{real}_{key}.so"
     with _lock:
         if not path.exists():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                    out = Path(tmp) / path.name
-                    subprocess.run([cc, *flags, "-o", str(out), str(SOURCE)], check=True, capture_output=True,
-                                   text=True, timeout=120)  # fmt: skip
-                    os.replace(out, path)  # atomic: a concurrent process sees the whole file or none
-            except (OSError, subprocess.SubprocessError) as err:
-                detail = getattr(err, "stderr", "") or err
-                _warn(f"building {SOURCE.name} failed: {str(detail).strip()[:300]}")
+            errors = []
+            # -march=native where the compiler takes it (not every clang on arm64 does), else portable code
+            for attempt in (flags, [f for f in flags if f != "-march=native"]):
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                        out = Path(tmp) / path.name
+                        subprocess.run([cc, *attempt, "-o", str(out), str(SOURCE)], check=True, capture_output=True,
+                                       text=True, timeout=120)  # fmt: skip
+                        os.replace(out, path)  # atomic: a concurrent process sees the whole file or none
+                    break
+                except (OSError, subprocess.SubprocessError) as err:
+                    errors.append(str(getattr(err, "stderr", "") or err).strip()[:300])
+            else:
+                _warn(f"building {SOURCE.name} failed: {errors[-1]}")
                 return None
         try:
             lib = ctypes.CDLL(str(path))
