@@ -19,7 +19,8 @@ The sparse mode (Ahn et al.) has its own O(L·d²) kernel on g = X_ctxᵀ y_ctx 
 
 The kernel is compiled on first use for each token width d+1 and dtype (float32, float64) with the system C
 compiler (``cc -O3 -march=native``, without ``-march=native`` where the compiler refuses it; about a second;
-cached under ``$ICL_KERNEL_CACHE`` or ``~/.cache/icl-optimizers``) and loaded with ctypes. Where there is no compiler, the tensors are not on the CPU or not float32/float64, while
+cached under ``$ICL_KERNEL_CACHE`` or ``~/.cache/icl-optimizers``) and loaded with ctypes. Where there is no
+compiler, the tensors are not on the CPU or not float32/float64, the data need a gradient, while
 ``torch.compile`` traces, with ``ICL_FUSED=0`` or inside :func:`disabled`, :func:`usable` is False and the
 models run their torch code (the same numbers up to rounding; tests check both against the token recursion).
 Under ``torch.func.vmap`` (the seed batch) the seeds are folded into the kernel's leading dimension.

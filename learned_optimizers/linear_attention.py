@@ -287,9 +287,12 @@ class LinearSelfAttention(nn.Module):
         )  # fmt: skip
 
     def a_sums(self) -> torch.Tensor:
-        """Modes ``sparse``/``gdpp``: Σ_h A_{ℓ,h} of every layer, (L, d, d)."""
-        A = self.A.sum(1)
-        return A.expand(self.layers, *A.shape[1:]) if self.cfg.tied else A
+        """Modes ``sparse``/``gdpp``: Σ_h A_{ℓ,h} of every layer, (L, d, d). Reads ``self.A[ℓ]`` layer by layer (a
+        study may hold A as per-layer blocks that only support that indexing)."""
+        if self.cfg.tied:
+            A = self._a_sum(0)
+            return A.expand(self.layers, *A.shape)
+        return torch.stack([self._a_sum(i) for i in range(self.layers)])
 
     def _a_sum(self, i: int) -> torch.Tensor:
         A = self.A[i]
