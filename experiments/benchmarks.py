@@ -13,6 +13,24 @@ import torch
 from experiments.bench import benchmark
 
 
+@benchmark("gemm_ratio")
+def gemm_ratio(quick: bool) -> list[dict[str, Any]]:
+    """Every family's train step at batch 20,000 over one 512³ float32 GEMM (issue 15); targets sparse <= 2,
+    GD++ / full / CGD-like Memformer <= 10."""
+    from experiments.perf import bench_gemm_ratio
+
+    return bench_gemm_ratio(quick)
+
+
+@benchmark("paper_profile")
+def paper_profile(quick: bool) -> list[dict[str, Any]]:
+    """Ahn et al.'s paper profile (20,000 steps at batch 20,000) for a 3-layer sparse and GD++ LSA on 2 threads,
+    extrapolated from a measured block of 100 steps; target < 10 minutes each (issue 15)."""
+    from experiments.perf import bench_paper_profile
+
+    return bench_paper_profile(quick)
+
+
 @benchmark("manifold_adam")
 def manifold_adam(quick: bool) -> list[dict[str, Any]]:
     """Step time of one St(512, 64) parameter: ManifoldAdam vs torch Adam vs projected Riemannian Adam vs the

@@ -12,6 +12,12 @@ row says otherwise).
 - :func:`bench_throughput`: prompts per second of the Memformers, the LSA and the softmax GPT.
 - :func:`bench_peak_memory`: peak memory of one train step per configuration, each in a fresh subprocess.
 - :func:`bench_compile`: ``torch.compile`` of the loss against eager.
+- :func:`bench_gemm_ratio`: every model family's train step at batch 20,000 over one 512×512×512 float32 GEMM
+  timed in the same interleaved run (issue 15), with the fused kernels and with the torch code.
+- :func:`bench_paper_profile`: Ahn et al.'s paper profile (20,000 steps at batch 20,000) extrapolated from a
+  measured block of ``resample_every`` Trainer steps, 3-layer sparse and GD++ LSA, 2 threads.
+
+``ICL_BENCH_DEVICE=cuda`` runs the last two on that device (the GEMM yardstick too).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from torch import nn
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
 from icl.training import TrainConfig, Trainer, query_mse
-from learned_optimizers import build_model
+from learned_optimizers import build_model, fused
 
 # -- timing ------------------------------------------------------------------------------------------------
 
@@ -41,19 +47,64 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 2, b
 
     ``budget_s`` stops early (after at least 3 rounds) once the rounds have taken that long.
     """
+    wall, _cpu, rounds = interleaved_wall_cpu(fns, reps, warmup, budget_s)
+    return wall, rounds
+
+
+def interleaved_wall_cpu(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 2, budget_s: float | None = None):
+    """:func:`interleaved`, also returning the median CPU seconds of the calling thread per call (on a machine
+    shared by more jobs than cores the wall clock also counts other jobs' time slices, the thread's CPU time
+    does not); returns (wall medians, CPU medians, rounds)."""
     for _ in range(warmup):
         for f in fns.values():
             f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
     for r in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             f()
-            times[k].append(time.perf_counter() - t0)
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.thread_time() - c0)
         if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
             break
-    return {k: statistics.median(v) for k, v in times.items()}, len(times[next(iter(fns))])
+    med = statistics.median
+    return {k: med(v) for k, v in wall.items()}, {k: med(v) for k, v in cpu.items()}, len(wall[next(iter(fns))])
+
+
+def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], None]:
+    """``fn`` followed by a device synchronisation where the device runs asynchronously (CUDA)."""
+    if device != "cuda":
+        return fn
+
+    def call() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return call
+
+
+def bench_device() -> str:
+    """The device of the issue-15 benchmarks: ``$ICL_BENCH_DEVICE`` (default cpu)."""
+    device = os.environ.get("ICL_BENCH_DEVICE", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("ICL_BENCH_DEVICE=cuda but CUDA is not available on this machine")
+    return device
+
+
+class threads:
+    """Context manager: torch's intra-op threads set to ``k`` (the fused kernels follow it), restored after."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __enter__(self) -> None:
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.k)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
 
 
 def tokens(d: int, n: int, batch: int, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,4 +391,129 @@ def bench_compile(quick: bool = False) -> list[dict[str, Any]]:
             "mode": mode, "reps": reps, "compile_s": compile_s, "eager_ms": 1e3 * med["eager"],
             "compiled_ms": 1e3 * med["compiled"], "speedup": med["eager"] / med["compiled"],
         })  # fmt: skip
+    return rows
+
+
+# -- issue 15: every family's step against the CPU's arithmetic rate ------------------------------------------
+
+#: model -> (kind, config, target ratio to the GEMM or None); d = 5, n = 20, L = 3, batch 20,000
+GEMM_RATIO_MODELS: dict[str, tuple[str, dict[str, Any], float | None]] = {
+    "sparse LSA": ("lsa", {"mode": "sparse"}, 2.0),
+    "GD++ LSA": ("lsa", {"mode": "gdpp"}, 10.0),
+    "full LSA": ("lsa", {"mode": "full"}, 10.0),
+    "CGD-like Memformer": ("memformer", {"memory": "cgd"}, 10.0),
+    "diag LSA": ("lsa", {"mode": "diag"}, None),
+    "factorised LSA": ("lsa", {"mode": "factorised"}, None),
+    "full LSA, 4 heads": ("lsa", {"mode": "full", "heads": 4}, None),
+    "GD++ LSA, tied": ("lsa", {"mode": "gdpp", "tied": True}, None),
+    "LFOM Memformer, feature Γ": ("memformer", {"memory": "lfom", "gamma_shape": "feature", "gamma_init": "ones"},
+                                  None),
+    "CGD-like Memformer, full P, Q": ("memformer", {"memory": "cgd", "mode": "full"}, None),
+}
+
+
+def _build(kind: str, cfg: dict[str, Any], d: int, layers: int) -> nn.Module:
+    cfg = dict(cfg)
+    if kind == "memformer":
+        att = {"layers": layers, **{k: cfg.pop(k) for k in ("mode", "heads", "tied") if k in cfg}}
+        cfg["attention"] = att
+    else:
+        cfg["layers"] = layers
+    return build_model(kind, d, cfg, generator=torch.Generator().manual_seed(1))
+
+
+def gemm_yardstick(size: int = 512, device: str = "cpu") -> tuple[Callable[[], None], Callable[[], float]]:
+    """One size³ float32 GEMM C = A B (alpha = 1, beta = 0, random non-zero factors, so BLAS can skip nothing)
+    into a preallocated C; returns the call and a check: the relative error of C against A B in float64."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device)
+    b = torch.randn(size, size, generator=g).to(device)
+    c = torch.zeros(size, size, device=device)
+
+    def error() -> float:
+        ref = a.double() @ b.double()
+        return float((c.double() - ref).abs().max() / ref.abs().max())
+
+    return synchronized(lambda: torch.matmul(a, b, out=c), device), error
+
+
+def bench_gemm_ratio(quick: bool = False, repeats: int = 1) -> list[dict[str, Any]]:
+    """Train step (forward of the public model API, backward, torch Adam) of every model family at batch 20,000,
+    d = 5, n = 20, L = 3, float32, one thread, over one 512³ float32 GEMM, all timed interleaved in one run
+    (medians of the wall clock; ``cpu_step_per_gemm`` is the same ratio of the thread's CPU time, which other
+    jobs' time slices on a shared machine do not inflate); the four issue-15 models also with the fused
+    kernels off (their torch code). Targets (wall clock): sparse ≤ 2, GD++ / full / CGD-like Memformer ≤ 10."""
+    device = bench_device()
+    d, n, layers, batch = (5, 20, 3, 2000) if quick else (5, 20, 3, 20_000)
+    rows = []
+    with threads(1):
+        gemm, check = gemm_yardstick(device=device)
+        gemm()
+        gemm_error = check()  # the yardstick really computed A B
+        Z, y = tokens(d, n, batch, device=device)
+        fns: dict[str, Callable[[], None]] = {"gemm": gemm}
+        for name, (kind, cfg, target) in GEMM_RATIO_MODELS.items():
+            model = _build(kind, cfg, d, layers).to(device)
+            fns[name] = synchronized(step_fn(model, Z, y), device)
+            if target is not None and device == "cpu":
+                torch_step = step_fn(_build(kind, cfg, d, layers), Z, y)
+
+                def unfused(step: Callable[[], None] = torch_step) -> None:
+                    with fused.disabled():
+                        step()
+
+                fns[name + " (torch)"] = unfused
+        for _ in range(repeats):
+            med, cpu, reps = interleaved_wall_cpu(fns, reps=3 if quick else 11, budget_s=3 if quick else 60)
+            g = med["gemm"]
+            for name, (_kind, _cfg, target) in GEMM_RATIO_MODELS.items():
+                ratio = med[name] / g
+                unfused = med.get(name + " (torch)")
+                rows.append({
+                    "model": name, "batch": batch, "layers": layers, "device": device, "reps": reps,
+                    "fused": fused.usable(Z) if device == "cpu" else False, "step_ms": 1e3 * med[name],
+                    "gemm_ms": 1e3 * g, "gemm_gflops": 2 * 512**3 / g / 1e9, "gemm_rel_error": gemm_error,
+                    "step_per_gemm": ratio, "cpu_step_per_gemm": cpu[name] / cpu["gemm"] if device == "cpu" else "",
+                    "torch_step_per_gemm": "" if unfused is None else unfused / g,
+                    "target": "" if target is None else f"<= {target:g}",
+                    "ok": "" if target is None else _ok(ratio <= target, quick),
+                })  # fmt: skip
+    return rows
+
+
+def bench_paper_profile(quick: bool = False, n_threads: int = 2) -> list[dict[str, Any]]:
+    """Wall time of Ahn et al.'s paper profile (20,000 AdamW steps at batch 20,000, d = 5, n = 20, a fresh batch
+    every 100 steps, per-matrix clipping) for a 3-layer sparse and a 3-layer GD++ LSA on ``n_threads`` threads,
+    extrapolated from one measured block of 100 :class:`icl.training.Trainer` steps (sampling included), the
+    held-out evaluations left out; ``cpu_ms_all_threads`` is the process's CPU time per step (all threads).
+    Target: under 10 minutes each."""
+    device = bench_device()
+    steps, batch, block = (200, 2000, 20) if quick else (20_000, 20_000, 100)
+    rows = []
+    with threads(n_threads):
+        for mode in ("sparse", "gdpp"):
+            cfg = TrainConfig(steps=steps, batch_size=batch, optimizer="adamw", lr=0.01, betas=(0.99, 0.9),
+                              clip="per_matrix", clip_value=0.01, resample_every=block, schedule="step",
+                              halve_every=4000, eval_batch=256)  # fmt: skip
+            st = Streams(0)
+            model = build_model("lsa", 5, {"layers": 3, "mode": mode}, generator=st.generator("init")).to(device)
+            dist = PromptDistribution(PromptConfig(d=5, n=20), generator=st.generator("rotation"))
+            trainer = Trainer(model, dist, cfg, st, device=device, quiet=True)
+            for _ in range(block):  # warm-up: one whole block
+                trainer.train_step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(block):  # starts at a block boundary: one batch drawn, block - 1 reused
+                loss, _, _ = trainer.train_step()
+            float(loss)  # the steps are done (a host read)
+            per_step = (time.perf_counter() - t0) / block
+            cpu_per_step = (time.process_time() - c0) / block
+            total = per_step * steps
+            rows.append({
+                "model": f"lsa {mode}", "layers": 3, "batch": batch, "steps": steps, "threads": n_threads,
+                "device": device, "measured_steps": block, "step_ms": 1e3 * per_step,
+                "cpu_ms_all_threads": 1e3 * cpu_per_step, "extrapolated_min": total / 60,
+                "target": "< 10 min", "ok": _ok(total < 600, quick),
+            })  # fmt: skip
     return rows

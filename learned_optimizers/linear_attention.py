@@ -42,6 +42,7 @@ from torch import nn
 
 from icl.config import Config, spec
 from icl.validation import check_tensor
+from learned_optimizers import fused
 
 MODES = ("sparse", "gdpp", "full", "diag", "factorised")
 
@@ -81,9 +82,23 @@ class LSAConfig(Config):
 
 
 def context_gram(Z: torch.Tensor) -> torch.Tensor:
-    """G = Σ_{i≤n} z_i z_iᵀ over the n context tokens (the query excluded), (B, d+1, d+1)."""
+    """G = Σ_{i≤n} z_i z_iᵀ over the n context tokens (the query excluded), (B, d+1, d+1).
+
+    On the CPU by the fused kernel (:mod:`learned_optimizers.fused`, one pass over the tokens) when the tokens are
+    data (no gradient asked for them); otherwise one batched GEMM.
+    """
+    if fused.usable(Z):
+        return fused.context_gram(Z)
     ctx = Z[:, :-1]
     return torch.matmul(ctx.mT, ctx)
+
+
+def prompt_statistics(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a Gram-space forward reads of the tokens Z (B, n+1, d+1): the context Gram matrix G_0 and the query
+    token z_q (B, d+1); one pass of the fused kernel over the tokens where it applies."""
+    if fused.usable(Z):
+        return fused.prompt_statistics(Z)
+    return context_gram(Z), Z[:, -1]
 
 
 def combine_heads(G: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -253,6 +268,32 @@ class LinearSelfAttention(nn.Module):
         P, Q = self.layer_weights(layer)
         return combine_heads(G, P, Q)
 
+    def gram_maps(self) -> torch.Tensor:
+        """Every layer's W_ℓ = Σ_h Q_{ℓ,h}ᵀ G P_{ℓ,h}ᵀ as a linear map of the symmetric G's upper triangle,
+        (L, (d+1)(d+2)/2, (d+1)²) (:func:`learned_optimizers.fused.gram_maps`); tied layers share one map."""
+        weights = [self.layer_weights(i) for i in range(1 if self.cfg.tied else self.layers)]
+        P, Q = (torch.stack(w) for w in zip(*weights))
+        K = fused.gram_maps(P, Q)
+        return K.expand(self.layers, *K.shape[1:]) if self.cfg.tied else K
+
+    def active_entries(self) -> tuple[bool, ...]:
+        """Which entries (i, m) of W_ℓ the mode can make non-zero, row-major (d+1)² flags: the x-rows only in
+        modes ``sparse``/``gdpp`` (Q's y-column is zero), and of those only the y-column in ``sparse``
+        (P = e_y e_yᵀ)."""
+        e, mode = self.d + 1, self.cfg.mode
+        return tuple(
+            mode not in ("sparse", "gdpp") or (i < self.d and (mode == "gdpp" or m == self.d))
+            for i in range(e) for m in range(e)
+        )  # fmt: skip
+
+    def a_sums(self) -> torch.Tensor:
+        """Modes ``sparse``/``gdpp``: Σ_h A_{ℓ,h} of every layer, (L, d, d). Reads ``self.A[ℓ]`` layer by layer (a
+        study may hold A as per-layer blocks that only support that indexing)."""
+        if self.cfg.tied:
+            A = self._a_sum(0)
+            return A.expand(self.layers, *A.shape)
+        return torch.stack([self._a_sum(i) for i in range(self.layers)])
+
     def _a_sum(self, i: int) -> torch.Tensor:
         A = self.A[i]
         return A[0] if A.shape[0] == 1 else A.sum(0)
@@ -294,7 +335,7 @@ class LinearSelfAttention(nn.Module):
         """The prediction ŷ = −[Z_L]_{query, y}, (B,), computed in Gram space (:meth:`forward_gram`)."""
         if check:
             Z = self.check_input(Z)
-        return self.forward_gram(context_gram(Z), Z[:, -1], Z.shape[1] - 1)
+        return self.forward_gram(*prompt_statistics(Z), Z.shape[1] - 1)
 
     def forward_gram(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
         """ŷ from the prompt's statistics alone: G_0 = Σ_{i≤n} z_i z_iᵀ (B, d+1, d+1) and the query z_q (B, d+1).
@@ -305,6 +346,11 @@ class LinearSelfAttention(nn.Module):
         the L layers then cost O(d³) per prompt whatever n is, and ŷ = −z_qᵀ T_L e_y. Equal to the token
         recursion (:meth:`tokens`) up to floating-point reassociation.
         """
+        if fused.usable(G0, z_q):  # the same recursion, forward and backward fused in one CPU kernel
+            if self.cfg.mode == "sparse":
+                return fused.sparse(G0, z_q, self.a_sums(), n)
+            C = fused.plain_memory(self.layers, self.d + 1, G0)
+            return fused.gram_space(G0, z_q, self.gram_maps(), C, n, self.active_entries())
         if self.cfg.mode == "sparse":
             return self._forward_sparse(G0, z_q, n)
         T = None

@@ -41,11 +41,12 @@ from einops import einsum
 from torch import nn
 
 from icl.config import Config, ConfigError, spec
+from learned_optimizers import fused
 from learned_optimizers.linear_attention import (
     LinearSelfAttention,
     LSAConfig,
     check_tokens,
-    context_gram,
+    prompt_statistics,
     read_prediction,
 )
 
@@ -188,12 +189,15 @@ class Memformer(nn.Module):
             Z = self.check_input(Z)
         if not self.gram_sufficient:
             return read_prediction(self.tokens(Z, check=False)[-1])
-        return self.forward_gram(context_gram(Z), Z[:, -1], Z.shape[1] - 1)
+        return self.forward_gram(*prompt_statistics(Z), Z.shape[1] - 1)
 
     def forward_gram(self, G0: torch.Tensor, z_q: torch.Tensor, n: int) -> torch.Tensor:
         """ŷ from G_0 (B, d+1, d+1) and the query token z_q (B, d+1); not for the full Hadamard Γ."""
         if not self.gram_sufficient:
             raise ValueError("a Memformer with the full (n+1)×(d+1) Γ needs the tokens, not only their Gram matrix")
+        if fused.usable(G0, z_q):  # the same recursion, forward and backward fused in one CPU kernel
+            att = self.attention
+            return fused.gram_space(G0, z_q, att.gram_maps(), self.memory_coefficients(), n, att.active_entries())
         T = torch.eye(G0.shape[-1], dtype=G0.dtype, device=G0.device).expand_as(G0)
         S = torch.zeros_like(G0)
         registers: list[torch.Tensor] = []
@@ -208,6 +212,28 @@ class Memformer(nn.Module):
                 G = self.gamma_coefficients(layer)
                 T = T + einsum(G, torch.stack(registers), _COMBINE[self.cfg.gamma_shape]) / n
         return -(z_q * T[:, :, -1]).sum(-1)
+
+    def memory_coefficients(self) -> torch.Tensor:
+        """The memory as coefficients c (L, L, d+1) of T_{ℓ+1} = T_ℓ + (1/n) Σ_{j≤ℓ} U_j diag(c_{ℓj}), U_j = T_j W_j
+        (the registers in Z_0 coordinates; not for the full Hadamard Γ).
+
+        CGD-like: S_ℓ = U_ℓ + γ_ℓ S_{ℓ−1} unrolls to S_ℓ = Σ_{j≤ℓ} (Π_{j<k≤ℓ} γ_k) U_j, so c_{ℓj} = α_ℓ Π_{j<k≤ℓ} γ_k.
+        LFOM: c_{ℓj} = Γ_j^ℓ (a scalar broadcast over the d+1 features, or the per-feature vector).
+        """
+        L, e = self.layers, self.d + 1
+        rows = []
+        if self.cfg.memory == "cgd":
+            decay = self.alpha.new_ones(1)  # Π_{j<k≤ℓ} γ_k for j = 0..ℓ
+            for layer in range(L):
+                decay = torch.cat([decay * self.gamma[layer], decay.new_ones(1)]) if layer else decay
+                rows.append(self.alpha[layer] * decay)
+            c = [torch.cat([r, r.new_zeros(L - len(r))]) for r in rows]
+            return torch.stack(c)[:, :, None].expand(L, L, e)
+        for layer in range(L):
+            G = self.gamma_coefficients(layer)  # (ℓ+1,) or (ℓ+1, e)
+            G = G[:, None].expand(-1, e) if G.dim() == 1 else G
+            rows.append(torch.cat([G, G.new_zeros(L - layer - 1, e)]))
+        return torch.stack(rows)
 
     @torch.no_grad()
     def set_memory(

@@ -50,3 +50,13 @@ def test_quick_bench_writes_every_benchmark(tmp_path):
         assert bench["rows"], name
         assert all("error" not in row for row in bench["rows"]), (name, bench["rows"])
     assert {"date", "cpu_count", "torch"} <= set(result["hardware"])
+
+
+def test_gemm_yardstick_does_its_work():
+    """The GEMM the step ratios divide by really computes A B (a product BLAS could skip would be no yardstick)."""
+    from experiments.perf import gemm_yardstick
+
+    gemm, error = gemm_yardstick(size=64)
+    assert error() == 1.0  # C starts at zero
+    gemm()
+    assert error() < 1e-5
