@@ -156,7 +156,7 @@ def test_batched_retraction_and_coordinates_equal_one_at_a_time():
             W[..., :3] = W[..., :3] - W[..., :3].mT
         for method in ("cayley", "exp"):
             batch = Ls.clone()
-            m.retract_batch_(batch, W, 3, method)
+            m.retract_batch_(batch, W.clone(), 3, method)  # W is scratch
             for i in range(4):
                 one = m.retract_(Ls[i].clone(), m.to_flat(W[i], shape), 3, method)
                 assert torch.allclose(batch[i], one, atol=1e-14, rtol=0), (name, method)
@@ -211,3 +211,22 @@ def test_qr_projection_and_reorthonormalize():
 def test_unknown_manifold_name():
     with pytest.raises(ValueError, match="manifold"):
         get_manifold("sphere")
+
+
+@pytest.mark.parametrize("name", ["stiefel", "grassmann"])
+def test_point_reorthonormalisation_is_a_polar_step(name):
+    """reorthonormalize_point_ moves a slightly non-orthonormal Y to second order onto the manifold, keeps its
+    span (the Grassmann point) and leaves Y_⊥ alone."""
+    m = get_manifold(name)
+    g = _gen(9)
+    L = torch.stack([m.init_section(m.random_point((12, 4), g), g) for _ in range(2)])
+    noisy = L.clone()
+    noisy[..., :4] += 1e-6 * torch.randn(2, 12, 4, generator=g, dtype=DT)
+    out = m.reorthonormalize_point_(noisy.clone(), 4)
+    for i in range(2):
+        Y = out[i, :, :4]
+        before = m.check(noisy[i, :, :4])
+        assert before > 1e-6 and m.check(Y) < 1e-4 * before  # second order: ε → O(ε²)
+        P = noisy[i, :, :4] @ torch.linalg.pinv(noisy[i, :, :4])  # projector onto the old span
+        assert torch.allclose(P @ Y, Y, atol=1e-14)
+    assert torch.equal(out[..., 4:], noisy[..., 4:])

@@ -25,7 +25,7 @@ class ManifoldAdam(GlobalSectionOptimizer):
     .. code-block:: text
 
         Δ   = rgrad(Y, ∇L)                       (Riemannian gradient)
-        B   = global_rep(Λ, Δ) ∈ 𝔤^hor           (compact coordinates, e.g. strict-lower(A) and B for Stiefel)
+        B   = global_rep(Λ, Δ) ∈ 𝔤^hor           (coordinates; Stiefel: the p×N matrix [A | Bᵀ] = GᵀΛ, skewed)
         m   ← β₁ m + (1 − β₁) B                  (elementwise on the coordinates)
         v   ← β₂ v + (1 − β₂) B ⊙ B
         W   = −η · (m / (1 − β₁ᵗ)) ⊘ (√(v / (1 − β₂ᵗ)) + ε)     (ε after the square root)
@@ -36,8 +36,7 @@ class ManifoldAdam(GlobalSectionOptimizer):
     gradient of the pulled-back loss (equal to global_rep(Λ, rgrad) on Stiefel/Grassmann), see
     :meth:`icl.optim.manifolds.SymplecticStiefel.grad_rep`.
     For Euclidean parameters (the default ``manifold``) the update is exactly ``torch.optim.Adam``
-    (``weight_decay=0``) or ``torch.optim.AdamW`` (decoupled decay),
-    operation for operation.
+    (``weight_decay=0``) or ``torch.optim.AdamW`` (decoupled decay), operation for operation.
 
     Weight decay is decoupled (θ ← θ − η·λ·θ) and applies to **Euclidean parameters only**: on Stiefel and
     Grassmann it would be a no-op anyway, since rgrad(Y, λY) = λY − Y(λY)ᵀY = 0, and it is ignored on
@@ -65,7 +64,8 @@ class ManifoldAdam(GlobalSectionOptimizer):
 
     Raises:
         ValueError: naming the argument (negative lr/eps/weight_decay, betas outside [0, 1), unknown
-            manifold or retraction, a manifold parameter of the wrong shape or off the manifold).
+            manifold or retraction, a manifold parameter of the wrong shape or off the manifold); from
+            ``load_state_dict``, a state_dict written by another optimizer or for another manifold.
     """
 
     def __init__(

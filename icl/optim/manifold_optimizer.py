@@ -49,6 +49,7 @@ __all__ = [
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _RETRACTIONS = ("cayley", "exp")
 _SECTION_KEYS = ("manifold", "retraction", "geometry_dtype", "reorthonormalize_every", "manifold_tol")
+_OPTIONAL_KEYS = ("reorthonormalize_point_every",)  # newer than some checkpoints; defaulted on load
 
 
 def check_lr(lr: object) -> None:
@@ -235,14 +236,20 @@ class _Bucket:
         uniform = all(self.steps[i] == self.steps[idx[0]] for i in idx)
         W = opt._velocity(state, C, step, group, uniform)
         m.retract_batch_(L, W, p, group["retraction"])
-        every = opt._reorth_every(group, gd)
-        if every:
-            due = [j for j, i in enumerate(idx) if self.steps[i] % every == 0]
+        full, point = opt._reorth_every(group, gd, m)
+        if uniform:  # (the usual case: one test for the whole batch)
+            s = self.steps[idx[0]]
+            due_full = list(range(k)) if full and s % full == 0 else []
+            due_point = list(range(k)) if point and s % point == 0 and not due_full else []
+        else:
+            due_full = [j for j, i in enumerate(idx) if full and self.steps[i] % full == 0]
+            due_point = [j for j, i in enumerate(idx) if point and self.steps[i] % point == 0 and j not in due_full]
+        for due, fix in ((due_full, m.reorthonormalize_), (due_point, getattr(m, "reorthonormalize_point_", None))):
             if len(due) == k:
-                m.reorthonormalize_(L, p)
+                fix(L, p)
             elif due:
                 sub = L[due]
-                m.reorthonormalize_(sub, p)
+                fix(sub, p)
                 L[due] = sub
 
 
@@ -256,9 +263,12 @@ class GlobalSectionOptimizer(Optimizer):
       squaring, which reads one number per bucket back to the host to choose the number of squarings);
     * ``geometry_dtype``: None (the parameter's dtype, at least float32) or float64, which keeps Λ and the
       moments in float64 while the parameter stays float32;
-    * ``reorthonormalize_every``: k > 0 re-orthonormalises Λ in float64 (Stiefel/Grassmann: sign-fixed QR;
-      symplectic: symplectic Gram–Schmidt) every k steps; 0 disables it; None (default) means 100 when the
-      geometry is float32 and off in float64;
+    * ``reorthonormalize_every``: k > 0 re-orthonormalises Λ in float64 (Stiefel/Grassmann: sign-fixed QR,
+      O(N³); symplectic: symplectic Gram–Schmidt) every k steps; 0 disables it; None (default) means off in
+      float64 and, in float32, 1000 (Stiefel/Grassmann) or 100 (symplectic);
+    * ``reorthonormalize_point_every`` (Stiefel/Grassmann): j > 0 re-orthonormalises the point Y alone in
+      float64 every j steps (one Newton–Schulz polar step, O(Np²)); 0 disables it; None (default) means off
+      in float64 and 10 in float32 — float32 rounding makes ‖YᵀY − I‖ a random walk that this bounds;
     * ``manifold_tol``: how far from the manifold a parameter may be at construction (default 1e-8 for
       float64 parameters, 1e-4 otherwise); within it, the parameter is snapped onto the manifold.
 
@@ -298,6 +308,7 @@ class GlobalSectionOptimizer(Optimizer):
             retraction="cayley",
             geometry_dtype=None,
             reorthonormalize_every=None,
+            reorthonormalize_point_every=None,
             manifold_tol=None,
         )
         base.update(defaults)
@@ -317,9 +328,10 @@ class GlobalSectionOptimizer(Optimizer):
         group["manifold"] = m.name
         if group["retraction"] not in _RETRACTIONS:
             raise ValueError(f"retraction must be one of {_RETRACTIONS}, got {group['retraction']!r}")
-        k = group["reorthonormalize_every"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise ValueError(f"reorthonormalize_every must be None or an int >= 0, got {k!r}")
+        for key in ("reorthonormalize_every", "reorthonormalize_point_every"):
+            k = group[key]
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+                raise ValueError(f"{key} must be None or an int >= 0, got {k!r}")
         if group["manifold_tol"] is not None:
             check_nonneg("manifold_tol", group["manifold_tol"])
         self._validate_hyper(group)
@@ -351,11 +363,15 @@ class GlobalSectionOptimizer(Optimizer):
             tol = 1e-8 if p.dtype == torch.float64 else 1e-4
         return tol
 
-    def _reorth_every(self, group: dict, gdtype: torch.dtype) -> int:
-        k = group["reorthonormalize_every"]
-        if k is None:
-            return 0 if gdtype == torch.float64 else 100
-        return k
+    def _reorth_every(self, group: dict, gdtype: torch.dtype, m: Manifold) -> tuple[int, int]:
+        """(period of the full re-orthonormalisation of Λ, period of the point's); 0 means never."""
+        f32 = gdtype != torch.float64
+        full, point = group["reorthonormalize_every"], group["reorthonormalize_point_every"]
+        if full is None:
+            full = (1000 if m.point_correction else 100) if f32 else 0
+        if point is None:
+            point = 10 if f32 else 0
+        return full, point if m.point_correction else 0
 
     @torch.no_grad()
     def _init_manifold_state(self, p: torch.Tensor, m: Manifold, group: dict, name: str) -> None:
@@ -464,6 +480,7 @@ class GlobalSectionOptimizer(Optimizer):
             group.setdefault("retraction", "cayley")
             group.setdefault("geometry_dtype", None)
             group.setdefault("reorthonormalize_every", None)
+            group.setdefault("reorthonormalize_point_every", None)  # (absent from checkpoints before it existed)
             group.setdefault("manifold_tol", None)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -477,7 +494,8 @@ class GlobalSectionOptimizer(Optimizer):
         parameter's dtype, which would truncate a float64 section of a float32 parameter; those entries are
         restored from ``state_dict``.
         """
-        check_state_dict_groups(self, state_dict, (*self.defaults, *_SECTION_KEYS))
+        required = {*self.defaults, *_SECTION_KEYS} - set(_OPTIONAL_KEYS)
+        check_state_dict_groups(self, state_dict, sorted(required))
         for i, (ours, saved) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
             if len(ours["params"]) != len(saved["params"]):
                 break  # torch's loader names this mismatch

@@ -138,7 +138,7 @@ def _block_scale(X: torch.Tensor, h: int) -> torch.Tensor:
 def cayley_kernel(X: torch.Tensor) -> torch.Tensor:
     """K with Cayley(UVᵀ) = (I − ½UVᵀ)⁻¹(I + ½UVᵀ) = I + U·K·Vᵀ, given X = VᵀU.
 
-    By Woodbury, K = (I − ½X)⁻¹ (Brantner 2023; reference notes §1.4): only a (rank × rank) solve.
+    By Woodbury, K = (I − ½X)⁻¹ (Brantner 2023): only a (rank × rank) solve.
     """
     I = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
     return torch.linalg.solve(I - 0.5 * X, I.expand_as(X))
@@ -148,7 +148,7 @@ def exp_kernel(X: torch.Tensor, h: int | None = None) -> torch.Tensor:
     """K with exp(UVᵀ) = I + U·K·Vᵀ, given X = VᵀU (or a batch of them), by scaling and squaring in low rank.
 
     exp(UVᵀ) = I + U φ₁(X) Vᵀ with φ₁(X) = Σ_{k≥0} X^k/(k+1)!.  The plain series fails when ‖X‖ is large
-    although the spectral radius is small (‖X‖ ≈ ‖B̄‖²/4; reference notes §1.4), so:
+    although the spectral radius is small (‖X‖ ≈ ‖B̄‖²/4, as GeometricOptimizers.jl found), so:
 
     1. balance: X' = D⁻¹XD with D = diag(αI_h, α⁻¹I_h) and α² = sqrt(‖X₁₂‖/‖X₂₁‖), which makes
        ‖X'‖ ≈ ‖UVᵀ‖;
@@ -249,6 +249,7 @@ class Stiefel(Manifold):
     name = "stiefel"
     has_skew = True
     point_is_view = True  # ΛE is the view Λ[:, :p]
+    point_correction = True  # has reorthonormalize_point_
 
     # -- shapes and coordinates ---------------------------------------------------------------------
     def validate(self, name: str, t: torch.Tensor) -> None:
@@ -340,6 +341,17 @@ class Stiefel(Manifold):
         L.copy_(qr_sign_fixed(L.to(torch.float64)))
         return L
 
+    def reorthonormalize_point_(self, L: torch.Tensor, p: int) -> torch.Tensor:
+        """Y ← Y(3I − YᵀY)/2 in float64 (one Newton–Schulz step to the polar factor; O(Np²)), Y_⊥ untouched.
+
+        Cheap between the full re-orthonormalisations of Λ: float32 rounding of Y + D makes ‖YᵀY − I‖ a
+        random walk (~1e-7·√steps at p = 64), which this removes to second order; the span of Y (the
+        Grassmann point) is unchanged.  ``L`` is a batch (k, N, N).
+        """
+        Y = L[..., :p].to(torch.float64)
+        L[..., :p] = torch.baddbmm(Y, Y, torch.bmm(Y.mT, Y), beta=1.5, alpha=-0.5)
+        return L
+
     def resection(self, Y: torch.Tensor, L_old: torch.Tensor) -> torch.Tensor:
         """A section for a new point Y that stays close to the old one (re-completes with the old Y_⊥)."""
         return self._complete(Y, L_old[:, Y.shape[1] :].clone())
@@ -398,13 +410,16 @@ class Stiefel(Manifold):
     def retract_batch_(self, L: torch.Tensor, W: torch.Tensor, p: int, method: str = "cayley") -> None:
         """Λ ← Λ·Retraction(W̄) in place for a batch Λ (k, N, N) and velocities W (k, p, N) = [A | Bᵀ].
 
+        W is scratch: its A block may be overwritten.
+
         **Cayley, closed form.**  With Σ = (I − ½A + ¼BᵀB)⁻¹ (p×p), block elimination of
         (I − ½W̄)X = W̄ gives Cayley(W̄) − I = [[2(Σ − I), −ΣBᵀ], [BΣ, −½BΣBᵀ]], so with Z = Y_⊥B:
 
             D = ZΣ + 2Y(Σ − I),   Y_⊥ ← Y_⊥ − (Y + ½D)Bᵀ,   Y ← Y + D.
 
         Σ⁻¹'s symmetric part is I + ¼BᵀB ≻ 0, so Σ always exists (Grassmann, A = 0: Σ⁻¹ is SPD, Cholesky).
-        Two O(N²p) products (Y_⊥B, the rank-p update of Y_⊥) and O(Np²) work; no 2p×2p kernel.
+        Σ − I = Σ(½A − ¼BᵀB) comes from one p×p solve.  Two O(N²p) products (Y_⊥B, the rank-p update of
+        Y_⊥) and O(Np²) work; no 2p×2p kernel.
 
         **exp**: Λ ← Λ + (ΛB′)·K·B″ᵀ with K = :func:`exp_kernel` of X (2p×2p), the ½A factors folded into K:
         (ΛB′K)B″ᵀ = [P₁ + ½P₂A, −P₂Bᵀ] with P = [Y_⊥B, Y]-products of N×p by p×2p.
@@ -420,14 +435,29 @@ class Stiefel(Manifold):
         Bt = W[..., p:] if self.has_skew else W  # Bᵀ, (k, p, N−p)
         I = torch.eye(p, dtype=L.dtype, device=L.device)
         if method == "cayley":
-            T = torch.baddbmm(I - 0.5 * A if A is not None else I.expand(k, p, p), Bt, Bt.mT, alpha=0.25)
+            BtB = torch.bmm(Bt, Bt.mT)
+            S = torch.add(0.5 * A, BtB, alpha=-0.25) if A is not None else -0.25 * BtB  # I − Σ⁻¹
+            T = I - S  # Σ⁻¹ = I − ½A + ¼BᵀB
+            # Σ − I = Σ·(I − Σ⁻¹) = T⁻¹S, solved directly: accurate relative to its size O(η) (Σ − I formed from
+            # Σ carries an absolute error of one ulp of 1 into 2Y(Σ − I), which drifts Y off the manifold
+            # by ~1e-6 per float32 step at p = 64)
+            # (the _ex forms do not read the LAPACK status back to the host; T is never singular, see below)
             if A is None:
-                Sig = torch.cholesky_inverse(torch.linalg.cholesky(T))
+                Sm = torch.cholesky_solve(S, torch.linalg.cholesky_ex(T)[0])
             else:
-                Sig = torch.linalg.inv(T)
+                Sm = torch.linalg.solve_ex(T, S)[0]
             Z = torch.bmm(Yp, Bt.mT)
-            D = torch.baddbmm(torch.bmm(Z, Sig), Y, Sig - I, alpha=2.0)
-            Yp.baddbmm_(torch.add(Y, D, alpha=0.5), Bt, alpha=-1.0)
+            D = torch.baddbmm(Z, Z, Sm).baddbmm_(Y, Sm, alpha=2.0)  # ZΣ + 2Y(Σ − I) = Z + Z(Σ − I) + 2Y(Σ − I)
+            H = torch.add(Y, D, alpha=0.5)
+            # Y_⊥ ← Y_⊥ − H·Bᵀ as an update of the whole (contiguous) Λ by H·[0 | Bᵀ]: the Y columns get
+            # exactly 0, and an in-place batched product on the strided block Y_⊥ would copy it (4× slower
+            # for many small matrices)
+            if A is None:
+                Wz = torch.cat([W.new_zeros(k, p, p), W], -1)
+            else:
+                Wz = W
+                Wz[..., :p] = 0.0
+            L.baddbmm_(H, Wz, alpha=-1.0)
             Y.add_(D)
             return
         BtB = torch.bmm(Bt, Bt.mT)
@@ -485,7 +515,7 @@ class Grassmann(Stiefel):
     """Gr(p, N), points represented by orthonormal Y ∈ ℝ^{N×p} (span(Y)); the Stiefel formulas with A ≡ 0.
 
     Metric Tr(Δ₁ᵀΔ₂); Riemannian gradient ∇L − YYᵀ∇L; 𝔤^hor = {[[0, −Bᵀ], [B, 0]]}, B = Y_⊥ᵀΔ;
-    X = [[0, I], [−BᵀB, 0]] (reference notes §1.7).
+    X = [[0, I], [−BᵀB, 0]] (Brantner 2023).
     """
 
     name = "grassmann"
@@ -510,7 +540,7 @@ class SymplecticStiefel(Manifold):
     * section: U's columns completed by a symplectic Gram–Schmidt (SR) of a Gaussian draw with the
       symplectic U-component removed; Λ = [U_q, W, U_p, Z] ∈ Sp(2N);
     * 𝔤^hor: Hamiltonian [[A, B], [C, −Aᵀ]] with A = [[A₁, A₂ᵀ], [A₃, 0]], B = [[B₁, B₂ᵀ], [B₂, 0]],
-      C = [[C₁, C₂ᵀ], [C₂, 0]], B₁, C₁ symmetric (reference notes §1.8); global_rep reads the unique
+      C = [[C₁, C₂ᵀ], [C₂, 0]], B₁, C₁ symmetric (Brantner 2023); global_rep reads the unique
       D ∈ 𝔤^hor with DE = Λ⁻¹Δ, Λ⁻¹ = JᵀΛᵀJ;
     * retraction: D = UVᵀ with U = [DE, E], Vᵀ = [Eᵀ; EᵀD(I − EEᵀ)] (rank 4n), Λ ← Λ + (ΛU)·K·Vᵀ with the
       same Cayley / low-rank exp kernels.  Cayley and exp of a Hamiltonian matrix are symplectic.
@@ -520,6 +550,7 @@ class SymplecticStiefel(Manifold):
 
     name = "symplectic_stiefel"
     point_is_view = False
+    point_correction = False
 
     def validate(self, name: str, t: torch.Tensor) -> None:
         if t.ndim != 2:
