@@ -447,7 +447,7 @@ class Stiefel(Manifold):
             else:
                 Sm = torch.linalg.solve_ex(T, S)[0]
             Z = torch.bmm(Yp, Bt.mT)
-            D = torch.baddbmm(Z, Z, Sm).baddbmm_(Y, Sm, alpha=2.0)  # ZΣ + 2Y(Σ − I) = Z + Z(Σ − I) + 2Y(Σ − I)
+            D = torch.baddbmm(Z, torch.add(Z, Y, alpha=2.0), Sm)  # ZΣ + 2Y(Σ − I) = Z + (Z + 2Y)(Σ − I)
             H = torch.add(Y, D, alpha=0.5)
             # Y_⊥ ← Y_⊥ − H·Bᵀ as an update of the whole (contiguous) Λ by H·[0 | Bᵀ]: the Y columns get
             # exactly 0, and an in-place batched product on the strided block Y_⊥ would copy it (4× slower
