@@ -151,6 +151,8 @@ def test_batched_retraction_and_coordinates_equal_one_at_a_time():
         for i in range(4):
             assert torch.allclose(m.to_flat(C[i], shape), m.global_rep(Ls[i], m.rgrad(Ls[i][:, :3], G[i])), atol=1e-13)
             assert torch.equal(m.to_matrix(m.to_flat(C[i], shape), shape), C[i])
+            if name == "stiefel":  # an even quantity (C ⊙ C, like Adam's second moment) has a symmetric A block
+                assert torch.equal(m.to_matrix(m.to_flat(C[i] * C[i], shape), shape, even=True), C[i] * C[i])
         W = 0.1 * torch.randn(4, *m.coord_shape(shape), generator=g, dtype=DT)
         if name == "stiefel":
             W[..., :3] = W[..., :3] - W[..., :3].mT

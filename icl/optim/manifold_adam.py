@@ -90,6 +90,7 @@ class ManifoldAdam(GlobalSectionOptimizer):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
 
     _coord_state_keys = ("exp_avg", "exp_avg_sq")
+    _even_state_keys = ("exp_avg_sq",)
 
     def _euclidean_step(self, group: dict, params: list[torch.Tensor]) -> None:
         """torch.optim.Adam (weight_decay 0) or AdamW (decoupled decay), through torch's functional adam."""

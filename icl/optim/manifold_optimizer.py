@@ -284,6 +284,7 @@ class GlobalSectionOptimizer(Optimizer):
     """
 
     _coord_state_keys: tuple[str, ...] = ()
+    _even_state_keys: tuple[str, ...] = ()  # state even in the gradient (its skew block is symmetric)
 
     def __init__(
         self,
@@ -452,7 +453,10 @@ class GlobalSectionOptimizer(Optimizer):
             if sum(b.k for b in buckets) != len(group["params"]) or not all(b.intact(self) for b in buckets):
                 buckets = self._buckets[gi] = self._make_buckets(group)
             for b in buckets:
-                with _ieee_float32(b.count.device):
+                if b.count.device.type == "cuda":
+                    with _ieee_float32(b.count.device):
+                        b.step(self, group)
+                else:
                     b.step(self, group)
         return loss
 
@@ -554,4 +558,4 @@ class GlobalSectionOptimizer(Optimizer):
                 st[key] = st["section"].new_zeros(shape)
                 continue
             v = v.to(device=p.device, dtype=gd, copy=True)
-            st[key] = v if tuple(v.shape) == shape else m.to_matrix(v, tuple(p.shape))
+            st[key] = v if tuple(v.shape) == shape else m.to_matrix(v, tuple(p.shape), key in self._even_state_keys)

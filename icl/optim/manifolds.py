@@ -180,6 +180,17 @@ def exp_kernel(X: torch.Tensor, h: int | None = None) -> torch.Tensor:
     return W * d.unsqueeze(-1) / d.unsqueeze(-2)  # D W D⁻¹
 
 
+_EYES: dict = {}
+
+
+def _eye(p: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """A cached identity (read-only by convention): the step makes no allocation for it."""
+    key = (p, dtype, str(device))
+    if key not in _EYES:
+        _EYES[key] = torch.eye(p, dtype=dtype, device=device)
+    return _EYES[key]
+
+
 def _kernel(X: torch.Tensor, method: str, h: int) -> torch.Tensor:
     if method == "cayley":
         return cayley_kernel(X)
@@ -377,13 +388,21 @@ class Stiefel(Manifold):
         N, p = shape
         return (p, N) if self.has_skew else (p, N - p)
 
-    def to_matrix(self, coords: torch.Tensor, shape) -> torch.Tensor:
-        """Flat coordinates [strict lower(A) | B] → the p×N matrix [A | Bᵀ] (Grassmann: B → Bᵀ)."""
+    def to_matrix(self, coords: torch.Tensor, shape, even: bool = False) -> torch.Tensor:
+        """Flat coordinates [strict lower(A) | B] → the p×N matrix [A | Bᵀ] (Grassmann: B → Bᵀ).
+
+        ``even=True`` fills the upper triangle of the A block with the lower one instead of its negative: the
+        layout of a quantity even in the gradient, such as Adam's second moment (entry (j, i) of A is −(i, j)).
+        """
         N, p = shape
         S, B = self.split(coords, N, p)
         if not self.has_skew:
             return B.T.contiguous()
-        return torch.cat([self.skew_from(S, p), B.T], 1)
+        A = self.skew_from(S, p)
+        if even:
+            A = A.tril(-1)
+            A = A + A.T
+        return torch.cat([A, B.T], 1)
 
     def to_flat(self, C: torch.Tensor, shape) -> torch.Tensor:
         """The p×N matrix [A | Bᵀ] → flat coordinates [strict lower(A) | B] (inverse of :meth:`to_matrix`)."""
@@ -428,38 +447,43 @@ class Stiefel(Manifold):
             raise ValueError(f"retraction must be 'cayley' or 'exp', got {method!r}")
         k = L.shape[0]
         Y, Yp = L[..., :p], L[..., p:]
-        A = None
-        if self.has_skew:  # exactly skew from the strict lower triangle (the diagonal may be 0/0 if eps = 0)
-            A = W[..., :p].tril(-1)
-            A = A - A.mT
         Bt = W[..., p:] if self.has_skew else W  # Bᵀ, (k, p, N−p)
-        I = torch.eye(p, dtype=L.dtype, device=L.device)
+        I = _eye(p, L.dtype, L.device)
         if method == "cayley":
-            BtB = torch.bmm(Bt, Bt.mT)
-            S = torch.add(0.5 * A, BtB, alpha=-0.25) if A is not None else -0.25 * BtB  # I − Σ⁻¹
+            if self.has_skew:
+                # W's A block is skew off the diagonal (Adam's and SGD's updates are odd in the gradient); its
+                # diagonal is 0, or 0/0 when eps = 0, so it is zeroed
+                W.diagonal(dim1=-2, dim2=-1).zero_()
+                S = torch.baddbmm(W[..., :p], Bt, Bt.mT, beta=0.5, alpha=-0.25)  # I − Σ⁻¹ = ½A − ¼BᵀB
+            else:
+                S = torch.bmm(Bt, Bt.mT).mul_(-0.25)
             T = I - S  # Σ⁻¹ = I − ½A + ¼BᵀB
             # Σ − I = Σ·(I − Σ⁻¹) = T⁻¹S, solved directly: accurate relative to its size O(η) (Σ − I formed from
             # Σ carries an absolute error of one ulp of 1 into 2Y(Σ − I), which drifts Y off the manifold
-            # by ~1e-6 per float32 step at p = 64)
-            # (the _ex forms do not read the LAPACK status back to the host; T is never singular, see below)
-            if A is None:
-                Sm = torch.cholesky_solve(S, torch.linalg.cholesky_ex(T)[0])
-            else:
+            # by ~1e-6 per float32 step at p = 64); the _ex forms do not read the LAPACK status back to the host
+            # (T is never singular, see above)
+            if self.has_skew:
                 Sm = torch.linalg.solve_ex(T, S)[0]
+            else:
+                Sm = torch.cholesky_solve(S, torch.linalg.cholesky_ex(T)[0])
             Z = torch.bmm(Yp, Bt.mT)
             D = torch.baddbmm(Z, torch.add(Z, Y, alpha=2.0), Sm)  # ZΣ + 2Y(Σ − I) = Z + (Z + 2Y)(Σ − I)
             H = torch.add(Y, D, alpha=0.5)
             # Y_⊥ ← Y_⊥ − H·Bᵀ as an update of the whole (contiguous) Λ by H·[0 | Bᵀ]: the Y columns get
             # exactly 0, and an in-place batched product on the strided block Y_⊥ would copy it (4× slower
             # for many small matrices)
-            if A is None:
-                Wz = torch.cat([W.new_zeros(k, p, p), W], -1)
-            else:
+            if self.has_skew:
                 Wz = W
                 Wz[..., :p] = 0.0
+            else:
+                Wz = torch.cat([W.new_zeros(k, p, p), W], -1)
             L.baddbmm_(H, Wz, alpha=-1.0)
             Y.add_(D)
             return
+        A = None
+        if self.has_skew:  # exactly skew from the strict lower triangle (the diagonal may be 0/0 if eps = 0)
+            A = W[..., :p].tril(-1)
+            A = A - A.mT
         BtB = torch.bmm(Bt, Bt.mT)
         hA = 0.5 * A if A is not None else torch.zeros_like(BtB)
         X = torch.cat([torch.cat([hA, I.expand(k, p, p)], -1), torch.cat([hA @ hA - BtB, hA], -1)], -2)
