@@ -13,7 +13,6 @@ from icl.optim.manifolds import (
     exp_kernel,
     get_manifold,
     poisson_tensor,
-    stiefel_cayley_kernel,
 )
 
 DT = torch.float64
@@ -123,20 +122,46 @@ def test_lowrank_retractions_equal_dense(name, shape, scale):
 
 
 @pytest.mark.parametrize("name", ["stiefel", "grassmann"])
-@pytest.mark.parametrize("shape", [(6, 1), (9, 4), (30, 8)])
+@pytest.mark.parametrize("shape", [(6, 1), (9, 4), (30, 8), (5, 5)])
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
-def test_block_eliminated_cayley_kernel_equals_the_2p_solve(name, shape, scale):
-    """The Schur-complement kernel used by Stiefel/Grassmann retract_ equals (I − ½X)⁻¹ of the general 2p×2p
-    solve, from the small steps of training to lifts far outside them."""
+def test_closed_form_cayley_equals_the_2p_woodbury_solve(name, shape, scale):
+    """The closed-form Cayley update of Stiefel/Grassmann retract_ (one p×p inverse Σ) equals the general
+    low-rank form Λ + (ΛB′)(I − ½B″ᵀB′)⁻¹B″ᵀ, from the small steps of training to lifts far outside them."""
     m = get_manifold(name)
-    c = torch.randn(m.dim(shape), generator=_gen(6), dtype=DT)
+    g = _gen(6)
+    L = m.init_section(m.random_point(shape, g), g)
+    c = torch.randn(m.dim(shape), generator=g, dtype=DT)
     c = c * (scale / c.norm())
     U, V = m.lowrank_factors(c, shape)
-    S, B = m.split(c, *shape)
-    A = m.skew_from(S, shape[1]) if S is not None else None
-    K = stiefel_cayley_kernel(A, B.T @ B)
-    ref = cayley_kernel(V.T @ U)
-    assert torch.allclose(K, ref, atol=1e-13 * max(1.0, float(ref.abs().max())), rtol=0)
+    ref = L + (L @ U) @ cayley_kernel(V.T @ U) @ V.T
+    out = m.retract_(L.clone(), c, shape[1], "cayley")
+    assert torch.allclose(out, ref, atol=1e-13 * max(1.0, scale), rtol=0)
+
+
+def test_batched_retraction_and_coordinates_equal_one_at_a_time():
+    """retract_batch_ and grad_coords on a stack of k sections equal k single calls (Stiefel, Grassmann)."""
+    g = _gen(7)
+    for name in ("stiefel", "grassmann"):
+        m = get_manifold(name)
+        shape = (9, 3)
+        Ls = torch.stack([m.init_section(m.random_point(shape, g), g) for _ in range(4)])
+        G = torch.randn(4, *shape, generator=g, dtype=DT)
+        C = m.grad_coords(Ls, G)
+        assert C.shape == (4, *m.coord_shape(shape))
+        for i in range(4):
+            assert torch.allclose(m.to_flat(C[i], shape), m.global_rep(Ls[i], m.rgrad(Ls[i][:, :3], G[i])), atol=1e-13)
+            assert torch.equal(m.to_matrix(m.to_flat(C[i], shape), shape), C[i])
+            if name == "stiefel":  # an even quantity (C ⊙ C, like Adam's second moment) has a symmetric A block
+                assert torch.equal(m.to_matrix(m.to_flat(C[i] * C[i], shape), shape, even=True), C[i] * C[i])
+        W = 0.1 * torch.randn(4, *m.coord_shape(shape), generator=g, dtype=DT)
+        if name == "stiefel":
+            W[..., :3] = W[..., :3] - W[..., :3].mT
+        for method in ("cayley", "exp"):
+            batch = Ls.clone()
+            m.retract_batch_(batch, W.clone(), 3, method)  # W is scratch
+            for i in range(4):
+                one = m.retract_(Ls[i].clone(), m.to_flat(W[i], shape), 3, method)
+                assert torch.allclose(batch[i], one, atol=1e-14, rtol=0), (name, method)
 
 
 def test_exp_series_is_stable_for_large_lifts():
@@ -188,3 +213,22 @@ def test_qr_projection_and_reorthonormalize():
 def test_unknown_manifold_name():
     with pytest.raises(ValueError, match="manifold"):
         get_manifold("sphere")
+
+
+@pytest.mark.parametrize("name", ["stiefel", "grassmann"])
+def test_point_reorthonormalisation_is_a_polar_step(name):
+    """reorthonormalize_point_ moves a slightly non-orthonormal Y to second order onto the manifold, keeps its
+    span (the Grassmann point) and leaves Y_⊥ alone."""
+    m = get_manifold(name)
+    g = _gen(9)
+    L = torch.stack([m.init_section(m.random_point((12, 4), g), g) for _ in range(2)])
+    noisy = L.clone()
+    noisy[..., :4] += 1e-6 * torch.randn(2, 12, 4, generator=g, dtype=DT)
+    out = m.reorthonormalize_point_(noisy.clone(), 4)
+    for i in range(2):
+        Y = out[i, :, :4]
+        before = m.check(noisy[i, :, :4])
+        assert before > 1e-6 and m.check(Y) < 1e-4 * before  # second order: ε → O(ε²)
+        P = noisy[i, :, :4] @ torch.linalg.pinv(noisy[i, :, :4])  # projector onto the old span
+        assert torch.allclose(P @ Y, Y, atol=1e-14)
+    assert torch.equal(out[..., 4:], noisy[..., 4:])

@@ -1,18 +1,20 @@
 """Adam on Stiefel, Grassmann and symplectic Stiefel manifolds via global sections.
 
-Brantner (2023), *Generalizing Adam to manifolds for efficiently training transformers*, arXiv 2305.16901;
-the algorithm as implemented in GeometricMachineLearning.jl / GeometricOptimizers.jl is summarised in the
-reference notes (``/work/shared/reference/manifold_adam.md``, §1.3 Adam in the global tangent space, §1.4
-retractions, §1.5 section update, §1.6 one step, §3.3 float32 drift).
+Brantner (2023), *Generalizing Adam to manifolds for efficiently training transformers*, arXiv 2305.16901,
+as implemented in GeometricMachineLearning.jl / GeometricOptimizers.jl: Adam's moments live in the global
+tangent space 𝔤^hor, the update goes through the group.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.optim.adam import adam
 
 from icl.optim.manifold_optimizer import GlobalSectionOptimizer, check_betas, check_nonneg
 
 __all__ = ["ManifoldAdam"]
+
+_FUSED_DEVICES = ("cpu", "cuda")
 
 
 class ManifoldAdam(GlobalSectionOptimizer):
@@ -23,7 +25,7 @@ class ManifoldAdam(GlobalSectionOptimizer):
     .. code-block:: text
 
         Δ   = rgrad(Y, ∇L)                       (Riemannian gradient)
-        B   = global_rep(Λ, Δ) ∈ 𝔤^hor           (compact coordinates, e.g. strict-lower(A) and B for Stiefel)
+        B   = global_rep(Λ, Δ) ∈ 𝔤^hor           (coordinates; Stiefel: the p×N matrix [A | Bᵀ] = GᵀΛ, skewed)
         m   ← β₁ m + (1 − β₁) B                  (elementwise on the coordinates)
         v   ← β₂ v + (1 − β₂) B ⊙ B
         W   = −η · (m / (1 − β₁ᵗ)) ⊘ (√(v / (1 − β₂ᵗ)) + ε)     (ε after the square root)
@@ -34,12 +36,16 @@ class ManifoldAdam(GlobalSectionOptimizer):
     gradient of the pulled-back loss (equal to global_rep(Λ, rgrad) on Stiefel/Grassmann), see
     :meth:`icl.optim.manifolds.SymplecticStiefel.grad_rep`.
     For Euclidean parameters (the default ``manifold``) the update is exactly ``torch.optim.Adam``
-    (``weight_decay=0``) or ``torch.optim.AdamW`` (decoupled decay),
-    operation for operation.
+    (``weight_decay=0``) or ``torch.optim.AdamW`` (decoupled decay), operation for operation.
 
     Weight decay is decoupled (θ ← θ − η·λ·θ) and applies to **Euclidean parameters only**: on Stiefel and
-    Grassmann it would be a no-op anyway, since rgrad(Y, λY) = λY − Y(λY)ᵀY = 0 (reference notes §1.3), and
-    it is ignored on manifold parameters.
+    Grassmann it would be a no-op anyway, since rgrad(Y, λY) = λY − Y(λY)ᵀY = 0, and it is ignored on
+    manifold parameters.
+
+    The manifold parameters of a group that share shape, dtype and device are stepped as one batch (one
+    product GᵀΛ, one fused Adam update, batched p×p inverses; see
+    :mod:`icl.optim.manifold_optimizer`); the Euclidean ones go through ``torch.optim.adam.adam``, i.e.
+    torch's own single-tensor, foreach or fused path as ``torch.optim.Adam`` would choose it.
 
     Note that the B-block coordinates are coordinates in the random basis Y_⊥ of the section, so results
     depend (at O(η²) per step) on the section's seed; the same ``seed`` gives the same trajectory.
@@ -58,7 +64,8 @@ class ManifoldAdam(GlobalSectionOptimizer):
 
     Raises:
         ValueError: naming the argument (negative lr/eps/weight_decay, betas outside [0, 1), unknown
-            manifold or retraction, a manifold parameter of the wrong shape or off the manifold).
+            manifold or retraction, a manifold parameter of the wrong shape or off the manifold); from
+            ``load_state_dict``, a state_dict written by another optimizer or for another manifold.
     """
 
     def __init__(
@@ -82,37 +89,53 @@ class ManifoldAdam(GlobalSectionOptimizer):
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
 
-    def _init_coord_state(self, state: dict, dim: int, like: torch.Tensor) -> None:
-        state["exp_avg"] = like.new_zeros(dim)
-        state["exp_avg_sq"] = like.new_zeros(dim)
+    _coord_state_keys = ("exp_avg", "exp_avg_sq")
+    _even_state_keys = ("exp_avg_sq",)
 
-    def _euclidean_update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        # The same sequence of operations as torch.optim.Adam's single-tensor path (torch 2.x).
-        if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        state["step"] += 1
-        step = state["step"].item()
-        if wd != 0:
-            p.mul_(1 - lr * wd)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1 - beta2)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2**0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        p.addcdiv_(exp_avg, denom, value=-step_size)
+    def _euclidean_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        """torch.optim.Adam (weight_decay 0) or AdamW (decoupled decay), through torch's functional adam."""
+        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        for p in params:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        adam(
+            params, grads, exp_avgs, exp_avg_sqs, [], steps,
+            has_complex=any(torch.is_complex(p) for p in params), decoupled_weight_decay=True,
+            amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+            eps=group["eps"], maximize=group["maximize"],
+        )  # fmt: skip
 
-    def _velocity(self, state: dict, coords: torch.Tensor, group: dict) -> torch.Tensor:
+    def _velocity(self, state: dict, C: torch.Tensor, step: torch.Tensor, group: dict, uniform: bool):
+        """W = −η·m̂ ⊘ (√v̂ + ε) for a bucket, the moments updated in place, as one fused Adam update.
+
+        torch's fused Adam kernel applied to a zero "parameter" W with "gradient" C leaves W = −η·m̂/(√v̂ + ε)
+        in one pass; with equal step counts the whole bucket is one tensor, otherwise one per member.
+        """
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        step = state["step"].item()
-        exp_avg.lerp_(coords, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(coords, coords, value=1 - beta2)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        return torch.div(exp_avg, denom).mul_(-lr / bias_correction1)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        W = torch.zeros_like(C)
+        if C.device.type in _FUSED_DEVICES:
+            if uniform:
+                lists = [W], [C], [m], [v], [step[0]]
+            else:
+                lists = W.unbind(0), C.unbind(0), m.unbind(0), v.unbind(0), step.unbind(0)
+            Ws, Cs, ms, vs, steps = (list(t) for t in lists)
+            torch._fused_adam_(
+                Ws, Cs, ms, vs, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps,
+                amsgrad=False, maximize=False,
+            )  # fmt: skip
+            return W
+        shape = (-1,) + (1,) * (C.ndim - 1)
+        t = step.to(C.dtype).view(shape)
+        m.lerp_(C, 1 - beta1)
+        v.mul_(beta2).addcmul_(C, C, value=1 - beta2)
+        torch.sqrt(v, out=W).div_(torch.sqrt(1 - torch.pow(beta2, t))).add_(eps)
+        return torch.div(m, W, out=W).mul_(-lr / (1 - torch.pow(beta1, t)))

@@ -1,21 +1,34 @@
-"""Shared machinery of the global-section optimizers (Brantner 2023, reference notes §1.5, §1.6, §4).
+"""Shared machinery of the global-section optimizers (Brantner 2023, arXiv 2305.16901).
 
 :class:`GlobalSectionOptimizer` owns everything that is not the update rule itself: parameter groups with a
-``manifold`` entry, argument validation, the global section Λ of every manifold parameter (drawn **once**,
-at construction, from an explicit seeded generator, and afterwards only carried along by the updates),
-float32 drift control, the float64-geometry option, ``state_dict``/``load_state_dict`` and the step loop.
-Subclasses supply two rules, both on flat tensors:
+``manifold`` entry, argument validation, the global section Λ of every manifold parameter (built **once**, in
+float64, at construction, from an explicit seeded generator, and afterwards only carried along by the
+updates), float32 drift control, the float64-geometry option, ``state_dict``/``load_state_dict`` and the step.
 
-* ``_euclidean_update(p, grad, state, group)``: the unconstrained case (must equal the torch optimizer);
-* ``_velocity(state, coords, group)``: the velocity W ∈ 𝔤^hor (flat compact coordinates) from the global
-  representation of the Riemannian gradient.
+One manifold step is (Brantner 2023, §4): C = coordinates of global_rep(Λ, rgrad(Y, ∇L)) in 𝔤^hor;
+W = velocity(C); Λ ← Λ·Retraction(W) (low-rank, in place); Y ← ΛE (written into the parameter).
 
-One manifold step is (Brantner 2023, reference notes §1.6): Δ = rgrad(Y, ∇L); B = global_rep(Λ, Δ);
-W = velocity(B); Λ ← Λ·Retraction(W) (low-rank, in place); Y ← ΛE (written into the parameter).
+**Batched.**  Within a parameter group, the manifold parameters of one (shape, dtype, device) form a
+:class:`_Bucket` and are stepped as one batch, as torch's foreach/fused optimizers do: one batched product
+GᵀΛ for the coordinates, one Adam update for the bucket, batched p×p inverses and batched GEMMs for the
+retraction.  Λ and the 𝔤^hor state live in the bucket's (k, …) tensors; the per-parameter entries of
+``optimizer.state`` are views into them, so ``state_dict`` stays per parameter.
+
+**No host synchronisation in a step** (Cayley retraction): the step counts are device tensors (with a host
+mirror for the re-orthonormalisation schedule), a parameter changed outside the optimizer is detected by its
+version counter (a host integer), and shapes are static.  Float32 section products run with TF32 off.
+
+Subclasses supply two rules:
+
+* ``_euclidean_step(group, params)``: the unconstrained case (must equal the torch optimizer);
+* ``_velocity(state, C, step, group, uniform)``: the velocity W ∈ 𝔤^hor for a bucket, from the batched
+  coordinates C and the batched state named by ``_coord_state_keys`` (``uniform``: every member has the
+  same step count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -24,10 +37,19 @@ from torch.optim import Optimizer
 
 from icl.optim.manifolds import Manifold, get_manifold
 
-__all__ = ["GlobalSectionOptimizer", "check_lr", "check_betas", "check_nonneg", "resolve_dtype"]
+__all__ = [
+    "GlobalSectionOptimizer",
+    "check_lr",
+    "check_betas",
+    "check_nonneg",
+    "check_state_dict_groups",
+    "resolve_dtype",
+]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _RETRACTIONS = ("cayley", "exp")
+_SECTION_KEYS = ("manifold", "retraction", "geometry_dtype", "reorthonormalize_every", "manifold_tol")
+_OPTIONAL_KEYS = ("reorthonormalize_point_every",)  # newer than some checkpoints; defaulted on load
 
 
 def check_lr(lr: object) -> None:
@@ -65,18 +87,188 @@ def resolve_dtype(name: object, argname: str = "geometry_dtype") -> str | None:
     raise ValueError(f"{argname} must be None, torch.float32 or torch.float64, got {name!r}")
 
 
+def check_state_dict_groups(opt: Optimizer, state_dict: object, keys) -> None:
+    """Refuse, before anything is loaded, a state_dict that ``opt`` did not write.
+
+    torch's loader takes the saved groups' hyperparameters wholesale, so a torch.optim.Adam state_dict loaded
+    into a Stiefel group would silently turn it Euclidean, and FAdam's would bring its weight decay.  Every
+    saved group must carry all of ``keys`` (the optimizer's own hyperparameters) and the same ``manifold``.
+
+    Raises:
+        ValueError: naming the group and what is wrong.
+    """
+    name = type(opt).__name__
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+        raise ValueError(f"{name}.load_state_dict needs an optimizer state_dict with 'state' and 'param_groups'")
+    groups = state_dict["param_groups"]
+    if len(groups) != len(opt.param_groups):
+        raise ValueError(
+            f"state_dict has {len(groups)} parameter groups, this {name} has {len(opt.param_groups)}"
+        )
+    for i, (ours, saved) in enumerate(zip(opt.param_groups, groups)):
+        missing = [k for k in keys if k not in saved]
+        if missing:
+            raise ValueError(
+                f"state_dict param_groups[{i}] lacks {missing}: it was not written by {name} "
+                "(the state of another optimizer cannot be loaded)"
+            )
+        if saved["manifold"] != ours["manifold"]:
+            raise ValueError(
+                f"state_dict param_groups[{i}] is on manifold {saved['manifold']!r}, but this group is on "
+                f"{ours['manifold']!r}"
+            )
+
+
+@contextlib.contextmanager
+def _ieee_float32(device: torch.device):
+    """Full float32 precision for matrix products on CUDA (TF32 off), restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    mm = torch.backends.cuda.matmul
+    attr = "fp32_precision" if hasattr(mm, "fp32_precision") else "allow_tf32"
+    old = getattr(mm, attr)
+    setattr(mm, attr, "ieee" if attr == "fp32_precision" else False)
+    try:
+        yield
+    finally:
+        setattr(mm, attr, old)
+
+
+class _Bucket:
+    """The manifold parameters of one group with one (shape, dtype, device, geometry dtype), as a batch.
+
+    Holds Λ (k, N, N), the coordinate state (k, *coord_shape) and the step counts ``count`` (k,) (float32,
+    on the device); ``optimizer.state[p]`` holds views of row i.  ``steps`` mirrors the counts on the host (read
+    once, when the bucket is built) and ``versions`` the parameters' version counters after the last write.
+    """
+
+    def __init__(self, opt: GlobalSectionOptimizer, params: list, m: Manifold, keys: tuple[str, ...]):
+        self.params, self.m, self.keys = params, m, keys
+        self.k, self.p = len(params), params[0].shape[1]
+        states = [opt.state[p] for p in params]
+        self.bufs = {key: torch.stack([st[key] for st in states]) for key in ("section", *keys)}
+        L = self.bufs["section"]
+        self.count = torch.stack([st["step"].to(device=L.device, dtype=torch.float32) for st in states])
+        self.steps = [int(st["step"]) for st in states]
+        self.views = {key: list(buf.unbind(0)) for key, buf in self.bufs.items()}
+        self.count_views = list(self.count.unbind(0))
+        for i, st in enumerate(states):
+            for key in self.bufs:
+                st[key] = self.views[key][i]
+            st["step"] = self.count_views[i]
+        self.points = list(m.point(L, self.p).unbind(0)) if m.point_is_view else None
+        self.G = None  # gradient buffer (k, N, p), made at the first step that needs it
+        self.versions = [p._version for p in params]
+
+    def intact(self, opt: GlobalSectionOptimizer) -> bool:
+        """Whether every state entry is still this bucket's view (False after outside replacement)."""
+        for i, p in enumerate(self.params):
+            st = opt.state.get(p)
+            if st is None or st.get("step") is not self.count_views[i]:
+                return False
+            for key, views in self.views.items():
+                if st.get(key) is not views[i]:
+                    return False
+        return True
+
+    def _reanchor(self, i: int, gd: torch.dtype) -> None:
+        """The parameter was written outside the optimizer: re-anchor Λ at it, keeping the old complement.
+
+        Reads one comparison back to the host; it runs only after such a write (the version counter moved).
+        """
+        p, L = self.params[i], self.views["section"][i]
+        if not torch.equal(p, self.m.point(L, self.p).to(p.dtype)):
+            Y = self.m.project(p.detach().to(torch.float64))
+            L.copy_(self.m.resection(Y, L.to(torch.float64)).to(gd))
+        self.versions[i] = p._version
+
+    def step(self, opt: GlobalSectionOptimizer, group: dict) -> None:
+        grads = [p.grad for p in self.params]
+        idx = [i for i, g in enumerate(grads) if g is not None]
+        if not idx:
+            return
+        L = self.bufs["section"]
+        for i in idx:
+            if grads[i].is_sparse:
+                raise RuntimeError(f"{type(opt).__name__} does not support sparse gradients")
+            if self.params[i]._version != self.versions[i]:
+                self._reanchor(i, L.dtype)
+        if len(idx) == self.k:
+            self._advance(opt, group, L, {k: self.bufs[k] for k in self.keys}, self.count, grads, idx)
+        else:  # some parameters have no gradient: step the others on gathered copies
+            t = torch.tensor(idx, device=L.device)
+            Ls, step = L.index_select(0, t), self.count.index_select(0, t)
+            state = {k: self.bufs[k].index_select(0, t) for k in self.keys}
+            self._advance(opt, group, Ls, state, step, [grads[i] for i in idx], idx)
+            L.index_copy_(0, t, Ls)
+            self.count.index_copy_(0, t, step)
+            for k in self.keys:
+                self.bufs[k].index_copy_(0, t, state[k])
+        points = self.points if self.points is not None else list(self.m.point(L, self.p).unbind(0))
+        params = [self.params[i] for i in idx]
+        torch._foreach_copy_(params, [points[i] for i in idx])
+        for i in idx:
+            self.versions[i] = self.params[i]._version
+
+    def _advance(self, opt, group, L, state, step, grads, idx) -> None:
+        m, p, k, gd = self.m, self.p, len(idx), L.dtype
+        full = k == self.k
+        if k == 1 and grads[0].dtype == gd:
+            G = grads[0].unsqueeze(0)
+            if group["maximize"]:
+                G = -G
+        else:
+            if not full:
+                G = torch.stack(grads).to(gd)
+            else:
+                if self.G is None:
+                    self.G = L.new_empty(k, *grads[0].shape)
+                    self._G_views = list(self.G.unbind(0))
+                torch._foreach_copy_(self._G_views, grads)
+                G = self.G
+            if group["maximize"]:
+                G.neg_()
+        C = m.grad_coords(L, G)
+        step.add_(1)
+        for i in idx:
+            self.steps[i] += 1
+        uniform = all(self.steps[i] == self.steps[idx[0]] for i in idx)
+        W = opt._velocity(state, C, step, group, uniform)
+        m.retract_batch_(L, W, p, group["retraction"])
+        full, point = opt._reorth_every(group, gd, m)
+        if uniform:  # (the usual case: one test for the whole batch)
+            s = self.steps[idx[0]]
+            due_full = list(range(k)) if full and s % full == 0 else []
+            due_point = list(range(k)) if point and s % point == 0 and not due_full else []
+        else:
+            due_full = [j for j, i in enumerate(idx) if full and self.steps[i] % full == 0]
+            due_point = [j for j, i in enumerate(idx) if point and self.steps[i] % point == 0 and j not in due_full]
+        for due, fix in ((due_full, m.reorthonormalize_), (due_point, getattr(m, "reorthonormalize_point_", None))):
+            if len(due) == k:
+                fix(L, p)
+            elif due:
+                sub = L[due]
+                fix(sub, p)
+                L[due] = sub
+
+
 class GlobalSectionOptimizer(Optimizer):
-    """Base class: parameter groups on manifolds, the global sections and the step loop.
+    """Base class: parameter groups on manifolds, the global sections and the batched step.
 
     Per-group options (in addition to the subclass's hyperparameters):
 
     * ``manifold``: "euclidean" (default), "stiefel", "grassmann" or "symplectic_stiefel";
-    * ``retraction``: "cayley" (default) or "exp" (both low-rank, see :mod:`icl.optim.manifolds`);
+    * ``retraction``: "cayley" (default; Stiefel/Grassmann in closed form) or "exp" (low-rank scaling and
+      squaring, which reads one number per bucket back to the host to choose the number of squarings);
     * ``geometry_dtype``: None (the parameter's dtype, at least float32) or float64, which keeps Λ and the
       moments in float64 while the parameter stays float32;
-    * ``reorthonormalize_every``: k > 0 re-orthonormalises (Stiefel/Grassmann: sign-fixed QR) or
-      re-symplectifies (symplectic Gram–Schmidt) Λ every k steps; 0 disables it; None (default) means 100
-      when the geometry is float32 and off in float64 (reference notes §3.3: float32 drift);
+    * ``reorthonormalize_every``: k > 0 re-orthonormalises Λ in float64 (Stiefel/Grassmann: sign-fixed QR,
+      O(N³); symplectic: symplectic Gram–Schmidt) every k steps; 0 disables it; None (default) means off in
+      float64 and, in float32, 1000 (Stiefel/Grassmann) or 100 (symplectic);
+    * ``reorthonormalize_point_every`` (Stiefel/Grassmann): j > 0 re-orthonormalises the point Y alone in
+      float64 every j steps (one Newton–Schulz polar step, O(Np²)); 0 disables it; None (default) means off
+      in float64 and 10 in float32 — float32 rounding makes ‖YᵀY − I‖ a random walk that this bounds;
     * ``manifold_tol``: how far from the manifold a parameter may be at construction (default 1e-8 for
       float64 parameters, 1e-4 otherwise); within it, the parameter is snapped onto the manifold.
 
@@ -91,7 +283,8 @@ class GlobalSectionOptimizer(Optimizer):
         ValueError: naming the offending argument.
     """
 
-    _manifold_state_keys: tuple[str, ...] = ()
+    _coord_state_keys: tuple[str, ...] = ()
+    _even_state_keys: tuple[str, ...] = ()  # state even in the gradient (its skew block is symmetric)
 
     def __init__(
         self,
@@ -110,11 +303,13 @@ class GlobalSectionOptimizer(Optimizer):
                 seed = int(torch.randint(0, 2**62, (1,)).item())
             generator = torch.Generator().manual_seed(seed)
         self._generator = generator
+        self._buckets: list[list[_Bucket]] = []
         base = dict(
             manifold="euclidean",
             retraction="cayley",
             geometry_dtype=None,
             reorthonormalize_every=None,
+            reorthonormalize_point_every=None,
             manifold_tol=None,
         )
         base.update(defaults)
@@ -126,9 +321,7 @@ class GlobalSectionOptimizer(Optimizer):
     def _validate_hyper(self, group: dict) -> None:
         """Subclass hook: validate the update rule's hyperparameters."""
 
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+    def _validate_group(self, group: dict) -> Manifold:
         check_lr(group["lr"])
         check_nonneg("weight_decay", group["weight_decay"])
         group["geometry_dtype"] = resolve_dtype(group["geometry_dtype"])
@@ -136,20 +329,28 @@ class GlobalSectionOptimizer(Optimizer):
         group["manifold"] = m.name
         if group["retraction"] not in _RETRACTIONS:
             raise ValueError(f"retraction must be one of {_RETRACTIONS}, got {group['retraction']!r}")
-        k = group["reorthonormalize_every"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise ValueError(f"reorthonormalize_every must be None or an int >= 0, got {k!r}")
+        for key in ("reorthonormalize_every", "reorthonormalize_point_every"):
+            k = group[key]
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+                raise ValueError(f"{key} must be None or an int >= 0, got {k!r}")
         if group["manifold_tol"] is not None:
             check_nonneg("manifold_tol", group["manifold_tol"])
         self._validate_hyper(group)
-        if m.name == "euclidean":
-            return
-        for i, p in enumerate(group["params"]):
-            name = f"params[{i}] of group {len(self.param_groups) - 1}"
-            m.validate(name, p)
-            if not p.is_floating_point():
-                raise ValueError(f"{name}: a {m.name} parameter must be floating point, got {p.dtype}")
-            self._init_manifold_state(p, m, group, name)
+        return m
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        m = self._validate_group(group)
+        if m.name != "euclidean":
+            for i, p in enumerate(group["params"]):
+                name = f"params[{i}] of group {len(self.param_groups) - 1}"
+                m.validate(name, p)
+                if not p.is_floating_point():
+                    raise ValueError(f"{name}: a {m.name} parameter must be floating point, got {p.dtype}")
+                self._init_manifold_state(p, m, group, name)
+        if hasattr(self, "_buckets"):  # (torch's __init__ adds the first groups before ours has run)
+            self._buckets.append(self._make_buckets(group))
 
     def _geometry_dtype(self, group: dict, p: torch.Tensor) -> torch.dtype:
         if group["geometry_dtype"] is not None:
@@ -163,16 +364,21 @@ class GlobalSectionOptimizer(Optimizer):
             tol = 1e-8 if p.dtype == torch.float64 else 1e-4
         return tol
 
-    def _reorth_every(self, group: dict, gdtype: torch.dtype) -> int:
-        k = group["reorthonormalize_every"]
-        if k is None:
-            return 0 if gdtype == torch.float64 else 100
-        return k
+    def _reorth_every(self, group: dict, gdtype: torch.dtype, m: Manifold) -> tuple[int, int]:
+        """(period of the full re-orthonormalisation of Λ, period of the point's); 0 means never."""
+        f32 = gdtype != torch.float64
+        full, point = group["reorthonormalize_every"], group["reorthonormalize_point_every"]
+        if full is None:
+            full = (1000 if m.point_correction else 100) if f32 else 0
+        if point is None:
+            point = 10 if f32 else 0
+        return full, point if m.point_correction else 0
 
     @torch.no_grad()
     def _init_manifold_state(self, p: torch.Tensor, m: Manifold, group: dict, name: str) -> None:
+        """Snap p onto the manifold and build its section, both in float64, then cast to the geometry dtype."""
         gd = self._geometry_dtype(group, p)
-        Y = p.detach().to(gd)
+        Y = p.detach().to(torch.float64)
         tol = self._tol(group, p)
         if not bool(torch.isfinite(Y).all()):
             raise ValueError(f"{name} contains NaN or infinite values")
@@ -182,16 +388,23 @@ class GlobalSectionOptimizer(Optimizer):
                 f"{name} is not on the {m.name} manifold: constraint violation {viol:.3e} > manifold_tol "
                 f"{tol:.1e}; create it with icl.optim.manifold_point or project it first"
             )
-        Y = m.project(Y)
-        L = m.init_section(Y.cpu(), self._generator).to(p.device)
+        L = m.init_section(m.project(Y).cpu(), self._generator).to(device=p.device, dtype=gd)
         state = self.state[p]
-        state["step"] = torch.tensor(0.0)
+        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
         state["section"] = L
-        self._init_coord_state(state, m.dim(tuple(p.shape)), L)
+        for key in self._coord_state_keys:
+            state[key] = L.new_zeros(m.coord_shape(tuple(p.shape)))
         p.copy_(m.point(L, p.shape[1]))
 
-    def _init_coord_state(self, state: dict, dim: int, like: torch.Tensor) -> None:
-        """Subclass hook: create the state in 𝔤^hor (flat, ``dim`` coordinates)."""
+    def _make_buckets(self, group: dict) -> list[_Bucket]:
+        m = get_manifold(group["manifold"])
+        if m.name == "euclidean":
+            return []
+        keyed: dict[tuple, list] = {}
+        for p in group["params"]:
+            gd = self.state[p]["section"].dtype
+            keyed.setdefault((tuple(p.shape), p.dtype, p.device, gd), []).append(p)
+        return [_Bucket(self, params, m, self._coord_state_keys) for params in keyed.values()]
 
     # ---------------------------------------------------------------------------------------------------
     # step
@@ -199,7 +412,16 @@ class GlobalSectionOptimizer(Optimizer):
     def _euclidean_update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
         raise NotImplementedError
 
-    def _velocity(self, state: dict, coords: torch.Tensor, group: dict) -> torch.Tensor:
+    def _euclidean_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Step the Euclidean parameters (with gradients) of ``group``; default: one at a time."""
+        for p in params:
+            grad = -p.grad if group.get("maximize", False) else p.grad
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.tensor(0.0)
+            self._euclidean_update(p, grad, state, group)
+
+    def _velocity(self, state: dict, C: torch.Tensor, step: torch.Tensor, group: dict, uniform: bool):
         raise NotImplementedError
 
     @torch.no_grad()
@@ -216,41 +438,27 @@ class GlobalSectionOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            m = get_manifold(group["manifold"])
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                if group.get("maximize", False):
-                    grad = -grad
-                state = self.state[p]
-                if m.name == "euclidean":
-                    if len(state) == 0:
-                        state["step"] = torch.tensor(0.0)
-                    self._euclidean_update(p, grad, state, group)
+        if len(self._buckets) != len(self.param_groups):
+            self._buckets = [self._make_buckets(g) for g in self.param_groups]
+        for gi, group in enumerate(self.param_groups):
+            if group["manifold"] == "euclidean":
+                params = [p for p in group["params"] if p.grad is not None]
+                for p in params:
+                    if p.grad.is_sparse:
+                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                if params:
+                    self._euclidean_step(group, params)
+                continue
+            buckets = self._buckets[gi]
+            if sum(b.k for b in buckets) != len(group["params"]) or not all(b.intact(self) for b in buckets):
+                buckets = self._buckets[gi] = self._make_buckets(group)
+            for b in buckets:
+                if b.count.device.type == "cuda":
+                    with _ieee_float32(b.count.device):
+                        b.step(self, group)
                 else:
-                    self._manifold_update(p, grad, m, state, group)
+                    b.step(self, group)
         return loss
-
-    def _manifold_update(self, p: torch.Tensor, grad: torch.Tensor, m: Manifold, state: dict, group: dict):
-        L = state["section"]
-        P = p.shape[1]
-        if not torch.equal(p, m.point(L, P).to(p.dtype)):
-            # the parameter was changed outside the optimizer (e.g. weights loaded): re-anchor the section
-            # at the new point, keeping the old complement as close as possible
-            L = m.resection(m.project(p.detach().to(L.dtype)), L)
-            state["section"] = L
-        coords = m.grad_rep(L, grad.to(L.dtype))
-        state["step"] += 1
-        W = self._velocity(state, coords, group)
-        m.retract_(L, W, P, group["retraction"])
-        k = self._reorth_every(group, L.dtype)
-        if k and int(state["step"]) % k == 0:
-            m.reorthonormalize_(L, P)
-        p.copy_(m.point(L, P))
 
     # ---------------------------------------------------------------------------------------------------
     # monitoring and checkpoints
@@ -269,44 +477,85 @@ class GlobalSectionOptimizer(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self._buckets = []  # rebuilt from the per-parameter state at the next step
+        self.__dict__.setdefault("_generator", torch.Generator().manual_seed(0))
         for group in self.param_groups:
             group.setdefault("manifold", "euclidean")
             group.setdefault("retraction", "cayley")
             group.setdefault("geometry_dtype", None)
             group.setdefault("reorthonormalize_every", None)
+            group.setdefault("reorthonormalize_point_every", None)  # (absent from checkpoints before it existed)
             group.setdefault("manifold_tol", None)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load optimizer state; Λ and the 𝔤^hor state keep the group's geometry dtype.
+        """Load optimizer state written by the same optimizer class; Λ and 𝔤^hor state keep the group's
+        geometry dtype, and a resumed run makes exactly the steps of an uninterrupted one.
 
-        ``torch.optim.Optimizer.load_state_dict`` casts floating state to the parameter's dtype, which would
-        truncate a float64 section of a float32 parameter; those entries are restored from ``state_dict``.
+        Refuses (ValueError, before loading anything) a state_dict whose groups lack this optimizer's
+        hyperparameters or sit on another manifold (see :func:`check_state_dict_groups`), and state whose
+        section or coordinates do not fit the parameter.  Coordinates saved in the flat layout of earlier
+        versions are converted.  ``torch.optim.Optimizer.load_state_dict`` casts floating state to the
+        parameter's dtype, which would truncate a float64 section of a float32 parameter; those entries are
+        restored from ``state_dict``.
         """
+        required = {*self.defaults, *_SECTION_KEYS} - set(_OPTIONAL_KEYS)
+        check_state_dict_groups(self, state_dict, sorted(required))
+        for i, (ours, saved) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
+            if len(ours["params"]) != len(saved["params"]):
+                break  # torch's loader names this mismatch
+            if ours["manifold"] == "euclidean":
+                continue
+            for p, pid in zip(ours["params"], saved["params"]):
+                self._check_saved_state(p, state_dict["state"].get(pid), ours["manifold"], i)
         super().load_state_dict(state_dict)
         saved_state = state_dict["state"]
         for group, saved in zip(self.param_groups, state_dict["param_groups"]):
-            if group["manifold"] == "euclidean":
+            m = self._validate_group(group)
+            if m.name == "euclidean":
                 continue
             for p, pid in zip(group["params"], saved["params"]):
-                src = saved_state.get(pid)
-                if src is None:
-                    continue
-                gd = self._geometry_dtype(group, p)
-                for k, v in src.items():
-                    if k != "step" and isinstance(v, torch.Tensor) and v.is_floating_point():
-                        self.state[p][k] = v.to(device=p.device, dtype=gd, copy=True)
-                L = self.state[p].get("section")
-                if L is None:
-                    continue
-                if L.shape != (p.shape[0], p.shape[0]):
-                    raise ValueError(
-                        f"state_dict: section of shape {tuple(L.shape)} does not fit a parameter of shape "
-                        f"{tuple(p.shape)}"
-                    )
-                # The parameter is ΛE by construction; if it differs only by rounding (e.g. it was snapped
-                # onto the manifold when this optimizer was built), take ΛE so that a resumed run makes
-                # exactly the steps of an uninterrupted one.  A real difference re-anchors Λ at the next step.
-                Yl = get_manifold(group["manifold"]).point(L, p.shape[1]).to(p.dtype)
-                if not torch.equal(p, Yl) and float((p.detach() - Yl).abs().max()) <= self._tol(group, p):
-                    with torch.no_grad():
-                        p.copy_(Yl)
+                self._restore(p, saved_state[pid], m, group)
+        self._buckets = [self._make_buckets(g) for g in self.param_groups]
+        for buckets, group in zip(self._buckets, self.param_groups):
+            for b in buckets:
+                for i, p in enumerate(b.params):
+                    Yl = b.m.point(b.views["section"][i], b.p).to(p.dtype)
+                    if torch.equal(p, Yl):
+                        continue
+                    # The parameter is ΛE by construction; if it differs only by rounding (e.g. it was snapped
+                    # onto the manifold when this optimizer was built), take ΛE so that a resumed run makes
+                    # exactly the steps of an uninterrupted one.  A real difference (the weights are loaded
+                    # later, or were changed) is looked at again at the next step.
+                    if float((p.detach() - Yl).abs().max()) <= self._tol(group, p):
+                        with torch.no_grad():
+                            p.copy_(Yl)
+                        b.versions[i] = p._version
+                    else:
+                        b.versions[i] = -1
+
+    def _check_saved_state(self, p: torch.Tensor, src, manifold: str, gi: int) -> None:
+        m = get_manifold(manifold)
+        where = f"state_dict: state of a {manifold} parameter of shape {tuple(p.shape)} in param_groups[{gi}]"
+        if not isinstance(src, dict) or "section" not in src or "step" not in src:
+            raise ValueError(f"{where} has no section (was it written by {type(self).__name__}?)")
+        L = src["section"]
+        if tuple(L.shape) != (p.shape[0], p.shape[0]):
+            raise ValueError(f"{where}: section of shape {tuple(L.shape)}, expected {(p.shape[0], p.shape[0])}")
+        shapes = {m.coord_shape(tuple(p.shape)), (m.dim(tuple(p.shape)),)}
+        for key in self._coord_state_keys:
+            if key in src and tuple(src[key].shape) not in shapes:
+                raise ValueError(f"{where}: {key} of shape {tuple(src[key].shape)}, expected one of {sorted(shapes)}")
+
+    def _restore(self, p: torch.Tensor, src: dict, m: Manifold, group: dict) -> None:
+        gd = self._geometry_dtype(group, p)
+        st = self.state[p]
+        st["step"] = src["step"].to(device=p.device, dtype=torch.float32, copy=True)
+        st["section"] = src["section"].to(device=p.device, dtype=gd, copy=True)
+        shape = m.coord_shape(tuple(p.shape))
+        for key in self._coord_state_keys:
+            v = src.get(key)
+            if v is None:
+                st[key] = st["section"].new_zeros(shape)
+                continue
+            v = v.to(device=p.device, dtype=gd, copy=True)
+            st[key] = v if tuple(v.shape) == shape else m.to_matrix(v, tuple(p.shape), key in self._even_state_keys)

@@ -1,8 +1,8 @@
 """Gradient descent and heavy-ball momentum in the global tangent space (Brantner 2023).
 
 The comparison optimizers of Brantner (2023), *Generalizing Adam to manifolds for efficiently training
-transformers* (arXiv 2305.16901): GML's ``GradientOptimizer`` and ``MomentumOptimizer`` (reference notes §1.3,
-§1.9), in the same global-section framework as :class:`~icl.optim.manifold_adam.ManifoldAdam`.
+transformers* (arXiv 2305.16901): GeometricMachineLearning.jl's ``GradientOptimizer`` and
+``MomentumOptimizer``, in the same global-section framework as :class:`~icl.optim.manifold_adam.ManifoldAdam`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ class ManifoldSGD(GlobalSectionOptimizer):
 
     The buffer, like Adam's moments, is not transported (elements of 𝔤^hor are invariant).  Euclidean
     parameters get exactly ``torch.optim.SGD(lr, momentum)`` (dampening 0, no Nesterov); weight decay is
-    decoupled (θ ← θ − η·λ·θ) and applies to Euclidean parameters only (a no-op on Stiefel, reference notes
-    §1.3).
+    decoupled (θ ← θ − η·λ·θ) and applies to Euclidean parameters only (a no-op on Stiefel).
 
     Args:
         params: parameters or groups (a group may set ``manifold``, ``retraction``, ``geometry_dtype``,
@@ -61,22 +60,25 @@ class ManifoldSGD(GlobalSectionOptimizer):
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
 
-    def _buffer(self, state: dict, g: torch.Tensor, mu: float) -> torch.Tensor:
-        if mu == 0:
-            return g
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            buf = torch.clone(g).detach()
-            state["momentum_buffer"] = buf
-        else:
-            buf.mul_(mu).add_(g)
-        return buf
+    _coord_state_keys = ("momentum_buffer",)
 
     def _euclidean_update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
         state["step"] += 1
         if group["weight_decay"] != 0:
             p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(self._buffer(state, grad, group["momentum"]), alpha=-group["lr"])
+        mu = group["momentum"]
+        if mu != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = torch.clone(grad).detach()
+            else:
+                buf.mul_(mu).add_(grad)
+            grad = buf
+        p.add_(grad, alpha=-group["lr"])
 
-    def _velocity(self, state: dict, coords: torch.Tensor, group: dict) -> torch.Tensor:
-        return self._buffer(state, coords, group["momentum"]) * (-group["lr"])
+    def _velocity(self, state: dict, C: torch.Tensor, step: torch.Tensor, group: dict, uniform: bool):
+        """W = −η·b with b ← μb + C (b starts at 0, so its first value is C, as torch's SGD)."""
+        mu = group["momentum"]
+        if mu != 0:
+            C = state["momentum_buffer"].mul_(mu).add_(C)
+        return C * (-group["lr"])

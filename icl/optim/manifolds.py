@@ -4,11 +4,11 @@ Brantner (2023), *Generalizing Adam to manifolds for efficiently training transf
 writes Stiefel, Grassmann and symplectic Stiefel manifolds as homogeneous spaces M = G/H with a distinguished
 point E. A global section Λ ∈ G with ΛE = Y identifies every tangent space T_Y M with one fixed vector space
 𝔤^hor ⊂ 𝔤 (the "global tangent space"); optimizer state lives there, in compact coordinates, and updates go
-through the group: Λ ← Λ·Retraction(W), Y = ΛE.  The formulas are those of the reference notes
-(``/work/shared/reference/manifold_adam.md``, sections 1.2, 1.4, 1.5, 1.7 and 1.8).
+through the group: Λ ← Λ·Retraction(W), Y = ΛE.  The formulas follow the author's reference code
+(GeometricMachineLearning.jl); the symplectic case follows Bendokat & Zimmermann (2021).
 
-Every manifold here implements the same small interface on *geometry tensors* (the section Λ and flat
-coordinate vectors of 𝔤^hor):
+Every manifold here implements the same small interface on *geometry tensors* (the section Λ and
+coordinates of 𝔤^hor):
 
 * ``rgrad(Y, G)``: the Riemannian gradient for the manifold's metric; ``inner(Y, D1, D2)``: that metric;
 * ``init_section(Y, generator)``: a section Λ with ΛE = Y, drawn once from an explicit generator;
@@ -19,16 +19,20 @@ coordinate vectors of 𝔤^hor):
   element of 𝔤^hor (tests only);
 * ``retract_(Λ, coords, method)``: Λ ← Λ·Retraction(W) in place, with ``method`` "cayley" or "exp", both in
   low-rank form (no matrix function of size N);
-* ``point(Λ)`` = ΛE; ``reorthonormalize_(Λ)``: remove floating-point drift of the section; ``check(Y)``: the
-  constraint violation; ``project(X)`` and ``random_point(shape, generator)``: points on the manifold.
+* ``point(Λ)`` = ΛE; ``reorthonormalize_(Λ)``: remove floating-point drift of the section (in float64);
+  ``check(Y)``: the constraint violation; ``project(X)`` and ``random_point(shape, generator)``: points.
 
-Layouts of the compact coordinates (one flat vector per parameter, so Adam's elementwise operations are
-the same code for every manifold):
+The optimizers step all parameters of one shape as a batch, through ``coord_shape(shape)`` (the layout of one
+parameter's coordinates), ``grad_coords(Λ, G)`` (k, N, N), (k, N, p) → (k, *coord_shape) and
+``retract_batch_(Λ, W, p, method)``; ``to_matrix``/``to_flat`` convert between that layout and the flat one.
 
-* Stiefel St(p, N), Y ∈ ℝ^{N×p}: [strict lower triangle of A ∈ 𝔰𝔬(p), row by row | B ∈ ℝ^{(N−p)×p}].
-* Grassmann Gr(p, N): [B].
+Flat layouts (one vector per parameter):
+
+* Stiefel St(p, N), Y ∈ ℝ^{N×p}: [strict lower triangle of A ∈ 𝔰𝔬(p), row by row | B ∈ ℝ^{(N−p)×p}];
+  the optimizer's layout is the p×N matrix [A | Bᵀ], so that the gradient's coordinates are one product GᵀΛ.
+* Grassmann Gr(p, N): [B]; the optimizer keeps Bᵀ (p×(N−p)).
 * Symplectic Stiefel SpSt(2n, 2N), U ∈ ℝ^{2N×2n}: [A₁ (n×n) | A₂ | A₃ | B₂ | C₂ (each (N−n)×n) | lower
-  triangles (with diagonal) of the symmetric B₁ and C₁].
+  triangles (with diagonal) of the symmetric B₁ and C₁]; the optimizer keeps this vector.
 """
 
 from __future__ import annotations
@@ -51,7 +55,6 @@ __all__ = [
     "qr_sign_fixed",
     "symplectic_gram_schmidt",
     "cayley_kernel",
-    "stiefel_cayley_kernel",
     "exp_kernel",
 ]
 
@@ -62,11 +65,11 @@ __all__ = [
 
 
 def qr_sign_fixed(X: torch.Tensor) -> torch.Tensor:
-    """Thin QR factor Q of ``X`` with the signs fixed so that diag(R) > 0 (a unique, continuous choice)."""
+    """Thin QR factor Q of ``X`` (or of each matrix of a batch) with the signs fixed so that diag(R) > 0."""
     Q, R = torch.linalg.qr(X)
-    d = torch.sign(torch.diagonal(R))
+    d = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
     d = torch.where(d == 0, torch.ones_like(d), d)
-    return Q * d
+    return Q * d.unsqueeze(-2)
 
 
 def poisson_tensor(m: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
@@ -125,70 +128,27 @@ def symplectic_gram_schmidt(X: torch.Tensor, passes: int = 2) -> torch.Tensor:
 
 
 def _block_scale(X: torch.Tensor, h: int) -> torch.Tensor:
-    """α² balancing the off-diagonal h-blocks of X (see :func:`exp_kernel`)."""
-    a = torch.linalg.matrix_norm(X[:h, h:])
-    b = torch.linalg.matrix_norm(X[h:, :h])
-    if float(a) == 0.0 or float(b) == 0.0:
-        return torch.ones((), dtype=X.dtype, device=X.device)
-    return torch.sqrt(a / b)
+    """α² balancing the off-diagonal h-blocks of X (batched; see :func:`exp_kernel`)."""
+    a = torch.linalg.matrix_norm(X[..., :h, h:])
+    b = torch.linalg.matrix_norm(X[..., h:, :h])
+    ok = (a > 0) & (b > 0)
+    return torch.where(ok, torch.sqrt(a / torch.where(ok, b, torch.ones_like(b))), torch.ones_like(a))
 
 
 def cayley_kernel(X: torch.Tensor) -> torch.Tensor:
     """K with Cayley(UVᵀ) = (I − ½UVᵀ)⁻¹(I + ½UVᵀ) = I + U·K·Vᵀ, given X = VᵀU.
 
-    By Woodbury, K = (I − ½X)⁻¹ (Brantner 2023; reference notes §1.4): only a (rank × rank) solve.
+    By Woodbury, K = (I − ½X)⁻¹ (Brantner 2023): only a (rank × rank) solve.
     """
-    I = torch.eye(X.shape[0], dtype=X.dtype, device=X.device)
-    return torch.linalg.solve(I - 0.5 * X, I)
-
-
-def stiefel_cayley_kernel(A: torch.Tensor | None, BtB: torch.Tensor) -> torch.Tensor:
-    """:func:`cayley_kernel` of the Stiefel/Grassmann X = [[½A, I], [¼A² − BᵀB, ½A]] by block elimination.
-
-    I − ½X = [[D, −½I], [C, D]] with D = I − ¼A and C = ½BᵀB − ⅛A².  D commutes with A, so the Schur
-    complement S = D + ½CD⁻¹ satisfies S·D = D² + ½C = T := I − ½A + ¼BᵀB, and
-
-        (I − ½X)⁻¹ = [[D⁻¹ − ½T⁻¹CD⁻¹, ½T⁻¹], [−D·T⁻¹CD⁻¹, D·T⁻¹]].
-
-    One p×p inverse and one p×p Cholesky instead of a 2p×2p solve with 2p right-hand sides (a third of the
-    time at p = 64 on CPU).  T is invertible
-    for every A, B (its symmetric part is I + ¼BᵀB ≻ 0) and D is (A is skew).  Grassmann (A = None): D = I
-    and T = I + ¼BᵀB is symmetric positive definite (Cholesky).
-    """
-    p = BtB.shape[0]
-    I = torch.eye(p, dtype=BtB.dtype, device=BtB.device)
-    K = BtB.new_empty(2 * p, 2 * p)
-    if A is None:
-        T = torch.addmm(I, BtB, I, alpha=0.25)  # I + ¼BᵀB
-        C = 0.5 * BtB
-        Tinv = torch.cholesky_inverse(torch.linalg.cholesky(T))
-        TiC = Tinv @ C
-        K[:p, :p] = I - 0.5 * TiC
-        K[:p, p:] = 0.5 * Tinv
-        K[p:, :p] = -TiC
-        K[p:, p:] = Tinv
-        return K
-    qA = 0.25 * A
-    D = I - qA
-    A2 = A @ A
-    C = 0.5 * BtB - 0.125 * A2
-    T = torch.addmm(I - 0.5 * A, BtB, I, alpha=0.25)
-    # D⁻¹ = (I + ¼A)(I − A²/16)⁻¹: I − A²/16 = I + (¼A)ᵀ(¼A) is SPD with eigenvalues ≥ 1 (Cholesky)
-    Dinv = (I + qA) @ torch.cholesky_inverse(torch.linalg.cholesky(I - A2 / 16.0))
-    Tinv = torch.linalg.inv(T)
-    TiCDi = Tinv @ (C @ Dinv)
-    K[:p, :p] = Dinv - 0.5 * TiCDi
-    K[:p, p:] = 0.5 * Tinv
-    K[p:, :p] = -(D @ TiCDi)
-    K[p:, p:] = D @ Tinv
-    return K
+    I = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
+    return torch.linalg.solve(I - 0.5 * X, I.expand_as(X))
 
 
 def exp_kernel(X: torch.Tensor, h: int | None = None) -> torch.Tensor:
-    """K with exp(UVᵀ) = I + U·K·Vᵀ, given X = VᵀU, by scaling and squaring in low-rank form.
+    """K with exp(UVᵀ) = I + U·K·Vᵀ, given X = VᵀU (or a batch of them), by scaling and squaring in low rank.
 
     exp(UVᵀ) = I + U φ₁(X) Vᵀ with φ₁(X) = Σ_{k≥0} X^k/(k+1)!.  The plain series fails when ‖X‖ is large
-    although the spectral radius is small (‖X‖ ≈ ‖B̄‖²/4; reference notes §1.4), so:
+    although the spectral radius is small (‖X‖ ≈ ‖B̄‖²/4, as GeometricOptimizers.jl found), so:
 
     1. balance: X' = D⁻¹XD with D = diag(αI_h, α⁻¹I_h) and α² = sqrt(‖X₁₂‖/‖X₂₁‖), which makes
        ‖X'‖ ≈ ‖UVᵀ‖;
@@ -196,28 +156,39 @@ def exp_kernel(X: torch.Tensor, h: int | None = None) -> torch.Tensor:
     3. square s times in low-rank form, (I + UWVᵀ)² = I + U(2W + WX'W)Vᵀ;
     4. undo the balancing: K = D·W·D⁻¹.
 
-    No N×N matrix is formed or squared.
+    No N×N matrix is formed or squared.  A batch shares one s (the largest any member needs: more squarings
+    cost accuracy only at the level of rounding); choosing s reads one number back to the host.
     """
-    r = X.shape[0]
+    r = X.shape[-1]
     if h is None:
         h = r // 2
-    alpha2 = _block_scale(X, h)
-    alpha = torch.sqrt(alpha2)
-    d = torch.cat([alpha.expand(h), (1.0 / alpha).expand(r - h)])
-    Xb = X * d.unsqueeze(0) / d.unsqueeze(1)  # D⁻¹ X D
-    nrm = float(torch.linalg.matrix_norm(Xb, ord=1))
+    alpha = torch.sqrt(_block_scale(X, h)).unsqueeze(-1)
+    d = torch.cat([alpha.expand(*alpha.shape[:-1], h), (1.0 / alpha).expand(*alpha.shape[:-1], r - h)], -1)
+    Xb = X * d.unsqueeze(-2) / d.unsqueeze(-1)  # D⁻¹ X D
+    nrm = float(torch.linalg.matrix_norm(Xb, ord=1).max()) if Xb.numel() else 0.0
     s = max(0, math.ceil(math.log2(nrm / 0.5))) if nrm > 0.5 else 0
     Z = Xb / (2.0**s)
     terms = 18 if X.dtype == torch.float64 else 10
     I = torch.eye(r, dtype=X.dtype, device=X.device)
     # Horner for φ₁(Z) = Σ_{k=0}^{m} Z^k/(k+1)!
-    phi = I / math.factorial(terms + 1)
+    phi = (I / math.factorial(terms + 1)).expand_as(X)
     for k in range(terms - 1, -1, -1):
         phi = I / math.factorial(k + 1) + Z @ phi
     W = phi / (2.0**s)
     for _ in range(s):
         W = 2.0 * W + W @ Xb @ W
-    return W * d.unsqueeze(1) / d.unsqueeze(0)  # D W D⁻¹
+    return W * d.unsqueeze(-1) / d.unsqueeze(-2)  # D W D⁻¹
+
+
+_EYES: dict = {}
+
+
+def _eye(p: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """A cached identity (read-only by convention): the step makes no allocation for it."""
+    key = (p, dtype, str(device))
+    if key not in _EYES:
+        _EYES[key] = torch.eye(p, dtype=dtype, device=device)
+    return _EYES[key]
 
 
 def _kernel(X: torch.Tensor, method: str, h: int) -> torch.Tensor:
@@ -276,14 +247,20 @@ class Stiefel(Manifold):
       Y-component removed (drawn once);
     * 𝔤^hor = {[[A, −Bᵀ], [B, 0]] : A ∈ 𝔰𝔬(p), B ∈ ℝ^{(N−p)×p}}; global_rep(Λ, Δ) = (skew(YᵀΔ), Y_⊥ᵀΔ);
     * low-rank factors B̄ = B′B″ᵀ, B′ = [[½A, I], [B, 0]], B″ᵀ = [[I, 0], [½A, −Bᵀ]], X = B″ᵀB′
-      = [[½A, I], [¼A² − BᵀB, ½A]];  Λ ← Λ + (ΛB′)·K·B″ᵀ with K from :func:`cayley_kernel` or
-      :func:`exp_kernel` (2p×2p).  B″ᵀ's structure is used: (ΛB′K)B″ᵀ = [P₁ + ½P₂A, −P₂Bᵀ].
+      = [[½A, I], [¼A² − BᵀB, ½A]], so exp(B̄) = I + B′·K·B″ᵀ with K from :func:`exp_kernel` (2p×2p);
+    * Cayley in closed form (see :meth:`retract_batch_`): one p×p inverse Σ = (I − ½A + ¼BᵀB)⁻¹.
 
-    Cost per step O(N²p) (Y_⊥ᵀ∇L, Y_⊥B and the rank-p update of Y_⊥) plus O(Np²); no N×N temporary.
+    The optimizer keeps the coordinates of 𝔤^hor as one p×N matrix [A | Bᵀ] per parameter (``coord_shape``),
+    so that the gradient's coordinates are the single product GᵀΛ.  The flat vector [strict lower triangle of
+    A | B] (``global_rep``, ``grad_rep``, ``tangent``, ``retract_``) is the compact form used by the tests.
+
+    Cost per step O(N²p) (GᵀΛ, Y_⊥B and the rank-p update of Y_⊥) plus O(Np²); no N×N temporary.
     """
 
     name = "stiefel"
     has_skew = True
+    point_is_view = True  # ΛE is the view Λ[:, :p]
+    point_correction = True  # has reorthonormalize_point_
 
     # -- shapes and coordinates ---------------------------------------------------------------------
     def validate(self, name: str, t: torch.Tensor) -> None:
@@ -336,7 +313,7 @@ class Stiefel(Manifold):
         return qr_sign_fixed(torch.randn(*shape, generator=generator, dtype=dtype))
 
     def point(self, L: torch.Tensor, p: int) -> torch.Tensor:
-        return L[:, :p]
+        return L[..., :p]
 
     # -- metric and gradient -------------------------------------------------------------------------
     def rgrad(self, Y: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -370,8 +347,20 @@ class Stiefel(Manifold):
         return L
 
     def reorthonormalize_(self, L: torch.Tensor, p: int) -> torch.Tensor:
-        """Λ ← sign-fixed QR factor of Λ (Λ is close to orthogonal, so this moves it by O(drift))."""
-        L.copy_(qr_sign_fixed(L))
+        """Λ ← sign-fixed QR factor of Λ, computed in float64 (Λ is close to orthogonal, so this moves it by
+        O(drift)); ``L`` may be a batch (k, N, N)."""
+        L.copy_(qr_sign_fixed(L.to(torch.float64)))
+        return L
+
+    def reorthonormalize_point_(self, L: torch.Tensor, p: int) -> torch.Tensor:
+        """Y ← Y(3I − YᵀY)/2 in float64 (one Newton–Schulz step to the polar factor; O(Np²)), Y_⊥ untouched.
+
+        Cheap between the full re-orthonormalisations of Λ: float32 rounding of Y + D makes ‖YᵀY − I‖ a
+        random walk (~1e-7·√steps at p = 64), which this removes to second order; the span of Y (the
+        Grassmann point) is unchanged.  ``L`` is a batch (k, N, N).
+        """
+        Y = L[..., :p].to(torch.float64)
+        L[..., :p] = torch.baddbmm(Y, Y, torch.bmm(Y.mT, Y), beta=1.5, alpha=-0.5)
         return L
 
     def resection(self, Y: torch.Tensor, L_old: torch.Tensor) -> torch.Tensor:
@@ -390,17 +379,123 @@ class Stiefel(Manifold):
         return torch.cat([self.skew_coords(0.5 * (M - M.T)), B])
 
     def grad_rep(self, L: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-        """global_rep(Λ, rgrad(Y, G)) without forming Δ: A = YᵀG − GᵀY, B = Y_⊥ᵀG (as Y_⊥ᵀY = 0).
+        """global_rep(Λ, rgrad(Y, G)) in flat coordinates (see :meth:`grad_coords`)."""
+        return self.to_flat(self.grad_coords(L.unsqueeze(0), G.unsqueeze(0))[0], tuple(G.shape))
 
-        Both blocks come from the one product ΛᵀG = [YᵀG; Y_⊥ᵀG].
+    # -- the optimizer's layout: a batch of p×N coordinate matrices ---------------------------------
+    def coord_shape(self, shape) -> tuple[int, ...]:
+        """Shape of one parameter's coordinates in the optimizer: [A | Bᵀ] (p×N); Grassmann Bᵀ (p×(N−p))."""
+        N, p = shape
+        return (p, N) if self.has_skew else (p, N - p)
+
+    def to_matrix(self, coords: torch.Tensor, shape, even: bool = False) -> torch.Tensor:
+        """Flat coordinates [strict lower(A) | B] → the p×N matrix [A | Bᵀ] (Grassmann: B → Bᵀ).
+
+        ``even=True`` fills the upper triangle of the A block with the lower one instead of its negative: the
+        layout of a quantity even in the gradient, such as Adam's second moment (entry (j, i) of A is −(i, j)).
         """
-        p = G.shape[1]
-        LtG = (G.T @ L).T  # faster on CPU BLAS than L.T @ G (no transposed left operand)
-        B = LtG[p:].reshape(-1)
+        N, p = shape
+        S, B = self.split(coords, N, p)
         if not self.has_skew:
-            return B
-        M = LtG[:p]
-        return torch.cat([self.skew_coords(M - M.T), B])
+            return B.T.contiguous()
+        A = self.skew_from(S, p)
+        if even:
+            A = A.tril(-1)
+            A = A + A.T
+        return torch.cat([A, B.T], 1)
+
+    def to_flat(self, C: torch.Tensor, shape) -> torch.Tensor:
+        """The p×N matrix [A | Bᵀ] → flat coordinates [strict lower(A) | B] (inverse of :meth:`to_matrix`)."""
+        N, p = shape
+        if not self.has_skew:
+            return C.T.reshape(-1)
+        return torch.cat([self.skew_coords(C[:, :p]), C[:, p:].T.reshape(-1)])
+
+    def grad_coords(self, L: torch.Tensor, G: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Coordinates of global_rep(Λ, rgrad(Y, G)) for a batch Λ (k, N, N), G (k, N, p), as [A | Bᵀ].
+
+        One batched product C = GᵀΛ = [GᵀY | GᵀY_⊥] (the second block is Bᵀ = (Y_⊥ᵀG)ᵀ, using Y_⊥ᵀY = 0);
+        the first block GᵀY becomes A = YᵀG − GᵀY (its transpose minus itself) in place.  Grassmann:
+        C = GᵀY_⊥ only.
+        """
+        p = G.shape[-1]
+        if not self.has_skew:
+            return torch.bmm(G.mT, L[..., p:], out=out)
+        C = torch.bmm(G.mT, L, out=out)
+        Ct = C[..., :p]
+        Ct.copy_(Ct.mT - Ct)
+        return C
+
+    def retract_batch_(self, L: torch.Tensor, W: torch.Tensor, p: int, method: str = "cayley") -> None:
+        """Λ ← Λ·Retraction(W̄) in place for a batch Λ (k, N, N) and velocities W (k, p, N) = [A | Bᵀ].
+
+        W is scratch: its A block may be overwritten.
+
+        **Cayley, closed form.**  With Σ = (I − ½A + ¼BᵀB)⁻¹ (p×p), block elimination of
+        (I − ½W̄)X = W̄ gives Cayley(W̄) − I = [[2(Σ − I), −ΣBᵀ], [BΣ, −½BΣBᵀ]], so with Z = Y_⊥B:
+
+            D = ZΣ + 2Y(Σ − I),   Y_⊥ ← Y_⊥ − (Y + ½D)Bᵀ,   Y ← Y + D.
+
+        Σ⁻¹'s symmetric part is I + ¼BᵀB ≻ 0, so Σ always exists (Grassmann, A = 0: Σ⁻¹ is SPD, Cholesky).
+        Σ − I = Σ(½A − ¼BᵀB) comes from one p×p solve.  Two O(N²p) products (Y_⊥B, the rank-p update of
+        Y_⊥) and O(Np²) work; no 2p×2p kernel.
+
+        **exp**: Λ ← Λ + (ΛB′)·K·B″ᵀ with K = :func:`exp_kernel` of X (2p×2p), the ½A factors folded into K:
+        (ΛB′K)B″ᵀ = [P₁ + ½P₂A, −P₂Bᵀ] with P = [Y_⊥B, Y]-products of N×p by p×2p.
+        """
+        if method not in ("cayley", "exp"):
+            raise ValueError(f"retraction must be 'cayley' or 'exp', got {method!r}")
+        k = L.shape[0]
+        Y, Yp = L[..., :p], L[..., p:]
+        Bt = W[..., p:] if self.has_skew else W  # Bᵀ, (k, p, N−p)
+        I = _eye(p, L.dtype, L.device)
+        if method == "cayley":
+            if self.has_skew:
+                # W's A block is skew off the diagonal (Adam's and SGD's updates are odd in the gradient); its
+                # diagonal is 0, or 0/0 when eps = 0, so it is zeroed
+                W.diagonal(dim1=-2, dim2=-1).zero_()
+                S = torch.baddbmm(W[..., :p], Bt, Bt.mT, beta=0.5, alpha=-0.25)  # I − Σ⁻¹ = ½A − ¼BᵀB
+            else:
+                S = torch.bmm(Bt, Bt.mT).mul_(-0.25)
+            T = I - S  # Σ⁻¹ = I − ½A + ¼BᵀB
+            # Σ − I = Σ·(I − Σ⁻¹) = T⁻¹S, solved directly: accurate relative to its size O(η) (Σ − I formed from
+            # Σ carries an absolute error of one ulp of 1 into 2Y(Σ − I), which drifts Y off the manifold
+            # by ~1e-6 per float32 step at p = 64); the _ex forms do not read the LAPACK status back to the host
+            # (T is never singular, see above)
+            if self.has_skew:
+                Sm = torch.linalg.solve_ex(T, S)[0]
+            else:
+                Sm = torch.cholesky_solve(S, torch.linalg.cholesky_ex(T)[0])
+            Z = torch.bmm(Yp, Bt.mT)
+            D = torch.baddbmm(Z, torch.add(Z, Y, alpha=2.0), Sm)  # ZΣ + 2Y(Σ − I) = Z + (Z + 2Y)(Σ − I)
+            H = torch.add(Y, D, alpha=0.5)
+            # Y_⊥ ← Y_⊥ − H·Bᵀ as an update of the whole (contiguous) Λ by H·[0 | Bᵀ]: the Y columns get
+            # exactly 0, and an in-place batched product on the strided block Y_⊥ would copy it (4× slower
+            # for many small matrices)
+            if self.has_skew:
+                Wz = W
+                Wz[..., :p] = 0.0
+            else:
+                Wz = torch.cat([W.new_zeros(k, p, p), W], -1)
+            L.baddbmm_(H, Wz, alpha=-1.0)
+            Y.add_(D)
+            return
+        A = None
+        if self.has_skew:  # exactly skew from the strict lower triangle (the diagonal may be 0/0 if eps = 0)
+            A = W[..., :p].tril(-1)
+            A = A - A.mT
+        BtB = torch.bmm(Bt, Bt.mT)
+        hA = 0.5 * A if A is not None else torch.zeros_like(BtB)
+        X = torch.cat([torch.cat([hA, I.expand(k, p, p)], -1), torch.cat([hA @ hA - BtB, hA], -1)], -2)
+        K = exp_kernel(X, p)
+        if A is not None:
+            K = torch.cat([torch.baddbmm(K[..., :p], K[..., p:], hA), K[..., p:]], -1)
+            R = torch.baddbmm(K[..., p:, :], hA, K[..., :p, :])  # ½A·K_top + K_bottom
+        else:
+            R = K[..., p:, :]
+        P = torch.baddbmm(torch.bmm(Y, R), torch.bmm(Yp, Bt.mT), K[..., :p, :])  # [P₁ + ½P₂A, P₂]
+        Yp.baddbmm_(P[..., p:], Bt, alpha=-1.0)
+        Y.add_(P[..., :p])
 
     def tangent(self, L: torch.Tensor, coords: torch.Tensor, p: int) -> torch.Tensor:
         """Λ·B̄·E = Y·A + Y_⊥·B (the inverse of global_rep)."""
@@ -434,34 +529,9 @@ class Stiefel(Manifold):
 
     # -- retraction ----------------------------------------------------------------------------------
     def retract_(self, L: torch.Tensor, coords: torch.Tensor, p: int, method: str = "cayley") -> torch.Tensor:
-        """Λ ← Λ·Retraction(B̄) in place, additive low-rank form Λ + (ΛB′)·K·B″ᵀ (reference notes §1.4).
-
-        With ΛB′ = [L₁, Y], L₁ = ½YA + Y_⊥B, and (ΛB′K)B″ᵀ = [P₁ + ½P₂A, −P₂Bᵀ] for P = ΛB′K, the ½A
-        factors are folded into the 2p×2p kernel first: P₁ + ½P₂A = [L₁, Y]·K₁ with K₁ = K_{:,1} + ½K_{:,2}A,
-        and [L₁, Y]·M = (Y_⊥B)·M_top + Y·(½A·M_top + M_bottom).  What is left of size N: the products Y_⊥B
-        and P₂Bᵀ (O(N²p), the floor of the method) and two N×p by p×2p products.
-        """
-        N = L.shape[0]
-        S, B = self.split(coords, N, p)
-        Y, Yp = L[:, :p], L[:, p:]
-        BtB = B.T @ B
-        A = self.skew_from(S, p) if self.has_skew else None
-        if method == "cayley":
-            K = stiefel_cayley_kernel(A, BtB)
-        else:
-            I = torch.eye(p, dtype=L.dtype, device=L.device)
-            hA = 0.5 * A if A is not None else torch.zeros_like(I)
-            X = torch.cat([torch.cat([hA, I], 1), torch.cat([hA @ hA - BtB, hA], 1)], 0)
-            K = _kernel(X, method, p)
-        if A is not None:
-            hA = 0.5 * A
-            K = torch.cat([torch.addmm(K[:, :p], K[:, p:], hA), K[:, p:]], 1)
-            R = torch.addmm(K[p:], hA, K[:p])  # ½A·K_top + K_bottom
-        else:
-            R = K[p:]
-        P = torch.addmm(Y @ R, Yp @ B, K[:p])  # [P₁ + ½P₂A, P₂]
-        Yp.addmm_(P[:, p:], B.T, alpha=-1.0)
-        Y.add_(P[:, :p])
+        """Λ ← Λ·Retraction(B̄) in place for one Λ and flat coordinates (see :meth:`retract_batch_`)."""
+        W = self.to_matrix(coords, (L.shape[0], p)).unsqueeze(0)
+        self.retract_batch_(L.unsqueeze(0), W, p, method)
         return L
 
 
@@ -469,7 +539,7 @@ class Grassmann(Stiefel):
     """Gr(p, N), points represented by orthonormal Y ∈ ℝ^{N×p} (span(Y)); the Stiefel formulas with A ≡ 0.
 
     Metric Tr(Δ₁ᵀΔ₂); Riemannian gradient ∇L − YYᵀ∇L; 𝔤^hor = {[[0, −Bᵀ], [B, 0]]}, B = Y_⊥ᵀΔ;
-    X = [[0, I], [−BᵀB, 0]] (reference notes §1.7).
+    X = [[0, I], [−BᵀB, 0]] (Brantner 2023).
     """
 
     name = "grassmann"
@@ -494,7 +564,7 @@ class SymplecticStiefel(Manifold):
     * section: U's columns completed by a symplectic Gram–Schmidt (SR) of a Gaussian draw with the
       symplectic U-component removed; Λ = [U_q, W, U_p, Z] ∈ Sp(2N);
     * 𝔤^hor: Hamiltonian [[A, B], [C, −Aᵀ]] with A = [[A₁, A₂ᵀ], [A₃, 0]], B = [[B₁, B₂ᵀ], [B₂, 0]],
-      C = [[C₁, C₂ᵀ], [C₂, 0]], B₁, C₁ symmetric (reference notes §1.8); global_rep reads the unique
+      C = [[C₁, C₂ᵀ], [C₂, 0]], B₁, C₁ symmetric (Brantner 2023); global_rep reads the unique
       D ∈ 𝔤^hor with DE = Λ⁻¹Δ, Λ⁻¹ = JᵀΛᵀJ;
     * retraction: D = UVᵀ with U = [DE, E], Vᵀ = [Eᵀ; EᵀD(I − EEᵀ)] (rank 4n), Λ ← Λ + (ΛU)·K·Vᵀ with the
       same Cayley / low-rank exp kernels.  Cayley and exp of a Hamiltonian matrix are symplectic.
@@ -503,6 +573,8 @@ class SymplecticStiefel(Manifold):
     """
 
     name = "symplectic_stiefel"
+    point_is_view = False
+    point_correction = False
 
     def validate(self, name: str, t: torch.Tensor) -> None:
         if t.ndim != 2:
@@ -557,8 +629,8 @@ class SymplecticStiefel(Manifold):
         return symplectic_gram_schmidt(X).to(dtype)
 
     def point(self, L: torch.Tensor, p: int) -> torch.Tensor:
-        N, n = L.shape[0] // 2, p // 2
-        return torch.cat([L[:, :n], L[:, N : N + n]], 1)
+        N, n = L.shape[-2] // 2, p // 2
+        return torch.cat([L[..., :n], L[..., N : N + n]], -1)
 
     # -- metric and gradient -------------------------------------------------------------------------
     def rgrad(self, U: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -598,11 +670,13 @@ class SymplecticStiefel(Manifold):
         return self._assemble(U, symplectic_gram_schmidt(R))
 
     def reorthonormalize_(self, L: torch.Tensor, p: int) -> torch.Tensor:
-        """Re-symplectify Λ by symplectic Gram–Schmidt over its pairs (i, N+i), U's pairs first."""
-        N, n = L.shape[0] // 2, p // 2
-        order_q = torch.cat([torch.arange(n), torch.arange(n, N)])
-        X = torch.cat([L[:, order_q], L[:, N + order_q]], 1)  # already in this order; kept explicit
-        L.copy_(symplectic_gram_schmidt(X, passes=2))
+        """Re-symplectify Λ (or each of a batch) by symplectic Gram–Schmidt in float64 over its pairs
+        (i, N+i), U's pairs first (Λ's columns are already in that order)."""
+        if L.ndim == 3:
+            for Li in L:
+                self.reorthonormalize_(Li, p)
+            return L
+        L.copy_(symplectic_gram_schmidt(L.to(torch.float64), passes=2))
         return L
 
     def resection(self, U: torch.Tensor, L_old: torch.Tensor) -> torch.Tensor:
@@ -680,6 +754,26 @@ class SymplecticStiefel(Manifold):
                 sym_adj(Xq[r3]),
             ]
         )
+
+    # -- the optimizer's layout: flat coordinates, stepped one matrix at a time -----------------------
+    def coord_shape(self, shape) -> tuple[int, ...]:
+        return (self.dim(shape),)
+
+    def to_matrix(self, coords: torch.Tensor, shape) -> torch.Tensor:
+        return coords
+
+    def to_flat(self, C: torch.Tensor, shape) -> torch.Tensor:
+        return C
+
+    def grad_coords(self, L: torch.Tensor, G: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`grad_rep` for a batch (a loop: the symplectic case has no performance target)."""
+        C = torch.stack([self.grad_rep(Li, Gi) for Li, Gi in zip(L, G)])
+        return C if out is None else out.copy_(C)
+
+    def retract_batch_(self, L: torch.Tensor, W: torch.Tensor, p: int, method: str = "cayley") -> None:
+        """:meth:`retract_` for a batch (a loop)."""
+        for Li, Wi in zip(L, W):
+            self.retract_(Li, Wi, p, method)
 
     def hor_matrix(self, coords: torch.Tensor, shape) -> torch.Tensor:
         N, n = shape[0] // 2, shape[1] // 2

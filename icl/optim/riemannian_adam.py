@@ -1,6 +1,6 @@
 """Projection-based Riemannian Adam: the baseline that Brantner's global-section Adam is compared with.
 
-This is the ambient-space construction of geoopt / McTorch (reference notes §2.2, §2.5): the Euclidean
+This is the ambient-space construction of geoopt / McTorch: the Euclidean
 gradient is projected onto the tangent space, the moments live in ℝ^{N×p} and are moved to the new point by
 projection (a vector transport), and the point is retracted by a sign-fixed QR.  It is O(Np²) per step and
 needs no section.  Compare with Brantner (2023), *Generalizing Adam to manifolds for efficiently training
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.optim import Optimizer
 
-from icl.optim.manifold_optimizer import check_betas, check_lr, check_nonneg
+from icl.optim.manifold_optimizer import check_betas, check_lr, check_nonneg, check_state_dict_groups
 from icl.optim.manifolds import get_manifold, qr_sign_fixed
 
 __all__ = ["ProjectedRiemannianAdam"]
@@ -95,6 +95,11 @@ class ProjectedRiemannianAdam(Optimizer):
                 tol = 1e-8 if p.dtype == torch.float64 else 1e-4
                 if m.check(p) > tol:
                     raise ValueError(f"params[{i}] is not on the {m.name} manifold (violation {m.check(p):.2e})")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load state written by this class; another optimizer's state_dict is refused (ValueError)."""
+        check_state_dict_groups(self, state_dict, tuple(self.defaults))
+        super().load_state_dict(state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):

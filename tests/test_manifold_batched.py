@@ -1,0 +1,242 @@
+"""ManifoldAdam's batched, closed-form step (issue 16): exactness against the pre-rewrite implementation,
+batches against one-at-a-time, no host reads in a step, checkpoints, and refusing foreign state (float64)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from frozen_manifold_adam import frozen_adam_trajectory
+
+from icl.optim import FAdam, ManifoldAdam, ManifoldSGD, ProjectedRiemannianAdam, manifold_point
+from icl.optim.manifolds import get_manifold
+
+DT = torch.float64
+SHAPES = {"stiefel": (12, 4), "grassmann": (10, 3), "symplectic_stiefel": (8, 4)}
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _problem(shape, seed):
+    """A gradient that depends on the iterate: ∇L(Y) = A·Y·S + noise_t, A and S positive definite (the
+    gradient of ½tr(YᵀAYS), bounded below on every manifold here, so iterates stay bounded)."""
+    g = _gen(seed)
+    N, p = shape
+    A = torch.randn(N, N, generator=g, dtype=DT)
+    S = torch.randn(p, p, generator=g, dtype=DT)
+    A, S = A @ A.T / N + torch.eye(N, dtype=DT), S @ S.T / p + torch.eye(p, dtype=DT)
+    noise = 0.3 * torch.randn(50, N, p, generator=g, dtype=DT)
+    return lambda Y, t: A @ Y @ S + noise[t % 50]
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_iterates_equal_the_pre_rewrite_implementation_over_500_steps(name):
+    """Three parameters stepped as one batch make, each, the iterates of the frozen per-parameter step of the
+    previous implementation (2p×2p Cayley kernel, flat coordinates) to 1e-12 over 500 float64 steps."""
+    shape = SHAPES[name]
+    Ys = [torch.nn.Parameter(manifold_point(name, shape, generator=_gen(i), dtype=DT)) for i in range(3)]
+    fns = [_problem(shape, 10 + i) for i in range(3)]
+    opt = ManifoldAdam([{"params": Ys, "manifold": name}], lr=1e-2, seed=0)
+    L0 = [opt.state[Y]["section"].clone() for Y in Ys]
+    ours = [[] for _ in Ys]
+    for t in range(500):
+        for Y, fn in zip(Ys, fns):
+            Y.grad = fn(Y.detach(), t)
+        opt.step()
+        for traj, Y in zip(ours, Ys):
+            traj.append(Y.detach().clone())
+    for i in range(3):
+        ref = frozen_adam_trajectory(name, L0[i], shape[1], fns[i], 500, lr=1e-2)
+        err = max(float((a - b).abs().max()) for a, b in zip(ours[i], ref))
+        assert err <= 1e-12, (name, i, err)
+        assert float((ours[i][-1] - ours[i][0]).abs().max()) > 0.1  # the iterates did move
+
+
+def _twin_optimizers(name, shape, k=3, **kw):
+    """The same k parameters and sections twice: one group (one batch) and k groups (k batches of one)."""
+    Ys = [torch.nn.Parameter(manifold_point(name, shape, generator=_gen(i), dtype=DT)) for i in range(k)]
+    Zs = [torch.nn.Parameter(Y.detach().clone()) for Y in Ys]
+    batched = ManifoldAdam([{"params": Ys, "manifold": name, **kw}], lr=1e-2, seed=5)
+    single = ManifoldAdam([{"params": [Z], "manifold": name, **kw} for Z in Zs], lr=1e-2, seed=5)
+    for Y, Z in zip(Ys, Zs):
+        assert torch.equal(batched.state[Y]["section"], single.state[Z]["section"])
+    return Ys, Zs, batched, single
+
+
+@pytest.mark.parametrize("name", ["stiefel", "grassmann"])
+@pytest.mark.parametrize("retraction", ["cayley", "exp"])
+def test_batch_with_missing_gradients_equals_one_at_a_time(name, retraction):
+    """Members without a gradient do not move and later members have different step counts (bias
+    corrections per member); the batch still equals k separate one-parameter batches."""
+    shape = SHAPES[name]
+    Ys, Zs, batched, single = _twin_optimizers(name, shape, retraction=retraction, reorthonormalize_every=4)
+    fns = [_problem(shape, 20 + i) for i in range(3)]
+    for t in range(30):
+        active = [i for i in range(3) if (t + i) % 4 != 0]  # each member skips every fourth step
+        for i in range(3):
+            for X in (Ys[i], Zs[i]):
+                X.grad = fns[i](X.detach(), t) if i in active else None
+        before = [Y.detach().clone() for Y in Ys]
+        batched.step()
+        single.step()
+        for i in range(3):
+            if i not in active:
+                assert torch.equal(Ys[i], before[i])
+    for Y, Z in zip(Ys, Zs):
+        assert torch.allclose(Y, Z, atol=1e-13, rtol=0)
+        assert torch.allclose(batched.state[Y]["exp_avg"], single.state[Z]["exp_avg"], atol=1e-13, rtol=0)
+    assert [int(batched.state[Y]["step"]) for Y in Ys] == [22, 23, 23]
+
+
+def test_step_reads_nothing_back_to_the_host(monkeypatch):
+    """A Cayley step of a Stiefel and a Grassmann batch (float32, Λ re-orthonormalised every fourth step, Y at
+    the others) makes no host read: no .item()/float()/bool() of a tensor, no torch.equal."""
+    Ys = [torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=_gen(i))) for i in range(3)]
+    Gs = [torch.nn.Parameter(manifold_point("grassmann", (7, 2), generator=_gen(5 + i))) for i in range(2)]
+    opt = ManifoldAdam(
+        [
+            {"params": Ys, "manifold": "stiefel", "reorthonormalize_every": 4, "reorthonormalize_point_every": 1},
+            {"params": Gs, "manifold": "grassmann", "geometry_dtype": torch.float64},
+        ],
+        lr=1e-2,
+        seed=0,
+    )
+    seen = []
+    for attr in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, attr)
+
+        def record(self, *a, _o=original, _n=attr, **k):
+            seen.append(_n)
+            return _o(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, attr, record)
+    original_equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda *a: seen.append("equal") or original_equal(*a))
+    g = _gen(9)
+    for _ in range(4):
+        for X in (*Ys, *Gs):
+            X.grad = torch.randn(X.shape, generator=g).to(X.dtype)
+        opt.step()
+    assert seen == []
+    monkeypatch.undo()
+    assert opt.constraint_violation() < 1e-6
+
+
+def test_resumed_batch_makes_exactly_the_uninterrupted_steps(tmp_path):
+    """A batch of float32 parameters with float64 geometry, some steps without gradients, saved and loaded
+    (weights_only) into a fresh optimizer built with another seed; the model's weights are loaded *after*
+    the optimizer's state (the version counter flags the write, and the parameter equals ΛE)."""
+    shape = (10, 3)
+
+    def build(seed):
+        Ys = [torch.nn.Parameter(manifold_point("stiefel", shape, generator=_gen(i))) for i in range(3)]
+        opt = ManifoldAdam([{"params": Ys, "manifold": "stiefel", "geometry_dtype": DT}], lr=1e-2, seed=seed)
+        return Ys, opt
+
+    fns = [_problem(shape, 30 + i) for i in range(3)]
+
+    def run(Ys, opt, t0, t1):
+        for t in range(t0, t1):
+            for i, Y in enumerate(Ys):
+                Y.grad = None if (t + i) % 5 == 0 else fns[i](Y.detach().double(), t).float()
+            opt.step()
+
+    Ys, opt = build(1)
+    run(Ys, opt, 0, 12)
+    torch.save({"opt": opt.state_dict(), "Y": [Y.detach().clone() for Y in Ys]}, tmp_path / "ck.pt")
+    run(Ys, opt, 12, 24)
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    Y2, opt2 = build(2)
+    opt2.load_state_dict(ck["opt"])
+    with torch.no_grad():
+        for Y, saved in zip(Y2, ck["Y"]):
+            Y.copy_(saved)
+    run(Y2, opt2, 12, 24)
+    for a, b in zip(Ys, Y2):
+        assert torch.equal(a, b)
+    assert opt2.state[Y2[0]]["section"].dtype == DT
+
+
+def test_state_in_the_earlier_flat_layout_loads_and_resumes():
+    """Moments saved in the flat layout of earlier versions ([strict lower(A) | B]) are converted on load."""
+    shape = SHAPES["stiefel"]
+    m = get_manifold("stiefel")
+    fn = _problem(shape, 40)
+    Y = torch.nn.Parameter(manifold_point("stiefel", shape, generator=_gen(0), dtype=DT))
+    opt = ManifoldAdam([{"params": [Y], "manifold": "stiefel"}], lr=1e-2, seed=0)
+    for t in range(5):
+        Y.grad = fn(Y.detach(), t)
+        opt.step()
+    sd = opt.state_dict()
+    flat = {
+        **sd,
+        "state": {0: {k: (m.to_flat(v, shape) if k.startswith("exp_avg") else v) for k, v in sd["state"][0].items()}},
+    }
+    assert flat["state"][0]["exp_avg"].shape == (m.dim(shape),)
+    Z = torch.nn.Parameter(Y.detach().clone())
+    opt2 = ManifoldAdam([{"params": [Z], "manifold": "stiefel"}], lr=1e-2, seed=3)
+    opt2.load_state_dict(flat)
+    for t in range(5, 10):
+        for X, o in ((Y, opt), (Z, opt2)):
+            X.grad = fn(X.detach(), t)
+            o.step()
+    assert torch.equal(Y, Z)
+
+
+def test_manifold_adam_refuses_foreign_state_dict():
+    """Loading another optimizer's state_dict is refused before anything changes (issue 18, item 8): torch's
+    Adam (its groups have no manifold: the Stiefel group used to turn Euclidean silently), FAdam (its weight
+    decay used to be adopted), ManifoldSGD (no betas), and a ManifoldAdam state on another manifold."""
+    Y = torch.nn.Parameter(manifold_point("stiefel", (6, 2), generator=_gen(0), dtype=DT))
+    opt = ManifoldAdam([{"params": [Y], "manifold": "stiefel"}], lr=1e-2, seed=0)
+    X = torch.nn.Parameter(Y.detach().clone())
+    X.grad = torch.ones_like(X)
+    foreign = {
+        "torch.optim.Adam": torch.optim.Adam([X], lr=1e-3),
+        "FAdam": FAdam([X], lr=1e-3, weight_decay=0.1),
+        "ManifoldSGD": ManifoldSGD([{"params": [X], "manifold": "stiefel"}], lr=1e-3, seed=0),
+    }
+    for name, other in foreign.items():
+        other.step()
+        with pytest.raises(ValueError, match="not written by ManifoldAdam"):
+            opt.load_state_dict(other.state_dict())
+        assert opt.param_groups[0]["manifold"] == "stiefel" and "weight_decay" in opt.param_groups[0], name
+    grass = ManifoldAdam([{"params": [X], "manifold": "grassmann"}], lr=1e-3, seed=0)
+    with pytest.raises(ValueError, match="is on manifold 'grassmann'"):
+        opt.load_state_dict(grass.state_dict())
+    sd = opt.state_dict()
+    bad = {**sd, "state": {0: {**sd["state"][0], "section": torch.eye(5, dtype=DT)}}}
+    with pytest.raises(ValueError, match="section of shape"):
+        opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match="param_groups"):
+        opt.load_state_dict({"state": {}})
+    # the same guard in ManifoldSGD and ProjectedRiemannianAdam
+    sgd = ManifoldSGD([{"params": [Y], "manifold": "stiefel"}], lr=1e-2, seed=0)
+    with pytest.raises(ValueError, match="not written by ManifoldSGD"):
+        sgd.load_state_dict(foreign["torch.optim.Adam"].state_dict())
+    proj = ProjectedRiemannianAdam([{"params": [Y], "manifold": "stiefel"}], lr=1e-2)
+    for other in (foreign["torch.optim.Adam"], foreign["FAdam"], opt):
+        with pytest.raises(ValueError, match="not written by ProjectedRiemannianAdam"):
+            proj.load_state_dict(other.state_dict())
+    # and its own state still loads
+    proj.load_state_dict(proj.state_dict())
+    opt.load_state_dict(opt.state_dict())
+
+
+def test_state_dict_is_per_parameter_and_compact_on_disk():
+    """state_dict holds one entry per parameter (views of the batch), and saving it stores each number once."""
+    Ys = [torch.nn.Parameter(manifold_point("stiefel", (20, 4), generator=_gen(i), dtype=DT)) for i in range(4)]
+    opt = ManifoldAdam([{"params": Ys, "manifold": "stiefel"}], lr=1e-2, seed=0)
+    for Y in Ys:
+        Y.grad = torch.ones_like(Y)
+    opt.step()
+    sd = opt.state_dict()
+    assert sorted(sd["state"]) == [0, 1, 2, 3]
+    assert all(sd["state"][i]["section"].shape == (20, 20) for i in range(4))
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    numbers = 4 * (20 * 20 + 2 * 4 * 20 + 1)
+    assert buf.tell() < 8 * numbers * 1.2 + 20_000
