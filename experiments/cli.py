@@ -3,7 +3,9 @@
     python -m experiments list
     python -m experiments run NAME [--out DIR] [--seed S | --seeds 0,1,2] [--profile quick|standard|paper]
                                    [--set key=value ...] [--device cpu|cuda|mps] [--quiet] [--resume] [--overwrite]
-    python -m experiments report RUN_DIR
+    python -m experiments report RUN_DIR | SWEEP_DIR
+    python -m experiments sweep NAME --grid key=v1,v2 [--seeds 0-4] [--jobs N] [--backend local|slurm] (see sweep.py)
+    python -m experiments collect DIR... [--out table.csv]
     python -m experiments bench [--quick] [--out bench.json]
 
 Every argument is validated before any compute: an unknown experiment or config key, a value out of range or
@@ -81,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes (a smoke test of the benchmark itself)")
     bench.add_argument("--out", type=Path, default=Path("bench.json"))
     bench.add_argument("--only", action="append", default=[], help="run only these benchmarks")
+    from experiments import collect, sweep  # they use resolve_config and check_device from here
+
+    sweep.add_parser(sub)
+    collect.add_parser(sub)
     return parser
 
 
@@ -176,6 +182,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_report(run_dir: Path) -> int:
+    if (run_dir / "sweep.json").is_file():
+        from experiments.collect import report_sweep
+
+        report_sweep(run_dir)
+        print(f"wrote {run_dir / 'report.md'} and {run_dir / 'figures'}")
+        return 0
     if not (run_dir / "config.json").is_file() or not (run_dir / "results.csv").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (needs config.json and results.csv)")
     name = json.loads((run_dir / "config.json").read_text())["experiment"]
@@ -205,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args.run_dir)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command in ("sweep", "collect"):
+            return args.func(args)
         return cmd_run(args, argv)
     except (ConfigError, RunDirError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

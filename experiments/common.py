@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,8 +73,28 @@ def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:
             "device": str(ctx.device),
             "argv": ctx.argv,
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
+            "git": git_state(),
         },
     )
+
+
+def git_state(path: str | Path | None = None) -> dict[str, Any]:
+    """The git commit of the code at ``path`` (default: this package's checkout) and whether tracked files
+    differ from it (``dirty``; untracked files do not count). Both None outside a git checkout."""
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 def _payload(ctx: RunContext, cfg: Config, model: nn.Module, weights: Any, state: dict, **extra: Any) -> dict:

@@ -141,6 +141,7 @@ def line_plot(
     xlabel: str = "layers / steps",
     title: str = "",
     logy: bool = False,
+    logx: bool = False,
     log_values: bool = False,
     dashed: Mapping[str, float] | None = None,
     dashed_methods: Sequence[str] = (),
@@ -172,6 +173,8 @@ def line_plot(
         ax.axhline(np.log(value) if log_values else value, ls="--", color="grey", lw=1, label=name)
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
