@@ -167,11 +167,19 @@ def _number(v: Any) -> float | None:
 
 def report_sweep(sweep_dir: Path, metric: str | None = None) -> list[Path]:
     """Figures of ``metric`` (default test_loss) against each varied key of the sweep, one line per method and
-    combination of the other keys (mean over seeds, 95% band), and ``report.md`` with the summary table."""
+    combination of the other keys (mean over seeds, 95% band; a method with one value in every run, such as a
+    theory line, dashed), and ``report.md`` with the summary table."""
     table, keys = collect([sweep_dir])
     metric = metric or main_metric(table)
     rows = [dict(r) for r in table if r["metric"] == metric]
     summary = [r for r in summarise(table, keys) if r["metric"] == metric]
+    # methods whose value is the same in every run (theory, trivial predictors) are drawn once, dashed
+    by_method: dict[str, set[float]] = defaultdict(set)
+    for r in rows:
+        by_method[r["method"]].add(float(r["value"]))
+    constant = {m: float(sum(v) / len(v)) for m, v in by_method.items()
+                if len(rows) > 1 and max(v) - min(v) <= 1e-9 * max(abs(x) for x in v)}  # fmt: skip
+    rows = [r for r in rows if r["method"] not in constant]
     figures = []
     for key in keys:
         others = [k for k in keys if k != key]
@@ -181,10 +189,11 @@ def report_sweep(sweep_dir: Path, metric: str | None = None) -> list[Path]:
                      for r in rows]  # fmt: skip
         xs = sorted({r["x"] for r in plot_rows}) if numeric else []
         logx = numeric and len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] >= 10
-        values = [float(r["value"]) for r in plot_rows if _number(r["value"]) is not None]
+        values = [float(r["value"]) for r in plot_rows if _number(r["value"]) is not None] + list(constant.values())
         logy = bool(values) and min(values) > 0 and max(values) / min(values) >= 10
-        figures += line_plot(plot_rows, sweep_dir / "figures" / f"{metric}_vs_{key}", x="x", hue="series",
-                             metric=metric, ylabel=metric, xlabel=key, logy=logy, logx=logx,
+        stem = sweep_dir / "figures" / f"{metric}_vs_{key.replace('.', '_')}"
+        figures += line_plot(plot_rows, stem, x="x", hue="series",
+                             metric=metric, ylabel=metric, xlabel=key, logy=logy, logx=logx, dashed=constant,
                              title=f"{table[0]['experiment']} sweep: {metric} against {key}")  # fmt: skip
     text = [f"# Sweep {sweep_dir.name}: {table[0]['experiment']}", "",
             f"{len({r['run'] for r in table})} runs; varied: {', '.join(keys) or 'nothing'}.", "",

@@ -169,8 +169,8 @@ def line_plot(
         ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=m)
         if any(pts[(v,)][3] > 1 for v in xs):
             ax.fill_between(xs, lo, hi, color=palette[m], alpha=0.2, lw=0)
-    for name, value in (dashed or {}).items():
-        ax.axhline(np.log(value) if log_values else value, ls="--", color="grey", lw=1, label=name)
+    for i, (name, value) in enumerate((dashed or {}).items()):
+        ax.axhline(np.log(value) if log_values else value, ls=("--", ":", "-.")[i % 3], color="grey", lw=1, label=name)
     if logy:
         ax.set_yscale("log")
     if logx:

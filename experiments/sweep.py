@@ -25,12 +25,13 @@ parameters from ``--slurm KEY=VALUE`` or a JSON file ``--slurm-config``. The Slu
 array is queued (``--wait`` to follow it); the sweep directory must be on a filesystem the nodes share.
 
 Running the same command again continues the sweep: finished runs are skipped, interrupted ones are resumed
-from their checkpoints (``run --resume``), runs still queued on Slurm are left alone, and failed ones are tried
-again. A failed run is reported with the tail of its log and does not stop the others. Stopping the sweep
-(Ctrl-C, SIGTERM) stops its local runs the way ``run`` stops: each checkpoints and exits.
+from their checkpoints (``run --resume``), runs still queued on Slurm (or still running here, started by a sweep
+process that was killed) are left alone, and failed ones are tried again. A failed run is reported with the tail
+of its log and does not stop the others. Stopping the sweep (Ctrl-C, SIGTERM) stops its local runs the way
+``run`` stops on SIGINT: each checkpoints and exits (Slurm jobs are cancelled with ``scancel``).
 
 Exit status: 0 every run done (or, for Slurm without ``--wait``, submitted); 1 some run failed or diverged;
-2 bad arguments or a sweep directory holding another sweep; 130 interrupted.
+2 bad arguments or a sweep directory holding another sweep; 130 stopped by SIGINT, 143 by SIGTERM.
 """
 
 from __future__ import annotations
@@ -239,9 +240,10 @@ class RunJob(submitit.helpers.Checkpointable):
 
         env = submitit.JobEnvironment()
         if env.cluster in ("local", "debug"):
-            # a terminal's Ctrl-C reaches the sweep and the job controllers, which stop this run with one
-            # SIGINT; not getting the terminal's own SIGINT as well keeps that stop a clean checkpoint-and-exit
+            # the sweep stops a local run with one SIGINT of its own (a terminal's Ctrl-C reaches only the sweep:
+            # this process leaves the terminal's process group, the job controllers ignore SIGINT)
             os.setpgrp()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever was inherited: SIGINT stops the run
         torch.set_num_threads(threads)
         out = Path(run_dir)
         occupied = out.is_dir() and any(out.iterdir())
@@ -354,7 +356,8 @@ def make_executor(backend: str, folder: Path, *, jobs: int, threads: int, slurm:
     if backend == "local":
         ex = submitit.LocalExecutor(folder=folder)
         env = [f"export {v}={threads}" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")]
-        ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=env)
+        # the job controllers ignore SIGINT: a terminal's Ctrl-C must not make them kill their run a second later
+        ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=[*env, "trap '' INT"])
         return ex
     ex = submitit.SlurmExecutor(folder=folder)
     params = {"job_name": name, "cpus_per_task": threads, "array_parallelism": jobs, **slurm}
@@ -385,9 +388,20 @@ class Sweep:
     def save(self) -> None:
         write_manifest(self.sweep_dir, self.manifest)
 
-    def queued_on_slurm(self, run: SweepRun) -> bool:
+    def still_running(self, run: SweepRun) -> bool:
+        """Whether the run's job is still queued or running: a Slurm job in a queued state, or a local process
+        (of an earlier sweep process that was killed) that is still alive."""
+        status = self.state(run)
+        if status.get("state") not in ("pending", "running"):
+            return False
+        if status.get("state") == "running" and status.get("host") == socket.gethostname() and "pid" in status:
+            try:
+                os.kill(int(status["pid"]), 0)
+                return True
+            except (OSError, ValueError):
+                pass
         job = self.manifest.get("jobs", {}).get(run.name)
-        if not job or job.get("backend") != "slurm" or self.state(run).get("state") not in ("pending", "running"):
+        if not job or job.get("backend") != "slurm":
             return False
         try:
             state = submitit.SlurmJob(self.sweep_dir / "logs", job["job_id"]).state
@@ -448,11 +462,7 @@ class Sweep:
                 time.sleep(0.2)
         except KeyboardInterrupt:
             print(f"\nsweep: stopping {len(active)} running run(s); each checkpoints and exits", flush=True)
-            for _, job in active.values():
-                job.cancel(check=False)
-            deadline = time.time() + 120
-            while any(not j.done() for _, j in active.values()) and time.time() < deadline:
-                time.sleep(0.2)
+            self.stop([r for r, _ in active.values()], [j for _, j in active.values()], backend)
             for name, (run, _) in active.items():
                 results[name] = self.state(run)
                 if results[name].get("state") in ("pending", "running"):  # stopped before it could say so
@@ -460,6 +470,30 @@ class Sweep:
                     write_json(self.status_path(run), results[name])
             raise
         return results
+
+    def stop(self, runs: Sequence[SweepRun], jobs: Sequence[Any], backend: str, grace: float = 120.0) -> None:
+        """Stop running jobs as ``run`` stops on SIGINT (checkpoint, exit): locally one SIGINT to each run's
+        process once it has said its pid (a job still starting gets it as soon as it has); on Slurm
+        ``scancel``. Jobs still alive after ``grace`` seconds are cancelled through submitit."""
+        if backend == "slurm":
+            for job in jobs:
+                job.cancel(check=False)
+            return
+        signalled: set[str] = set()
+        deadline = time.time() + grace
+        while time.time() < deadline and not all(j.done() for j in jobs):
+            for run, job in zip(runs, jobs):
+                status = self.state(run)
+                if run.name not in signalled and not job.done() and "pid" in status:
+                    try:
+                        os.kill(int(status["pid"]), signal.SIGINT)
+                    except OSError:
+                        pass
+                    signalled.add(run.name)
+            time.sleep(0.1)
+        for job in jobs:
+            if not job.done():
+                job.cancel(check=False)
 
     def report(self, run: SweepRun, status: dict[str, Any], progress: Progress) -> dict[str, Any]:
         took = (status["finished"] - status["started"]) if "finished" in status and "started" in status else None
@@ -540,9 +574,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep.save()
 
     done = [r for r in runs if sweep.state(r).get("state") == "done"]
-    queued = [r for r in runs if r not in done and sweep.queued_on_slurm(r)]
+    queued = [r for r in runs if r not in done and sweep.still_running(r)]
     pending = [r for r in runs if r not in done and r not in queued]
-    print(f"  {len(done)} done, {len(queued)} still queued on Slurm, {len(pending)} to run "
+    print(f"  {len(done)} done, {len(queued)} still queued or running, {len(pending)} to run "
           f"({args.backend}, {args.jobs} at once, {threads} thread(s) each)", flush=True)  # fmt: skip
     if not pending:
         return _summary(sweep, args.backend)
@@ -558,18 +592,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         sweep.wait(pending, executor, args.backend, args.jobs, threads, progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         sweep.save()
         print(f"sweep interrupted; re-run the same command to continue it (finished runs are kept):\n"
               f"  python -m experiments {' '.join(sys.argv[1:]) if sys.argv[1:] else 'sweep ...'}", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return _summary(sweep, args.backend)
 
 
+class SweepStopped(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as Ctrl-C."""
+
+    signum = signal.SIGTERM
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise SweepStopped
 
 
 def _summary(sweep: Sweep, backend: str) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
+from icl.progress import bar
 from reference_optimizers._checks import DivergedError, check_prompts
 from reference_optimizers.losses import mean_query_loss
 
@@ -59,6 +60,7 @@ def tune(
     objective: str = "final",
     refine: bool = True,
     maxfev: int | None = None,
+    progress: bool = False,
 ) -> TuneResult:
     """Choose the hyperparameters of ``method`` on ``train_prompts``; report loss per step on test prompts.
 
@@ -80,6 +82,7 @@ def tune(
         objective: ``"final"`` (mean query loss after ``steps``) or ``"mean"`` (averaged over steps 1..steps).
         refine: run the scipy refinement after the grid.
         maxfev: the refinement's budget of method evaluations (default 100 per free value, at most 2000).
+        progress: show a bar of the method evaluations (on a terminal; it stays when done, at the count used).
 
     Returns:
         A :class:`TuneResult`.
@@ -99,6 +102,11 @@ def tune(
     fixed = dict(fixed or {})
     names = list(grid)
     count = [0]
+    points = math.prod(len(v) for v in grid.values())
+    free = sum(steps if k in per_step else 1 for k in names)
+    budget = maxfev if maxfev is not None else min(2000, 100 * free)
+    pbar = bar(points + (budget if refine and names else 0), f"tune {getattr(method, '__name__', 'method')}",
+               quiet=not progress, unit="eval")  # fmt: skip
 
     def losses(hp: dict[str, Any], X, y, xq, yq) -> torch.Tensor:
         with torch.no_grad():
@@ -110,6 +118,7 @@ def tune(
 
     def score(hp: dict[str, Any]) -> float:
         count[0] += 1
+        pbar.update(1)
         curve = losses(hp, X, y, xq, yq)
         value = float(curve[-1]) if objective == "final" else float(curve[1:].mean())
         return value if math.isfinite(value) else _BIG
@@ -137,7 +146,6 @@ def tune(
             return hp
 
         z0 = np.concatenate([np.full(sizes[k], math.log(best_hp[k]) if log[k] else best_hp[k]) for k in names])
-        budget = maxfev if maxfev is not None else min(2000, 100 * len(z0))
         solver = "Nelder-Mead" if len(z0) <= 4 else "Powell"
         res = scipy.optimize.minimize(lambda z: score(unpack(z)), z0, method=solver, options={"maxfev": budget})
         if res.fun < best:
@@ -145,6 +153,9 @@ def tune(
         else:  # keep the grid point, expanded to schedules where asked
             best_hp = {k: [best_hp[k]] * steps if k in per_step else best_hp[k] for k in names}
 
+    pbar.total = count[0]  # the refinement may stop before its budget: the bar ends full
+    pbar.set_postfix_str(f"objective {best:.4g}")
+    pbar.close()
     train_curve = losses(best_hp, X, y, xq, yq)
     test_curve = None
     if test_prompts is not None:
