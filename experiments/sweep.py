@@ -255,9 +255,10 @@ class RunJob(submitit.helpers.Checkpointable):
             "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr),
         }  # fmt: skip
         write_json(status_path, status)
-        print(f"sweep run {out.name} ({mode}): python -m experiments {' '.join(argv)} --out {out}", flush=True)
+        command = [*argv, "--out", str(out), *flags]
+        print(f"sweep run {out.name} ({mode}): python -m experiments {' '.join(command)}", flush=True)
         try:
-            rc = main([*argv, "--out", str(out), *flags])
+            rc = main(command)
         except KeyboardInterrupt:
             rc = 128 + signal.SIGINT
         except SystemExit as e:  # argparse
