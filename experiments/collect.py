@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,6 +60,21 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             out[f"{prefix}{k}"] = ",".join(str(x) for x in v)
         else:
             out[f"{prefix}{k}"] = v
+    return out
+
+
+def unfinished(runs: Sequence[Path]) -> list[Path]:
+    """The runs of a sweep whose status is not ``done`` (their results.csv may hold only some seeds)."""
+    out = []
+    for run in runs:
+        status = run.parent / "status" / f"{run.name}.json"
+        if (run.parent / "sweep.json").is_file():
+            try:
+                state = json.loads(status.read_text()).get("state")
+            except (OSError, ValueError):
+                state = None
+            if state != "done":
+                out.append(run)
     return out
 
 
@@ -140,6 +156,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     write_csv(out, table, columns)
     summary = summarise(table, keys)
     write_csv(summary_path(out), summary, ["experiment", "method", "depth", *keys, "metric", *SUMMARY_COLUMNS])
+    partial = unfinished(find_runs(args.dirs))
+    if partial:
+        print(f"warning: {len(partial)} sweep run(s) not done, their rows may be partial: "
+              + ", ".join(p.name for p in partial), file=sys.stderr)  # fmt: skip
     runs = len({r["run"] for r in table})
     print(f"{runs} runs, {len(table)} rows; varied: {', '.join(keys) or 'nothing'}; wrote {out} and "
           f"{summary_path(out)}")  # fmt: skip

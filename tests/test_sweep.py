@@ -266,6 +266,12 @@ def test_collect_finds_varied_keys_and_summarises_over_seeds(tmp_path, capsys):
         "experiment,method,depth,train.lr,prompt.eigenvalues,metric,n_seeds,mean,ci95_low,ci95_high")
     assert "2 runs, 4 rows; varied: train.lr, prompt.eigenvalues" in capsys.readouterr().out
     assert main(["collect", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    # runs of a sweep that are not done are named: their rows may be partial
+    (tmp_path / "a" / "sweep.json").write_text("{}")
+    (tmp_path / "a" / "status").mkdir()
+    (tmp_path / "a" / "status" / "r1.json").write_text('{"state": "interrupted"}')
+    assert main(["collect", str(tmp_path / "a")]) == 0
+    assert "warning: 1 sweep run(s) not done, their rows may be partial: r1" in capsys.readouterr().err
     assert main(["collect", str(tmp_path / "nothing")]) == 2
 
 
