@@ -393,14 +393,10 @@ class Sweep:
         """Whether the run's job is still queued or running: a Slurm job in a queued state, or a local process
         (of an earlier sweep process that was killed) that is still alive."""
         status = self.state(run)
-        if status.get("state") not in ("pending", "running"):
+        if status.get("state") not in ("pending", "submitted", "running"):
             return False
         if status.get("state") == "running" and status.get("host") == socket.gethostname() and "pid" in status:
-            try:
-                os.kill(int(status["pid"]), 0)
-                return True
-            except (OSError, ValueError):
-                pass
+            return _is_job_process(status["pid"])
         job = self.manifest.get("jobs", {}).get(run.name)
         if not job or job.get("backend") != "slurm":
             return False
@@ -411,8 +407,9 @@ class Sweep:
         return state.split(" ")[0] in SLURM_QUEUED
 
     def submit(self, executor: Any, backend: str, runs: Sequence[SweepRun], threads: int) -> list[Any]:
-        for run in runs:
-            self.status_path(run).parent.mkdir(parents=True, exist_ok=True)
+        for run in runs:  # a fresh status (no pid of an earlier attempt's process), the last one kept inside it
+            previous = self.state(run)
+            write_json(self.status_path(run), {"state": "submitted", "previous": previous.get("state")})
         args = [(str(self.run_dir(r)), r.argv, str(self.status_path(r)), threads) for r in runs]
         if backend == "slurm":
             with executor.batch():
@@ -430,7 +427,7 @@ class Sweep:
     def outcome(self, run: SweepRun, job: Any) -> dict[str, Any]:
         """The run's status once its job ended (a job that died without writing one is ``failed``)."""
         state = self.state(run)
-        if state.get("state") in ("pending", "running"):
+        if state.get("state") in ("pending", "submitted", "running"):
             try:
                 job.result()
             except Exception as e:
@@ -466,7 +463,7 @@ class Sweep:
             self.stop([r for r, _ in active.values()], [j for _, j in active.values()], backend)
             for name, (run, _) in active.items():
                 results[name] = self.state(run)
-                if results[name].get("state") in ("pending", "running"):  # stopped before it could say so
+                if results[name].get("state") in ("pending", "submitted", "running"):  # stopped before it said so
                     results[name] = {**results[name], "state": "interrupted"}
                     write_json(self.status_path(run), results[name])
             raise
@@ -485,7 +482,8 @@ class Sweep:
         while time.time() < deadline and not all(j.done() for j in jobs):
             for run, job in zip(runs, jobs):
                 status = self.state(run)
-                if run.name not in signalled and not job.done() and "pid" in status:
+                ours = status.get("job_id") == str(job.job_id) and _is_job_process(status.get("pid"))
+                if run.name not in signalled and not job.done() and ours:
                     try:
                         os.kill(int(status["pid"]), signal.SIGINT)
                     except OSError:
@@ -601,6 +599,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return _summary(sweep, args.backend)
+
+
+def _is_job_process(pid: Any) -> bool:
+    """Whether ``pid`` is a live process of a submitit job on this machine (not a reused pid)."""
+    try:
+        pid = int(pid)
+        os.kill(pid, 0)
+    except (TypeError, ValueError, OSError):
+        return False
+    try:
+        return b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # no /proc (macOS): the pid is alive, trust it
+        return True
 
 
 class SweepStopped(KeyboardInterrupt):

@@ -290,3 +290,16 @@ def test_git_state_records_commit_and_dirty(tmp_path):
     (tmp_path / "f.py").write_text("x = 2\n")
     assert git_state(tmp_path) == {"commit": head, "dirty": True}
     assert git_state(tmp_path.parent / "not-a-repo-here") == {"commit": None, "dirty": None}
+
+
+def test_only_live_submitit_processes_count_as_running_jobs():
+    from experiments.sweep import _is_job_process
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "submitit"])
+    try:
+        assert _is_job_process(child.pid)
+        assert not _is_job_process(os.getpid()) or "submitit" in " ".join(sys.argv)  # pytest itself is no job
+    finally:
+        child.kill()
+        child.wait()
+    assert not _is_job_process(child.pid) and not _is_job_process(None) and not _is_job_process("x")
