@@ -550,7 +550,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs = plan(exp, grid, seeds=seeds, overrides=args.overrides, profile=args.profile, device=args.device)
     slurm = parse_slurm(args.slurm, args.slurm_config) if args.backend == "slurm" else {}
     if args.backend == "local":
-        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = args.threads or max(1, cores // args.jobs)
     else:
         threads = args.threads or int(slurm.get("cpus_per_task", 1))
         slurm.setdefault("cpus_per_task", threads)
