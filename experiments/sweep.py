@@ -37,6 +37,7 @@ Exit status: 0 every run done (or, for Slurm without ``--wait``, submitted); 1 s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -45,6 +46,7 @@ import signal
 import socket
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,9 +145,7 @@ def parse_grid(exp: Any, items: Sequence[str], overrides: Sequence[str]) -> dict
 
 
 def _leaf_types(cls: Any, prefix: str = "") -> dict[str, Any]:
-    import dataclasses
-    import typing
-
+    """Dotted leaf name -> its type (Optional stripped), to tell list-valued keys."""
     out = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
