@@ -31,7 +31,7 @@ from experiments.common import RunContext
 from experiments.registry import all_experiments, get_experiment
 from icl.config import ConfigError
 from icl.runio import CheckpointError, RunDirError, prepare_run_dir
-from icl.train import TrainingDiverged, TrainingInterrupted
+from icl.training import TrainingDiverged, TrainingInterrupted, signals
 
 DEVICES = ("cpu", "cuda", "mps")
 
@@ -154,8 +154,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         argv=list(argv),
         stop_after=args.stop_after,
     )
+    signals.install()  # once per run: a stop request is kept until some phase honours it
     try:
         exp.run(cfg, ctx)
+        signals.raise_if_requested("after the run")
     except TrainingInterrupted as e:
         resume = f"python -m experiments run {exp.name} --out {out} --resume"
         if args.overrides:
@@ -178,6 +180,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        signals.uninstall()
+        signals.clear()
     return 0
 
 

@@ -45,15 +45,15 @@ import torch
 from experiments.common import RunContext, write_config
 from experiments.registry import register, register_report
 from experiments.reporting import aggregate, fmt, line_plot, load_run, markdown_table, mean_ci, write_report
-from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_one
+from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_all_seeds
 from icl.config import spec
 from icl.metrics import relative_frobenius
 from icl.plotting import plt, save_figure, set_theme
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
-from learned_optimizers import LinearSelfAttention, LSAConfig
+from icl.training import ModelSpec, TrainConfig
+from learned_optimizers import LinearSelfAttention, LSAConfig, load_model
 from learned_optimizers.constructions import gd_factorised
 from learned_optimizers.probes import compare, interpolate
 from reference_optimizers import gradient_descent, mean_query_loss
@@ -144,11 +144,11 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
     rows = Rows(NAME)
     d, n = cfg.prompt.d, cfg.prompt.n
     eta_th, mse_th = theory_optimum(cfg.prompt.uniform_a, d, n)
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        dist = PromptDistribution(cfg.prompt, generator=streams.generator("rotation"))
-        model = LinearSelfAttention(d, cfg.model, generator=streams.generator("init", "cpu"))
-        trainer = train_one(ctx, cfg, "lsa_factorised", seed, model, dist, cfg.train, streams)
+    seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    dists = [PromptDistribution(cfg.prompt, generator=st.generator("rotation")) for st in seed_streams]
+    fitted = train_all_seeds(ctx, cfg, "lsa_factorised", ModelSpec("lsa", d, cfg.model), dists, cfg.train,
+                             seed_streams)  # the seeds trained together  # fmt: skip
+    for seed, streams, dist, trainer in zip(cfg.seeds, seed_streams, dists, fitted.runs):
         trained = trainer.model.to("cpu").double().eval()
 
         tune = dist.sample(cfg.tune_prompts, streams.generator("tune", "cpu")).to(dtype=torch.float64)
@@ -382,9 +382,7 @@ def _weights_figure(run_dir: Path) -> list[Path]:
     ckpts = sorted((run_dir / "checkpoints").glob("lsa_factorised-s*.pt"))
     if not ckpts:
         return []
-    ckpt = torch.load(ckpts[0], weights_only=True, map_location="cpu")
-    model = LinearSelfAttention(ckpt["model_d"], LSAConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    model = load_model(ckpts[0])
     P, Q = products(model.double())
     d = model.d
     beta = float(torch.diagonal(Q[:d, :d]).mean())

@@ -11,7 +11,7 @@ from learned_optimizers.linear_attention import (
     read_prediction,
 )
 from learned_optimizers.memformer import Memformer, MemformerConfig
-from learned_optimizers.registry import MODELS, build_model
+from learned_optimizers.registry import MODELS, build_model, load_model
 
 __all__ = [
     "MODES",
@@ -27,4 +27,5 @@ __all__ = [
     "GPT",
     "MODELS",
     "build_model",
+    "load_model",
 ]
