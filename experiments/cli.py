@@ -31,6 +31,7 @@ from experiments.common import RunContext
 from experiments.registry import all_experiments, get_experiment
 from icl.config import ConfigError
 from icl.runio import CheckpointError, RunDirError, prepare_run_dir
+from icl.tracking import TrackerUnavailable, make_tracker
 from icl.training import TrainingDiverged, TrainingInterrupted, signals
 
 DEVICES = ("cpu", "cuda", "mps")
@@ -144,6 +145,11 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     tag = getattr(cfg, "seed", None)
     tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
     out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+    track = getattr(cfg, "track", "none")
+    try:  # a missing tracker package is bad input: reported before the run directory is made
+        tracker = make_tracker(track, out / track) if track != "none" else None
+    except TrackerUnavailable as e:
+        raise ConfigError(str(e)) from None
     out = prepare_run_dir(out, overwrite=args.overwrite, resume=args.resume)
     ctx = RunContext(
         name=exp.name,
@@ -153,9 +159,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         resume=args.resume,
         argv=list(argv),
         stop_after=args.stop_after,
+        tracker=tracker,
     )
     signals.install()  # once per run: a stop request is kept until some phase honours it
     try:
+        if tracker is not None:
+            tracker.on_start(cfg.to_dict())
         exp.run(cfg, ctx)
         signals.raise_if_requested("after the run")
     except TrainingInterrupted as e:
@@ -183,6 +192,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finally:
         signals.uninstall()
         signals.clear()
+        if tracker is not None:
+            tracker.on_end()
     return 0
 
 

@@ -33,6 +33,8 @@ class RunContext:
         argv: the command line, for the record.
         stop_after: simulate an interruption: :func:`train_model` checkpoints at this step and raises
             :class:`~icl.training.TrainingInterrupted` (None: train to the end).
+        tracker: the run's experiment tracker (:func:`icl.tracking.make_tracker` of the config's ``track``),
+            handed to training through :meth:`store`; None: no tracking.
     """
 
     name: str
@@ -43,6 +45,7 @@ class RunContext:
     argv: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     stop_after: int | None = None
+    tracker: Any = None
 
     def print(self, *args: Any) -> None:
         print(*args, flush=True)
@@ -61,7 +64,7 @@ class RunContext:
         every = checkpoint_every if checkpoint_every is not None else getattr(cfg, "checkpoint_every", 1000)
         return RunStore(dir=self.out_dir / "checkpoints", experiment=self.name, config=cfg, resume=self.resume,
                         stop_after=self.stop_after, checkpoint_every=every, train_logs=self.out_dir / "train_logs",
-                        log=self.print, file=file)  # fmt: skip
+                        log=self.print, file=file, tracker=self.tracker)  # fmt: skip
 
 
 def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -117,3 +118,75 @@ def test_wandb_offline_per_series_step_axes(tmp_path, monkeypatch):
         {"lsa-s1/step": 5, "lsa-s1/eval/loss": 1.5},
     ]
     assert run.summary == {"test_loss": 0.5, "verdict": "pass"} and run.finished
+
+
+# -- wired into training: fit sends every number once, across a stop and resume; the CLI's track=... -----------------
+class Collect:
+    """A stand-in tracker recording the dicts it is sent."""
+
+    def __init__(self) -> None:
+        self.steps, self.evals = [], []
+
+    def on_step(self, metrics):
+        self.steps.append(dict(metrics))
+
+    def on_eval(self, metrics):
+        self.evals.append(dict(metrics))
+
+
+def test_fit_sends_every_row_eval_and_readout_once_across_a_resume(tmp_path):
+    from experiments.quickstart import QuickstartConfig
+    from icl.prompts import PromptConfig, PromptDistribution
+    from icl.training import ModelSpec, RunStore, TrainConfig, fit
+    from icl.training.signals import TrainingInterrupted
+
+    spec = ModelSpec("lsa", 3, {"layers": 2, "init_std": 0.1})
+    law = lambda st: PromptDistribution(PromptConfig(d=3, n=6), generator=st.generator("rotation"))  # noqa: E731
+    read = lambda i, m: {"norm": float(m.A.detach().norm())}  # noqa: E731
+    cfg = TrainConfig(steps=30, batch_size=16, eval_batch=32, eval_every=10, log_every=5)
+    writer = Collect()
+    store = RunStore(tmp_path, "t", QuickstartConfig(), stop_after=15, tracker=writer)
+    with pytest.raises(TrainingInterrupted):
+        fit(spec, law, cfg, [0, 1], store=store, tag="lsa", read_out=read, read_every=10, quiet=True)
+    store.stop_after, store.resume = None, True
+    fitted = fit(spec, law, cfg, [0, 1], store=store, tag="lsa", read_out=read, read_every=10, quiet=True)
+    for run in fitted.runs:
+        mine = [m for m in writer.steps if m["seed"] == run.seed]
+        assert all(m["model"] == "lsa" for m in mine)
+        assert [(m["step"], m["loss"], m["lr"], m["grad_norm"]) for m in mine] == [
+            (r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in run.history.rows]  # each step once
+        evals = [(m["step"], m["loss"]) for m in writer.evals if m["seed"] == run.seed and "loss" in m]
+        assert evals == [(e["step"], e["eval_loss"]) for e in run.history.evals]
+        reads = [(m["step"], m["norm"]) for m in writer.evals if m["seed"] == run.seed and "norm" in m]
+        assert reads == [(r["step"], r["norm"]) for r in run.readouts] and [s for s, _ in reads] == [0, 10, 20, 30]
+
+
+def test_run_with_track_tensorboard_writes_the_training_curves(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from experiments.cli import main
+    from icl.runio import read_csv
+
+    out = tmp_path / "run"
+    tiny = ["--set", "train.steps=30", "--set", "train.batch_size=64", "--set", "train.eval_batch=64", "--set",
+            "train.eval_every=10", "--set", "train.log_every=5", "--set", "test_prompts=500", "--quiet"]  # fmt: skip
+    assert main(["run", "quickstart", "--out", str(out), "--seed", "3", *tiny, "--set", "track=tensorboard"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["track"] == "tensorboard"
+    (series,) = [p for p in (out / "tensorboard").iterdir() if p.is_dir()]
+    assert series.name.endswith("-s3")
+    got, _ = _read_scalars(series)
+    log = read_csv(out / "train_log.csv")
+    assert got["train/loss"] == [(int(r["step"]), pytest.approx(float(r["loss"]), rel=1e-6)) for r in log]
+    assert got["train/lr"] == [(int(r["step"]), pytest.approx(float(r["lr"]), rel=1e-6)) for r in log]
+    assert got["eval/loss"] == [(int(r["step"]), pytest.approx(float(r["eval_loss"]), rel=1e-6))
+                                for r in log if r["eval_loss"]]  # fmt: skip
+
+
+def test_a_missing_tracker_package_is_bad_input_before_anything_is_made(tmp_path, monkeypatch, capsys):
+    from experiments.cli import main
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    out = tmp_path / "run"
+    assert main(["run", "quickstart", "--out", str(out), "--set", "track=wandb"]) == 2
+    assert "track=wandb needs the wandb package" in capsys.readouterr().err and not out.exists()
+    assert main(["run", "quickstart", "--out", str(out), "--set", "track=tb"]) == 2
+    assert "track = 'tb' is not one of: 'none', 'tensorboard', 'wandb'" in capsys.readouterr().err

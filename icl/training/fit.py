@@ -31,7 +31,7 @@ from icl.prompts import PromptDistribution
 from icl.runio import write_csv
 from icl.seeding import Streams
 from icl.training import checkpoint, signals
-from icl.training.callbacks import Callback, Plateau, ReadOut
+from icl.training.callbacks import Callback, Plateau, ReadOut, TrackTo
 from icl.training.config import TrainConfig
 from icl.training.loop import History, Trainer, merge_seed_states
 from icl.training.signals import TrainingInterrupted
@@ -54,6 +54,8 @@ class RunStore:
         train_logs: the directory of the ``{tag}-s{seed}.csv`` training logs (None: not written).
         log: where progress lines go.
         file: the checkpoint file of a one-seed run, instead of ``dir/{tag}-s{seed}.pt``.
+        tracker: the run's experiment tracker (:mod:`icl.tracking`), sent every model's numbers through
+            :class:`~icl.training.callbacks.TrackTo` (None: no tracking).
     """
 
     dir: Path
@@ -65,6 +67,7 @@ class RunStore:
     train_logs: Path | None = None
     log: Callable[[str], Any] = print
     file: Path | None = None
+    tracker: Any = None
 
 
 @dataclass
@@ -220,6 +223,8 @@ def _fit(
         cbs.append(reader)
     if train.plateau_patience:
         cbs.append(Plateau(train.plateau_patience, train.plateau_tol))
+    if store is not None and store.tracker is not None:  # after the read-out, so that it sends its new rows
+        cbs.append(TrackTo(store.tracker, tag, reader))
     trainer = Trainer(models, dists, train, streams, optimizer=optimizer, device=device, quiet=quiet, callbacks=cbs)
     t0 = time.time()
     if store is None:
