@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from icl.config import Config
+from icl.progress import Progress
 from icl.prompts import PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
@@ -35,6 +36,7 @@ class RunContext:
             :class:`~icl.training.TrainingInterrupted` (None: train to the end).
         tracker: the run's experiment tracker (:func:`icl.tracking.make_tracker` of the config's ``track``),
             handed to training through :meth:`store`; None: no tracking.
+        progress: the per-model lines (:meth:`expect_models`, :meth:`model_done`).
     """
 
     name: str
@@ -46,9 +48,20 @@ class RunContext:
     started: float = field(default_factory=time.time)
     stop_after: int | None = None
     tracker: Any = None
+    progress: Progress | None = None
 
     def print(self, *args: Any) -> None:
         print(*args, flush=True)
+
+    def expect_models(self, count: int) -> None:
+        """Tell how many models the run trains, for the per-model lines' ``k/N`` and the run's ETA."""
+        self.progress = Progress(count, "model", quiet=self.quiet, printer=self.print)
+
+    def model_done(self, tag: str, seconds: float) -> None:
+        """A model is trained: its line, ``model k/N tag done in 41s; run ETA 3m25s (at 12:41:07)``."""
+        if self.progress is None:
+            self.progress = Progress(None, "model", quiet=self.quiet, printer=self.print)
+        self.progress.finished(tag, seconds)
 
     @property
     def figures(self) -> Path:
@@ -64,7 +77,7 @@ class RunContext:
         every = checkpoint_every if checkpoint_every is not None else getattr(cfg, "checkpoint_every", 1000)
         return RunStore(dir=self.out_dir / "checkpoints", experiment=self.name, config=cfg, resume=self.resume,
                         stop_after=self.stop_after, checkpoint_every=every, train_logs=self.out_dir / "train_logs",
-                        log=self.print, file=file, tracker=self.tracker)  # fmt: skip
+                        log=self.print, file=file, tracker=self.tracker, on_trained=self.model_done)  # fmt: skip
 
 
 def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:

@@ -45,7 +45,8 @@ class Progress:
     """Counts finished items out of ``total`` and estimates the time left for all of them.
 
     Args:
-        total: the number of items (models of a study, runs of a sweep).
+        total: the number of items (models of a study, runs of a sweep); None when unknown (the lines then
+            count without a total and give no ETA).
         noun: what an item is called in the lines (``model``, ``run``).
         quiet: print nothing.
         done: items already finished before this process started (a resumed run); they do not enter the
@@ -56,7 +57,7 @@ class Progress:
 
     def __init__(
         self,
-        total: int,
+        total: int | None,
         noun: str = "model",
         *,
         quiet: bool = False,
@@ -64,7 +65,7 @@ class Progress:
         printer: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if total < 0 or not 0 <= done <= total:
+        if done < 0 or (total is not None and done > total):
             raise ValueError(f"need 0 <= done <= total, got done={done}, total={total}")
         self.total, self.noun, self.quiet = total, noun, quiet
         self.done = self.skipped = done
@@ -75,17 +76,18 @@ class Progress:
     def eta(self) -> float | None:
         """Seconds until all items are done (None before the first item finished here)."""
         timed = self.done - self.skipped
-        if timed <= 0:
+        if timed <= 0 or self.total is None:
             return None
         return (self.clock() - self.started) / timed * (self.total - self.done)
 
     def line(self, name: str, seconds: float | None = None, status: str = "done") -> str:
         """The line for a finished item, with the run's ETA while items are left."""
-        text = f"{self.noun} {self.done}/{self.total} {name} {status}"
+        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
+        text = f"{self.noun} {count} {name} {status}"
         if seconds is not None:
             text += f" in {format_duration(seconds)}"
         eta = self.eta()
-        if eta is not None and self.done < self.total:
+        if eta is not None and self.total is not None and self.done < self.total:
             at = time.strftime("%H:%M:%S", time.localtime(self.clock() + eta))
             text += f"; run ETA {format_duration(eta)} (at {at})"
         return text

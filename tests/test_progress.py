@@ -82,3 +82,31 @@ def test_tune_bar_counts_every_evaluation_and_ends_full(monkeypatch):
     final = err.getvalue().replace("\r", "\n").strip().splitlines()[-1]
     assert "tune gradient_descent" in final and f"{res.evaluations}/{res.evaluations}" in final
     assert "100%" in final
+
+
+def test_progress_without_a_total_counts_without_eta():
+    clock, lines = Clock(), []
+    p = Progress(None, printer=lines.append, clock=clock)
+    clock.t += 5
+    p.finished("a", 5.0)
+    assert lines == ["model 1 a done in 5s"] and p.eta() is None
+
+
+def test_a_run_prints_one_line_per_trained_model_with_the_run_eta(tmp_path, capsys):
+    """fit reports each trained model (all its seeds) to the run context: model k/N, its time, the run's ETA."""
+    from experiments.common import RunContext
+    from experiments.quickstart import QuickstartConfig
+    from icl.prompts import PromptConfig, PromptDistribution
+    from icl.training import ModelSpec, TrainConfig, fit
+
+    ctx = RunContext(name="t", out_dir=tmp_path, quiet=False)
+    ctx.expect_models(3)
+    law = lambda st: PromptDistribution(PromptConfig(d=3, n=6), generator=st.generator("rotation"))  # noqa: E731
+    cfg = TrainConfig(steps=5, batch_size=8, eval_batch=8, eval_every=5, log_every=5)
+    for L in (1, 2):
+        fit(ModelSpec("lsa", 3, {"layers": L}), law, cfg, [0, 1], store=ctx.store(QuickstartConfig()), tag=f"L{L}",
+            quiet=True)  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model ")]
+    assert len(lines) == 2
+    assert lines[0].startswith("model 1/3 L1 done in ") and "; run ETA " in lines[0]
+    assert lines[1].startswith("model 2/3 L2 done in ") and "; run ETA " in lines[1]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class RunStore:
         file: the checkpoint file of a one-seed run, instead of ``dir/{tag}-s{seed}.pt``.
         tracker: the run's experiment tracker (:mod:`icl.tracking`), sent every model's numbers through
             :class:`~icl.training.callbacks.TrackTo` (None: no tracking).
+        on_trained: called with (tag, seconds) when :func:`fit` has trained a model (all its seeds): the run's
+            per-model progress line.
     """
 
     dir: Path
@@ -68,6 +70,7 @@ class RunStore:
     log: Callable[[str], Any] = print
     file: Path | None = None
     tracker: Any = None
+    on_trained: Callable[[str, float], Any] | None = None
 
 
 @dataclass
@@ -164,6 +167,13 @@ def fit(
         raise ValueError("fit needs at least one seed")
     if read_out is not None and (read_every is None or read_every < 1):
         raise ValueError("read_out needs read_every >= 1")
+    if store is not None and store.on_trained is not None:
+        t0 = time.time()
+        fitted = fit(model, dist, train, streams, optimizer=optimizer, store=replace(store, on_trained=None),
+                     tag=tag, callbacks=callbacks, read_out=read_out, read_every=read_every, vectorise=vectorise,
+                     device=device, quiet=quiet)  # fmt: skip
+        store.on_trained(tag, time.time() - t0)
+        return fitted
     models = _models(model, streams)
     dists = _dists(dist, streams)
     kw = dict(optimizer=optimizer, store=store, tag=tag, callbacks=callbacks, read_out=read_out,
