@@ -55,6 +55,7 @@ from experiments.reporting import fmt, load_run, markdown_table, mean_ci, write_
 from experiments.study import Rows, StudyConfig, held_out_prompts
 from icl.config import ConfigError, spec
 from icl.plotting import plt, save_figure, set_theme
+from icl.progress import bar
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
@@ -299,8 +300,11 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
             rows.add(pre + name, T, seed, "monomial_check", abs(float(losses.mean()) / float(kb.test_loss[T]) - 1))
 
     # tuned methods, separately for every T
-    for name, (method, grid, fixed) in _tuned_specs(dist, pcfg).items():
+    specs = _tuned_specs(dist, pcfg)
+    tuning = bar(len(specs) * steps, f"tune {dataset} s{seed}", quiet=ctx.quiet, unit="fit")
+    for name, (method, grid, fixed) in specs.items():
         for T in range(1, steps + 1):
+            tuning.set_postfix_str(f"{name} T={T}", refresh=False)
             n_free = len(grid)
             res = tune(method, train, T, grid, fixed=fixed, refine=cfg.tune_budget > 0,
                        maxfev=max(1, cfg.tune_budget * n_free))  # fmt: skip
@@ -324,6 +328,8 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
                 rows.add(pre + "gd_schedule", T, seed, "train_loss", train_loss)
                 for t, e in enumerate(etas, start=1):
                     rows.add(pre + "gd_schedule", T, seed, f"hp:eta@{t}", float(e))
+            tuning.update(1)
+    tuning.close()
     return rows.rows
 
 

@@ -3,7 +3,9 @@
     python -m experiments list
     python -m experiments run NAME [--out DIR] [--seed S | --seeds 0,1,2] [--profile quick|standard|paper]
                                    [--set key=value ...] [--device cpu|cuda|mps] [--quiet] [--resume] [--overwrite]
-    python -m experiments report RUN_DIR
+    python -m experiments report RUN_DIR | SWEEP_DIR
+    python -m experiments sweep NAME --grid key=v1,v2 [--seeds 0-4] [--jobs N] [--backend local|slurm] (see sweep.py)
+    python -m experiments collect DIR... [--out table.csv]
     python -m experiments bench [--quick] [--out bench.json]
 
 Every argument is validated before any compute: an unknown experiment or config key, a value out of range or
@@ -29,6 +31,7 @@ from experiments.common import RunContext
 from experiments.registry import all_experiments, get_experiment
 from icl.config import ConfigError
 from icl.runio import CheckpointError, RunDirError, prepare_run_dir
+from icl.tracking import TrackerUnavailable, make_tracker
 from icl.training import TrainingDiverged, TrainingInterrupted, signals
 
 DEVICES = ("cpu", "cuda", "mps")
@@ -81,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes (a smoke test of the benchmark itself)")
     bench.add_argument("--out", type=Path, default=Path("bench.json"))
     bench.add_argument("--only", action="append", default=[], help="run only these benchmarks")
+    from experiments import collect, sweep  # they use resolve_config and check_device from here
+
+    sweep.add_parser(sub)
+    collect.add_parser(sub)
     return parser
 
 
@@ -138,6 +145,11 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     tag = getattr(cfg, "seed", None)
     tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
     out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+    track = getattr(cfg, "track", "none")
+    try:  # a missing tracker package is bad input: reported before the run directory is made
+        tracker = make_tracker(track, out / track) if track != "none" else None
+    except TrackerUnavailable as e:
+        raise ConfigError(str(e)) from None
     out = prepare_run_dir(out, overwrite=args.overwrite, resume=args.resume)
     ctx = RunContext(
         name=exp.name,
@@ -147,9 +159,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         resume=args.resume,
         argv=list(argv),
         stop_after=args.stop_after,
+        tracker=tracker,
     )
     signals.install()  # once per run: a stop request is kept until some phase honours it
     try:
+        if tracker is not None:
+            tracker.on_start(cfg.to_dict())
         exp.run(cfg, ctx)
         signals.raise_if_requested("after the run")
     except TrainingInterrupted as e:
@@ -177,10 +192,18 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finally:
         signals.uninstall()
         signals.clear()
+        if tracker is not None:
+            tracker.on_end()
     return 0
 
 
 def cmd_report(run_dir: Path) -> int:
+    if (run_dir / "sweep.json").is_file():
+        from experiments.collect import report_sweep
+
+        report_sweep(run_dir)
+        print(f"wrote {run_dir / 'report.md'} and {run_dir / 'figures'}")
+        return 0
     if not (run_dir / "config.json").is_file() or not (run_dir / "results.csv").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (needs config.json and results.csv)")
     name = json.loads((run_dir / "config.json").read_text())["experiment"]
@@ -210,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args.run_dir)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command in ("sweep", "collect"):
+            return args.func(args)
         return cmd_run(args, argv)
     except (ConfigError, RunDirError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from icl.config import Config
+from icl.progress import Progress
 from icl.prompts import PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
@@ -32,6 +34,9 @@ class RunContext:
         argv: the command line, for the record.
         stop_after: simulate an interruption: :func:`train_model` checkpoints at this step and raises
             :class:`~icl.training.TrainingInterrupted` (None: train to the end).
+        tracker: the run's experiment tracker (:func:`icl.tracking.make_tracker` of the config's ``track``),
+            handed to training through :meth:`store`; None: no tracking.
+        progress: the per-model lines (:meth:`expect_models`, :meth:`model_done`).
     """
 
     name: str
@@ -42,9 +47,21 @@ class RunContext:
     argv: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     stop_after: int | None = None
+    tracker: Any = None
+    progress: Progress | None = None
 
     def print(self, *args: Any) -> None:
         print(*args, flush=True)
+
+    def expect_models(self, count: int) -> None:
+        """Tell how many models the run trains, for the per-model lines' ``k/N`` and the run's ETA."""
+        self.progress = Progress(count, "model", quiet=self.quiet, printer=self.print)
+
+    def model_done(self, tag: str, seconds: float) -> None:
+        """A model is trained: its line, ``model k/N tag done in 41s; run ETA 3m25s (at 12:41:07)``."""
+        if self.progress is None:
+            self.progress = Progress(None, "model", quiet=self.quiet, printer=self.print)
+        self.progress.finished(tag, seconds)
 
     @property
     def figures(self) -> Path:
@@ -60,7 +77,7 @@ class RunContext:
         every = checkpoint_every if checkpoint_every is not None else getattr(cfg, "checkpoint_every", 1000)
         return RunStore(dir=self.out_dir / "checkpoints", experiment=self.name, config=cfg, resume=self.resume,
                         stop_after=self.stop_after, checkpoint_every=every, train_logs=self.out_dir / "train_logs",
-                        log=self.print, file=file)  # fmt: skip
+                        log=self.print, file=file, tracker=self.tracker, on_trained=self.model_done)  # fmt: skip
 
 
 def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:
@@ -75,8 +92,28 @@ def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:
             "device": str(ctx.device),
             "argv": ctx.argv,
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
+            "git": git_state(),
         },
     )
+
+
+def git_state(path: str | Path | None = None) -> dict[str, Any]:
+    """The git commit of the code at ``path`` (default: this package's checkout) and whether tracked files
+    differ from it (``dirty``; untracked files do not count). Both None outside a git checkout."""
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 def make_distribution(prompt_cfg: Any, streams: Streams) -> PromptDistribution:

@@ -323,6 +323,7 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
                                read_out=read_out)  # fmt: skip
 
     # learned models, each trained for all seeds at once
+    ctx.expect_models(len(cfg.modes) * len(cfg.depths))
     for mode in cfg.modes:
         for L in cfg.depths:
             tag = f"{mode}-L{L}"

@@ -21,6 +21,7 @@ from icl.plotting import training_curve
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_csv, write_json, write_results
 from icl.seeding import Streams
+from icl.tracking import TRACKERS
 from icl.training import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from reference_optimizers import one_layer_optimum
@@ -43,6 +44,7 @@ class QuickstartConfig(Config):
     )
     test_prompts: int = spec(100_000, ge=2)
     checkpoint_every: int = spec(1000, ge=1)
+    track: str = spec("none", choices=TRACKERS)  # none, tensorboard or wandb (see experiments.study.StudyConfig)
 
 
 @register("quickstart", "1-layer sparse LSA vs the Ahn et al. one-layer optimum (d=5, n=20)", QuickstartConfig)

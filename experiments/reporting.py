@@ -141,6 +141,7 @@ def line_plot(
     xlabel: str = "layers / steps",
     title: str = "",
     logy: bool = False,
+    logx: bool = False,
     log_values: bool = False,
     dashed: Mapping[str, float] | None = None,
     dashed_methods: Sequence[str] = (),
@@ -168,10 +169,12 @@ def line_plot(
         ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=m)
         if any(pts[(v,)][3] > 1 for v in xs):
             ax.fill_between(xs, lo, hi, color=palette[m], alpha=0.2, lw=0)
-    for name, value in (dashed or {}).items():
-        ax.axhline(np.log(value) if log_values else value, ls="--", color="grey", lw=1, label=name)
+    for i, (name, value) in enumerate((dashed or {}).items()):
+        ax.axhline(np.log(value) if log_values else value, ls=("--", ":", "-.")[i % 3], color="grey", lw=1, label=name)
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -23,6 +23,7 @@ from icl.metrics import LossEstimate, test_loss
 from icl.prompts import PromptBatch, PromptDistribution
 from icl.runio import write_results
 from icl.seeding import Streams
+from icl.tracking import TRACKERS
 from icl.training import Callback, Fitted, ModelSpec, OptimizerSpec, SeedRun, TrainConfig, fit
 
 PROFILES = ("quick", "standard", "paper")
@@ -41,12 +42,16 @@ class StudyConfig(Config):
             registered optimizer); off, the seeds are trained one by one. Each seed's numbers equal the
             one-by-one run's up to float rounding (tests/test_study_vectorised.py: 1e-5 relative on every
             result); a resumed run may switch it.
+        track: an experiment tracker the training numbers go to while the run goes on: ``tensorboard``
+            (``RUN_DIR/tensorboard``, one TensorBoard run per model and seed) or ``wandb`` (offline, in
+            ``RUN_DIR/wandb``); ``none`` by default (:mod:`icl.tracking`; a resumed run may switch it).
     """
 
     profile: str = spec("standard", choices=PROFILES)
     seeds: tuple[int, ...] = spec((0, 1, 2), ge=0)
     checkpoint_every: int = spec(1000, ge=1)
     vectorise_seeds: bool = True
+    track: str = spec("none", choices=TRACKERS)
 
     def check(self) -> None:
         super().check()

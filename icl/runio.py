@@ -121,11 +121,17 @@ def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False, resume:
         raise RunDirError(
             f"run directory {path} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    if resume and not (path / "checkpoint.pt").exists() and not any((path / "checkpoints").glob("*.pt")):
+    if resume and not has_checkpoint(path):
         raise RunDirError(f"cannot resume: {path} holds no checkpoint (checkpoint.pt or checkpoints/*.pt)")
     path.mkdir(parents=True, exist_ok=True)
     (path / "figures").mkdir(exist_ok=True)
     return path
+
+
+def has_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether the run directory ``path`` holds a checkpoint to resume from (checkpoint.pt or checkpoints/*.pt)."""
+    path = Path(path)
+    return (path / "checkpoint.pt").exists() or any((path / "checkpoints").glob("*.pt"))
 
 
 def find_nonfinite(obj: Any, path: str = "") -> str | None:

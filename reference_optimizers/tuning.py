@@ -18,6 +18,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
+from icl.progress import bar
 from reference_optimizers._checks import DivergedError, check_prompts
 from reference_optimizers.losses import mean_query_loss
 
@@ -61,6 +62,7 @@ def tune(
     refine: bool = True,
     maxfev: int | None = None,
     starts: Sequence[Mapping[str, Any]] = (),
+    progress: bool = False,
 ) -> TuneResult:
     """Choose the hyperparameters of ``method`` on ``train_prompts``; report loss per step on test prompts.
 
@@ -85,6 +87,7 @@ def tune(
         starts: extra candidate points scored beside the grid (e.g. the steps that attain a Krylov bound, or a
             shorter run's schedule extended by a step that does nothing); a name in ``per_step`` may hold a
             list of ``steps`` values. The refinement starts from the best candidate of grid and starts.
+        progress: show a bar of the method evaluations (on a terminal; it stays when done, at the count used).
 
     Returns:
         A :class:`TuneResult`.
@@ -104,6 +107,11 @@ def tune(
     fixed = dict(fixed or {})
     names = list(grid)
     count = [0]
+    points = math.prod(len(v) for v in grid.values())
+    free = sum(steps if k in per_step else 1 for k in names)
+    budget = maxfev if maxfev is not None else min(2000, 100 * free)
+    total = points + len(starts) + (budget if refine and names else 0)
+    pbar = bar(total, f"tune {getattr(method, '__name__', 'method')}", quiet=not progress, unit="eval")
 
     def losses(hp: dict[str, Any], X, y, xq, yq) -> torch.Tensor:
         with torch.no_grad():
@@ -115,6 +123,7 @@ def tune(
 
     def score(hp: dict[str, Any]) -> float:
         count[0] += 1
+        pbar.update(1)
         curve = losses(hp, X, y, xq, yq)
         value = float(curve[-1]) if objective == "final" else float(curve[1:].mean())
         return value if math.isfinite(value) else _BIG
@@ -151,7 +160,6 @@ def tune(
             return np.log(np.maximum(v, _TINY)) if log[k] else v.copy()
 
         z0 = np.concatenate([pack(k) for k in names])
-        budget = maxfev if maxfev is not None else min(2000, 100 * len(z0))
         solver = "Nelder-Mead" if len(z0) <= 4 else "Powell"
         res = scipy.optimize.minimize(lambda z: score(unpack(z)), z0, method=solver, options={"maxfev": budget})
         if res.fun < best:
@@ -159,6 +167,9 @@ def tune(
         else:  # keep the grid point or start, expanded to schedules where asked
             best_hp = {k: _schedule(best_hp[k], steps) if k in per_step else best_hp[k] for k in names}
 
+    pbar.total = count[0]  # the refinement may stop before its budget: the bar ends full
+    pbar.set_postfix_str(f"objective {best:.4g}")
+    pbar.close()
     train_curve = losses(best_hp, X, y, xq, yq)
     test_curve = None
     if test_prompts is not None:

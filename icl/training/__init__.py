@@ -10,7 +10,7 @@
 - :mod:`icl.training.fit`: :func:`fit`, with checkpoints and resume.
 """
 
-from icl.training.callbacks import Callback, Clock, Plateau, ReadOut, Tracker
+from icl.training.callbacks import Callback, Clock, Plateau, ReadOut, Tracker, TrackTo
 from icl.training.config import DTYPES, LOSSES, TrainConfig
 from icl.training.fit import Fitted, RunStore, SeedRun, fit
 from icl.training.loop import History, Trainer, TrainingDiverged, prefix_mse, query_mse
@@ -36,6 +36,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "Tracker",
+    "TrackTo",
     "chain",
     "clip_global",
     "clip_per_matrix",

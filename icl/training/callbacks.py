@@ -185,9 +185,11 @@ class Clock(Callback):
 
 
 class Tracker(Callback):
-    """Base of experiment-tracker writers: :meth:`scalar` is called with (tag, value, step) for every logged
-    training loss, learning rate and gradient norm and every held-out loss (tag ``seed{seed}/{metric}``).
-    Subclass it and implement :meth:`scalar` (and :meth:`close`) to write TensorBoard or wandb events."""
+    """Base of experiment-tracker writers: :meth:`write` gets every logged row (training loss, learning rate,
+    gradient norm) and every held-out loss of every seed; by default it calls :meth:`scalar` with (tag, value,
+    step) per number (tag ``seed{seed}/{metric}``, held-out ``seed{seed}/eval_loss``). Subclass it and implement
+    :meth:`scalar` (and :meth:`close`), or :meth:`write` (see :class:`TrackTo`). A resumed run writes only what
+    comes after its checkpoint (the earlier numbers are in the tracker's files already)."""
 
     name = "tracker"
 
@@ -197,22 +199,76 @@ class Tracker(Callback):
     def scalar(self, tag: str, value: float, step: int) -> None:
         raise NotImplementedError
 
+    def write(self, kind: str, seed: int, step: int, values: dict[str, float]) -> None:
+        """One row of numbers of one seed: ``kind`` is ``train`` (loss, lr, grad_norm) or ``eval``."""
+        for key, value in values.items():
+            self.scalar(f"seed{seed}/{key if kind == 'train' else 'eval_' + key}", value, step)
+
     def close(self) -> None:
         pass
+
+    def on_start(self, trainer: Any) -> None:
+        self._written = len(trainer.histories[0].rows)
 
     def on_step(self, trainer: Any) -> None:
         for s, hist in enumerate(trainer.histories):
             for row in hist.rows[self._written :]:
-                for key in ("loss", "lr", "grad_norm"):
-                    self.scalar(f"seed{trainer.seeds[s]}/{key}", row[key], int(row["step"]))
+                values = {k: row[k] for k in ("loss", "lr", "grad_norm")}
+                self.write("train", trainer.seeds[s], int(row["step"]), values)
         self._written = len(trainer.histories[0].rows)
 
     def on_eval(self, trainer: Any, losses: Sequence[float]) -> None:
         for s, value in enumerate(losses):
-            self.scalar(f"seed{trainer.seeds[s]}/eval_loss", value, trainer.step)
+            self.write("eval", trainer.seeds[s], trainer.step, {"loss": float(value)})
 
     def on_rollback(self, trainer: Any, step: int) -> None:
         self._written = len(trainer.histories[0].rows)
 
     def on_end(self, trainer: Any) -> None:
         self.close()
+
+
+class TrackTo(Tracker):
+    """Sends a model's numbers to an experiment tracker of :mod:`icl.tracking` (TensorBoard, wandb): each seed
+    is the series ``{model}-s{seed}``; training rows go to its ``on_step``, held-out losses and the read-outs of
+    ``readout`` (e.g. steps in Σ⁻¹ units, constraint violation) to its ``on_eval``.
+
+    Args:
+        writer: an :class:`icl.tracking.Tracker`, shared by every model of the run (the run closes it).
+        model: the model's name (its checkpoint tag).
+        readout: the run's :class:`ReadOut`, whose new rows are sent after each read-back.
+    """
+
+    def __init__(self, writer: Any, model: str, readout: ReadOut | None = None) -> None:
+        super().__init__()
+        self.writer, self.model, self.readout = writer, model, readout
+        self._read = 0  # read-out rows of seed 0 already sent
+
+    def write(self, kind: str, seed: int, step: int, values: dict[str, float]) -> None:
+        metrics = {"step": step, "model": self.model, "seed": seed, **values}
+        (self.writer.on_step if kind == "train" else self.writer.on_eval)(metrics)
+
+    def on_start(self, trainer: Any) -> None:
+        super().on_start(trainer)
+        if trainer.step > 0 and self.readout is not None and self.readout.rows:  # resumed: sent before the stop
+            self._read = len(self.readout.rows[0])
+
+    def _send_readouts(self, trainer: Any) -> None:
+        if self.readout is None or not self.readout.rows:
+            return
+        for s, rows in enumerate(self.readout.rows):
+            for row in rows[self._read :]:
+                self.write("eval", trainer.seeds[s], int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+        self._read = len(self.readout.rows[0])
+
+    def on_step(self, trainer: Any) -> None:
+        super().on_step(trainer)
+        self._send_readouts(trainer)
+
+    def on_rollback(self, trainer: Any, step: int) -> None:
+        super().on_rollback(trainer, step)
+        if self.readout is not None and self.readout.rows:
+            self._read = min(self._read, len(self.readout.rows[0]))
+
+    def on_end(self, trainer: Any) -> None:
+        self._send_readouts(trainer)

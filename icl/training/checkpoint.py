@@ -26,7 +26,7 @@ CHECKPOINT_KEYS = ("format", "config", "models", "trainer")
 
 #: config fields (by their last name) that choose how a run is computed, not what: a checkpoint written with
 #: another value of them resumes (the numbers then differ from an uninterrupted run only by float rounding)
-RESUME_INDIFFERENT = ("vectorise_seeds", "compile")
+RESUME_INDIFFERENT = ("vectorise_seeds", "compile", "track")
 #: training fields a resume may change (to recover from a divergence); the change is recorded in the
 #: histories' events (``{"event": "resume", "changed": {...}}``) and applies from the resumed step on
 RESUME_ADJUSTABLE = ("lr", "on_divergence", "max_rollbacks", "rollback_lr_factor", "explode_factor")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from icl.prompts import PromptDistribution
 from icl.runio import write_csv
 from icl.seeding import Streams
 from icl.training import checkpoint, signals
-from icl.training.callbacks import Callback, Plateau, ReadOut
+from icl.training.callbacks import Callback, Plateau, ReadOut, TrackTo
 from icl.training.config import TrainConfig
 from icl.training.loop import History, Trainer, merge_seed_states
 from icl.training.signals import TrainingInterrupted
@@ -54,6 +54,10 @@ class RunStore:
         train_logs: the directory of the ``{tag}-s{seed}.csv`` training logs (None: not written).
         log: where progress lines go.
         file: the checkpoint file of a one-seed run, instead of ``dir/{tag}-s{seed}.pt``.
+        tracker: the run's experiment tracker (:mod:`icl.tracking`), sent every model's numbers through
+            :class:`~icl.training.callbacks.TrackTo` (None: no tracking).
+        on_trained: called with (tag, seconds) when :func:`fit` has trained a model (all its seeds): the run's
+            per-model progress line.
     """
 
     dir: Path
@@ -65,6 +69,8 @@ class RunStore:
     train_logs: Path | None = None
     log: Callable[[str], Any] = print
     file: Path | None = None
+    tracker: Any = None
+    on_trained: Callable[[str, float], Any] | None = None
 
 
 @dataclass
@@ -161,6 +167,13 @@ def fit(
         raise ValueError("fit needs at least one seed")
     if read_out is not None and (read_every is None or read_every < 1):
         raise ValueError("read_out needs read_every >= 1")
+    if store is not None and store.on_trained is not None:
+        t0 = time.time()
+        fitted = fit(model, dist, train, streams, optimizer=optimizer, store=replace(store, on_trained=None),
+                     tag=tag, callbacks=callbacks, read_out=read_out, read_every=read_every, vectorise=vectorise,
+                     device=device, quiet=quiet)  # fmt: skip
+        store.on_trained(tag, time.time() - t0)
+        return fitted
     models = _models(model, streams)
     dists = _dists(dist, streams)
     kw = dict(optimizer=optimizer, store=store, tag=tag, callbacks=callbacks, read_out=read_out,
@@ -220,6 +233,8 @@ def _fit(
         cbs.append(reader)
     if train.plateau_patience:
         cbs.append(Plateau(train.plateau_patience, train.plateau_tol))
+    if store is not None and store.tracker is not None:  # after the read-out, so that it sends its new rows
+        cbs.append(TrackTo(store.tracker, tag, reader))
     trainer = Trainer(models, dists, train, streams, optimizer=optimizer, device=device, quiet=quiet, callbacks=cbs)
     t0 = time.time()
     if store is None:

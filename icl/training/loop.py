@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
-from tqdm.auto import tqdm
 
+from icl import progress
 from icl.prompts import PromptDistribution
 from icl.runio import find_nonfinite
 from icl.seeding import Streams
@@ -610,7 +610,7 @@ class Trainer:
         pending: list[tuple[int, list[float], torch.Tensor, torch.Tensor]] = []
         self._stop = None
         desc = "train" if self.S == 1 else f"train ×{self.S}"
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, desc=desc, leave=False)
+        bar = progress.bar(cfg.steps, desc, quiet=self.quiet, initial=self.step)  # stays when done
         try:
             with signals.handling():
                 if self._snapshot is None or self._snapshot.step != self.step:
