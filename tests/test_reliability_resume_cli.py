@@ -87,7 +87,7 @@ def test_stop_after_then_resume_is_bitwise_identical(tmp_path, capsys, resample_
 
     # resuming with other settings is refused, naming the key, and leaves the checkpoint alone
     assert main(["run", "quickstart", "--out", str(split), *args, "--set", "train.lr=0.02", "--resume"]) == 2
-    assert "differs in: train.lr" in capsys.readouterr().err
+    assert "train.lr is 0.01 in the run but 0.02 with --set train.lr=0.02" in capsys.readouterr().err
     assert load_checkpoint(split / "checkpoint.pt")["trainer"]["step"] == 30
 
     assert main(["run", "quickstart", "--out", str(split), *args, "--resume"]) == 0
