@@ -18,6 +18,7 @@ import torch
 
 from icl.config import Config, ConfigError
 from icl.train import TrainConfig
+from learned_optimizers.gpt import GPTConfig
 from learned_optimizers.registry import MODELS
 
 #: the largest budgets accepted (far beyond every profile; a larger one is a typo, not a plan)
@@ -38,6 +39,14 @@ def _leaves(cfg: Config, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from _leaves(v, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", v
+
+
+def _sections(cfg: Config) -> Iterator[Config]:
+    yield cfg
+    for name in type(cfg).__dataclass_fields__:
+        v = getattr(cfg, name)
+        if isinstance(v, Config):
+            yield from _sections(v)
 
 
 def _numbers(v: Any) -> list[float]:
@@ -105,7 +114,7 @@ def memory_estimate(cfg: Config) -> int:
     """A rough estimate in bytes of the largest working set of a run, in float64: the largest of
 
     * a training batch through the deepest, widest model, activations kept for the backward pass:
-      batch_size · (layers + 2) · [(n+1)·max(d+1, 4·width) + heads·(n+1)²] · 2;
+      batch_size · (layers + 2) · [(n+1)·max(d+1, mlp_ratio·width) + heads·(n+1)²] · 2;
     * an evaluation chunk (at most 25,000 prompts, no activations kept): 3 layers' worth of the same;
     * a held-out prompt set drawn whole: prompts · (n+1) · (d+1) · 2.
     """
@@ -116,10 +125,11 @@ def memory_estimate(cfg: Config) -> int:
         for x in _numbers(v):
             if isinstance(x, int) or key in ("d", "n"):
                 vals[key] = max(vals.get(key, 0), int(x))
-    d, n = vals.get("d", 1), max(vals.get("n", 1), vals.get("max_points", 1))
-    width = max(d + 1, 4 * vals.get("width", 0))
+    gpts = [s for s in _sections(cfg) if isinstance(s, GPTConfig)]  # the only softmax (n+1)² attention
+    d, n = vals.get("d", 1), max([vals.get("n", 1), *(g.max_points for g in gpts)])
+    width = max([d + 1, *(g.mlp_ratio * g.width for g in gpts)])
     layers = max(vals.get("layers", 1), vals.get("depths", 1))
-    per_prompt_layer = (n + 1) * width + vals.get("heads", 0) * (n + 1) ** 2
+    per_prompt_layer = (n + 1) * width + max([0, *(g.heads for g in gpts)]) * (n + 1) ** 2
     prompts = max(vals.get("prompts", 1), vals.get("batch_size", 1))
     train = vals.get("batch_size", 1) * (layers + 2) * per_prompt_layer * 2
     evaluation = min(prompts, 25_000) * 3 * per_prompt_layer

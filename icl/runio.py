@@ -204,9 +204,9 @@ def make_run_dir(path: str | os.PathLike) -> Path:
     """Create the run directory (and its parents), turning an unusable path into a clear :class:`RunDirError`:
     a path through a file, in a read-only or virtual filesystem, or with a name too long."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{path} exists and is not a directory")
     try:
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path} exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot create the run directory {path}: {e.strerror or e}") from None
