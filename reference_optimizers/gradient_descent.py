@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from einops import einsum
 
@@ -40,18 +41,25 @@ def step_schedule(
     """Expand a constant or per-step hyperparameter into a list of ``steps`` finite floats.
 
     Args:
-        low: if given, every entry must be >= low.
-        high: if given, every entry must be < high.
+        low: if given, a constant must be >= low.
+        high: if given, a constant must be < high.
+
+    The bounds apply to a constant, the classical method (a constant η < 0 ascends, a constant momentum β >= 1
+    never converges). A per-step schedule is the general recurrence, taken as given: the learned models'
+    per-layer coefficients map to schedules with any finite values (e.g. a Memformer's β_ℓ).
 
     Raises:
-        ValueError: naming ``name`` if an entry is not a finite real number, lies outside [low, high), or the
-            length is not ``steps``.
+        ValueError: naming ``name`` if an entry is not a finite real number, a constant lies outside
+            [low, high), or the length is not ``steps``.
     """
     if isinstance(eta, torch.Tensor):
         eta = eta.detach().cpu().reshape(-1).tolist() if eta.ndim else eta.item()
+    if isinstance(eta, np.generic):
+        eta = eta.item()
     if isinstance(eta, bool):
         raise ValueError(f"{name} must be a number or a sequence of numbers, got {eta!r}")
-    if isinstance(eta, (int, float)):
+    constant = isinstance(eta, (int, float))
+    if constant:
         eta = [eta] * steps
     try:
         eta = [float(e) for e in eta]
@@ -61,7 +69,7 @@ def step_schedule(
         raise ValueError(f"{name} has {len(eta)} entries but steps = {steps}")
     if not all(math.isfinite(e) for e in eta):
         raise ValueError(f"{name} contains NaN or infinite values: {eta}")
-    bad = [e for e in eta if (low is not None and e < low) or (high is not None and e >= high)]
+    bad = [e for e in eta if (low is not None and e < low) or (high is not None and e >= high)] if constant else []
     if bad:
         lo = f"[{low}" if low is not None else "(-inf"
         hi = f"{high})" if high is not None else "inf)"

@@ -34,7 +34,7 @@ def heavy_ball(X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0
         y: context targets, (B, n).
         steps: number of iterations (>= 0).
         eta: a step size >= 0, or one per step.
-        beta: a momentum coefficient in [0, 1), or one per step.
+        beta: a momentum coefficient in [0, 1), or one per step (a schedule may hold any finite values).
 
     Returns:
         Every iterate, (B, steps+1, d).
@@ -67,7 +67,7 @@ def nesterov(X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0, 
         y: context targets, (B, n).
         steps: number of iterations (>= 0).
         eta: a step size >= 0, or one per step.
-        beta: a momentum coefficient in [0, 1), or one per step.
+        beta: a momentum coefficient in [0, 1), or one per step (a schedule may hold any finite values).
 
     Returns:
         Every iterate, (B, steps+1, d).
