@@ -147,13 +147,20 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out, the run directory to continue")
+    if args.resume:
+        try:
+            exists = args.out.is_dir()
+        except OSError as e:
+            raise RunDirError(f"cannot resume: {args.out}: {e.strerror or e}") from None
+        if not exists:
+            raise RunDirError(f"cannot resume: {args.out} is not a run directory (it does not exist)")
     if args.stop_after is not None and args.stop_after < 1:
         raise ConfigError(f"--stop-after = {args.stop_after} is out of range: must be >= 1")
     flags = (args.overrides, args.seed, args.seeds, args.profile)
     if not args.resume:
         cfg = resolve_config(exp, *flags)
     elif args.show_config:
-        cfg = (resume_config(exp, args.out, *flags) if args.out.is_dir() else None) or resolve_config(exp, *flags)
+        cfg = resume_config(exp, args.out, *flags) or resolve_config(exp, *flags)
     else:
         cfg = None  # read under the directory's lock, below
     if cfg is not None:
@@ -214,7 +221,11 @@ def _run_locked(exp, cfg, out: Path, device: torch.device, args: argparse.Namesp
 
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = args.run_dir
-    if not run_dir.is_dir() or not (run_dir / "config.json").exists() or not (run_dir / "results.csv").exists():
+    try:
+        ok = run_dir.is_dir() and (run_dir / "config.json").exists() and (run_dir / "results.csv").exists()
+    except OSError:
+        ok = False
+    if not ok:
         raise ConfigError(f"{run_dir} is not a run directory (needs config.json and results.csv)")
     with lock_run_dir(run_dir, ["report", str(run_dir)]):
         saved = saved_config(run_dir)

@@ -74,7 +74,8 @@ def resume_config(
     saved = saved_config(run_dir)
     cfg = config_of(exp, run_dir, saved)
     names = set(cfg.field_names())
-    started = " ".join(str(a) for a in saved.get("argv", [])) or "unknown"
+    argv = saved.get("argv")
+    started = (" ".join(str(a) for a in argv) if isinstance(argv, list) else "") or "unknown"
 
     def refuse(flag: str, field: str, ours: Any, theirs: Any) -> ConfigError:
         return ConfigError(

@@ -65,8 +65,12 @@ def holder_text(info: dict) -> str:
     """``pid P on host H since T: ARGV`` from the lock file's record."""
     if not info:
         return "a process that is starting (its record is not written yet)"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-    argv = " ".join(str(a) for a in info.get("argv", []))
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("started", 0))))
+    except (TypeError, ValueError, OverflowError, OSError):
+        since = "?"
+    argv = info.get("argv")
+    argv = " ".join(str(a) for a in argv) if isinstance(argv, list) else "?"
     return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} since {since}: {argv}"
 
 

@@ -36,11 +36,12 @@ def test_krylov_coefficients_do_not_depend_on_memory_layout():
     dist = PromptDistribution(cfg, generator=g)
     batch = dist.sample(2000, g).to(dtype=torch.float64)
     P = torch.linalg.inv(dist.Sigma.double())
-    ref = krylov_coefficients(batch, P, 3)
-    for offset in range(16):
-        for _ in range(2):
-            copy = type(batch)(**{k: shifted(v, offset) for k, v in vars(batch).items()})
-            assert torch.equal(krylov_coefficients(copy, P, 3), ref), offset
+    for L in (3, 4, 5, 6):  # gelsy differed on some copies at most of these depths (a few in 48 at L = 4, 5)
+        ref = krylov_coefficients(batch, P, L)
+        for offset in range(16):
+            for _ in range(3):
+                copy = type(batch)(**{k: shifted(v, offset) for k, v in vars(batch).items()})
+                assert torch.equal(krylov_coefficients(copy, P, L), ref), (L, offset)
 
 
 SCRIPT = """
@@ -52,7 +53,7 @@ from experiments import pgd_depth as P
 from experiments.study import Rows, held_out_prompts
 from icl.prompts import PromptDistribution
 from icl.seeding import Streams
-cfg = resolve_config(get_experiment("pgd_depth"), ["depths=2,3", "modes=sparse", "tune_prompts=3000",
+cfg = resolve_config(get_experiment("pgd_depth"), ["depths=3", "modes=sparse", "tune_prompts=3000",
                      "test_prompts=2000", "tune_starts=1"], profile="standard", seeds="0")
 streams = Streams(0, torch.device("cpu"))
 dist = PromptDistribution(cfg.prompt, generator=streams.generator("rotation"))
@@ -69,7 +70,7 @@ def test_pgd_tuned_baseline_is_bitwise_identical_across_processes():
     procs = [
         subprocess.Popen([sys.executable, "-c", SCRIPT, str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)  # fmt: skip
-        for i in range(3)
+        for i in range(2)
     ]
     outs = []
     for p in procs:
@@ -77,4 +78,4 @@ def test_pgd_tuned_baseline_is_bitwise_identical_across_processes():
         assert p.returncode == 0, err
         outs.append(out.strip())
     assert "pgd_tuned:3:test_loss=" in outs[0]
-    assert outs[1] == outs[0] and outs[2] == outs[0]
+    assert outs[1] == outs[0]

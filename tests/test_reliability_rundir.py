@@ -64,6 +64,14 @@ def test_resume_with_the_runs_own_flags_is_accepted(tmp_path, capsys):
         assert "holds no checkpoint" in err and "start it again with --overwrite" in err, err
 
 
+def test_resume_or_report_of_a_missing_directory_creates_nothing(tmp_path, capsys):
+    for name in ("typo", "r" * 300):
+        assert main(["run", "quickstart", "--out", str(tmp_path / name), "--resume"]) == 2
+        assert "cannot resume: " in capsys.readouterr().err and not (tmp_path / "typo").exists()
+        assert main(["report", str(tmp_path / name)]) == 2
+        assert "is not a run directory" in capsys.readouterr().err
+
+
 def test_resume_single_seed_study_compares_seed(tmp_path, capsys):
     run = tmp_path / "run"
     fake_run(run, "quickstart", seed=0)
