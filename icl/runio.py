@@ -215,8 +215,25 @@ def make_run_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def _is_run_entry(p: Path) -> bool:
-    return p.name in RUN_ENTRIES or (p.is_file() and p.suffix in RUN_SUFFIXES)
+def _looks_like_run(path: Path) -> bool:
+    """Whether ``path`` holds a run: a config.json naming an experiment, or checkpoints."""
+    if (path / "checkpoint.pt").is_file() or (path / "checkpoints").is_dir():
+        return True
+    try:
+        cfg = json.loads((path / "config.json").read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and isinstance(cfg.get("experiment"), str)
+
+
+def _foreign(path: Path, entries: Sequence[Path]) -> list[str]:
+    """The entries no run writes: names outside :data:`RUN_ENTRIES`, and, unless the directory holds a run,
+    any other .csv/.json/.md/.pt file (a folder of someone's CSVs is not emptied by ``--overwrite``)."""
+    run = _looks_like_run(path)
+    return [
+        p.name for p in entries
+        if p.name not in RUN_ENTRIES and not (run and p.is_file() and p.suffix in RUN_SUFFIXES)
+    ]  # fmt: skip
 
 
 def _occupied(path: Path) -> list[Path]:
@@ -249,7 +266,7 @@ def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False, resume:
             "start it again with --overwrite"
         )
     if overwrite and entries:
-        foreign = [p.name for p in entries if not _is_run_entry(p)]
+        foreign = _foreign(path, entries)
         if foreign:
             raise RunDirError(
                 f"--overwrite refused: {path} holds files that no run writes ({', '.join(foreign[:5])}"

@@ -106,6 +106,11 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--overwrite refused" in err and "thesis.tex" in err and "nothing was deleted" in err
     assert (home / "thesis.tex").read_text() == "precious" and (home / "config.json").read_text() == "{}"
+    data = tmp_path / "data"  # files with run-like suffixes, but no run: kept too
+    data.mkdir()
+    (data / "measurements.csv").write_text("a,b\n")
+    assert main(["run", "quickstart", "--out", str(data), "--overwrite", *TINY]) == 2
+    assert "measurements.csv" in capsys.readouterr().err and (data / "measurements.csv").exists()
 
 
 # -- item 7: report flags an incomplete or truncated run ---------------------------------------------------------
