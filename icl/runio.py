@@ -42,7 +42,15 @@ class RunDirError(RuntimeError):
 
 
 def current_umask() -> int:
-    """The process's umask (read by setting it and setting it back)."""
+    """The process's umask: from /proc/self/status where Linux has it (no race with other threads), else by
+    setting it and setting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -5,6 +5,7 @@ clear exit 2 before any compute, never a traceback and never a silently wrong re
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from experiments.cli import main, resolve_config
 from experiments.registry import get_experiment
 from experiments.rundir import FINISHED, checkpoint_note
-from icl.runio import LOCK_NAME
+from icl.runio import LOCK_NAME, RunDirError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "train.batch_size=16", "--set", "train.eval_batch=16", "--set", "test_prompts=100", "--quiet"]
@@ -282,3 +283,23 @@ def test_interrupt_message_names_the_checkpoint_that_exists(tmp_path, capsys):
     (study / "checkpoints" / "lsa-s1.pt").write_bytes(b"x")
     note = checkpoint_note(study)
     assert f"the checkpoints in {study / 'checkpoints'} hold it" in note and "checkpoint.pt" not in note
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_written_files_follow_the_umask_and_replacements_keep_their_mode(tmp_path, umask, mode):
+    from icl.runio import atomic_write_bytes, save_checkpoint
+
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        save_checkpoint(tmp_path / "c.pt", {"format": "x", "model": {}})
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == mode
+        assert (tmp_path / "c.pt").stat().st_mode & 0o777 == mode
+        (tmp_path / "a.json").chmod(0o600)  # chosen by the user: kept on rewrite
+        atomic_write_bytes(tmp_path / "a.json", b"[]")
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    (tmp_path / "link").symlink_to(tmp_path / "a.json")
+    with pytest.raises(RunDirError, match="is not a plain file"):
+        atomic_write_bytes(tmp_path / "link", b"x")
