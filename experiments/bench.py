@@ -7,8 +7,10 @@ README's performance section can quote a run. Timings are never asserted in test
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,11 +68,36 @@ def _load_all() -> None:
     from experiments import benchmarks  # noqa: F401  (registers the benchmarks)
 
 
+def check_out(out: Path) -> None:
+    """Refuse, before any benchmark runs, an ``--out`` that cannot be written or is not a bench file: an existing
+    file is replaced only when it is a ``bench.json`` this command wrote (a JSON object with ``hardware`` and
+    ``benchmarks``), so a mistyped path never clobbers another file."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise ConfigError(f"--out {out} exists and is not a plain file")
+    if out.exists():
+        try:
+            old = json.loads(out.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and {"hardware", "benchmarks"} <= set(old)):
+            raise ConfigError(f"--out {out} exists and is not a bench.json written by `bench`: refusing to replace it")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: the folder {parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--out {out} cannot be written: {e.strerror or e}") from None
+
+
 def run_benchmarks(out: Path, quick: bool = False, only: Sequence[str] = ()) -> dict[str, Any]:
     _load_all()
     unknown = [n for n in only if n not in BENCHMARKS]
     if unknown:
         raise ConfigError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(BENCHMARKS)}")
+    check_out(out)
     result: dict[str, Any] = {"hardware": hardware(), "quick": quick, "benchmarks": {}}
     print(f"benchmarks on {result['hardware']}")
     for name, fn in BENCHMARKS.items():

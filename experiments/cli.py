@@ -3,13 +3,18 @@
     python -m experiments list
     python -m experiments run NAME [--out DIR] [--seed S | --seeds 0,1,2] [--profile quick|standard|paper]
                                    [--set key=value ...] [--device cpu|cuda|mps] [--quiet] [--resume] [--overwrite]
-    python -m experiments report RUN_DIR | SWEEP_DIR
+    python -m experiments report RUN_DIR [--partial] | SWEEP_DIR
     python -m experiments sweep NAME --grid key=v1,v2 [--seeds 0-4] [--jobs N] [--backend local|slurm] (see sweep.py)
     python -m experiments collect DIR... [--out table.csv]
     python -m experiments bench [--quick] [--out bench.json]
 
-Every argument is validated before any compute: an unknown experiment or config key, a value out of range or
-an unavailable device exits with status 2 and a message naming the problem, before a run directory is made.
+Every argument is validated before any compute: an unknown experiment or config key, a value out of range, a
+budget or size that cannot run (experiments/preflight.py) or an unavailable device exits with status 2 and a
+message naming the problem, before a run directory is made. A run holds an exclusive lock on its directory
+(experiments/runlock.py): a second writer exits 2 naming the holder. ``--resume`` continues the run with its own
+config; a flag that disagrees with it exits 2 naming the flag (experiments/rundir.py). ``--overwrite`` empties the
+directory first. ``report`` refuses (exit 2) a run that did not finish or whose results.csv does not match its
+config, unless given ``--partial``.
 
 Exit status: 0 done (or stopped at ``--stop-after``); 1 training diverged (the last finite checkpoint is kept);
 2 bad arguments, config, run directory or checkpoint; 128 + N stopped by signal N (SIGINT 130, SIGTERM 143)
@@ -28,9 +33,21 @@ from pathlib import Path
 import torch
 
 from experiments.common import RunContext
+from experiments.preflight import preflight
 from experiments.registry import all_experiments, get_experiment
+from experiments.rundir import (
+    checkpoint_note,
+    clear_finished,
+    completeness,
+    config_of,
+    mark_finished,
+    mark_incomplete,
+    resume_config,
+    saved_config,
+)
+from experiments.runlock import lock_run_dir
 from icl.config import ConfigError
-from icl.runio import CheckpointError, RunDirError, prepare_run_dir
+from icl.runio import CheckpointError, RunDirError, make_run_dir, prepare_run_dir, read_json_file
 from icl.tracking import TrackerUnavailable, make_tracker
 from icl.training import TrainingDiverged, TrainingInterrupted, signals
 
@@ -80,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report = sub.add_parser("report", help="re-render a run's figures and report.md from its results.csv")
     report.add_argument("run_dir", type=Path)
+    report.add_argument(
+        "--partial",
+        action="store_true",
+        help="render a run that did not finish (or whose results do not cover its config), marked INCOMPLETE",
+    )
     bench = sub.add_parser("bench", help="run the benchmarks and write bench.json")
     bench.add_argument("--quick", action="store_true", help="small sizes (a smoke test of the benchmark itself)")
     bench.add_argument("--out", type=Path, default=Path("bench.json"))
@@ -132,25 +154,51 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out, the run directory to continue")
+    if args.resume:
+        try:
+            exists = args.out.is_dir()
+        except OSError as e:
+            raise RunDirError(f"cannot resume: {args.out}: {e.strerror or e}") from None
+        if not exists:
+            raise RunDirError(f"cannot resume: {args.out} is not a run directory (it does not exist)")
     if args.stop_after is not None and args.stop_after < 1:
         raise ConfigError(f"--stop-after = {args.stop_after} is out of range: must be >= 1")
-    if args.resume and (args.out / "config.json").exists() and not args.overrides and args.seed is None:
-        saved = json.loads((args.out / "config.json").read_text())
-        cfg = exp.config_cls.from_dict(saved["config"])
+    flags = (args.overrides, args.seed, args.seeds, args.profile)
+    if not args.resume:
+        cfg = resolve_config(exp, *flags)
+    elif args.show_config:
+        cfg = resume_config(exp, args.out, *flags) or resolve_config(exp, *flags)
     else:
-        cfg = resolve_config(exp, args.overrides, args.seed, args.seeds, args.profile)
+        cfg = None  # read under the directory's lock, below
+    if cfg is not None:
+        preflight(cfg, device)
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    tag = getattr(cfg, "seed", None)
-    tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
-    out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
-    track = getattr(cfg, "track", "none")
-    try:  # a missing tracker package is bad input: reported before the run directory is made
-        tracker = make_tracker(track, out / track) if track != "none" else None
-    except TrackerUnavailable as e:
-        raise ConfigError(str(e)) from None
-    out = prepare_run_dir(out, overwrite=args.overwrite, resume=args.resume)
+    if cfg is not None:
+        tag = getattr(cfg, "seed", None)
+        tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
+        out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+    else:
+        out = args.out
+    with lock_run_dir(make_run_dir(out), argv):
+        if cfg is None:  # --resume: the run's own config, which the flags given must agree with
+            cfg = resume_config(exp, out, *flags) or resolve_config(exp, *flags)
+            preflight(cfg, device)
+        track = getattr(cfg, "track", "none")
+        try:  # a missing tracker package is bad input: reported before the run directory is filled
+            tracker = make_tracker(track, out / track) if track != "none" else None
+        except TrackerUnavailable as e:
+            raise ConfigError(str(e)) from None
+        out = prepare_run_dir(out, overwrite=args.overwrite, resume=args.resume)
+        clear_finished(out)
+        return _run_locked(exp, cfg, out, device, args, argv, tracker)
+
+
+def _run_locked(
+    exp, cfg, out: Path, device: torch.device, args: argparse.Namespace, argv: Sequence[str], tracker=None
+) -> int:
+    """Run the study in ``out`` (whose lock the caller holds); the exit status."""
     ctx = RunContext(
         name=exp.name,
         out_dir=out,
@@ -177,15 +225,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             resume += f" --seeds {args.seeds}"
         if args.profile is not None:
             resume += f" --profile {args.profile}"
-        print(
-            f"interrupted: {e}; the checkpoint {ctx.checkpoint_path} holds it. Continue with:\n  {resume}",
-            file=sys.stderr,
-        )
+        print(f"interrupted: {e}; {checkpoint_note(out)}. Continue with:\n  {resume}", file=sys.stderr)
         return 0 if e.signum is None else 128 + e.signum
     except TrainingDiverged as e:
         print(
-            f"error: training diverged: {e}. Nothing non-finite was written: {ctx.checkpoint_path}, if present, "
-            "holds the last finite state. Lower train.lr or set train.on_divergence=rollback.",
+            f"error: training diverged: {e}. Nothing non-finite was written: {checkpoint_note(out)}, the last "
+            "finite state. Lower train.lr or set train.on_divergence=rollback.",
             file=sys.stderr,
         )
         return 1
@@ -194,23 +239,45 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         signals.clear()
         if tracker is not None:
             tracker.on_end()
+    mark_finished(out)
     return 0
 
 
-def cmd_report(run_dir: Path) -> int:
-    if (run_dir / "sweep.json").is_file():
-        from experiments.collect import report_sweep
+def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir
+    try:
+        if (run_dir / "sweep.json").is_file():
+            from experiments.collect import report_sweep
 
-        report_sweep(run_dir)
-        print(f"wrote {run_dir / 'report.md'} and {run_dir / 'figures'}")
-        return 0
-    if not (run_dir / "config.json").is_file() or not (run_dir / "results.csv").is_file():
+            report_sweep(run_dir)
+            print(f"wrote {run_dir / 'report.md'} and {run_dir / 'figures'}")
+            return 0
+        ok = run_dir.is_dir() and (run_dir / "config.json").exists() and (run_dir / "results.csv").exists()
+    except OSError:
+        ok = False
+    if not ok:
         raise ConfigError(f"{run_dir} is not a run directory (needs config.json and results.csv)")
-    name = json.loads((run_dir / "config.json").read_text())["experiment"]
-    exp = get_experiment(name)
-    if exp.report is None:
-        raise ConfigError(f"experiment {name!r} has no report to re-render")
-    exp.report(run_dir)
+    with lock_run_dir(run_dir, ["report", str(run_dir)]):
+        saved = saved_config(run_dir)
+        exp = get_experiment(saved["experiment"])
+        config_of(exp, run_dir, saved)
+        if exp.report is None:
+            raise ConfigError(f"experiment {exp.name!r} has no report to re-render")
+        if (run_dir / "summary.json").exists():
+            read_json_file(run_dir / "summary.json", "run summary")
+        problems = completeness(run_dir, saved)
+        if problems and not args.partial:
+            raise RunDirError(
+                f"INCOMPLETE run in {run_dir}: {'; '.join(problems)}. Pass --partial to render a report of what is "
+                "there (marked INCOMPLETE)"
+            )
+        try:
+            exp.report(run_dir)
+        except (KeyError, ValueError, IndexError, ZeroDivisionError) as e:
+            raise RunDirError(f"cannot render a report of {run_dir}: {type(e).__name__}: {e}") from None
+        if problems:
+            mark_incomplete(run_dir / "report.md", problems)
+            print(f"warning: INCOMPLETE run: {'; '.join(problems)}", file=sys.stderr)
     print(f"re-rendered {run_dir / 'report.md'} and {run_dir / 'figures'}")
     return 0
 
@@ -230,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             return cmd_list()
         if args.command == "report":
-            return cmd_report(args.run_dir)
+            return cmd_report(args)
         if args.command == "bench":
             return cmd_bench(args)
         if args.command in ("sweep", "collect"):

@@ -143,7 +143,7 @@ class MemformerVsCGDConfig(StudyConfig):
 
     d: int = spec(5, ge=1)
     n: int = spec(20, ge=2)
-    eigenvalues: tuple[float, ...] = spec(PAPER_EIGENVALUES, gt=0)
+    eigenvalues: tuple[float, ...] = spec(PAPER_EIGENVALUES, gt=0, allow_repeats=True)
     depths: tuple[int, ...] = spec((1, 2, 3, 4), ge=1)
     settings: tuple[str, ...] = SETTINGS
     models: tuple[str, ...] = MODEL_KINDS

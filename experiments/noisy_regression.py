@@ -99,7 +99,7 @@ class NoisyRegressionConfig(StudyConfig):
     n: int = spec(20, ge=2)
     depths: tuple[int, ...] = spec((1, 2, 4), ge=1)
     sigma_max: tuple[float, ...] = spec((0.0, 1.0, 3.0, 5.0), ge=0)
-    categorical: tuple[str, ...] = ("1/3",)
+    categorical: tuple[str, ...] = spec(("1/3",), allow_empty=True)
     modes: tuple[str, ...] = MODES
     init_std: float = spec(0.05, gt=0)
     train: TrainConfig = field(

@@ -211,9 +211,16 @@ def krylov_features(batch: PromptBatch, P: torch.Tensor, L: int) -> torch.Tensor
 
 
 def krylov_coefficients(tune: PromptBatch, P: torch.Tensor, L: int) -> torch.Tensor:
-    """c minimising the query MSE of w = Σ_{k<L} c_k (PH)^k P g on ``tune`` (linear least squares), (L,)."""
+    """c minimising the query MSE of w = Σ_{k<L} c_k (PH)^k P g on ``tune`` (linear least squares), (L,).
+
+    Solved with LAPACK's SVD-based ``gelsd``, not torch's CPU default ``gelsy``: MKL's ``gelsy`` is not
+    bitwise reproducible (its result depends on where its inputs and workspace lie in memory, so two processes
+    with the same seed, or two calls on copies of one matrix, differ in the last bits;
+    tests/test_reliability_determinism.py). Those bits moved the start of the tuned steps, and with it the
+    pgd_tuned baseline's last digit, between processes.
+    """
     F_tune = einsum(krylov_features(tune, P, L), tune.x_query.double(), "b k d, b d -> b k")
-    return torch.linalg.lstsq(F_tune, tune.y_query.double()[:, None]).solution[:, 0]
+    return torch.linalg.lstsq(F_tune, tune.y_query.double()[:, None], driver="gelsd").solution[:, 0]
 
 
 def krylov_bound(tune: PromptBatch, test: PromptBatch, P: torch.Tensor, L: int) -> torch.Tensor:

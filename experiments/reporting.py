@@ -7,7 +7,6 @@ so ``python -m experiments report RUN_DIR`` re-renders a run without training.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import defaultdict
@@ -19,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from icl.plotting import plt, save_figure, set_theme
-from icl.runio import atomic_write_bytes, read_csv
+from icl.runio import atomic_write_bytes, read_json_file, read_results
 
 Row = Mapping[str, Any]
 
@@ -43,13 +42,13 @@ def se_ci(mean: float, stderr: float, level: float = 0.95) -> tuple[float, float
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``config.json`` and the rows of ``results.csv`` (value as float, depth and seed as int)."""
+    """``config.json`` and the rows of ``results.csv`` (value as float, depth and seed as int).
+
+    Raises:
+        RunDirError: a file is missing, not UTF-8, truncated or malformed (see :func:`icl.runio.read_results`).
+    """
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
-    rows = []
-    for r in read_csv(run_dir / "results.csv"):
-        rows.append({**r, "depth": int(r["depth"]), "seed": int(r["seed"]), "value": float(r["value"])})
-    return cfg, rows
+    return read_json_file(run_dir / "config.json", "run config"), read_results(run_dir / "results.csv")
 
 
 def select(rows: Iterable[Row], **where: Any) -> list[Row]:

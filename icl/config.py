@@ -62,11 +62,17 @@ def spec(
     le: float | None = None,
     lt: float | None = None,
     choices: Iterable[Any] | None = None,
+    allow_empty: bool = False,
+    allow_repeats: bool = False,
     doc: str = "",
 ) -> Any:
     """A dataclass field with its allowed range or choices recorded for validation.
 
-    Bounds apply to a number, or to every element of a tuple of numbers.
+    Bounds apply to a number, or to every element of a tuple of numbers. A tuple field (a list of seeds, depths,
+    methods, …) must hold at least one entry and no entry twice (a repeated seed would be averaged twice, a
+    repeated depth would duplicate rows) unless declared with ``allow_empty`` or ``allow_repeats`` (a spectrum
+    such as eigenvalues = 1,1,0.25 repeats values by design); fields declared without :func:`spec` follow the
+    same rules.
     """
     meta = {
         "ge": ge,
@@ -74,6 +80,8 @@ def spec(
         "le": le,
         "lt": lt,
         "choices": tuple(choices) if choices else None,
+        "allow_empty": allow_empty,
+        "allow_repeats": allow_repeats,
         "doc": doc,
     }
     if isinstance(default, (list, dict, set)):
@@ -119,6 +127,22 @@ def _check_number(path: str, v: Any, meta: Mapping[str, Any]) -> None:
         bound = meta.get(key)
         if bound is not None and not ok(v, bound):
             raise ConfigError(f"{path} = {v!r} is out of range: must be {_range_text(meta)}")
+
+
+def _check_list(path: str, value: tuple, meta: Mapping[str, Any]) -> None:
+    """A tuple field holds at least one entry and none twice, unless its spec allows it."""
+    if not value and not meta.get("allow_empty"):
+        raise ConfigError(f"{path} is empty: give at least one value")
+    if not meta.get("allow_repeats"):
+        seen: set[Any] = set()
+        for x in value:
+            if x in seen:
+                raise ConfigError(f"{path} = {_show(value)} repeats {x!r}: give each value once")
+            seen.add(x)
+
+
+def _show(value: tuple) -> str:
+    return ",".join(str(x) for x in value)
 
 
 def _check_type(path: str, v: Any, tp: Any) -> Any:
@@ -180,6 +204,8 @@ class Config:
                 raise ConfigError(f"{path} = {value!r} is not one of: {choices}{hint}")
             if value is None or isinstance(value, (str, bool)) or dataclasses.is_dataclass(value):
                 continue
+            if isinstance(value, tuple):
+                _check_list(path, value, meta)
             values = value if isinstance(value, tuple) else (value,)
             for i, x in enumerate(values):
                 if isinstance(x, (int, float)) and not isinstance(x, bool):
@@ -285,8 +311,10 @@ def coerce(path: str, text: str, tp: Any) -> Any:
     """Convert a command-line string to a value of type ``tp`` (raising ConfigError naming ``path``)."""
     tp, optional = _strip_optional(tp)
     low = text.strip().lower()
-    if optional and low in ("none", "null", ""):
+    if optional and low in ("none", "null"):
         return None
+    if optional and not low:
+        raise ConfigError(f"{path} = '' has no value: give one, or {path}=none to unset it", qualified=True)
     try:
         if tp is bool:
             if low in ("true", "1", "yes", "on"):

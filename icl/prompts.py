@@ -43,7 +43,7 @@ class PromptConfig(Config):
 
     d: int = spec(5, ge=1)
     n: int = spec(20, ge=1)
-    eigenvalues: tuple[float, ...] | None = spec(None, gt=0)
+    eigenvalues: tuple[float, ...] | None = spec(None, gt=0, allow_repeats=True)
     rotation: str = spec("haar", choices=("haar", "identity"))
     input_law: str = spec("gaussian", choices=("gaussian", "uniform"))
     uniform_a: float = spec(0.5, gt=0)
@@ -51,7 +51,7 @@ class PromptConfig(Config):
     noise: str = spec("none", choices=("none", "fixed", "uniform", "categorical"))
     sigma: float = spec(0.0, ge=0)
     sigma_max: float = spec(0.0, ge=0)
-    sigma_set: tuple[float, ...] = spec((1.0, 3.0), ge=0)
+    sigma_set: tuple[float, ...] = spec((1.0, 3.0), ge=0, allow_repeats=True)
 
     def check(self) -> None:
         if self.eigenvalues is not None and len(self.eigenvalues) != self.d:

@@ -1,4 +1,10 @@
-"""Classical iterations on R(w) = (1/2n)‖Xw − y‖², batched over prompts, returning every iterate."""
+"""Classical iterations on R(w) = (1/2n)‖Xw − y‖², batched over prompts, returning every iterate.
+
+Inputs may be float16 or bfloat16: the methods built on linear algebra (least squares, ridge, Newton, GD++ with
+γ ≠ 0) then compute in float32, which torch's pinv/solve/eigh need, and return the input's dtype. Hyperparameters
+outside a method's range (a constant η < 0, β outside [0, 1), γ < 0) raise ``ValueError`` before any compute;
+per-step schedules are the general recurrences and may hold any finite values.
+"""
 
 from reference_optimizers.closed_form import least_squares, ridge
 from reference_optimizers.conjugate_gradient import conjugate_gradient

@@ -17,6 +17,10 @@ class DivergedError(ValueError):
     """An iteration left the floating-point range (its hyperparameters are unstable for these prompts)."""
 
 
+class OutOfRangeError(ValueError):
+    """A hyperparameter lies outside the range where the method is defined (η < 0, β outside [0, 1), …)."""
+
+
 def check_iterates(method: str, W: torch.Tensor, hint: str) -> torch.Tensor:
     """Return the iterates W (B, steps+1, d), or raise :class:`DivergedError` naming the method, the first
     non-finite step and ``hint`` (what to change) instead of returning a silent NaN."""
@@ -30,6 +34,16 @@ def check_iterates(method: str, W: torch.Tensor, hint: str) -> torch.Tensor:
                 f"{method} diverged: iterate {step} is not finite on {prompts} of {W.shape[0]} prompts; {hint}"
             )
     return W
+
+
+#: torch's linear algebra (pinv, solve, eigh, matrix norms) has no 16-bit kernels: such inputs are computed in
+#: float32 and the result is returned in the input's dtype
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def linalg_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to run linear algebra in for inputs of ``dtype`` (float32 for 16-bit floats)."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
 def check_scalar(name: str, value: object, *, minimum: float | None = None, strict: bool = False) -> float:

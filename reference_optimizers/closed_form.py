@@ -10,7 +10,7 @@ import torch
 from einops import einsum
 
 from icl.validation import check_regression
-from reference_optimizers._checks import check_scalar
+from reference_optimizers._checks import check_scalar, linalg_dtype
 from reference_optimizers.gradient_descent import moments
 
 
@@ -29,7 +29,8 @@ def least_squares(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         The solutions, (B, d) (not a trajectory).
     """
     X, y = check_regression(X, y)
-    return einsum(torch.linalg.pinv(X), y, "b d n, b n -> b d")
+    dt = linalg_dtype(X.dtype)
+    return einsum(torch.linalg.pinv(X.to(dt)), y.to(dt), "b d n, b n -> b d").to(X.dtype)
 
 
 def ridge(X: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
@@ -51,6 +52,7 @@ def ridge(X: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
     lam = check_scalar("lam", lam, minimum=0.0)
     if lam == 0.0:
         return least_squares(X, y)
-    H, g = moments(X, y)
-    eye = torch.eye(X.shape[2], dtype=X.dtype, device=X.device)
-    return torch.linalg.solve(H + lam * eye, g)
+    dt = linalg_dtype(X.dtype)
+    H, g = moments(X.to(dt), y.to(dt))
+    eye = torch.eye(X.shape[2], dtype=dt, device=X.device)
+    return torch.linalg.solve(H + lam * eye, g).to(X.dtype)

@@ -30,7 +30,7 @@ import torch
 from einops import einsum
 
 from icl.validation import check_regression, check_steps
-from reference_optimizers._checks import check_iterates
+from reference_optimizers._checks import check_iterates, linalg_dtype
 from reference_optimizers.gradient_descent import gradient_descent, moments, step_schedule
 
 Schedule = float | Sequence[float] | torch.Tensor
@@ -51,19 +51,20 @@ def gd_plus_plus(
         X: context inputs, (B, n, d).
         y: context targets, (B, n).
         steps: number of iterations (>= 0).
-        eta: the step size on the targets, or one per step.
-        gamma: the step of the input transform (in units of H = XᵀX/n), or one per step.
+        eta: the step size on the targets (>= 0), or one per step.
+        gamma: the step of the input transform (in units of H = XᵀX/n, >= 0), or one per step.
 
     Returns:
         Every iterate, (B, steps+1, d).
     """
     X, y = check_regression(X, y)
     steps = check_steps(steps)
-    etas = step_schedule(eta, steps, "eta")
-    gammas = step_schedule(gamma, steps, "gamma")
+    etas = step_schedule(eta, steps, "eta", low=0.0)
+    gammas = step_schedule(gamma, steps, "gamma", low=0.0)
     if all(c == 0.0 for c in gammas):  # plain GD: no eigendecomposition needed
         return gradient_descent(X, y, steps, etas)
-    H, g = moments(X, y)
+    dtype = X.dtype
+    H, g = moments(X.to(linalg_dtype(dtype)), y.to(linalg_dtype(dtype)))
     # P_s is a polynomial in H (P_0 = I and the recurrence only multiplies by H and P), so in the eigenbasis
     # H = Q diag(λ) Qᵀ every P_s is diagonal with p_{s+1} = p_s (1 − γ_s λ p_s)²: one batched eigh instead of
     # three batched d×d matmuls per step.
@@ -76,5 +77,5 @@ def gd_plus_plus(
         w_rot = w_rot - e * p * (lam * w_rot - g_rot)
         out.append(w_rot)
         p = p * (1 - c * lam * p) ** 2
-    W = einsum(Q, torch.stack(out, dim=1), "b i k, b t k -> b t i")
+    W = einsum(Q, torch.stack(out, dim=1), "b i k, b t k -> b t i").to(dtype)
     return check_iterates("gd_plus_plus", W, "lower eta or gamma (each step needs η·p_s·λ < 2 for the eigenvalues λ)")

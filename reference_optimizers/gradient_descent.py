@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from einops import einsum
 
 from icl.validation import check_regression, check_steps
-from reference_optimizers._checks import check_iterates, check_preconditioner
+from reference_optimizers._checks import OutOfRangeError, check_iterates, check_preconditioner
 
 
 def moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,17 +31,35 @@ def moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return H, g
 
 
-def step_schedule(eta: float | Sequence[float] | torch.Tensor, steps: int, name: str = "eta") -> list[float]:
+def step_schedule(
+    eta: float | Sequence[float] | torch.Tensor,
+    steps: int,
+    name: str = "eta",
+    low: float | None = None,
+    high: float | None = None,
+) -> list[float]:
     """Expand a constant or per-step hyperparameter into a list of ``steps`` finite floats.
 
+    Args:
+        low: if given, a constant must be >= low.
+        high: if given, a constant must be < high.
+
+    The bounds apply to a constant, the classical method (a constant η < 0 ascends, a constant momentum β >= 1
+    never converges). A per-step schedule is the general recurrence, taken as given: the learned models'
+    per-layer coefficients map to schedules with any finite values (e.g. a Memformer's β_ℓ).
+
     Raises:
-        ValueError: naming ``name`` if an entry is not a finite real number or the length is not ``steps``.
+        ValueError: naming ``name`` if an entry is not a finite real number, a constant lies outside
+            [low, high), or the length is not ``steps``.
     """
     if isinstance(eta, torch.Tensor):
         eta = eta.detach().cpu().reshape(-1).tolist() if eta.ndim else eta.item()
+    if isinstance(eta, np.generic):
+        eta = eta.item()
     if isinstance(eta, bool):
         raise ValueError(f"{name} must be a number or a sequence of numbers, got {eta!r}")
-    if isinstance(eta, (int, float)):
+    constant = isinstance(eta, (int, float))
+    if constant:
         eta = [eta] * steps
     try:
         eta = [float(e) for e in eta]
@@ -50,6 +69,11 @@ def step_schedule(eta: float | Sequence[float] | torch.Tensor, steps: int, name:
         raise ValueError(f"{name} has {len(eta)} entries but steps = {steps}")
     if not all(math.isfinite(e) for e in eta):
         raise ValueError(f"{name} contains NaN or infinite values: {eta}")
+    bad = [e for e in eta if (low is not None and e < low) or (high is not None and e >= high)] if constant else []
+    if bad:
+        lo = f"[{low}" if low is not None else "(-inf"
+        hi = f"{high})" if high is not None else "inf)"
+        raise OutOfRangeError(f"{name} must lie in {lo}, {hi}, got {bad[0]!r}")
     return eta
 
 
@@ -64,14 +88,14 @@ def gradient_descent(
         X: context inputs, (B, n, d).
         y: context targets, (B, n).
         steps: number of iterations (>= 0).
-        eta: a step size, or one per step.
+        eta: a step size >= 0, or one per step.
 
     Returns:
         Every iterate, (B, steps+1, d).
     """
     X, y = check_regression(X, y)
     steps = check_steps(steps)
-    etas = step_schedule(eta, steps)
+    etas = step_schedule(eta, steps, "eta", low=0.0)
     H, g = moments(X, y)
     w = X.new_zeros(X.shape[0], X.shape[2])
     out = [w]
@@ -102,7 +126,7 @@ def preconditioned_gd(
         y: context targets, (B, n).
         steps: number of iterations (>= 0).
         P: the preconditioner, one (d, d) matrix for all prompts or one per prompt, (B, d, d).
-        eta: a step size, or one per step.
+        eta: a step size >= 0, or one per step.
 
     Returns:
         Every iterate, (B, steps+1, d).
@@ -110,7 +134,7 @@ def preconditioned_gd(
     X, y = check_regression(X, y)
     steps = check_steps(steps)
     P = check_preconditioner(P, X)
-    etas = step_schedule(eta, steps)
+    etas = step_schedule(eta, steps, "eta", low=0.0)
     H, g = moments(X, y)
     pattern = "i j, b j -> b i" if P.ndim == 2 else "b i j, b j -> b i"
     w = X.new_zeros(X.shape[0], X.shape[2])

@@ -33,16 +33,16 @@ def heavy_ball(X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0
         X: context inputs, (B, n, d).
         y: context targets, (B, n).
         steps: number of iterations (>= 0).
-        eta: a step size, or one per step.
-        beta: a momentum coefficient, or one per step.
+        eta: a step size >= 0, or one per step.
+        beta: a momentum coefficient in [0, 1), or one per step (a schedule may hold any finite values).
 
     Returns:
         Every iterate, (B, steps+1, d).
     """
     X, y = check_regression(X, y)
     steps = check_steps(steps)
-    etas = step_schedule(eta, steps, "eta")
-    betas = step_schedule(beta, steps, "beta")
+    etas = step_schedule(eta, steps, "eta", low=0.0)
+    betas = step_schedule(beta, steps, "beta", low=0.0, high=1.0)
     H, g = moments(X, y)
     w = X.new_zeros(X.shape[0], X.shape[2])
     v = torch.zeros_like(w)
@@ -66,16 +66,16 @@ def nesterov(X: torch.Tensor, y: torch.Tensor, steps: int, eta: Schedule = 1.0, 
         X: context inputs, (B, n, d).
         y: context targets, (B, n).
         steps: number of iterations (>= 0).
-        eta: a step size, or one per step.
-        beta: a momentum coefficient, or one per step.
+        eta: a step size >= 0, or one per step.
+        beta: a momentum coefficient in [0, 1), or one per step (a schedule may hold any finite values).
 
     Returns:
         Every iterate, (B, steps+1, d).
     """
     X, y = check_regression(X, y)
     steps = check_steps(steps)
-    etas = step_schedule(eta, steps, "eta")
-    betas = step_schedule(beta, steps, "beta")
+    etas = step_schedule(eta, steps, "eta", low=0.0)
+    betas = step_schedule(beta, steps, "beta", low=0.0, high=1.0)
     H, g = moments(X, y)
     w = X.new_zeros(X.shape[0], X.shape[2])
     w_prev = w

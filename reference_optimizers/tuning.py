@@ -19,7 +19,7 @@ import scipy.optimize
 import torch
 
 from icl.progress import bar
-from reference_optimizers._checks import DivergedError, check_prompts
+from reference_optimizers._checks import DivergedError, OutOfRangeError, check_prompts
 from reference_optimizers.losses import mean_query_loss
 
 _BIG = 1e30  # the objective of a diverged run (inf/NaN), finite so that the optimisers can compare it
@@ -70,8 +70,8 @@ def tune(
     ``refine``, ``scipy.optimize.minimize`` from the best grid point, over log-values for hyperparameters
     whose grid is positive and raw values otherwise; names in ``per_step`` become schedules of ``steps``
     values each (initialised at the grid optimum), so e.g. ``per_step=("eta",)`` tunes a step-size
-    schedule. Nelder–Mead is used for up to 4 free values, Powell beyond. Diverging settings (NaN/inf)
-    score 1e30.
+    schedule. Nelder–Mead is used for up to 4 free values, Powell beyond. Diverging settings (NaN/inf) and
+    values outside a method's range (a negative step size, a momentum outside [0, 1)) score 1e30.
 
     Args:
         method: a reference optimizer ``method(X, y, steps, **hyperparameters)``.
@@ -117,7 +117,7 @@ def tune(
         with torch.no_grad():
             try:
                 it = method(X, y, steps, **fixed, **hp)
-            except DivergedError:
+            except (DivergedError, OutOfRangeError):  # a refinement step outside the method's range scores 1e30
                 return torch.full((steps + 1,), math.inf, dtype=torch.float64)
         return mean_query_loss(it, xq, yq).to(torch.float64).cpu()
 

@@ -20,6 +20,7 @@ from icl.runio import (
     RunDirError,
     atomic_write_bytes,
     load_checkpoint,
+    payload_digest,
     prepare_run_dir,
     read_csv,
     save_checkpoint,
@@ -111,10 +112,13 @@ def test_bad_file_gives_checkpoint_error(tmp_path, good, how):
         checkpoint.restore(fresh, ctx.checkpoint_path, CFG)
 
 
-def rewrite(path: Path, payload) -> None:
-    """Write a hand-edited payload as a file without a checksum (as older versions wrote them)."""
+def rewrite(path: Path, payload, checksum: bool = True) -> None:
+    """Write a hand-edited payload, with a checksum that matches it (so that the later checks are reached) or,
+    with ``checksum=False``, none."""
     if isinstance(payload, dict):
         payload = {k: v for k, v in payload.items() if k != "checksum"}
+        if checksum:
+            payload["checksum"] = payload_digest(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     path.write_bytes(buf.getvalue())
@@ -139,6 +143,18 @@ def test_wrong_format_or_missing_keys(tmp_path, good, edit, message):
     ctx, fresh = make(tmp_path)
     with pytest.raises(CheckpointError, match=message):
         checkpoint.restore(fresh, ctx.checkpoint_path, CFG)
+
+
+def test_checkpoint_without_checksum_is_refused(tmp_path, good):
+    """Issue 18, item 16: the checksum is mandatory, so hand-edited values without one are not loaded."""
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["trainer"]["step"] = 7
+    rewrite(good, ckpt, checksum=False)
+    with pytest.raises(CheckpointError, match="has no checksum"):
+        load_checkpoint(good)
+    ctx, fresh = make(tmp_path)
+    with pytest.raises(CheckpointError, match="has no checksum"):
+        restore_trainer(ctx, CFG, fresh)
 
 
 def test_edited_contents_fail_the_checksum(good):

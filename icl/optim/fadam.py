@@ -112,6 +112,10 @@ class FAdam(DtypePreservingOptimizer):
         self._validate(defaults)
         super().__init__(params, defaults)  # every group is validated by add_param_group
 
+    _LATER_OPTIONS = {
+        "eps2": 0.01, "eps_mode": "min_eps_eps2rms", "eps_pow_2p": True, "clip_mode": "rms_over_c", "maximize": False
+    }  # fmt: skip
+
     @staticmethod
     def _validate(g: dict[str, Any]) -> None:
         check_number("lr", g["lr"])
@@ -127,15 +131,6 @@ class FAdam(DtypePreservingOptimizer):
             raise ValueError(f"eps_pow_2p must be a bool, got {g['eps_pow_2p']!r}")
         if not isinstance(g["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {g['maximize']!r}")
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:  # checkpoints written before an option existed
-            group.setdefault("eps2", 0.01)
-            group.setdefault("eps_mode", "min_eps_eps2rms")
-            group.setdefault("eps_pow_2p", True)
-            group.setdefault("clip_mode", "rms_over_c")
-            group.setdefault("maximize", False)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 import torch
 from torch.optim import Optimizer
 
+from icl.optim._common import check_loaded_groups
 from icl.optim.manifolds import Manifold, get_manifold
 
 __all__ = [
@@ -91,32 +92,19 @@ def check_state_dict_groups(opt: Optimizer, state_dict: object, keys) -> None:
     """Refuse, before anything is loaded, a state_dict that ``opt`` did not write.
 
     torch's loader takes the saved groups' hyperparameters wholesale, so a torch.optim.Adam state_dict loaded
-    into a Stiefel group would silently turn it Euclidean, and FAdam's would bring its weight decay.  Every
-    saved group must carry all of ``keys`` (the optimizer's own hyperparameters) and the same ``manifold``.
+    into a Stiefel group would silently turn it Euclidean, and FAdam's would bring its weight decay. Every saved
+    group must hold exactly ``opt``'s hyperparameter names (:func:`icl.optim._common.check_loaded_groups`), all
+    of ``keys`` among them, and the same ``manifold``.
 
     Raises:
         ValueError: naming the group and what is wrong.
     """
-    name = type(opt).__name__
-    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
-        raise ValueError(f"{name}.load_state_dict needs an optimizer state_dict with 'state' and 'param_groups'")
-    groups = state_dict["param_groups"]
-    if len(groups) != len(opt.param_groups):
-        raise ValueError(
-            f"state_dict has {len(groups)} parameter groups, this {name} has {len(opt.param_groups)}"
-        )
-    for i, (ours, saved) in enumerate(zip(opt.param_groups, groups)):
-        missing = [k for k in keys if k not in saved]
+    def validate(group: dict) -> None:
+        missing = [k for k in keys if k not in group]
         if missing:
-            raise ValueError(
-                f"state_dict param_groups[{i}] lacks {missing}: it was not written by {name} "
-                "(the state of another optimizer cannot be loaded)"
-            )
-        if saved["manifold"] != ours["manifold"]:
-            raise ValueError(
-                f"state_dict param_groups[{i}] is on manifold {saved['manifold']!r}, but this group is on "
-                f"{ours['manifold']!r}"
-            )
+            raise ValueError(f"lacks {missing}: it was not written by {type(opt).__name__}")
+
+    check_loaded_groups(opt, state_dict, validate, keep=("manifold",))
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 from torch.optim import Optimizer
 
-from icl.optim.manifold_optimizer import check_betas, check_lr, check_nonneg, check_state_dict_groups
+from icl.optim._common import check_loaded_groups
+from icl.optim.manifold_optimizer import check_betas, check_lr, check_nonneg
 from icl.optim.manifolds import get_manifold, qr_sign_fixed
 
 __all__ = ["ProjectedRiemannianAdam"]
@@ -76,15 +77,19 @@ class ProjectedRiemannianAdam(Optimizer):
         )
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+    @staticmethod
+    def _validate(group: dict) -> None:
         check_lr(group["lr"])
         check_betas(group["betas"])
         check_nonneg("eps", group["eps"])
         check_nonneg("weight_decay", group["weight_decay"])
         if group["second_moment"] not in ("elementwise", "scalar"):
             raise ValueError(f"second_moment must be 'elementwise' or 'scalar', got {group['second_moment']!r}")
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate(group)
         m = get_manifold(group["manifold"])
         if m.name not in _SUPPORTED:
             raise ValueError(f"manifold must be one of {_SUPPORTED} for ProjectedRiemannianAdam, got {m.name!r}")
@@ -97,9 +102,15 @@ class ProjectedRiemannianAdam(Optimizer):
                     raise ValueError(f"params[{i}] is not on the {m.name} manifold (violation {m.check(p):.2e})")
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load state written by this class; another optimizer's state_dict is refused (ValueError)."""
-        check_state_dict_groups(self, state_dict, tuple(self.defaults))
+        """Load a state_dict of this optimizer. Another optimizer's, or one whose groups lie on other manifolds,
+        is refused (``ValueError``) before anything changes. The loaded state is a copy (torch keeps the
+        saved tensors themselves, which would be shared with a live optimizer the state_dict came from)."""
+        check_loaded_groups(self, state_dict, self._validate, keep=("manifold",))
         super().load_state_dict(state_dict)
+        for state in self.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    state[key] = value.clone()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -113,6 +124,8 @@ class ProjectedRiemannianAdam(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("ProjectedRiemannianAdam does not support sparse gradients")
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = torch.tensor(0.0)

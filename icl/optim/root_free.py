@@ -26,10 +26,7 @@ def _apply(p: torch.Tensor, update: torch.Tensor, lr: float) -> None:
 
 
 class _RootFree(DtypePreservingOptimizer):
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
+    _LATER_OPTIONS = {"maximize": False}
 
     def _closure(self, closure: Callable[[], float] | None) -> float | None:
         if closure is None:

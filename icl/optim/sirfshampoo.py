@@ -125,11 +125,7 @@ class SIRFShampoo(DtypePreservingOptimizer):
         if not isinstance(g["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {g['maximize']!r}")
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("max_factor_dim", 4096)
-            group.setdefault("maximize", False)
+    _LATER_OPTIONS = {"max_factor_dim": 4096, "maximize": False}
 
     @staticmethod
     def _is_matrix(p: torch.Tensor, max_dim: int) -> bool:

@@ -73,7 +73,7 @@ class TrainConfig(Config):
     batch_size: int = spec(1024, ge=1)
     optimizer: str = spec("adamw", choices=tuple(OPTIMIZERS))
     lr: float = spec(1e-2, gt=0)
-    betas: tuple[float, ...] | None = spec(None, ge=0, lt=1)
+    betas: tuple[float, ...] | None = spec(None, ge=0, lt=1, allow_repeats=True)
     momentum: float | None = spec(None, ge=0, lt=1)
     weight_decay: float | None = spec(None, ge=0)
     clip: str = spec("none", choices=("none", "global", "per_matrix"))
