@@ -154,7 +154,7 @@ def test_checkpoint_without_checksum_is_refused(tmp_path, good):
         load_checkpoint(good)
     ctx, fresh = make(tmp_path)
     with pytest.raises(CheckpointError, match="has no checksum"):
-        restore_trainer(ctx, CFG, fresh)
+        checkpoint.restore(fresh, ctx.checkpoint_path, CFG)
 
 
 def test_edited_contents_fail_the_checksum(good):
