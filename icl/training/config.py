@@ -93,7 +93,7 @@ class TrainConfig(Config):
     plateau_tol: float = spec(1e-3, ge=0, lt=1)
     compile: bool = False
     loss: str = spec("query", choices=LOSSES)
-    stiefel: tuple[str, ...] = ()
+    stiefel: tuple[str, ...] = spec((), allow_empty=True)
 
     def check(self) -> None:
         if self.betas is not None and len(self.betas) != 2:
