@@ -28,7 +28,7 @@ from torch import nn
 
 from icl.config import Config
 from icl.prompts import PromptDistribution
-from icl.runio import write_csv
+from icl.runio import load_checkpoint, write_csv
 from icl.seeding import Streams
 from icl.training import checkpoint, signals
 from icl.training.callbacks import Callback, Plateau, ReadOut, TrackTo
@@ -211,8 +211,6 @@ def _batch_path(store: RunStore, tag: str, streams: Sequence[Streams]) -> Path:
 def _saved_step(path: Path) -> int | None:
     if not path.exists():
         return None
-    from icl.runio import load_checkpoint
-
     try:
         return int(load_checkpoint(path)["trainer"]["step"])
     except Exception:  # noqa: BLE001  (an unreadable file is reported when it is restored)
@@ -284,6 +282,4 @@ def _result(trainer: Trainer, reader: ReadOut | None, wall: float, reason: str |
                 wall / trainer.S, trainer.step)
         for s, (seed, model, hist) in enumerate(zip(trainer.seeds, trainer.models, trainer.histories))
     ]
-    for run in runs:
-        run.trainer = trainer  # type: ignore[attr-defined]
     return Fitted(runs, vectorised=trainer.S > 1, reason=reason)
