@@ -38,7 +38,7 @@ def fake_run(run: Path, name: str, seeds: str | None = None, profile: str | None
         (["--seeds", "1,0"], "--seeds 1,0 does not match"),
         (["--seed", "3"], "--seed 3 does not match"),
         (["--profile", "standard"], "--profile standard does not match .*profile is 'quick' in the run but 'standard'"),
-        (["--set", "train.batch_size=7"], "--set train.batch_size=7 does not match .*train.batch_size is .* in the run but 7"),
+        (["--set", "train.batch_size=7"], "--set train.batch_size=7 does not match .*batch_size is .* but 7"),
     ],
 )
 def test_resume_with_other_flags_exits_2_naming_the_flag(tmp_path, capsys, flags, message):
