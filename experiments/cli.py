@@ -23,19 +23,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from experiments.common import RunContext
-from experiments.registry import all_experiments, get_experiment
+from experiments.registry import descriptions, get_experiment, get_report
 from icl.config import ConfigError
-from icl.runio import CheckpointError, RunDirError, prepare_run_dir
-from icl.train import TrainingDiverged, TrainingInterrupted
 
 DEVICES = ("cpu", "cuda", "mps")
 
 
-def check_device(name: str) -> torch.device:
+def check_device(name: str):
     """The torch device, if this machine has it."""
+    import torch
+
     if name not in DEVICES:
         raise ConfigError(f"--device = {name!r} is not one of: {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
@@ -111,16 +108,16 @@ def resolve_config(
 
 
 def cmd_list() -> int:
-    exps = all_experiments()
-    width = max(len(n) for n in exps)
-    for name, exp in exps.items():
-        print(f"{name:<{width}}  {exp.description}")
+    """The registered studies and their one-line descriptions (imports no study)."""
+    studies = descriptions()
+    width = max(len(n) for n in studies)
+    for name, description in studies.items():
+        print(f"{name:<{width}}  {description}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     exp = get_experiment(args.name)
-    device = check_device(args.device)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume and args.out is None:
@@ -135,6 +132,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    device = check_device(args.device)
+    # the training stack is imported only for a run (list, --show-config and report do without it)
+    from experiments.common import RunContext
+    from icl.runio import prepare_run_dir
+    from icl.train import TrainingDiverged, TrainingInterrupted
+
     tag = getattr(cfg, "seed", None)
     tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
     out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
@@ -179,10 +182,7 @@ def cmd_report(run_dir: Path) -> int:
     if not (run_dir / "config.json").is_file() or not (run_dir / "results.csv").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (needs config.json and results.csv)")
     name = json.loads((run_dir / "config.json").read_text())["experiment"]
-    exp = get_experiment(name)
-    if exp.report is None:
-        raise ConfigError(f"experiment {name!r} has no report to re-render")
-    exp.report(run_dir)
+    get_report(name)(run_dir)
     print(f"re-rendered {run_dir / 'report.md'} and {run_dir / 'figures'}")
     return 0
 
@@ -198,9 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "list":
+        return cmd_list()
+    from icl.runio import CheckpointError, RunDirError  # imports torch, which `list` does without
+
     try:
-        if args.command == "list":
-            return cmd_list()
         if args.command == "report":
             return cmd_report(args.run_dir)
         if args.command == "bench":

@@ -1,7 +1,7 @@
 """The frame every multi-seed study uses: profiles, seeds, per-model checkpoints, rows and evaluation.
 
-A study config derives from :class:`StudyConfig` (fields ``profile`` and ``seeds``) and registers its profiles
-with :func:`experiments.registry.register`. Each (model, seed) pair is trained with :func:`train_one`, which
+A study config derives from :class:`StudyConfig` (fields ``profile`` and ``seeds``); its definition module
+declares ``STUDY = Study(config, run, PROFILES)`` (:mod:`experiments.registry`). Each (model, seed) pair is trained with :func:`train_one`, which
 keeps a checkpoint per pair under ``checkpoints/`` so that ``--resume`` continues an interrupted study and
 skips what is finished. Each seed has its own :class:`~icl.seeding.Streams`, so seeds differ in the rotation
 U, the initialisation and the data, and test prompts come from the ``test`` stream that training never reads.

@@ -5,7 +5,8 @@ import json
 import torch
 
 from experiments.cli import main
-from experiments.newton_vs_gd import gd_iterates, gd_steps_grid, steps_to_reach
+from experiments.newton_vs_gd import gd_iterates, gd_steps_grid
+from experiments.reports.newton_vs_gd import steps_to_reach
 from experiments.reporting import load_run
 from reference_optimizers import gradient_descent
 
