@@ -240,16 +240,15 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
     train = dist.sample(cfg.train_prompts, streams.generator("tune", "cpu"))
     kry = dist.sample(cfg.krylov_prompts, streams.generator("krylov", "cpu"))
     d, steps = pcfg.d, cfg.steps
-    pre = f"{dataset}/"
 
     def add_loss(method: str, T: int, losses: torch.Tensor | None) -> None:
         if losses is None:
-            rows.add(pre + method, T, seed, "diverged", 1.0)
+            rows.add(method, T, seed, "diverged", 1.0, setting=dataset)
             return
         m = float(losses.mean())
-        rows.add(pre + method, T, seed, "test_loss", m)
-        rows.add(pre + method, T, seed, "test_loss_stderr", float(losses.std() / math.sqrt(losses.numel())))
-        rows.add(pre + method, T, seed, "log_test_loss", math.log(max(m, 1e-300)))
+        rows.add(method, T, seed, "test_loss", m, setting=dataset)
+        rows.add(method, T, seed, "test_loss_stderr", float(losses.std() / math.sqrt(losses.numel())), setting=dataset)
+        rows.add(method, T, seed, "log_test_loss", math.log(max(m, 1e-300)), setting=dataset)
 
     # methods without hyperparameters: one trajectory gives every T
     yq, xq = test.y_query, test.x_query
@@ -274,14 +273,14 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
     if steps >= d:
         w_cg = fixed_methods["cg_fr"][:, d]
         rel = float(((w_cg - w_ls).norm(dim=1) / w_ls.norm(dim=1).clamp_min(1e-300)).max())
-        rows.add(pre + "cg_fr", d, seed, "max_rel_err_vs_least_squares", rel)
+        rows.add("cg_fr", d, seed, "max_rel_err_vs_least_squares", rel, setting=dataset)
     rel = float(((fixed_methods["newton"][:, 1] - w_ls).norm(dim=1) / w_ls.norm(dim=1).clamp_min(1e-300)).max())
-    rows.add(pre + "newton", 1, seed, "max_rel_err_vs_least_squares", rel)
+    rows.add("newton", 1, seed, "max_rel_err_vs_least_squares", rel, setting=dataset)
 
     theory = one_layer_optimum(dist.Sigma, pcfg.n, pcfg.w_prior, pcfg.mean_noise_var())
-    rows.add(pre + "ahn_thm1", 1, seed, "test_loss", theory.loss)
-    rows.add(pre + "ahn_thm1", 1, seed, "log_test_loss", math.log(theory.loss))
-    rows.add(pre + "zero_predictor", 0, seed, "theory_loss", zero_predictor_loss(pcfg))
+    rows.add("ahn_thm1", 1, seed, "test_loss", theory.loss, setting=dataset)
+    rows.add("ahn_thm1", 1, seed, "log_test_loss", math.log(theory.loss), setting=dataset)
+    rows.add("zero_predictor", 0, seed, "theory_loss", zero_predictor_loss(pcfg), setting=dataset)
 
     # Krylov bounds, fitted on their own training prompts, evaluated on the test prompts
     eye = torch.eye(d, dtype=torch.float64)
@@ -289,11 +288,13 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
         kb = krylov_bound(kry, test, steps, preconditioner=P)
         for T in range(1, steps + 1):
             losses = _krylov_losses(kb, test, P, T)
-            rows.add(pre + name, T, seed, "test_loss", float(kb.test_loss[T]))
-            rows.add(pre + name, T, seed, "test_loss_stderr", float(losses.std() / math.sqrt(losses.numel())))
-            rows.add(pre + name, T, seed, "log_test_loss", math.log(float(kb.test_loss[T])))
-            rows.add(pre + name, T, seed, "train_loss", float(kb.train_loss[T]))
-            rows.add(pre + name, T, seed, "monomial_check", abs(float(losses.mean()) / float(kb.test_loss[T]) - 1))
+            rows.add(name, T, seed, "test_loss", float(kb.test_loss[T]), setting=dataset)
+            se = float(losses.std() / math.sqrt(losses.numel()))
+            rows.add(name, T, seed, "test_loss_stderr", se, setting=dataset)
+            rows.add(name, T, seed, "log_test_loss", math.log(float(kb.test_loss[T])), setting=dataset)
+            rows.add(name, T, seed, "train_loss", float(kb.train_loss[T]), setting=dataset)
+            check = abs(float(losses.mean()) / float(kb.test_loss[T]) - 1)
+            rows.add(name, T, seed, "monomial_check", check, setting=dataset)
 
     # tuned methods, separately for every T
     for name, (method, grid, fixed) in _tuned_specs(dist, pcfg).items():
@@ -303,9 +304,9 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
                        maxfev=max(1, cfg.tune_budget * n_free))  # fmt: skip
             hp = {k: v for k, v in res.hyperparameters.items() if k in grid}
             add_loss(name, T, _losses(method, test, T, **fixed, **hp))
-            rows.add(pre + name, T, seed, "train_loss", float(res.train_loss[T]))
+            rows.add(name, T, seed, "train_loss", float(res.train_loss[T]), setting=dataset)
             for k, v in hp.items():
-                rows.add(pre + name, T, seed, f"hp:{k}", float(v))
+                rows.add(name, T, seed, f"hp:{k}", float(v), setting=dataset)
             if name == "gd":  # the per-step schedule, see gd_scaled_schedule for why it starts off the diagonal
                 base = chebyshev_pattern(train, T)
                 sched = tune(gd_scaled_schedule, train, T, {"eta": [hp["eta"]]}, per_step=("eta",),
@@ -318,9 +319,9 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
                 if not train_loss < float(res.train_loss[T]):  # the constant step is a schedule too
                     etas, train_loss = [hp["eta"]] * T, float(res.train_loss[T])
                 add_loss("gd_schedule", T, _losses(gradient_descent, test, T, eta=etas))
-                rows.add(pre + "gd_schedule", T, seed, "train_loss", train_loss)
+                rows.add("gd_schedule", T, seed, "train_loss", train_loss, setting=dataset)
                 for t, e in enumerate(etas, start=1):
-                    rows.add(pre + "gd_schedule", T, seed, f"hp:eta@{t}", float(e))
+                    rows.add("gd_schedule", T, seed, "hp:eta", float(e), k=t, setting=dataset)
     return rows.rows
 
 

@@ -242,7 +242,7 @@ def baselines(
             etas = tune_steps(lambda t, P=P: mse(pgd_predictions(tune, P, t)), L, rng, cfg.tune_starts, x0=x0)
             rows.add_loss(method, L, seed, query_losses(pgd_predictions(test, P, torch.tensor(etas)), test))
             for k, e in enumerate(sorted(etas)):
-                rows.add(method, L, seed, f"step_sorted:k{k + 1}", e)
+                rows.add(method, L, seed, "step_sorted", e, k=k + 1)
         for method, P in (("krylov_plain", eye), ("krylov_precond", Sinv)):
             rows.add_loss(method, L, seed, query_losses(krylov_bound(tune, test, P, L), test))
             # cross-check against the shared implementation (merged from refopt after this study was written)
@@ -271,6 +271,12 @@ def readout_rows(model: LinearSelfAttention, Sigma: torch.Tensor) -> dict[str, f
             out[f"b_scale:l{layer + 1}"] = float(torch.diagonal(ro.B[layer, 0]).mean())
             out[f"dist_B:l{layer + 1}"] = dist_to_identity(ro.B[layer, 0]) if ro.B[layer, 0].norm() > 0 else math.nan
     return out
+
+
+def _split_layer(key: str) -> tuple[str, int]:
+    """A read-out key ``"dist_sigma:l2"`` as the row's metric and layer: ("dist_sigma", 2)."""
+    quantity, _, layer = key.partition(":l")
+    return quantity, int(layer)
 
 
 @dataclass
@@ -325,14 +331,16 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
                 final = dynamics[-1]
                 for k, v in final.items():
                     if k != "step":
-                        rows.add(mode, L, seed, k, v)
+                        metric, layer = _split_layer(k)
+                        rows.add(mode, L, seed, metric, v, layer=layer)
                 steps = sorted(final[f"step:l{layer + 1}"] for layer in range(L))
                 for k, v in enumerate(steps):
-                    rows.add(mode, L, seed, f"step_sorted:k{k + 1}", v)
+                    rows.add(mode, L, seed, "step_sorted", v, k=k + 1)
                 for rec in dynamics:
                     for k, v in rec.items():
                         if k.startswith(("dist_sigma", "dist_raw", "dist_B")):
-                            rows.add(mode, L, seed, f"dyn:{k}:t{int(rec['step'])}", v)
+                            metric, layer = _split_layer(k)
+                            rows.add(mode, L, seed, metric, v, layer=layer, train_step=int(rec["step"]))
                 if L == 1 and mode == "sparse":  # Thm 1 with w* ~ N(0, Σ⁻¹): A* = n/(n+d+1)·Σ⁻¹
                     opt = one_layer_optimum(Sigma, n, "inverse_sigma")
                     rows.add("ahn_thm1", 1, seed, "test_loss", opt.loss)

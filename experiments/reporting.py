@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from experiments.results import read_results
 from icl.plotting import plt, save_figure, set_theme
-from icl.runio import atomic_write_bytes, read_csv
+from icl.runio import atomic_write_bytes
 
 Row = Mapping[str, Any]
 
@@ -43,13 +44,11 @@ def se_ci(mean: float, stderr: float, level: float = 0.95) -> tuple[float, float
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``config.json`` and the rows of ``results.csv`` (value as float, depth and seed as int)."""
+    """``config.json`` and the typed rows of ``results.csv`` (:func:`experiments.results.read_results`: every
+    column present, None where blank; results in the old packed format are converted)."""
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
-    rows = []
-    for r in read_csv(run_dir / "results.csv"):
-        rows.append({**r, "depth": int(r["depth"]), "seed": int(r["seed"]), "value": float(r["value"])})
-    return cfg, rows
+    return cfg, read_results(run_dir / "results.csv", cfg.get("config"))
 
 
 def select(rows: Iterable[Row], **where: Any) -> list[Row]:

@@ -28,8 +28,7 @@ def _by(rows, metric: str) -> dict[tuple[str, str, int], list[float]]:
     out: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for r in rows:
         if r["metric"] == metric:
-            ds, m = r["method"].split("/", 1)
-            out[(ds, m, r["depth"])].append(r["value"])
+            out[(r["setting"], r["method"], r["depth"])].append(r["value"])
     return out
 
 
@@ -166,9 +165,9 @@ def report(run_dir) -> dict:
             np.mean(trains[(ds, "gd_schedule", T)]) <= np.mean(trains[(ds, "gd", T)]) * (1 + 1e-12)
             for T in steps if (ds, "gd", T) in trains
         )  # fmt: skip
-        cg_err = max((r["value"] for r in rows if r["method"] == f"{ds}/cg_fr"
+        cg_err = max((r["value"] for r in rows if r["setting"] == ds and r["method"] == "cg_fr"
                       and r["metric"] == "max_rel_err_vs_least_squares"), default=float("nan"))  # fmt: skip
-        nt_err = max((r["value"] for r in rows if r["method"] == f"{ds}/newton"
+        nt_err = max((r["value"] for r in rows if r["setting"] == ds and r["method"] == "newton"
                       and r["metric"] == "max_rel_err_vs_least_squares"), default=float("nan"))  # fmt: skip
         thm1 = mean_ci(losses.get((ds, "ahn_thm1", 1), []))[0]
         pg1 = mean_ci(losses.get((ds, "pgd_gamma_inv", 1), []))[0]
@@ -197,20 +196,21 @@ def report(run_dir) -> dict:
                     continue
                 vals = {}
                 for k in ("eta", "gamma", "beta"):
-                    v = [r["value"] for r in rows if r["method"] == f"{ds}/{m}" and r["depth"] == T
-                         and r["metric"] == f"hp:{k}"]  # fmt: skip
+                    v = [r["value"] for r in rows if r["setting"] == ds and r["method"] == m and r["depth"] == T
+                         and r["metric"] == f"hp:{k}" and r["k"] is None]  # fmt: skip
                     if v:
                         vals[k] = f"{k} = {np.mean(v):.3g}"
                 if vals:
                     hp_rows.append([ds, m, T, ", ".join(vals.values())])
         T = cfg.steps
-        sched = [np.mean([r["value"] for r in rows if r["method"] == f"{ds}/gd_schedule" and r["depth"] == T
-                          and r["metric"] == f"hp:eta@{t}"]) for t in range(1, T + 1)]  # fmt: skip
+        sched = [np.mean([r["value"] for r in rows if r["setting"] == ds and r["method"] == "gd_schedule"
+                          and r["depth"] == T and r["metric"] == "hp:eta" and r["k"] == t])
+                 for t in range(1, T + 1)]  # fmt: skip
         if sched and all(math.isfinite(s) for s in sched):
             hp_rows.append([ds, "gd_schedule", T, "η_t = " + ", ".join(f"{s:.3g}" for s in sched)])
     hp_table = markdown_table(["dataset", "method", "T", "tuned (mean over seeds)"], hp_rows)
 
-    zero_theory = {ds: mean_ci([r["value"] for r in rows if r["method"] == f"{ds}/zero_predictor"
+    zero_theory = {ds: mean_ci([r["value"] for r in rows if r["setting"] == ds and r["method"] == "zero_predictor"
                                 and r["metric"] == "theory_loss"])[0] for ds in datasets}  # fmt: skip
     zero_line = ", ".join(f"{ds} {fmt(v)}" for ds, v in zero_theory.items())
     a = cg_summary

@@ -25,14 +25,14 @@ from icl.runio import write_json
 # -- report ---------------------------------------------------------------------------------------------------
 
 
+DIST_LABELS = {"dist_sigma": "Dist(Σ½AΣ½, I)", "dist_raw": "Dist(A, I)", "dist_B": "Dist(B, I)"}
+
+
 def _dyn_rows(rows: list[dict], mode: str, L: int) -> list[dict]:
-    out = []
-    for r in rows:
-        if r["method"] == mode and r["depth"] == L and r["metric"].startswith("dyn:"):
-            _, quantity, layer, step = r["metric"].split(":")
-            label = {"dist_sigma": "Dist(Σ½AΣ½, I)", "dist_raw": "Dist(A, I)", "dist_B": "Dist(B, I)"}[quantity]
-            out.append({**r, "method": f"{label} layer {layer[1:]}", "step": int(step[1:]), "metric": "dist"})
-    return out
+    """The read-outs during training of model (mode, L), one line per quantity and layer."""
+    return [{**r, "method": f"{DIST_LABELS[r['metric']]} layer {r['layer']}", "step": r["train_step"], "metric": "dist"}
+            for r in rows if r["method"] == mode and r["depth"] == L and r["train_step"] is not None
+            and r["metric"] in DIST_LABELS]  # fmt: skip
 
 
 def report(run_dir: str | Path) -> dict:
@@ -40,13 +40,13 @@ def report(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     cfg_json, rows = load_run(run_dir)
     cfg = PGDDepthConfig.from_dict(cfg_json["config"])
-    agg = aggregate(rows)
+    agg = aggregate([r for r in rows if r["train_step"] is None], keys=("method", "depth", "metric", "layer", "k"))
     seeds = sorted({r["seed"] for r in rows})
     depths = list(cfg.depths)
     figs = []
     loss_rows = [r for r in rows if r["metric"] == "test_loss" and r["method"] not in ("zero_predictor",)
                  and not r["method"].startswith(("thm1", "ahn"))]  # fmt: skip
-    zero = agg.get(("zero_predictor", 0, "test_loss"), (float("nan"),))[0]
+    zero = agg.get(("zero_predictor", 0, "test_loss", None, None), (float("nan"),))[0]
     figs += line_plot(
         loss_rows, run_dir / "figures" / "log_loss_vs_depth", metric="test_loss", ylabel="log(test loss)",
         log_values=True, dashed={"zero predictor": zero}, dashed_methods=("krylov_plain", "krylov_precond"),
@@ -66,8 +66,8 @@ def report(run_dir: str | Path) -> dict:
                 "(→ 0 under Thm 3), dashed Dist(A_ℓ, I) and Dist(B_ℓ, I)",
             )  # fmt: skip
 
-    def v(method: str, L: int, metric: str = "test_loss") -> float:
-        return agg.get((method, L, metric), (float("nan"),))[0]
+    def v(method: str, L: int, metric: str = "test_loss", layer: int | None = None, k: int | None = None) -> float:
+        return agg.get((method, L, metric, layer, k), (float("nan"),))[0]
 
     def logv(method: str, L: int) -> float:
         x = v(method, L)
@@ -92,12 +92,12 @@ def report(run_dir: str | Path) -> dict:
     for mode in cfg.modes:
         for L in depths:
             dist_table.append((mode, L, *(
-                f"{fmt(v(mode, L, f'dist_sigma:l{k}'))} / {fmt(v(mode, L, f'dist_raw:l{k}'))}" if k <= L else ""
+                f"{fmt(v(mode, L, 'dist_sigma', layer=k))} / {fmt(v(mode, L, 'dist_raw', layer=k))}" if k <= L else ""
                 for k in range(1, max(depths) + 1))))  # fmt: skip
     step_table = []
     for method in ("sparse", "pgd_tuned") + (("gdpp",) if "gdpp" in cfg.modes else ()):
         for L in depths:
-            steps = [v(method, L, f"step_sorted:k{k}") for k in range(1, L + 1)]
+            steps = [v(method, L, "step_sorted", k=k) for k in range(1, L + 1)]
             pub = ", ".join(str(s) for s in PUBLISHED_STEPS_L3) if (L == 3 and method == "sparse") else "–"
             step_table.append((method, L, ", ".join(fmt(s, 3) for s in steps), pub))
     thm1 = (v("thm1_learned", 1), v("thm1_theory", 1), v("thm1_zero_predictor", 1), v("thm1_learned", 1, "A_rel_error"),
@@ -129,13 +129,13 @@ prompts' residual. The per-seed means show the typical outcome.
     L3 = 3 in depths
     kry_diff = max(
         (abs(v(m, L, "test_loss_reference_optimizers") / v(m, L) - 1) for m in ("krylov_plain", "krylov_precond")
-         for L in depths if (m, L, "test_loss_reference_optimizers") in agg),
+         for L in depths if (m, L, "test_loss_reference_optimizers", None, None) in agg),
         default=float("nan"),
     )  # fmt: skip
     paper_table = [
         ("3-layer sparse steps c_ℓ (Σ⁻¹ units, sorted)", ", ".join(str(x) for x in PUBLISHED_STEPS_L3),
-         ", ".join(fmt(v("sparse", 3, f"step_sorted:k{k}"), 3) for k in (1, 2, 3)) if L3 else "–",
-         ", ".join(fmt(v("pgd_tuned", 3, f"step_sorted:k{k}"), 3) for k in (1, 2, 3)) if L3 else "–"),
+         ", ".join(fmt(v("sparse", 3, "step_sorted", k=k), 3) for k in (1, 2, 3)) if L3 else "–",
+         ", ".join(fmt(v("pgd_tuned", 3, "step_sorted", k=k), 3) for k in (1, 2, 3)) if L3 else "–"),
         ("3-layer eq. 11 (GD++) model: log test loss", "−7.12 (notebook, 100k steps) [N]",
          fmt(logv("gdpp", 3)) if L3 else "–", f"{fmt(logv('gdpp_tuned', 3))} (tuned GD++, Σ⁻¹)" if L3 else "–"),
         ("1-layer sparse, w* ~ N(0, Σ⁻¹): loss", "–", fmt(v("sparse", 1)), f"{fmt(v('ahn_thm1', 1))} (Thm 1)"),
