@@ -182,7 +182,7 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
         ts = np.linspace(0.0, 1.0, cfg.interp_points)
         losses = interpolate(full_model(d, P_al, Q_al), full_model(d, P_c, Q_c), ts, test)
         for t, v in zip(ts, losses):
-            rows.add("interpolation", 1, seed, f"interp:t={t:.4f}", v)
+            rows.add("interpolation", 1, seed, "interp_loss", v, param=round(float(t), 4))
         rows.add("interpolation", 1, seed, "test_loss_midpoint", float(np.interp(0.5, ts, losses)))
 
         # out of distribution: x ~ U(−a, a), the trained model vs GD with the training-law η
@@ -201,7 +201,7 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
                 "gd_retuned_theory": theory_optimum(a, d, n)[1],
             }
             for method, v in values.items():
-                rows.add(method, 1, seed, f"ood:a={a:.4f}", v / 2)
+                rows.add(method, 1, seed, "ood_half_mse", v / 2, param=round(float(a), 4))
         rows.add("lsa_trained", 1, seed, "wall_time_s", getattr(trainer, "wall_time", float("nan")))
         rows.write(ctx)
         ctx.print(f"seed {seed}: TF ½MSE {est_tf.mean / 2:.4f}, GD(η={eta:.3f}) ½MSE {est_gd.mean / 2:.4f}, "

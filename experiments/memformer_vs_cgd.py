@@ -368,11 +368,12 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
                     with torch.no_grad():
                         pred = model(test.Z().to(device=ctx.device, dtype=model.dtype))
                     est = query_losses(pred, test)
-                    method = f"{setting}:{kind}"
-                    rows.add_loss(method, L, seed, est)
-                    rows.add(method, L, seed, "final_train_loss", trainer.history.last_loss)
-                    rows.add(method, L, seed, "train_seconds", getattr(trainer, "wall_time", float("nan")))
-                    _model_diagnostics(rows, method, L, seed, kind, model, test, ctx, cfg, st)
+                    method = kind
+                    rows.add_loss(method, L, seed, est, setting=setting)
+                    rows.add(method, L, seed, "final_train_loss", trainer.history.last_loss, setting=setting)
+                    rows.add(method, L, seed, "train_seconds", getattr(trainer, "wall_time", float("nan")),
+                             setting=setting)  # fmt: skip
+                    _model_diagnostics(rows, setting, method, L, seed, kind, model, test, ctx, cfg, st)
                     ctx.print(f"seed {seed} {method:<24} L={L}  log test loss {math.log(est.mean):+.3f}")
                 rows.write(ctx)
     rows.write(ctx)
@@ -390,34 +391,37 @@ def _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist) 
     zero = zero_predictor_loss(cfg.prompt(setting))
     plain, pre = krylov(test, max(cfg.depths)), krylov(test, max(cfg.depths), Sinv)
     for L in cfg.depths:
-        rows.add(f"{setting}:zero_predictor", L, seed, "test_loss", zero)
+        rows.add("zero_predictor", L, seed, "test_loss", zero, setting=setting)
         cg = conjugate_gradient(test.X, test.y, L)[:, -1]
-        rows.add_loss(f"{setting}:cg", L, seed, query_losses(einsum(cg, test.x_query, "b d, b d -> b"), test))
+        rows.add_loss("cg", L, seed, query_losses(einsum(cg, test.x_query, "b d, b d -> b"), test),
+                      setting=setting)  # fmt: skip
         n1 = cfg.n - 1
         cg19 = conjugate_gradient(test.X[:, :n1], test.y[:, :n1], L)[:, -1]
-        rows.add_loss(f"{setting}:cg_n19", L, seed, query_losses(einsum(cg19, test.x_query, "b d, b d -> b"), test))
-        rows.add(f"{setting}:krylov", L, seed, "test_loss", plain[L - 1])
-        rows.add(f"{setting}:krylov_pre", L, seed, "test_loss", pre[L - 1])
+        rows.add_loss("cg_n19", L, seed, query_losses(einsum(cg19, test.x_query, "b d, b d -> b"), test),
+                      setting=setting)  # fmt: skip
+        rows.add("krylov", L, seed, "test_loss", plain[L - 1], setting=setting)
+        rows.add("krylov_pre", L, seed, "test_loss", pre[L - 1], setting=setting)
         hp = tuned_baselines(tune_batch, Sinv, L)
         hparams[f"{setting}/s{seed}/L{L}"] = hp
         for name, h in hp.items():
             w = baseline_iterates(name, test, L, h, Sinv)[:, -1]
-            rows.add_loss(f"{setting}:{name}", L, seed, query_losses(einsum(w, test.x_query, "b d, b d -> b"), test))
+            rows.add_loss(name, L, seed, query_losses(einsum(w, test.x_query, "b d, b d -> b"), test),
+                          setting=setting)  # fmt: skip
     opt = one_layer_optimum(dist.Sigma, cfg.n, "inverse_sigma")
-    rows.add(f"{setting}:theory_ahn_thm1", 1, seed, "test_loss", opt.loss)
+    rows.add("theory_ahn_thm1", 1, seed, "test_loss", opt.loss, setting=setting)
 
 
-def _model_diagnostics(rows, method, L, seed, kind, model, test, ctx, cfg, streams) -> None:
+def _model_diagnostics(rows, setting, method, L, seed, kind, model, test, ctx, cfg, streams) -> None:
     A = attention_A(model).double().cpu()
     if "scalar" in kind:  # the constraint held: off-diagonal mass of every block
         off = A - torch.diag_embed(torch.diagonal(A, dim1=-2, dim2=-1).mean(-1, keepdim=True).expand(*A.shape[:-1]))
-        rows.add(method, L, seed, "scalar_violation", float(off.abs().max()))
+        rows.add(method, L, seed, "scalar_violation", float(off.abs().max()), setting=setting)
     if kind.endswith("_h5"):
         one = collapse_heads(model, cfg.d, streams.generator("init", "cpu"))
         Z = test.Z().to(device=ctx.device, dtype=model.dtype)
         with torch.no_grad():
             diff = (one.to(ctx.device)(Z) - model(Z)).abs().max()
-        rows.add(method, L, seed, "collapse_max_abs_diff", float(diff))
+        rows.add(method, L, seed, "collapse_max_abs_diff", float(diff), setting=setting)
 
 
 STUDY = Study(MemformerVsCGDConfig, run, PROFILES)

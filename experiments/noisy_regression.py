@@ -252,25 +252,25 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
             theory = one_layer_optimum(dist.Sigma, cfg.n, "identity", pcfg.mean_noise_var()).loss
             for L in cfg.depths:  # depth-independent references, repeated per depth for the plots
                 for name, err in refs.items():
-                    _add(rows, f"{noise}:{name}", L, seed, err, oracle)
-            rows.add(f"{noise}:theory_1layer_gd", 1, seed, "test_loss", theory)
-            rows.add(f"{noise}:theory_1layer_gd", 1, seed, "adjusted_loss", theory - float(oracle.mean()))
+                    _add(rows, name, L, seed, err, oracle, setting=noise)
+            rows.add("theory_1layer_gd", 1, seed, "test_loss", theory, setting=noise)
+            rows.add("theory_1layer_gd", 1, seed, "adjusted_loss", theory - float(oracle.mean()), setting=noise)
             for mode in cfg.modes:
                 for L in cfg.depths:
                     trainer, lr = _train_with_backoff(ctx, cfg, f"{noise}-{mode}-L{L}", seed, mode, L, dist, streams)
                     if trainer is None:
-                        rows.add(f"{noise}:{mode}", L, seed, "diverged", 1.0)
+                        rows.add(mode, L, seed, "diverged", 1.0, setting=noise)
                         continue
-                    rows.add(f"{noise}:{mode}", L, seed, "lr_used", lr)
+                    rows.add(mode, L, seed, "lr_used", lr, setting=noise)
                     with torch.no_grad():
                         pred = trainer.model(test.Z().to(device=ctx.device, dtype=trainer.model.dtype))
                     err = (pred.double().cpu() - test.y_query).square()
-                    rows.add(f"{noise}:{mode}", L, seed, "max_query_error", float(err.max()))
-                    adj = _add(rows, f"{noise}:{mode}", L, seed, err, oracle)
-                    rows.add(f"{noise}:{mode}", L, seed, "final_train_loss", trainer.history.last_loss)
+                    rows.add(mode, L, seed, "max_query_error", float(err.max()), setting=noise)
+                    adj = _add(rows, mode, L, seed, err, oracle, setting=noise)
+                    rows.add(mode, L, seed, "final_train_loss", trainer.history.last_loss, setting=noise)
                     if mode == "gdpp":
                         qy = float(trainer.model.q.detach()[..., 1].abs().max())
-                        rows.add(f"{noise}:{mode}", L, seed, "max_abs_qy", qy)
+                        rows.add(mode, L, seed, "max_abs_qy", qy, setting=noise)
                     ctx.print(f"seed {seed} {noise:<10} {mode:<5} L={L}  adjusted loss {adj:.4g}")
             rows.write(ctx)
     rows.write(ctx)
@@ -303,14 +303,14 @@ def _train_with_backoff(ctx, cfg, tag, seed, mode, L, dist, streams, retries: in
     return None, train.lr * 2
 
 
-def _add(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, oracle: torch.Tensor) -> float:
+def _add(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, oracle: torch.Tensor, **keys) -> float:
     """test_loss and adjusted_loss (paired with the oracle on the same prompts), each with its standard error."""
     k = err.numel()
     diff = err - oracle
-    rows.add(method, L, seed, "test_loss", float(err.mean()))
-    rows.add(method, L, seed, "test_loss_stderr", float(err.std() / math.sqrt(k)))
-    rows.add(method, L, seed, "adjusted_loss", float(diff.mean()))
-    rows.add(method, L, seed, "adjusted_loss_stderr", float(diff.std() / math.sqrt(k)))
+    rows.add(method, L, seed, "test_loss", float(err.mean()), **keys)
+    rows.add(method, L, seed, "test_loss_stderr", float(err.std() / math.sqrt(k)), **keys)
+    rows.add(method, L, seed, "adjusted_loss", float(diff.mean()), **keys)
+    rows.add(method, L, seed, "adjusted_loss_stderr", float(diff.std() / math.sqrt(k)), **keys)
     return float(diff.mean())
 
 

@@ -84,7 +84,7 @@ def mean_value(rows: Iterable[Row], method: str, metric: str) -> float:
 
 def dominated_by_few(
     rows: Iterable[Row], method: str, depth: int, metric: str = "test_loss", threshold: float = 0.3,
-    floor: float = 0.0,
+    floor: float = 0.0, **where: Any,
 ) -> list[tuple[int, float, float]]:  # fmt: skip
     """Seeds whose estimate of ``metric`` is carried by a few test prompts: (seed, mean, stderr) with
     stderr > ``threshold``·|mean| (and |mean| > ``floor``).
@@ -93,7 +93,7 @@ def dominated_by_few(
     stderr/mean → 1; a light-tailed loss has stderr/mean ≈ std/(mean·√M), a few percent at M ≥ 10⁴.  Reports
     mark such cells (†) and name the seeds, because the mean then describes rare prompts, not the typical one.
     """
-    rows = list(rows)
+    rows = select(rows, **where) if where else list(rows)
     means = {r["seed"]: float(r["value"]) for r in rows
              if r["method"] == method and r["depth"] == depth and r["metric"] == metric}  # fmt: skip
     ses = {r["seed"]: float(r["value"]) for r in rows

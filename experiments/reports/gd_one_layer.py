@@ -24,11 +24,8 @@ from learned_optimizers import LinearSelfAttention, LSAConfig
 
 
 def _ood_rows(rows: list[dict]) -> list[dict]:
-    out = []
-    for r in rows:
-        if r["metric"].startswith("ood:a="):
-            out.append({**r, "a": float(r["metric"].split("=")[1]), "metric": "ood_half_mse"})
-    return out
+    """The out-of-distribution sweep, its input half-width a as the column ``a``."""
+    return [{**r, "a": r["param"]} for r in rows if r["metric"] == "ood_half_mse"]
 
 
 def report(run_dir: str | Path) -> dict:
@@ -57,8 +54,8 @@ def report(run_dir: str | Path) -> dict:
         "dashed: exact theory (GD at the training η, GD re-tuned per a) and the zero predictor",
     )  # fmt: skip
     # interpolation
-    interp = [{**r, "t": float(r["metric"].split("=")[1]), "metric": "interp_half_mse", "value": r["value"] / 2}
-              for r in rows if r["metric"].startswith("interp:t=")]  # fmt: skip
+    interp = [{**r, "t": r["param"], "metric": "interp_half_mse", "value": r["value"] / 2}
+              for r in rows if r["metric"] == "interp_loss"]  # fmt: skip
     figs += line_plot(
         interp, run_dir / "figures" / "interpolation", x="t", metric="interp_half_mse", ylabel="½·MSE on the query",
         xlabel="t: (1 − t)·θ_trained (aligned) + t·θ_Prop.1", title="Interpolating trained and constructed weights",

@@ -31,12 +31,10 @@ FIGURES = {
 }  # fmt: skip
 
 
-def _log_stats(rows, method: str, L: int) -> tuple[float, float, float, int]:
+def _log_stats(rows, setting: str, method: str, L: int) -> tuple[float, float, float, int]:
     """Mean over seeds of log(test loss) with its 95% t-interval."""
-    agg = aggregate(
-        [{**r, "value": math.log(r["value"])} for r in select(rows, method=method, depth=L, metric="test_loss")],
-        keys=("method",),
-    )
+    picked = select(rows, setting=setting, method=method, depth=L, metric="test_loss")
+    agg = aggregate([{**r, "value": math.log(r["value"])} for r in picked], keys=("method",))
     return agg.get((method,), (float("nan"),) * 3 + (0,))
 
 
@@ -46,7 +44,7 @@ def render(run_dir, rows, cfg: dict) -> dict:
 
     run_dir = Path(run_dir)
     depths = sorted({r["depth"] for r in rows if r["depth"] > 0 and r["metric"] == "test_loss"})
-    settings = [s for s in SETTINGS if any(r["method"].startswith(s + ":") for r in rows)]
+    settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]
     seeds = sorted({r["seed"] for r in rows})
     out: dict = {"log_test_loss": {}}
     lines = [
@@ -61,12 +59,12 @@ def render(run_dir, rows, cfg: dict) -> dict:
         "",
     ]
     for setting in settings:
-        names = [m for m in LINES[setting] if select(rows, method=f"{setting}:{m}", metric="test_loss")]
+        names = [m for m in LINES[setting] if select(rows, setting=setting, method=m, metric="test_loss")]
         table = []
         for m in names:
             row = [m, FIGURE_OF.get(m, "")]
             for L in depths:
-                mean, lo, hi, k = _log_stats(rows, f"{setting}:{m}", L)
+                mean, lo, hi, k = _log_stats(rows, setting, m, L)
                 out["log_test_loss"].setdefault(setting, {}).setdefault(m, {})[L] = mean
                 paper = PAPER_FIGURES.get((setting, m), {}).get(L)
                 if m == "cg_n19" and setting == "noniso":
@@ -78,8 +76,8 @@ def render(run_dir, rows, cfg: dict) -> dict:
                     cell += f" (paper {paper:+.2f})"
                 row.append(cell)
             table.append(row)
-        zero = select(rows, method=f"{setting}:zero_predictor", metric="test_loss")
-        theory = select(rows, method=f"{setting}:theory_ahn_thm1", metric="test_loss")
+        zero = select(rows, setting=setting, method="zero_predictor", metric="test_loss")
+        theory = select(rows, setting=setting, method="theory_ahn_thm1", metric="test_loss")
         lines += [f"## {setting}: log(test loss) against L", ""]
         lines.append(markdown_table(["method", "paper fig.", *[f"L = {L}" for L in depths]], table))
         lines.append("")
@@ -90,8 +88,7 @@ def render(run_dir, rows, cfg: dict) -> dict:
                 f"{math.log(cfg['d'] * (cfg['d'] + 1) / (cfg['n'] + cfg['d'] + 1)):+.3f})."
             )
             lines.append("")
-        sub = [r for r in rows if r["method"].startswith(setting + ":") and r["metric"] == "test_loss"]
-        sub = [{**r, "method": r["method"].split(":", 1)[1]} for r in sub if r["method"].split(":", 1)[1] in names]
+        sub = [r for r in select(rows, setting=setting, metric="test_loss") if r["method"] in names]
         for panel, members in FIGURES.items():  # two panels of at most ten lines, one colour each
             part = [r for r in sub if r["method"] in members]
             if not part:
@@ -111,16 +108,16 @@ def render(run_dir, rows, cfg: dict) -> dict:
 
 
 def _heads_section(rows, depths, out) -> list[str]:
-    if not select(rows, method="noniso:lfom_scalar_h5"):
+    if not select(rows, setting="noniso", method="lfom_scalar_h5"):
         return []
     table = []
     for L in depths:
-        one = _log_stats(rows, "noniso:lfom_scalar", L)[0]
-        five = _log_stats(rows, "noniso:lfom_scalar_h5", L)[0]
-        diff = [r["value"] for r in select(rows, method="noniso:lfom_scalar_h5", depth=L,
+        one = _log_stats(rows, "noniso", "lfom_scalar", L)[0]
+        five = _log_stats(rows, "noniso", "lfom_scalar_h5", L)[0]
+        diff = [r["value"] for r in select(rows, setting="noniso", method="lfom_scalar_h5", depth=L,
                                            metric="collapse_max_abs_diff")]  # fmt: skip
-        kry = _log_stats(rows, "noniso:krylov", L)[0]
-        floor = _log_stats(rows, "noniso:lfom_shared_class", L)[0]
+        kry = _log_stats(rows, "noniso", "krylov", L)[0]
+        floor = _log_stats(rows, "noniso", "lfom_shared_class", L)[0]
         table.append([L, f"{one:+.3f}", f"{five:+.3f}", f"{floor:+.3f}", f"{kry:+.3f}",
                       fmt(max(diff) if diff else float("nan"))])  # fmt: skip
     out["heads"] = {str(r[0]): {"one": r[1], "five": r[2]} for r in table}
@@ -145,13 +142,13 @@ def _krylov_section(rows, depths) -> list[str]:
     table = []
     for m in ("lt_scalar", "cgd_scalar", "lfom_scalar", "lfom_scalar_h5", "heavy_ball_tuned", "gd_tuned",
               "pgd_tuned", "cgd_full", "lfom_full", "lt_full", "cg"):  # fmt: skip
-        if not select(rows, method=f"noniso:{m}"):
+        if not select(rows, setting="noniso", method=m):
             continue
         row = [m]
         for L in depths:
-            mine = _log_stats(rows, f"noniso:{m}", L)[0]
-            kry = _log_stats(rows, "noniso:krylov", L)[0]
-            pre = _log_stats(rows, "noniso:krylov_pre", L)[0]
+            mine = _log_stats(rows, "noniso", m, L)[0]
+            kry = _log_stats(rows, "noniso", "krylov", L)[0]
+            pre = _log_stats(rows, "noniso", "krylov_pre", L)[0]
             row.append(f"{mine - kry:+.3f} / {mine - pre:+.3f}")
         table.append(row)
     if not table:
@@ -172,18 +169,18 @@ def _findings(rows, depths, cfg) -> list[str]:
     """Where the paper's claims hold and where they do not, stated from the numbers."""
 
     def v(m, L, setting="noniso"):
-        return _log_stats(rows, f"{setting}:{m}", L)[0]
+        return _log_stats(rows, setting, m, L)[0]
 
     Lmax = max(depths)
     out = ["## Claims checked", ""]
-    if select(rows, method="noniso:cg_n19"):
+    if select(rows, setting="noniso", method="cg_n19"):
         cg20 = ", ".join(f"{v('cg', L):+.2f}" for L in depths)
         cg19 = ", ".join(f"{v('cg_n19', L):+.2f}" for L in depths)
         pub = ", ".join(f"{PAPER_CG_LOG[L]:+.2f}" for L in depths if L in PAPER_CG_LOG)
         se = []
         for L in depths:  # s.e. of a log-loss estimated from 1000 prompts, as the authors' printed values were
-            est = select(rows, method="noniso:cg_n19", depth=L, metric="test_loss_stderr")
-            mean = select(rows, method="noniso:cg_n19", depth=L, metric="test_loss")
+            est = select(rows, setting="noniso", method="cg_n19", depth=L, metric="test_loss_stderr")
+            mean = select(rows, setting="noniso", method="cg_n19", depth=L, metric="test_loss")
             if est and mean:
                 se.append(est[0]["value"] / mean[0]["value"] * math.sqrt(cfg["test_prompts"] / 1000))
         gap = max(abs(v("cg_n19", L) - PAPER_CG_LOG[L]) for L in depths if L in PAPER_CG_LOG)
@@ -197,34 +194,34 @@ def _findings(rows, depths, cfg) -> list[str]:
             "(≈ +0.5 at L = 1) are less precise than the printed notebook values."
         )
     checks = []
-    if select(rows, method="noniso:cgd_scalar") and select(rows, method="noniso:lt_scalar"):
+    if select(rows, setting="noniso", method="cgd_scalar") and select(rows, setting="noniso", method="lt_scalar"):
         checks.append(("CGD-like Memformer (Q = q·I) beats the LT without preconditioning (Fig. 1a)",
                        v("cgd_scalar", Lmax) < v("lt_scalar", Lmax)))  # fmt: skip
-    if select(rows, method="noniso:cgd_scalar"):
+    if select(rows, setting="noniso", method="cgd_scalar"):
         checks.append((f"CGD-like Memformer (Q = q·I) is behind per-prompt CG at L = {Lmax} (Fig. 1a)",
                        v("cgd_scalar", Lmax) > v("cg", Lmax)))  # fmt: skip
-    if select(rows, method="noniso:cgd_full"):
+    if select(rows, setting="noniso", method="cgd_full"):
         checks.append((f"CGD-like Memformer with full A beats per-prompt CG at L = {Lmax} (Fig. 1b)",
                        v("cgd_full", Lmax) < v("cg", Lmax)))  # fmt: skip
-    if select(rows, method="noniso:lfom_full"):
+    if select(rows, setting="noniso", method="lfom_full"):
         checks.append((f"LFOM Memformer (full A, full Γ) beats the preconditioned LT at L = {Lmax} (Fig. 2a)",
                        v("lfom_full", Lmax) < v("lt_full", Lmax)))  # fmt: skip
         checks.append((f"LFOM Memformer beats per-prompt CG at L = {Lmax} (Fig. 2a)",
                        v("lfom_full", Lmax) < v("cg", Lmax)))  # fmt: skip
-        if select(rows, method="noniso:pgd_tuned"):
+        if select(rows, setting="noniso", method="pgd_tuned"):
             checks.append((f"Memformers do not radically outperform preconditioned GD (§6.1): LFOM within 0.5 "
                            f"log-units of tuned PGD at L = {Lmax}",
                            abs(v("lfom_full", Lmax) - v("pgd_tuned", Lmax)) < 0.5))  # fmt: skip
-    if select(rows, method="iso:lfom_full") and select(rows, method="iso:lt_full"):
+    if select(rows, setting="iso", method="lfom_full") and select(rows, setting="iso", method="lt_full"):
         checks.append(("Isotropic: the LFOM Memformer is not better than the LT (Fig. 2b), within 0.1 log-units",
                        v("lfom_full", Lmax, "iso") > v("lt_full", Lmax, "iso") - 0.1))  # fmt: skip
-    if select(rows, method="noniso:lfom_scalar_h5"):
+    if select(rows, setting="noniso", method="lfom_scalar_h5"):
         checks.append(
             ("5 heads better than 1 head (Fig. 5)", v("lfom_scalar_h5", Lmax) < v("lfom_scalar", Lmax) - 0.02)
         )
     for text, ok in checks:
         out.append(f"- {text}: **{'holds' if ok else 'does not hold'}** here.")
-    if select(rows, method="noniso:lt_scalar") and select(rows, method="noniso:cgd_scalar"):
+    if select(rows, setting="noniso", method="lt_scalar") and select(rows, setting="noniso", method="cgd_scalar"):
         kry = v("krylov", Lmax)
         out.append(
             f"- **No preconditioning (Q = q·I).** At L = {Lmax} the plain LT with per-layer scalar steps is "
@@ -235,7 +232,8 @@ def _findings(rows, depths, cfg) -> list[str]:
             "this bound, which no shared-coefficient model can do on fresh prompts (the figure reading, ±0.3, is "
             "off, or the curve was not measured on fresh prompts); its LT reading matches ours."
         )
-    if select(rows, method="noniso:lfom_scalar") and select(rows, method="noniso:lfom_shared_class"):
+    if select(rows, setting="noniso", method=("lfom_scalar",)) and select(rows, setting="noniso",
+                                                                          method="lfom_shared_class"):
         out.append(
             f"- **Scalar-Γ LFOM.** 1 head {v('lfom_scalar', Lmax):+.3f}, 5 heads {v('lfom_scalar_h5', Lmax):+.3f}, "
             f"floor of the shared-Γ class {v('lfom_shared_class', Lmax):+.3f} (Krylov {v('krylov', Lmax):+.3f}): "
@@ -243,7 +241,7 @@ def _findings(rows, depths, cfg) -> list[str]:
             "strictly smaller class than the Krylov one. Same function class for 1 and 5 heads (collapse check), "
             "same loss: Fig. 5's gap is not an expressivity effect."
         )
-    if select(rows, method="noniso:lt_full") and select(rows, method="noniso:pgd_tuned"):
+    if select(rows, setting="noniso", method="lt_full") and select(rows, setting="noniso", method="pgd_tuned"):
         out.append(
             f"- **Full A.** CGD-like {v('cgd_full', Lmax):+.3f}, LFOM {v('lfom_full', Lmax):+.3f}, LT (Pre) "
             f"{v('lt_full', Lmax):+.3f}, tuned PGD with the true Σ⁻¹ {v('pgd_tuned', Lmax):+.3f}, per-prompt CG "
@@ -251,7 +249,7 @@ def _findings(rows, depths, cfg) -> list[str]:
             "is optimisation at this budget, not expressivity; no learned model beats preconditioned GD."
         )
     for m in ("cgd_scalar", "lfom_scalar", "lt_scalar"):
-        if select(rows, method=f"noniso:{m}"):
+        if select(rows, setting="noniso", method=m):
             gaps = [v(m, L) - v("krylov", L) for L in depths]
             out.append(f"- {m} stays above the shared-coefficient Krylov bound at every L (min gap "
                        f"{min(gaps):+.3f}): {'yes' if min(gaps) > -1e-3 else 'NO (check)'}.")  # fmt: skip

@@ -23,16 +23,16 @@ from experiments.reporting import (
 # -- report --------------------------------------------------------------------------------------------------
 
 
-def _mean(rows, method, L, metric="adjusted_loss") -> tuple[float, float, float, int]:
-    agg = aggregate(select(rows, method=method, depth=L, metric=metric), keys=("method",))
+def _mean(rows, noise, method, L, metric="adjusted_loss") -> tuple[float, float, float, int]:
+    agg = aggregate(select(rows, setting=noise, method=method, depth=L, metric=metric), keys=("method",))
     return agg.get((method,), (float("nan"),) * 3 + (0,))
 
 
-def _flags(rows, method, L) -> str:
+def _flags(rows, noise, method, L) -> str:
     """† when a few test prompts dominate the mean (s.e. > 30% of it), ‡ when the learning rate was lowered."""
-    lr = [r["value"] for r in select(rows, method=method, depth=L, metric="lr_used")]
-    base = [r["value"] for r in select(rows, method=method, metric="lr_used")]
-    out = " †" if dominated_by_few(rows, method, L, "adjusted_loss", floor=0.05) else ""
+    lr = [r["value"] for r in select(rows, setting=noise, method=method, depth=L, metric="lr_used")]
+    base = [r["value"] for r in select(rows, setting=noise, method=method, metric="lr_used")]
+    out = " †" if dominated_by_few(rows, method, L, "adjusted_loss", floor=0.05, setting=noise) else ""
     return out + (" ‡" if lr and base and min(lr) < max(base) else "")
 
 
@@ -48,10 +48,10 @@ def _cell(stats) -> str:
 
 def render(run_dir, rows, cfg: dict) -> dict:
     run_dir = Path(run_dir)
-    noises = list(dict.fromkeys(r["method"].split(":", 1)[0] for r in rows))
-    depths = sorted({r["depth"] for r in rows if r["metric"] == "adjusted_loss" and ":theory" not in r["method"]})
+    noises = list(dict.fromkeys(r["setting"] for r in rows))
+    depths = sorted({r["depth"] for r in select(rows, metric="adjusted_loss") if not r["method"].startswith("theory")})
     seeds = sorted({r["seed"] for r in rows})
-    modes = [m for m in MODES if any(r["method"].endswith(":" + m) for r in rows)]
+    modes = [m for m in MODES if any(r["method"] == m for r in rows)]
     out: dict = {"adjusted_loss": {}}
     lines = [
         f"# {NAME}: FULL / DIAG / GD++ linear transformers on noisy regression (Vladymyrov et al. 2024)",
@@ -69,14 +69,14 @@ def render(run_dir, rows, cfg: dict) -> dict:
     table = []
     for noise in noises:
         for m in (*modes, "const_rr", "ada_rr", "ols"):
-            if not select(rows, method=f"{noise}:{m}"):
+            if not select(rows, setting=noise, method=m):
                 continue
-            cells = [_cell(_mean(rows, f"{noise}:{m}", L)) + _flags(rows, f"{noise}:{m}", L) for L in depths]
+            cells = [_cell(_mean(rows, noise, m, L)) + _flags(rows, noise, m, L) for L in depths]
             for L in depths:
-                out["adjusted_loss"].setdefault(noise, {}).setdefault(m, {})[L] = _mean(rows, f"{noise}:{m}", L)[0]
+                out["adjusted_loss"].setdefault(noise, {}).setdefault(m, {})[L] = _mean(rows, noise, m, L)[0]
             table.append([noise, m, *cells])
-        oracle = _mean(rows, f"{noise}:oracle", depths[0], "test_loss")[0]
-        theory = select(rows, method=f"{noise}:theory_1layer_gd", metric="adjusted_loss")
+        oracle = _mean(rows, noise, "oracle", depths[0], "test_loss")[0]
+        theory = select(rows, setting=noise, method="theory_1layer_gd", metric="adjusted_loss")
         if theory:
             th = sum(r["value"] for r in theory) / len(theory)
             table.append(
@@ -99,13 +99,8 @@ def render(run_dir, rows, cfg: dict) -> dict:
         lines += _noiseless_section(rows, noiseless, modes, depths, cfg)
     lines += _findings(rows, noises, modes, depths)
     for noise in noises:
-        sub = [
-            {**r, "method": r["method"].split(":", 1)[1]}
-            for r in rows
-            if r["method"].startswith(noise + ":") and r["metric"] == "adjusted_loss"
-            and r["method"].split(":", 1)[1] in (*modes, "const_rr", "ada_rr")
-            and r["value"] > 0
-        ]  # fmt: skip
+        sub = [r for r in select(rows, setting=noise, metric="adjusted_loss")
+               if r["method"] in (*modes, "const_rr", "ada_rr") and r["value"] > 0]  # fmt: skip
         stem = "adjusted_" + noise.replace("(", "").replace(")", "").replace(",", "-").replace("{", "").replace("}", "")
         line_plot(
             sub, run_dir / "figures" / stem, metric="adjusted_loss", ylabel="adjusted loss (MSE − oracle MSE)",
@@ -122,7 +117,7 @@ def _noiseless_section(rows, noise, modes, depths, cfg) -> list[str]:
     table = []
     for m in modes:
         for L in depths:
-            mean = _mean(rows, f"{noise}:{m}", L)[0]
+            mean = _mean(rows, noise, m, L)[0]
             pub = PAPER_NOISELESS_HALF_MSE[m].get(L)
             table.append([m, L, f"{mean:.4g}", f"{mean / 2:.4g}", "–" if pub is None else f"{pub:.3g}",
                           "–" if pub is None else f"{2 * pub:.4g}",
@@ -151,7 +146,7 @@ def _findings(rows, noises, modes, depths) -> list[str]:
     for noise in noises:
         if noise == "U(0,0)":
             continue
-        v = {m: _mean(rows, f"{noise}:{m}", Lmax)[0] for m in (*modes, "const_rr", "ada_rr")}
+        v = {m: _mean(rows, noise, m, Lmax)[0] for m in (*modes, "const_rr", "ada_rr")}
         const, ada = v["const_rr"], v["ada_rr"]
         parts = []
         if "gdpp" in v:
