@@ -182,14 +182,14 @@ def run(cfg: ManifoldAdamConfig, ctx: RunContext) -> dict:
                 res = train_timed(ctx, cfg, method, seed, model, dist, cfg.train, streams, opt,
                                   monitor=lambda s=stiefel: violation(s), monitor_every=cfg.monitor_every)  # fmt: skip
                 test = evaluate_model(res["trainer"].model, dist, streams, cfg.test_prompts) if res["trainer"] else None
-                add_run_rows(rows, method, seed, res, test)
+                add_run_rows(rows, method_name, lr, seed, res, test)
                 final = res["evals"][-1]["eval_loss"] if res["evals"] and res["trainer"] else float("nan")
                 viol = res["samples"][-1][1] if res["samples"] else float("nan")
                 ctx.print(f"seed {seed} {method:<28} final val {final:.4g}  violation {viol:.2e}  {res['status'][:50]}")
         gd, etas = tuned_gd(dist, streams, cfg.model.layers, cfg.tune_prompts, cfg.test_prompts)
         rows.add("tuned_gd", cfg.model.layers, seed, "test_loss", gd)
         for i, e in enumerate(etas):
-            rows.add("tuned_gd", i + 1, seed, "step_size", e)
+            rows.add("tuned_gd", cfg.model.layers, seed, "step_size", e, k=i + 1)
         rows.add("zero_predictor", 0, seed, "test_loss", zero_predictor_loss(cfg.prompt))
         opt1 = one_layer_optimum(dist.Sigma, cfg.prompt.n, cfg.prompt.w_prior, cfg.prompt.mean_noise_var())
         rows.add("theory_ahn_thm1_one_layer", 1, seed, "test_loss", opt1.loss)

@@ -286,13 +286,14 @@ def run(cfg: NewtonVsGDConfig, ctx: RunContext) -> dict:
             for ref, (iters, steps) in refs.items():
                 c = compare(probed, prompts, iters, generator=streams.generator("simw", "cpu"))
                 for layer in range(c.sim_e.shape[0]):
-                    rows.add(f"{name}:{ref}", layer, seed, "layer_loss", c.loss_model[layer])
+                    key = dict(reference=ref, layer=layer)
+                    rows.add(name, 0, seed, "layer_loss", c.loss_model[layer], **key)
                     for j, t in enumerate(steps):
-                        rows.add(f"{name}:{ref}", layer, seed, f"sim_e@{t}", c.sim_e[layer, j])
-                        rows.add(f"{name}:{ref}", layer, seed, f"sim_w@{t}", c.sim_w[layer, j])
-                    rows.add(f"{name}:{ref}", layer, seed, "best_step_sime", steps[int(c.best_step_sime[layer])])
-                    rows.add(f"{name}:{ref}", layer, seed, "best_step_simw", steps[int(c.best_step_simw[layer])])
-                    rows.add(f"{name}:{ref}", layer, seed, "best_sime", float(c.sim_e[layer].max()))
+                        rows.add(name, 0, seed, "sim_e", c.sim_e[layer, j], k=t, **key)
+                        rows.add(name, 0, seed, "sim_w", c.sim_w[layer, j], k=t, **key)
+                    rows.add(name, 0, seed, "best_step_sime", steps[int(c.best_step_sime[layer])], **key)
+                    rows.add(name, 0, seed, "best_step_simw", steps[int(c.best_step_simw[layer])], **key)
+                    rows.add(name, 0, seed, "best_sime", float(c.sim_e[layer].max()), **key)
             ctx.print(f"seed {seed} {name}: compared with Newton and GD")
         rows.write(ctx)
     from experiments.reports.newton_vs_gd import report  # the report module imports matplotlib

@@ -13,8 +13,8 @@
 
 The report side (learning-rate selection, the sweep table, the curve plots) is :mod:`experiments.reports.sweep`.
 
-Rows: ``method`` is ``"{name}@{lr:g}"``; curve metrics (``val_loss``, ``wall_s``, ``violation``) carry the
-training step in the ``depth`` column; final metrics use depth 0.
+Rows: the columns ``method`` and ``lr`` name a run; curve metrics (``val_loss``, ``wall_s``, ``violation``) carry
+the training step in the ``train_step`` column; depth is 0 (the model's depth is in the config).
 """
 
 from __future__ import annotations
@@ -139,23 +139,23 @@ def train_timed(
     return dict(trainer=trainer, evals=evals, elapsed=elapsed, samples=samples, status=status)
 
 
-def add_run_rows(rows: Rows, method: str, seed: int, run: Mapping[str, Any], test=None) -> None:
-    """Curve and final rows of one (method@lr, seed) run."""
+def add_run_rows(rows: Rows, method: str, lr: float, seed: int, run: Mapping[str, Any], test=None) -> None:
+    """Curve and final rows of one (method, lr, seed) run."""
     elapsed = run["elapsed"]
     for e in run["evals"]:
         step = int(e["step"])
-        rows.add(method, step, seed, "val_loss", e["eval_loss"])
-        rows.add(method, step, seed, "wall_s", elapsed[min(step, len(elapsed) - 1)])
+        rows.add(method, 0, seed, "val_loss", e["eval_loss"], lr=lr, train_step=step)
+        rows.add(method, 0, seed, "wall_s", elapsed[min(step, len(elapsed) - 1)], lr=lr, train_step=step)
     for step, v in run["samples"]:
-        rows.add(method, step, seed, "violation", v)
+        rows.add(method, 0, seed, "violation", v, lr=lr, train_step=step)
     diverged = run["trainer"] is None
     final = run["evals"][-1]["eval_loss"] if run["evals"] and not diverged else float("inf")
-    rows.add(method, 0, seed, "final_val_loss", final)
-    rows.add(method, 0, seed, "diverged", float(diverged))
+    rows.add(method, 0, seed, "final_val_loss", final, lr=lr)
+    rows.add(method, 0, seed, "diverged", float(diverged), lr=lr)
     steps = max(len(elapsed) - 1, 1)
-    rows.add(method, 0, seed, "time_per_step_ms", 1e3 * elapsed[-1] / steps)
+    rows.add(method, 0, seed, "time_per_step_ms", 1e3 * elapsed[-1] / steps, lr=lr)
     if test is not None:
-        rows.add_loss(method, 0, seed, test)
+        rows.add_loss(method, 0, seed, test, lr=lr)
 
 
 def evaluate(model: nn.Module, dist: PromptDistribution, streams: Streams, count: int):

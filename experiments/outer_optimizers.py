@@ -163,13 +163,13 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
                 opt = build_optimizer(name, model.to(ctx.device, cfg.train.torch_dtype), lr, cfg, streams)
                 res = train_timed(ctx, cfg, method, seed, model, dist, cfg.train, streams, opt)
                 test = evaluate_model(res["trainer"].model, dist, streams, cfg.test_prompts) if res["trainer"] else None
-                add_run_rows(rows, method, seed, res, test)
+                add_run_rows(rows, name, lr, seed, res, test)
                 final = res["evals"][-1]["eval_loss"] if res["evals"] and res["trainer"] else float("nan")
                 ctx.print(f"seed {seed} {method:<24} final val {final:.4g}  {res['status'][:60]}")
         pgd, etas = tuned_pgd(dist, streams, cfg.model.layers, cfg.tune_prompts, cfg.test_prompts)
         rows.add("tuned_pgd_sigma_inv", cfg.model.layers, seed, "test_loss", pgd)
         for i, e in enumerate(etas):
-            rows.add("tuned_pgd_sigma_inv", i + 1, seed, "step_size", e)
+            rows.add("tuned_pgd_sigma_inv", cfg.model.layers, seed, "step_size", e, k=i + 1)
         rows.add("zero_predictor", 0, seed, "test_loss", zero_predictor_loss(cfg.prompt))
         rows.write(ctx)
     from experiments.reports.outer_optimizers import report  # the report module imports matplotlib

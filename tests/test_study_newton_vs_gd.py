@@ -6,8 +6,8 @@ import torch
 
 from experiments.cli import main
 from experiments.newton_vs_gd import gd_iterates, gd_steps_grid
-from experiments.reports.newton_vs_gd import steps_to_reach
 from experiments.reporting import load_run
+from experiments.reports.newton_vs_gd import steps_to_reach
 from reference_optimizers import gradient_descent
 
 SMALL = ["--set", "lsa_train.steps=20", "--set", "gpt_train.steps=10", "--set", "compare_prompts=16",

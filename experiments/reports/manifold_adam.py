@@ -13,6 +13,7 @@ from experiments.reports.sweep import (
     best_final,
     curve_plot,
     curves,
+    grid_table,
     select_lrs,
     sweep_table,
 )
@@ -61,12 +62,7 @@ def report(run_dir) -> dict:
           ci(e["seconds_to_target"]), e["reached"], fmt(e["ms_per_step"][0]), fmt(max_violation(e["method"])),
           fmt(final_violation(e["method"]))] for e in table],
     )  # fmt: skip
-    grid_rows = sorted({r["method"] for r in rows if r["metric"] == "final_val_loss"})
-    grid = markdown_table(
-        ["method@lr", "mean final val MSE", "diverged seeds"],
-        [[m, mean_value(rows, m, "final_val_loss"),
-          int(sum(r["value"] for r in rows if r["method"] == m and r["metric"] == "diverged"))] for m in grid_rows],
-    )  # fmt: skip
+    grid = markdown_table(["method", "lr", "mean final val MSE", "diverged seeds"], grid_table(rows))
     by = {e["name"]: e for e in table}
     cmp = ""
     if "manifold_adam" in by and "adam_unconstrained" in by:

@@ -17,23 +17,23 @@ from experiments.reporting import fmt, load_run, markdown_table, mean_ci, write_
 from icl.plotting import plt, save_figure, set_theme
 
 
-def _sim_matrix(rows, method: str, metric: str) -> tuple[np.ndarray, list[int], list[int]]:
-    """Mean over seeds of a layer × step similarity."""
+def _sim_matrix(rows, model: str, ref: str, metric: str) -> tuple[np.ndarray, list[int], list[int]]:
+    """Mean over seeds of a layer × reference-step similarity of ``model`` against reference ``ref``."""
     acc: dict[tuple[int, int], list[float]] = defaultdict(list)
     for r in rows:
-        if r["method"] == method and r["metric"].startswith(metric + "@"):
-            acc[(r["depth"], int(r["metric"].split("@")[1]))].append(r["value"])
+        if r["method"] == model and r["reference"] == ref and r["metric"] == metric:
+            acc[(r["layer"], r["k"])].append(r["value"])
     layers = sorted({k[0] for k in acc})
     steps = sorted({k[1] for k in acc})
     M = np.array([[np.mean(acc[(ell, t)]) for t in steps] for ell in layers])
     return M, layers, steps
 
 
-def heatmap(rows, method: str, stem, title: str) -> list:
+def heatmap(rows, model: str, ref: str, stem, title: str) -> list:
     import seaborn as sns
 
     set_theme()
-    M, layers, steps = _sim_matrix(rows, method, "sim_e")
+    M, layers, steps = _sim_matrix(rows, model, ref, "sim_e")
     if M.size == 0:
         return []
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(steps)), 0.45 * len(layers) + 1.6))
@@ -50,11 +50,12 @@ def heatmap(rows, method: str, stem, title: str) -> list:
     return save_figure(fig, stem)
 
 
-def best_steps(rows, method: str, metric: str = "best_step_sime") -> dict[int, tuple[float, float, float]]:
+def best_steps(rows, model: str, ref: str, metric: str = "best_step_sime") -> dict[int, tuple[float, float, float]]:
+    """Per layer, the mean over seeds (and 95% interval) of ``metric`` of ``model`` against reference ``ref``."""
     acc: dict[int, list[float]] = defaultdict(list)
     for r in rows:
-        if r["method"] == method and r["metric"] == metric:
-            acc[r["depth"]].append(r["value"])
+        if r["method"] == model and r["reference"] == ref and r["metric"] == metric:
+            acc[r["layer"]].append(r["value"])
     return {k: mean_ci(v) for k, v in sorted(acc.items())}
 
 
@@ -85,17 +86,17 @@ def report(run_dir) -> dict:
     cfg = NewtonVsGDConfig.from_dict(saved["config"])
     fig_dir = run_dir / "figures"
     figs = []
-    models = [m for m in cfg.models if any(r["method"].startswith(m + ":") for r in rows)]
+    models = [m for m in cfg.models if any(r["method"] == m and r["reference"] for r in rows)]
     for m in models:
         for ref, label in (("newton", "iterative Newton (Fu code scaling)"), ("gd", "GD, tuned constant step")):
-            figs += heatmap(rows, f"{m}:{ref}", fig_dir / f"heatmap_{m}_{ref}", f"{m}: SimE per layer vs {label}")
+            figs += heatmap(rows, m, ref, fig_dir / f"heatmap_{m}_{ref}", f"{m}: SimE per layer vs {label}")
     # best-matching steps against depth
     set_theme()
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, ref in zip(axes, ("newton", "gd")):
         for m, c in zip(models, colors):
-            b = best_steps(rows, f"{m}:{ref}")
+            b = best_steps(rows, m, ref)
             xs = np.array(list(b))
             mean = np.array([v[0] for v in b.values()])
             ax.plot(xs, mean, "o-", color=c, label=m)
@@ -124,10 +125,10 @@ def report(run_dir) -> dict:
     gd_loss = reference_losses(rows, "gd")
     tables, summary_models = [], {}
     for m in models:
-        bn, bg = best_steps(rows, f"{m}:newton"), best_steps(rows, f"{m}:gd")
-        sn = best_steps(rows, f"{m}:newton", "best_sime")
-        sg = best_steps(rows, f"{m}:gd", "best_sime")
-        ll = best_steps(rows, f"{m}:newton", "layer_loss")
+        bn, bg = best_steps(rows, m, "newton"), best_steps(rows, m, "gd")
+        sn = best_steps(rows, m, "newton", "best_sime")
+        sg = best_steps(rows, m, "gd", "best_sime")
+        ll = best_steps(rows, m, "newton", "layer_loss")
         body = markdown_table(
             ["layer", "layer MSE", "best Newton step (SimE)", "SimE there", "best GD step (SimE)", "SimE there",
              "Fu et al. Newton step"],

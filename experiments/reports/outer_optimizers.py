@@ -14,6 +14,7 @@ from experiments.reporting import fmt, load_run, markdown_table, mean_value, wri
 from experiments.reports.sweep import (
     best_final,
     curve_plot,
+    grid_table,
     select_lrs,
     sweep_table,
 )
@@ -63,12 +64,7 @@ def report(run_dir) -> dict:
             f"{cfg.target_factor:g}× tolerance (steps to target: {ci(best_rf['steps_to_target'])} vs "
             f"{ci(best_rb['steps_to_target'])})."
         )
-    grid_rows = sorted({r["method"] for r in rows if r["metric"] == "final_val_loss"})
-    grid = markdown_table(
-        ["optimizer@lr", "mean final val MSE", "diverged seeds"],
-        [[m, mean_value(rows, m, "final_val_loss"),
-          int(sum(r["value"] for r in rows if r["method"] == m and r["metric"] == "diverged"))] for m in grid_rows],
-    )  # fmt: skip
+    grid = markdown_table(["optimizer", "lr", "mean final val MSE", "diverged seeds"], grid_table(rows))
     best_txt = f"{fmt(table[0]['test'][0])} ({table[0]['name']})" if table else "–"
     paper_rows = (
         f'| best test MSE, {cfg.model.layers}-layer LSA | {best_txt} | Ahn et al.: "converges to an almost 0 value" '
@@ -114,7 +110,7 @@ Thm 3 only says the family contains critical points), and a model above it is un
 
 Figures: `figures/loss_vs_steps.png`, `figures/loss_vs_time.png` (the time axis is the mean over seeds of the
 wall-clock seconds at each step, measured on a shared machine: compare ms/step only within one run).
-Rows: results.csv (method `name@lr`; curve metrics carry the step in `depth`).
+Rows: results.csv (columns `method` and `lr` name a run; curve metrics carry the step in `train_step`).
 """
     write_report(run_dir, text)
     return {

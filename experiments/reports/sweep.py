@@ -14,10 +14,12 @@ import numpy as np
 from experiments.reporting import mean_ci
 from icl.plotting import plt, save_figure, set_theme
 
+#: a run of the sweep: (method, lr), the columns ``method`` and ``lr`` of its rows
+Run = tuple[str, float]
 
-def split_method(method: str) -> tuple[str, float]:
-    name, _, lr = method.partition("@")
-    return name, float(lr) if lr else float("nan")
+
+def run_key(row: Mapping[str, Any]) -> Run:
+    return row["method"], row["lr"]
 
 
 def _finite_mean(values: Sequence[float]) -> float:
@@ -25,28 +27,28 @@ def _finite_mean(values: Sequence[float]) -> float:
     return float(np.mean(v)) if len(v) == len(values) and v else float("inf")
 
 
-def select_lrs(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """Per method name, the ``name@lr`` whose mean final held-out loss over seeds is lowest (a diverged
+def select_lrs(rows: Sequence[Mapping[str, Any]]) -> dict[str, Run]:
+    """Per method, the run (method, lr) whose mean final held-out loss over seeds is lowest (a diverged
     seed disqualifies that lr)."""
-    finals: dict[str, list[float]] = defaultdict(list)
+    finals: dict[Run, list[float]] = defaultdict(list)
     for r in rows:
         if r["metric"] == "final_val_loss":
-            finals[r["method"]].append(r["value"])
-    best: dict[str, tuple[float, str]] = {}
+            finals[run_key(r)].append(r["value"])
+    best: dict[str, tuple[float, Run]] = {}
     for method, vals in finals.items():
-        name, _ = split_method(method)
+        name = method[0]
         score = _finite_mean(vals)
         if name not in best or score < best[name][0]:
             best[name] = (score, method)
     return {name: m for name, (_, m) in best.items()}
 
 
-def curves(rows: Sequence[Mapping[str, Any]], method: str, metric: str) -> dict[int, dict[int, float]]:
-    """{seed: {step: value}} of a curve metric."""
+def curves(rows: Sequence[Mapping[str, Any]], method: Run, metric: str) -> dict[int, dict[int, float]]:
+    """{seed: {training step: value}} of a curve metric of the run ``method`` = (method, lr)."""
     out: dict[int, dict[int, float]] = defaultdict(dict)
     for r in rows:
-        if r["method"] == method and r["metric"] == metric:
-            out[r["seed"]][r["depth"]] = r["value"]
+        if run_key(r) == method and r["metric"] == metric and r["train_step"] is not None:
+            out[r["seed"]][r["train_step"]] = r["value"]
     return out
 
 
@@ -68,14 +70,14 @@ def sweep_table(rows: Sequence[Mapping[str, Any]], target: float) -> list[dict[s
             s = first_reach(curve, target)
             steps.append(s if s is not None else float("nan"))
             secs.append(walls[seed].get(s, float("nan")) if s is not None else float("nan"))
-        get = {m: [r["value"] for r in rows if r["method"] == method and r["metric"] == m] for m in
+        get = {m: [r["value"] for r in rows if run_key(r) == method and r["metric"] == m] for m in
                ("test_loss", "final_val_loss", "time_per_step_ms", "diverged")}  # fmt: skip
         reached = [s for s in steps if math.isfinite(s)]
         table.append(
             dict(
                 name=name,
                 method=method,
-                lr=split_method(method)[1],
+                lr=method[1],
                 test=mean_ci(get["test_loss"]),
                 final_val=mean_ci(get["final_val_loss"]),
                 ms_per_step=mean_ci(get["time_per_step_ms"]),
@@ -92,14 +94,14 @@ def best_final(rows: Sequence[Mapping[str, Any]]) -> float:
     """The lowest mean final held-out loss over the selected learning rates."""
     best = float("inf")
     for method in select_lrs(rows).values():
-        vals = [r["value"] for r in rows if r["method"] == method and r["metric"] == "final_val_loss"]
+        vals = [r["value"] for r in rows if run_key(r) == method and r["metric"] == "final_val_loss"]
         best = min(best, _finite_mean(vals))
     return best
 
 
 def curve_plot(
     rows: Sequence[Mapping[str, Any]],
-    methods: Mapping[str, str],
+    methods: Mapping[str, Run],
     stem: str | os.PathLike,
     *,
     metric: str = "val_loss",
@@ -111,7 +113,7 @@ def curve_plot(
     caption: str = "mean over seeds; band: 95% t-interval over seeds",
 ) -> list[Path]:
     """``metric`` against the training step (``x="step"``) or the mean elapsed seconds (``x="wall"``) for the
-    given {label: method@lr}; dashed horizontal reference lines from ``hlines``."""
+    given {label: (method, lr)}; dashed horizontal reference lines from ``hlines``."""
     set_theme()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3
@@ -146,3 +148,14 @@ def curve_plot(
     ax.legend(fontsize=7, loc="best")
     fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top")
     return save_figure(fig, stem)
+
+
+def grid_table(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """One line per run of the sweep: method, lr, mean final held-out loss, diverged seeds."""
+    runs = sorted({run_key(r) for r in rows if r["metric"] == "final_val_loss"})
+    out = []
+    for run in runs:
+        finals = [r["value"] for r in rows if run_key(r) == run and r["metric"] == "final_val_loss"]
+        diverged = sum(r["value"] for r in rows if run_key(r) == run and r["metric"] == "diverged")
+        out.append([run[0], f"{run[1]:g}", float(np.mean(finals)), int(diverged)])
+    return out
