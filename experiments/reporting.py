@@ -12,6 +12,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from scipy import stats
 
 from experiments.results import read_results
 from icl.plotting import plt, save_figure, set_theme
-from icl.runio import atomic_write_bytes
+from icl.runio import atomic_write_bytes, write_json
 
 Row = Mapping[str, Any]
 
@@ -49,6 +50,53 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str,
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
     return cfg, read_results(run_dir / "results.csv", cfg.get("config"))
+
+
+@dataclass
+class ReportRun:
+    """What every report starts from: the run directory, its config and its rows.
+
+    Attributes:
+        run_dir: the run directory.
+        config: the study's config object (``config_cls.from_dict`` of config.json's ``config``), or that dict
+            when no class is given.
+        saved: config.json as written by the run (``experiment``, ``config``, provenance).
+        rows: the typed rows of results.csv (:func:`load_run`).
+        seeds: the seeds present in the rows, sorted.
+    """
+
+    run_dir: Path
+    config: Any
+    saved: dict[str, Any]
+    rows: list[dict[str, Any]]
+    seeds: list[int]
+
+    @property
+    def figures(self) -> Path:
+        return self.run_dir / "figures"
+
+
+def open_report(run_dir: str | os.PathLike, config_cls: Any = None) -> ReportRun:
+    """The opening every ``report(run_dir)`` shares: config.json, the typed rows and the seeds."""
+    run_dir = Path(run_dir)
+    saved, rows = load_run(run_dir)
+    cfg = config_cls.from_dict(saved["config"]) if config_cls is not None else saved["config"]
+    return ReportRun(run_dir, cfg, saved, rows, sorted({r["seed"] for r in rows}))
+
+
+def finish_report(run: ReportRun, text: str, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The closing every report shares: write ``report.md`` and merge ``summary`` into ``summary.json`` (keys
+    the run wrote, such as its wall time, are kept); returns ``summary``."""
+    write_report(run.run_dir, text)
+    summary = dict(summary or {})
+    if summary:
+        path = run.run_dir / "summary.json"
+        try:
+            old = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:  # a truncated summary.json of an interrupted run is rewritten
+            old = {}
+        write_json(path, {**old, **summary})
+    return summary
 
 
 def select(rows: Iterable[Row], **where: Any) -> list[Row]:

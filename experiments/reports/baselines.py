@@ -17,7 +17,7 @@ from experiments.baselines import (
     PLAIN_KRYLOV,
     BaselinesConfig,
 )
-from experiments.reporting import fmt, load_run, markdown_table, mean_ci, write_report
+from experiments.reporting import finish_report, fmt, markdown_table, mean_ci, open_report
 from icl.plotting import plt, save_figure, set_theme
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -92,14 +92,13 @@ def figure(rows, cfg: BaselinesConfig, stem) -> list:
 
 
 def report(run_dir) -> dict:
-    saved, rows = load_run(run_dir)
-    cfg = BaselinesConfig.from_dict(saved["config"])
+    run = open_report(run_dir, BaselinesConfig)
+    run_dir, cfg, rows, seeds = run.run_dir, run.config, run.rows, run.seeds
     figs = figure(rows, cfg, run_dir / "figures" / "log_loss_vs_steps")
     logs, losses, ses = _by(rows, "log_test_loss"), _by(rows, "test_loss"), _by(rows, "test_loss_stderr")
     trains = _by(rows, "train_loss")
     datasets = [d for d in cfg.datasets if any(k[0] == d for k in logs)]
     steps = list(range(1, cfg.steps + 1))
-    seeds = sorted({r["seed"] for r in rows})
 
     def lg(ds, m, T):
         return mean_ci(logs.get((ds, m, T), []))[0]
@@ -291,8 +290,8 @@ on the first 19 (the notebooks' protocol), against the published 0.75, 0.18, −
 - Dutta & Sra's momentum/NAG baselines (η = 0.005 or 0.03, β = 0.9 on the unnormalised gradient, 19 points) are
   untuned; the tuned ones here are the fair comparison.
 """
-    write_report(run_dir, text)
-    return {"experiment": NAME, "seeds": seeds, "datasets": datasets, "cgd": cg_summary, "checks": summary_checks,
+    return finish_report(run, text, {
+            "experiment": NAME, "seeds": seeds, "datasets": datasets, "cgd": cg_summary, "checks": summary_checks,
             "log_loss": {ds: {m: [lg(ds, m, T) for T in steps] for m in ORDER
                               if any(k[0] == ds and k[1] == m for k in logs)} for ds in datasets},
-            "cgd_table": cgd_table, "figures": [str(p.relative_to(run_dir)) for p in figs]}  # fmt: skip
+            "cgd_table": cgd_table, "figures": [str(p.relative_to(run_dir)) for p in figs]})  # fmt: skip

@@ -17,9 +17,16 @@ from experiments.gd_one_layer import (
     theory_optimum,
     tune_eta,
 )
-from experiments.reporting import aggregate, fmt, line_plot, load_run, markdown_table, mean_ci, write_report
+from experiments.reporting import (
+    aggregate,
+    finish_report,
+    fmt,
+    line_plot,
+    markdown_table,
+    mean_ci,
+    open_report,
+)
 from icl.plotting import plt, save_figure, set_theme
-from icl.runio import write_json
 from learned_optimizers import LinearSelfAttention, LSAConfig
 
 
@@ -30,12 +37,10 @@ def _ood_rows(rows: list[dict]) -> list[dict]:
 
 def report(run_dir: str | Path) -> dict:
     """Re-render the figures, report.md and summary.json of a run from results.csv and config.json."""
-    run_dir = Path(run_dir)
-    cfg_json, rows = load_run(run_dir)
-    cfg = GDOneLayerConfig.from_dict(cfg_json["config"])
+    run = open_report(run_dir, GDOneLayerConfig)
+    run_dir, cfg, rows, seeds = run.run_dir, run.config, run.rows, run.seeds
     d, n, a0 = cfg.prompt.d, cfg.prompt.n, cfg.prompt.uniform_a
     agg = aggregate(rows)
-    seeds = sorted({r["seed"] for r in rows})
 
     def m(method: str, metric: str) -> tuple[float, float, float, int]:
         return agg.get((method, 1, metric), (float("nan"),) * 3 + (0,))
@@ -143,7 +148,6 @@ above the re-tuned GD step away from a = {a0}.
 Figures: `figures/ood_inputs.png`, `figures/interpolation.png`, `figures/weights.png` (bands: 95% t-intervals over
 seeds; dashed lines: theory and the zero predictor).
 """
-    write_report(run_dir, text)
     summary = {
         "experiment": NAME,
         "profile": cfg.profile,
@@ -158,24 +162,13 @@ seeds; dashed lines: theory and the zero predictor).
         "relative_loss_difference_vs_gd": rel,
         "figures": [str(Path(p).relative_to(run_dir)) for p in figs],
     }
-    write_json(run_dir / "summary.json", {**_old_summary(run_dir), **summary})
-    return summary
+    return finish_report(run, text, summary)
 
 
 def _ci(v: tuple, scale: float = 1.0) -> str:
     if not v or v[3] == 0 or not math.isfinite(v[0]):
         return "–"
     return f"[{fmt(v[1] * scale)}, {fmt(v[2] * scale)}]"
-
-
-def _old_summary(run_dir: Path) -> dict:
-    import json
-
-    p = run_dir / "summary.json"
-    try:
-        return json.loads(p.read_text()) if p.exists() else {}
-    except ValueError:
-        return {}
 
 
 def _weights_figure(run_dir: Path) -> list[Path]:

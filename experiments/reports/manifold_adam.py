@@ -8,7 +8,7 @@ from experiments.manifold_adam_study import (
     NAME,
     ManifoldAdamConfig,
 )
-from experiments.reporting import fmt, load_run, markdown_table, mean_value, write_report
+from experiments.reporting import finish_report, fmt, markdown_table, mean_value, open_report
 from experiments.reports.sweep import (
     best_final,
     curve_plot,
@@ -20,9 +20,8 @@ from experiments.reports.sweep import (
 
 
 def report(run_dir) -> dict:
-    saved, rows = load_run(run_dir)
-    cfg = ManifoldAdamConfig.from_dict(saved["config"])
-    fig_dir = run_dir / "figures"
+    run = open_report(run_dir, ManifoldAdamConfig)
+    run_dir, cfg, rows, fig_dir = run.run_dir, run.config, run.rows, run.figures
     best = best_final(rows)
     target = 1.1 * best
     table = sweep_table(rows, target)
@@ -119,8 +118,7 @@ orthonormal set when nothing holds them there.
 Figures: `figures/loss_vs_steps.png`, `figures/loss_vs_time.png` (mean over seeds of the wall-clock seconds at
 each step, on a shared machine), `figures/constraint_violation.png`.
 """
-    write_report(run_dir, text)
-    return {
+    return finish_report(run, text, {
         "experiment": NAME,
         "target": target,
         "tuned_gd_test_loss": gd,
@@ -130,4 +128,4 @@ each step, on a shared machine), `figures/constraint_violation.png`.
         "comparison": cmp,
         "selection": select_lrs(rows),
         "figures": [str(p.relative_to(run_dir)) for p in figs],
-    }  # fmt: skip
+    })  # fmt: skip

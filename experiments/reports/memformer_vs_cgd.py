@@ -11,7 +11,15 @@ from experiments.memformer_vs_cgd import (
     PAPER_FIGURES,
     SETTINGS,
 )
-from experiments.reporting import aggregate, fmt, line_plot, load_run, markdown_table, select, write_report
+from experiments.reporting import (
+    aggregate,
+    fmt,
+    line_plot,
+    markdown_table,
+    open_report,
+    select,
+    write_report,
+)
 
 # -- report --------------------------------------------------------------------------------------------------
 
@@ -267,5 +275,5 @@ def _findings(rows, depths, cfg) -> list[str]:
 
 
 def report(run_dir) -> dict:
-    cfg, rows = load_run(run_dir)
-    return render(run_dir, rows, cfg["config"])
+    run = open_report(run_dir)
+    return render(run.run_dir, run.rows, run.config)

@@ -13,7 +13,7 @@ from experiments.newton_vs_gd import (
     NAME,
     NewtonVsGDConfig,
 )
-from experiments.reporting import fmt, load_run, markdown_table, mean_ci, write_report
+from experiments.reporting import finish_report, fmt, markdown_table, mean_ci, open_report
 from icl.plotting import plt, save_figure, set_theme
 
 
@@ -82,9 +82,8 @@ def steps_to_reach(loss: float, ref_loss: dict[int, float]) -> str:
 
 
 def report(run_dir) -> dict:
-    saved, rows = load_run(run_dir)
-    cfg = NewtonVsGDConfig.from_dict(saved["config"])
-    fig_dir = run_dir / "figures"
+    run = open_report(run_dir, NewtonVsGDConfig)
+    run_dir, cfg, rows, fig_dir = run.run_dir, run.config, run.rows, run.figures
     figs = []
     models = [m for m in cfg.models if any(r["method"] == m and r["reference"] for r in rows)]
     for m in models:
@@ -190,7 +189,7 @@ exponentially many steps per layer (≈ 1000+ at late layers). Our models are 2�
 
 Figures: `figures/heatmap_<model>_<newton|gd>.png` (layer × step SimE), `figures/best_matching_steps.png`.
 """
-    write_report(run_dir, text)
-    return {"experiment": NAME, "tuned_gd_eta": eta, "least_squares_loss": ols, "zero_predictor_loss": zero,
+    return finish_report(run, text, {
+            "experiment": NAME, "tuned_gd_eta": eta, "least_squares_loss": ols, "zero_predictor_loss": zero,
             "gd_loss": {t: v for t, v in gd_loss.items() if t <= 32}, "models": summary_models,
-            "fu_newton_steps": list(FU_NEWTON), "figures": [str(p.relative_to(run_dir)) for p in figs]}  # fmt: skip
+            "fu_newton_steps": list(FU_NEWTON), "figures": [str(p.relative_to(run_dir)) for p in figs]})  # fmt: skip

@@ -14,8 +14,8 @@ from experiments.reporting import (
     aggregate,
     dominated_by_few,
     line_plot,
-    load_run,
     markdown_table,
+    open_report,
     select,
     write_report,
 )
@@ -173,5 +173,5 @@ def _findings(rows, noises, modes, depths) -> list[str]:
 
 
 def report(run_dir) -> dict:
-    cfg, rows = load_run(run_dir)
-    return render(run_dir, rows, cfg["config"])
+    run = open_report(run_dir)
+    return render(run.run_dir, run.rows, run.config)

@@ -10,7 +10,7 @@ from experiments.outer_optimizers import (
     ROOT_FREE,
     OuterOptimizersConfig,
 )
-from experiments.reporting import fmt, load_run, markdown_table, mean_value, write_report
+from experiments.reporting import finish_report, fmt, markdown_table, mean_value, open_report
 from experiments.reports.sweep import (
     best_final,
     curve_plot,
@@ -21,9 +21,8 @@ from experiments.reports.sweep import (
 
 
 def report(run_dir) -> dict:
-    saved, rows = load_run(run_dir)
-    cfg = OuterOptimizersConfig.from_dict(saved["config"])
-    fig_dir = run_dir / "figures"
+    run = open_report(run_dir, OuterOptimizersConfig)
+    run_dir, cfg, rows, fig_dir = run.run_dir, run.config, run.rows, run.figures
     best = best_final(rows)
     target = cfg.target_factor * best
     table = sweep_table(rows, target)
@@ -112,8 +111,7 @@ Figures: `figures/loss_vs_steps.png`, `figures/loss_vs_time.png` (the time axis 
 wall-clock seconds at each step, measured on a shared machine: compare ms/step only within one run).
 Rows: results.csv (columns `method` and `lr` name a run; curve metrics carry the step in `train_step`).
 """
-    write_report(run_dir, text)
-    return {
+    return finish_report(run, text, {
         "experiment": NAME,
         "target": target,
         "best_final_val": best,
@@ -124,4 +122,4 @@ Rows: results.csv (columns `method` and `lr` name a run; curve metrics carry the
         "verdict": verdict,
         "figures": [str(p.relative_to(run_dir)) for p in figs],
         "selection": select_lrs(rows),
-    }  # fmt: skip
+    })  # fmt: skip

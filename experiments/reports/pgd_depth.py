@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,13 +13,12 @@ from experiments.pgd_depth import (
 from experiments.reporting import (
     aggregate,
     dominated_by_few,
+    finish_report,
     fmt,
     line_plot,
-    load_run,
     markdown_table,
-    write_report,
+    open_report,
 )
-from icl.runio import write_json
 
 # -- report ---------------------------------------------------------------------------------------------------
 
@@ -37,11 +35,9 @@ def _dyn_rows(rows: list[dict], mode: str, L: int) -> list[dict]:
 
 def report(run_dir: str | Path) -> dict:
     """Re-render the figures, report.md and summary.json of a run from results.csv and config.json."""
-    run_dir = Path(run_dir)
-    cfg_json, rows = load_run(run_dir)
-    cfg = PGDDepthConfig.from_dict(cfg_json["config"])
+    run = open_report(run_dir, PGDDepthConfig)
+    run_dir, cfg, rows, seeds = run.run_dir, run.config, run.rows, run.seeds
     agg = aggregate([r for r in rows if r["train_step"] is None], keys=("method", "depth", "metric", "layer", "k"))
-    seeds = sorted({r["seed"] for r in rows})
     depths = list(cfg.depths)
     figs = []
     loss_rows = [r for r in rows if r["metric"] == "test_loss" and r["method"] not in ("zero_predictor",)
@@ -207,7 +203,6 @@ exactly Haar; irrelevant for rotation-equivariant methods). (4) The Krylov bound
 ours, not the paper's. (5) The step tuning and Krylov bound are local (module docstring); the Krylov losses are
 cross-checked against `reference_optimizers.krylov_bound` (largest relative difference {fmt(kry_diff, 2)}).
 """
-    write_report(run_dir, text)
     summary = {
         "experiment": NAME,
         "profile": cfg.profile,
@@ -220,6 +215,4 @@ cross-checked against `reference_optimizers.krylov_bound` (largest relative diff
         "sparse_L1_vs_thm1": {"learned": thm1_sparse[0], "theory": thm1_sparse[1], "A_rel_error": thm1_sparse[2]},
         "figures": [str(Path(p).relative_to(run_dir)) for p in figs],
     }  # fmt: skip
-    old = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    write_json(run_dir / "summary.json", {**old, **summary})
-    return summary
+    return finish_report(run, text, summary)
