@@ -4,7 +4,7 @@ Compares, on the same N×p tensor with the same fixed gradient: ``torch.optim.Ad
 section, low-rank Cayley) and the projection baseline ProjectedRiemannianAdam (QR retraction), all timed in
 one run; then the constraint violation ‖YᵀY − I‖_F after ``violation_steps`` ManifoldAdam steps on a fixed
 random linear cost, in float32 (default re-orthonormalisation) and float64.  Reference: Brantner (2023),
-*Generalizing Adam to manifolds for efficiently training transformers*; reference notes §3.
+*Generalizing Adam to manifolds for efficiently training transformers*.
 
 Run ``python -m icl.optim.bench_manifold`` for a table.
 """
@@ -43,7 +43,7 @@ def _interleaved(fns: dict, steps: int, repeats: int = 7) -> dict[str, float]:
 def gemm_floor(L: torch.Tensor, G: torch.Tensor, B: torch.Tensor, P2: torch.Tensor) -> None:
     """The O(N²p) products every global-section Stiefel step must make, and nothing else: the coordinates
     ΛᵀG of the gradient, the tangent Y_⊥B of the velocity and the rank-p update Y_⊥ ← Y_⊥ − P₂Bᵀ of the
-    section (Brantner 2023, reference notes §1.4-1.6).  Its time is a lower bound for ManifoldAdam's step."""
+    section (Brantner 2023).  Its time is a lower bound for ManifoldAdam's step."""
     p = G.shape[1]
     L.T @ G
     L[:, p:] @ B

@@ -1,9 +1,8 @@
 """Adam on Stiefel, Grassmann and symplectic Stiefel manifolds via global sections.
 
 Brantner (2023), *Generalizing Adam to manifolds for efficiently training transformers*, arXiv 2305.16901;
-the algorithm as implemented in GeometricMachineLearning.jl / GeometricOptimizers.jl is summarised in the
-reference notes (``/work/shared/reference/manifold_adam.md``, §1.3 Adam in the global tangent space, §1.4
-retractions, §1.5 section update, §1.6 one step, §3.3 float32 drift).
+the algorithm as implemented in GeometricMachineLearning.jl / GeometricOptimizers.jl: Adam in the global
+tangent space, Cayley/geodesic retractions, the section update and one step as Brantner describes them.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ class ManifoldAdam(GlobalSectionOptimizer):
     operation for operation.
 
     Weight decay is decoupled (θ ← θ − η·λ·θ) and applies to **Euclidean parameters only**: on Stiefel and
-    Grassmann it would be a no-op anyway, since rgrad(Y, λY) = λY − Y(λY)ᵀY = 0 (reference notes §1.3), and
+    Grassmann it would be a no-op anyway, since rgrad(Y, λY) = λY − Y(λY)ᵀY = 0 (Brantner 2023), and
     it is ignored on manifold parameters.
 
     Note that the B-block coordinates are coordinates in the random basis Y_⊥ of the section, so results

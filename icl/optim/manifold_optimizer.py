@@ -1,4 +1,4 @@
-"""Shared machinery of the global-section optimizers (Brantner 2023, reference notes §1.5, §1.6, §4).
+"""Shared machinery of the global-section optimizers (Brantner 2023).
 
 :class:`GlobalSectionOptimizer` owns everything that is not the update rule itself: parameter groups with a
 ``manifold`` entry, argument validation, the global section Λ of every manifold parameter (drawn **once**,
@@ -10,7 +10,7 @@ Subclasses supply two rules, both on flat tensors:
 * ``_velocity(state, coords, group)``: the velocity W ∈ 𝔤^hor (flat compact coordinates) from the global
   representation of the Riemannian gradient.
 
-One manifold step is (Brantner 2023, reference notes §1.6): Δ = rgrad(Y, ∇L); B = global_rep(Λ, Δ);
+One manifold step is (Brantner 2023): Δ = rgrad(Y, ∇L); B = global_rep(Λ, Δ);
 W = velocity(B); Λ ← Λ·Retraction(W) (low-rank, in place); Y ← ΛE (written into the parameter).
 """
 
@@ -76,7 +76,7 @@ class GlobalSectionOptimizer(Optimizer):
       moments in float64 while the parameter stays float32;
     * ``reorthonormalize_every``: k > 0 re-orthonormalises (Stiefel/Grassmann: sign-fixed QR) or
       re-symplectifies (symplectic Gram–Schmidt) Λ every k steps; 0 disables it; None (default) means 100
-      when the geometry is float32 and off in float64 (reference notes §3.3: float32 drift);
+      when the geometry is float32 and off in float64 (float32 geometry drifts off the manifold);
     * ``manifold_tol``: how far from the manifold a parameter may be at construction (default 1e-8 for
       float64 parameters, 1e-4 otherwise); within it, the parameter is snapped onto the manifold.
 

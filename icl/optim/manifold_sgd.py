@@ -1,8 +1,8 @@
 """Gradient descent and heavy-ball momentum in the global tangent space (Brantner 2023).
 
 The comparison optimizers of Brantner (2023), *Generalizing Adam to manifolds for efficiently training
-transformers* (arXiv 2305.16901): GML's ``GradientOptimizer`` and ``MomentumOptimizer`` (reference notes §1.3,
-§1.9), in the same global-section framework as :class:`~icl.optim.manifold_adam.ManifoldAdam`.
+transformers* (arXiv 2305.16901): GML's ``GradientOptimizer`` and ``MomentumOptimizer``, in the same
+global-section framework as :class:`~icl.optim.manifold_adam.ManifoldAdam`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ class ManifoldSGD(GlobalSectionOptimizer):
 
     The buffer, like Adam's moments, is not transported (elements of 𝔤^hor are invariant).  Euclidean
     parameters get exactly ``torch.optim.SGD(lr, momentum)`` (dampening 0, no Nesterov); weight decay is
-    decoupled (θ ← θ − η·λ·θ) and applies to Euclidean parameters only (a no-op on Stiefel, reference notes
-    §1.3).
+    decoupled (θ ← θ − η·λ·θ) and applies to Euclidean parameters only (a no-op on Stiefel, Brantner 2023).
 
     Args:
         params: parameters or groups (a group may set ``manifold``, ``retraction``, ``geometry_dtype``,

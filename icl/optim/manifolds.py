@@ -4,8 +4,8 @@ Brantner (2023), *Generalizing Adam to manifolds for efficiently training transf
 writes Stiefel, Grassmann and symplectic Stiefel manifolds as homogeneous spaces M = G/H with a distinguished
 point E. A global section Λ ∈ G with ΛE = Y identifies every tangent space T_Y M with one fixed vector space
 𝔤^hor ⊂ 𝔤 (the "global tangent space"); optimizer state lives there, in compact coordinates, and updates go
-through the group: Λ ← Λ·Retraction(W), Y = ΛE.  The formulas are those of the reference notes
-(``/work/shared/reference/manifold_adam.md``, sections 1.2, 1.4, 1.5, 1.7 and 1.8).
+through the group: Λ ← Λ·Retraction(W), Y = ΛE.  The formulas are those of Brantner (2023),
+*Generalizing Adam to manifolds for efficiently training transformers* (arXiv 2305.16901).
 
 Every manifold here implements the same small interface on *geometry tensors* (the section Λ and flat
 coordinate vectors of 𝔤^hor):
@@ -136,7 +136,7 @@ def _block_scale(X: torch.Tensor, h: int) -> torch.Tensor:
 def cayley_kernel(X: torch.Tensor) -> torch.Tensor:
     """K with Cayley(UVᵀ) = (I − ½UVᵀ)⁻¹(I + ½UVᵀ) = I + U·K·Vᵀ, given X = VᵀU.
 
-    By Woodbury, K = (I − ½X)⁻¹ (Brantner 2023; reference notes §1.4): only a (rank × rank) solve.
+    By Woodbury, K = (I − ½X)⁻¹ (Brantner 2023): only a (rank × rank) solve.
     """
     I = torch.eye(X.shape[0], dtype=X.dtype, device=X.device)
     return torch.linalg.solve(I - 0.5 * X, I)
@@ -188,7 +188,7 @@ def exp_kernel(X: torch.Tensor, h: int | None = None) -> torch.Tensor:
     """K with exp(UVᵀ) = I + U·K·Vᵀ, given X = VᵀU, by scaling and squaring in low-rank form.
 
     exp(UVᵀ) = I + U φ₁(X) Vᵀ with φ₁(X) = Σ_{k≥0} X^k/(k+1)!.  The plain series fails when ‖X‖ is large
-    although the spectral radius is small (‖X‖ ≈ ‖B̄‖²/4; reference notes §1.4), so:
+    although the spectral radius is small (‖X‖ ≈ ‖B̄‖²/4; Brantner 2023), so:
 
     1. balance: X' = D⁻¹XD with D = diag(αI_h, α⁻¹I_h) and α² = sqrt(‖X₁₂‖/‖X₂₁‖), which makes
        ‖X'‖ ≈ ‖UVᵀ‖;
@@ -434,7 +434,7 @@ class Stiefel(Manifold):
 
     # -- retraction ----------------------------------------------------------------------------------
     def retract_(self, L: torch.Tensor, coords: torch.Tensor, p: int, method: str = "cayley") -> torch.Tensor:
-        """Λ ← Λ·Retraction(B̄) in place, additive low-rank form Λ + (ΛB′)·K·B″ᵀ (reference notes §1.4).
+        """Λ ← Λ·Retraction(B̄) in place, additive low-rank form Λ + (ΛB′)·K·B″ᵀ (Brantner 2023).
 
         With ΛB′ = [L₁, Y], L₁ = ½YA + Y_⊥B, and (ΛB′K)B″ᵀ = [P₁ + ½P₂A, −P₂Bᵀ] for P = ΛB′K, the ½A
         factors are folded into the 2p×2p kernel first: P₁ + ½P₂A = [L₁, Y]·K₁ with K₁ = K_{:,1} + ½K_{:,2}A,
@@ -469,7 +469,7 @@ class Grassmann(Stiefel):
     """Gr(p, N), points represented by orthonormal Y ∈ ℝ^{N×p} (span(Y)); the Stiefel formulas with A ≡ 0.
 
     Metric Tr(Δ₁ᵀΔ₂); Riemannian gradient ∇L − YYᵀ∇L; 𝔤^hor = {[[0, −Bᵀ], [B, 0]]}, B = Y_⊥ᵀΔ;
-    X = [[0, I], [−BᵀB, 0]] (reference notes §1.7).
+    X = [[0, I], [−BᵀB, 0]] (Brantner 2023).
     """
 
     name = "grassmann"
@@ -494,7 +494,7 @@ class SymplecticStiefel(Manifold):
     * section: U's columns completed by a symplectic Gram–Schmidt (SR) of a Gaussian draw with the
       symplectic U-component removed; Λ = [U_q, W, U_p, Z] ∈ Sp(2N);
     * 𝔤^hor: Hamiltonian [[A, B], [C, −Aᵀ]] with A = [[A₁, A₂ᵀ], [A₃, 0]], B = [[B₁, B₂ᵀ], [B₂, 0]],
-      C = [[C₁, C₂ᵀ], [C₂, 0]], B₁, C₁ symmetric (reference notes §1.8); global_rep reads the unique
+      C = [[C₁, C₂ᵀ], [C₂, 0]], B₁, C₁ symmetric (Brantner 2023); global_rep reads the unique
       D ∈ 𝔤^hor with DE = Λ⁻¹Δ, Λ⁻¹ = JᵀΛᵀJ;
     * retraction: D = UVᵀ with U = [DE, E], Vᵀ = [Eᵀ; EᵀD(I − EEᵀ)] (rank 4n), Λ ← Λ + (ΛU)·K·Vᵀ with the
       same Cayley / low-rank exp kernels.  Cayley and exp of a Hamiltonian matrix are symplectic.

@@ -1,6 +1,6 @@
 """Projection-based Riemannian Adam: the baseline that Brantner's global-section Adam is compared with.
 
-This is the ambient-space construction of geoopt / McTorch (reference notes §2.2, §2.5): the Euclidean
+This is the ambient-space construction of geoopt / McTorch (Bécigneul & Ganea 2019): the Euclidean
 gradient is projected onto the tangent space, the moments live in ℝ^{N×p} and are moved to the new point by
 projection (a vector transport), and the point is retracted by a sign-fixed QR.  It is O(Np²) per step and
 needs no section.  Compare with Brantner (2023), *Generalizing Adam to manifolds for efficiently training
