@@ -177,6 +177,104 @@ def write_report(run_dir: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(Path(run_dir) / "report.md", text.rstrip("\n").encode() + b"\n")
 
 
+#: readable names of the method ids the studies share (a report passes ``labels`` for its own)
+LABELS = {
+    "pgd_tuned": "Σ⁻¹-PGD, tuned steps",
+    "gd_tuned": "GD, tuned steps",
+    "gdpp_tuned": "GD++ (Σ⁻¹ geometry), tuned",
+    "krylov_plain": "Krylov bound, P = I",
+    "krylov_precond": "Krylov bound, P = Σ⁻¹",
+    "krylov": "Krylov bound, P = I",
+    "krylov_pre": "Krylov bound, P = Σ⁻¹",
+    "sparse": "sparse LSA (learned)",
+    "gdpp": "GD++ LSA (learned)",
+    "full": "FULL LSA (learned)",
+    "diag": "DIAG LSA (learned)",
+    "zero_predictor": "zero predictor",
+    "cg": "conjugate gradient",
+    "cg_n19": "conjugate gradient, 19 points",
+    "heavy_ball_tuned": "heavy ball, tuned",
+    "nesterov_tuned": "Nesterov, tuned",
+    "lt_scalar": "LT, scalar A (learned)",
+    "lt_full": "LT, full A (learned)",
+    "cgd_scalar": "CGD Memformer, scalar A (learned)",
+    "cgd_full": "CGD Memformer, full A (learned)",
+    "lfom_scalar": "LFOM Memformer, scalar A (learned)",
+    "lfom_scalar_h5": "LFOM Memformer, scalar A, 5 heads",
+    "lfom_full": "LFOM Memformer, full A (learned)",
+    "lfom_shared_class": "best shared-Γ LFOM (floor)",
+    "const_rr": "ridge, tuned constant λ",
+    "ada_rr": "ridge, adaptive λ",
+    "lsa_trained": "1-layer LSA (learned)",
+    "gd_theory": "GD at the training η (theory)",
+    "gd_retuned_theory": "GD re-tuned per a (theory)",
+    "ahn_thm1": "Ahn et al. Thm 1 optimum",
+}
+#: a "best-matching step" is claimed only where the best similarity (SimE, cosine) reaches this; below it a report
+#: says that no step matches
+MATCH_THRESHOLD = 0.9
+
+#: two curves whose plotted values differ by at most this much everywhere are said to coincide
+COINCIDE_TOL = 0.01
+
+
+def distinct_colours(count: int) -> list:
+    """``count`` colours no two of which look alike: the colour-blind palette with its pink (too close to its
+    lilac) moved last, then evenly spaced hues beyond ten."""
+    import seaborn as sns
+
+    if count > 10:
+        return sns.color_palette("husl", count)
+    base = sns.color_palette("colorblind", 10)
+    order = [0, 1, 2, 3, 4, 5, 7, 8, 9, 6]
+    return [base[i] for i in order][:count]
+
+
+def log_band(mean: float, lo: float, hi: float, count: int) -> tuple[float, float, float]:
+    """log(mean) and its interval on the log scale: the delta method, log(mean) ± half·/mean with the half-width
+    of the (lo, hi) interval of the mean (never the log of a non-positive lower end)."""
+    if not (mean > 0) or not math.isfinite(mean):
+        return float("nan"), float("nan"), float("nan")
+    lm = math.log(mean)
+    if count < 2 or not math.isfinite(hi - lo):
+        return lm, lm, lm
+    half = (hi - lo) / 2 / mean
+    return lm, lm - half, lm + half
+
+
+def coinciding(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], tol: float = COINCIDE_TOL
+               ) -> list[tuple[str, str]]:  # fmt: skip
+    """Pairs of curves {name: (xs, ys)} at the same xs whose ys differ by at most ``tol`` everywhere."""
+    names = list(curves)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            (xa, ya), (xb, yb) = curves[a], curves[b]
+            if list(xa) == list(xb) and len(xa) and np.all(np.abs(np.asarray(ya) - np.asarray(yb)) <= tol):
+                out.append((a, b))
+    return out
+
+
+def finish_axes(ax: Any, data: Sequence[float], *, logy: bool = False, integer_x: bool = False,
+                legend: bool = True) -> None:  # fmt: skip
+    """What every line figure shares: y-limits from the plotted lines (bands are clipped there, never widen the
+    axes), integer x ticks where x counts layers or steps, and the legend outside the axes so it covers no data."""
+    from matplotlib.ticker import MaxNLocator
+
+    y = np.asarray([v for v in data if v is not None and math.isfinite(v) and (v > 0 or not logy)], dtype=float)
+    if y.size:
+        lo, hi = float(y.min()), float(y.max())
+        if logy:
+            ax.set_ylim(lo / 10**0.15, hi * 10**0.15)
+        else:
+            pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def line_plot(
     rows: Sequence[Row],
     stem: str | os.PathLike,
@@ -191,38 +289,78 @@ def line_plot(
     log_values: bool = False,
     dashed: Mapping[str, float] | None = None,
     dashed_methods: Sequence[str] = (),
+    points: Mapping[str, tuple[float, float]] | None = None,
+    labels: Mapping[str, str] | None = None,
     caption: str = "mean over seeds; band: 95% t-interval over seeds",
 ) -> list[Path]:
     """One line per ``hue`` value of ``metric`` against ``x`` with a 95% band over seeds.
 
     Methods in ``dashed_methods`` (theory lines, bounds, trivial predictors) are drawn dashed; ``dashed`` adds
-    horizontal reference lines. ``log_values`` plots log(value) (the papers' log-loss axis).
+    horizontal reference lines and ``points`` single theory points {label: (x, y)} (y in the metric's units).
+    ``log_values`` plots log(value) (the papers' log-loss axis) with the band computed on the log scale
+    (:func:`log_band`). Labels come from ``labels``, then :data:`LABELS`, else the id. The y-limits follow the
+    lines (bands are clipped at the axes), integer x values get integer ticks, the legend sits outside the axes,
+    every line has its own colour, and curves that coincide (within :data:`COINCIDE_TOL` in plotted units) are
+    named as coinciding in the legend.
     """
     set_theme()
+    names = {**LABELS, **(labels or {})}
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     data = [r for r in rows if r["metric"] == metric]
     methods = list(dict.fromkeys(r[hue] for r in data))
-    palette = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    refs = list((dashed or {}).items())
+    n_colours = len(methods) + len(refs)
+    colours = distinct_colours(n_colours)
+    palette = dict(zip(methods, colours))
+    curves: dict[str, tuple[list, np.ndarray]] = {}
+    bands: dict[str, tuple[np.ndarray, np.ndarray, bool]] = {}
     for m in methods:
         pts = aggregate([r for r in data if r[hue] == m], keys=(x,))
         xs = sorted(k[0] for k in pts)
-        mean = np.array([pts[(v,)][0] for v in xs])
-        lo = np.array([pts[(v,)][1] for v in xs])
-        hi = np.array([pts[(v,)][2] for v in xs])
+        stats_ = [pts[(v,)] for v in xs]
         if log_values:
-            mean, lo, hi = np.log(mean), np.log(np.maximum(lo, 1e-300)), np.log(hi)
+            stats_ = [(*log_band(*s), s[3]) for s in stats_]
+        curves[m] = (xs, np.array([s[0] for s in stats_]))
+        bands[m] = (np.array([s[1] for s in stats_]), np.array([s[2] for s in stats_]), any(s[3] > 1 for s in stats_))
+    same = coinciding(curves)
+    partner: dict[str, list[str]] = defaultdict(list)
+    for a, b in same:
+        partner[b].append(a)
+    plotted: list[float] = []
+    for m in methods:
+        xs, mean = curves[m]
+        label = names.get(m, m)
+        if partner[m]:
+            label += " (coincides with " + ", ".join(names.get(p, p) for p in partner[m]) + ")"
         style = "--" if m in dashed_methods else "-"
-        ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=m)
-        if any(pts[(v,)][3] > 1 for v in xs):
+        ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=label)
+        plotted.extend(mean.tolist())
+        lo, hi, has_band = bands[m]
+        if has_band:
             ax.fill_between(xs, lo, hi, color=palette[m], alpha=0.2, lw=0)
-    for name, value in (dashed or {}).items():
-        ax.axhline(np.log(value) if log_values else value, ls="--", color="grey", lw=1, label=name)
+    for (name, value), colour, ls in zip(refs, colours[len(methods):], ("--", ":", "-.", (0, (5, 2, 1, 2)))):
+        yv = math.log(value) if log_values and value > 0 else value if not log_values else float("nan")
+        if math.isfinite(yv):
+            ax.axhline(yv, ls=ls, color=colour, lw=1.2, label=names.get(name, name))
+            plotted.append(yv)
+    for name, (px, py) in (points or {}).items():
+        yv = math.log(py) if log_values and py > 0 else py if not log_values else float("nan")
+        if math.isfinite(yv):
+            ax.plot([px], [yv], marker="*", ms=11, color="black", ls="none", label=names.get(name, name))
+            plotted.append(yv)
     if logy:
         ax.set_yscale("log")
+    xs_all = [v for m in methods for v in curves[m][0]]
+    integer_x = bool(xs_all) and all(float(v).is_integer() for v in xs_all)
+    finish_axes(ax, plotted, logy=logy, integer_x=integer_x)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top")
+    if same:
+        caption += "; coinciding curves (within {:g} in plotted units): {}".format(
+            COINCIDE_TOL, ", ".join(f"{names.get(a, a)} = {names.get(b, b)}" for a, b in same))
+    if log_values:
+        caption += "; band on the log scale: log(mean) ± half-width/mean"
+    fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
     return save_figure(fig, stem)

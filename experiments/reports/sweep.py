@@ -11,8 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from experiments.reporting import mean_ci
+from experiments.reporting import distinct_colours, finish_axes, mean_ci
 from icl.plotting import plt, save_figure, set_theme
+
+#: readable names of the optimizers and methods of the sweeps
+LABELS = {
+    "adam": "Adam", "adamw": "AdamW", "fadam": "FAdam", "rf_rmsprop": "RF-RMSProp", "rf_adamw": "RF-AdamW",
+    "sirfshampoo": "SIRFShampoo", "manifold_adam": "ManifoldAdam", "adam_unconstrained": "Adam (unconstrained)",
+    "projected_adam": "projected Riemannian Adam", "manifold_sgd": "manifold SGD",
+    "manifold_momentum": "manifold momentum",
+}  # fmt: skip
 
 #: a run of the sweep: (method, lr), the columns ``method`` and ``lr`` of its rows
 Run = tuple[str, float]
@@ -116,8 +124,10 @@ def curve_plot(
     given {label: (method, lr)}; dashed horizontal reference lines from ``hlines``."""
     set_theme()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3
-    for (label, method), color in zip(methods.items(), colors):
+    refs = list((hlines or {}).items())
+    colours = distinct_colours(len(methods) + len(refs))
+    plotted: list[float] = []
+    for (label, method), color in zip(methods.items(), colours):
         vals = curves(rows, method, metric)
         if not vals:
             continue
@@ -130,23 +140,23 @@ def curve_plot(
         if x == "wall":
             xs = np.array([np.mean([walls[s].get(t, np.nan) for s in vals]) for t in steps])
         mean = np.array([m for m, _, _ in stats])
-        ax.plot(xs, mean, color=color, lw=1.4, label=label)
+        ax.plot(xs, mean, color=color, lw=1.4, label=LABELS.get(label, label))
+        plotted.extend(mean.tolist())
         if len(vals) > 1:
             lo = np.array([v for _, v, _ in stats])
             hi = np.array([v for _, _, v in stats])
-            if logy:
-                lo = np.maximum(lo, mean * 1e-3)
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
-    for i, (name, value) in enumerate((hlines or {}).items()):
-        ax.axhline(value, ls="--", lw=1, color=["black", "grey", "dimgrey"][i % 3], label=name)
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)  # clipped at the axes by finish_axes
+    for (name, value), colour, ls in zip(refs, colours[len(methods):], ("--", ":", "-.", (0, (5, 2, 1, 2)))):
+        ax.axhline(value, ls=ls, lw=1.2, color=colour, label=name)
+        plotted.append(value)
     if logy:
         ax.set_yscale("log")
+    finish_axes(ax, plotted, logy=logy, integer_x=x == "step")
     ax.set_xlabel("training step" if x == "step" else "wall-clock seconds (mean over seeds)")
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top")
+    fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
     return save_figure(fig, stem)
 
 
