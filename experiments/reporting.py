@@ -38,6 +38,75 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     return m, m - half, m + half
 
 
+def per_seed(rows: Iterable[Row], transform: Any = None, **where: Any) -> dict[int, float]:
+    """{seed: value} of the rows matching ``where`` (one row per seed expected; ``transform`` e.g. math.log)."""
+    out = {}
+    for r in select(rows, **where):
+        v = float(r["value"])
+        out[int(r["seed"])] = transform(v) if transform is not None and v > 0 else v if transform is None else math.nan
+    return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim about two methods decided from their paired differences (:func:`paired_verdict`).
+
+    Attributes:
+        word: ``holds``, ``does not hold`` or ``undecided`` (the interval straddles the claim's boundary, or
+            fewer than two pairs give no interval).
+        mean, lo, hi: the mean paired difference a − b and its 95% t-interval.
+        count: the number of pairs (seeds present for both).
+    """
+
+    word: str
+    mean: float
+    lo: float
+    hi: float
+    count: int
+
+    @property
+    def holds(self) -> bool | None:
+        return {"holds": True, "does not hold": False}.get(self.word)
+
+    def text(self, unit: str = "") -> str:
+        """``**holds** (Δ = −0.12 [−0.20, −0.04] over 3 seeds, paired)``."""
+        u = f" {unit}" if unit else ""
+        if self.count == 0:
+            return "**undecided** (no paired data)"
+        if self.count == 1:
+            return f"**undecided** (Δ = {self.mean:+.3g}{u} from one seed: no interval)"
+        return (f"**{self.word}** (Δ = {self.mean:+.3g}{u}, 95% CI [{self.lo:+.3g}, {self.hi:+.3g}] over "
+                f"{self.count} seeds, paired)")  # fmt: skip
+
+
+def paired_verdict(a: Mapping[Any, float], b: Mapping[Any, float], claim: str = "less", margin: float = 0.0,
+                   level: float = 0.95) -> Verdict:  # fmt: skip
+    """Decide a claim about a and b from the paired differences d_k = a_k − b_k over their common keys (seeds,
+    or prompts), with a Student-t interval: the one rule behind every "holds / beats / matches" of a report.
+
+    Claims (m = ``margin``): ``less``: a < b − m (a beats b by more than m, for losses); ``greater``:
+    a > b + m; ``within``: |a − b| ≤ m (a matches b). The claim holds when the whole interval satisfies it, does
+    not hold when the whole interval violates it, and is undecided otherwise (or with fewer than two pairs).
+    """
+    keys = [k for k in a if k in b and math.isfinite(a[k]) and math.isfinite(b[k])]
+    d = [a[k] - b[k] for k in keys]
+    if not d:
+        return Verdict("undecided", math.nan, math.nan, math.nan, 0)
+    mean, lo, hi = mean_ci(d, level)
+    if len(d) < 2:
+        return Verdict("undecided", mean, lo, hi, len(d))
+    if claim == "less":
+        word = "holds" if hi < -margin else "does not hold" if lo >= -margin else "undecided"
+    elif claim == "greater":
+        word = "holds" if lo > margin else "does not hold" if hi <= margin else "undecided"
+    elif claim == "within":
+        word = "holds" if (lo >= -margin and hi <= margin) else "does not hold" if (lo > margin or hi < -margin) \
+            else "undecided"
+    else:
+        raise ValueError(f"claim must be 'less', 'greater' or 'within', got {claim!r}")
+    return Verdict(word, mean, lo, hi, len(d))
+
+
 def se_ci(mean: float, stderr: float, level: float = 0.95) -> tuple[float, float]:
     """Normal-approximation interval from a mean and its standard error."""
     z = float(stats.norm.ppf(0.5 + level / 2))

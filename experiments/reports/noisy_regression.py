@@ -16,6 +16,8 @@ from experiments.reporting import (
     line_plot,
     markdown_table,
     open_report,
+    paired_verdict,
+    per_seed,
     select,
     write_report,
 )
@@ -147,19 +149,24 @@ def _findings(rows, noises, modes, depths) -> list[str]:
         if noise == "U(0,0)":
             continue
         v = {m: _mean(rows, noise, m, Lmax)[0] for m in (*modes, "const_rr", "ada_rr")}
+        seeds_of = {m: per_seed(rows, setting=noise, method=m, depth=Lmax, metric="adjusted_loss") for m in v}
+        logs_of = {m: per_seed(rows, math.log, setting=noise, method=m, depth=Lmax, metric="adjusted_loss")
+                   for m in v}  # fmt: skip
         const, ada = v["const_rr"], v["ada_rr"]
         parts = []
         if "gdpp" in v:
-            ok = math.isfinite(v["gdpp"]) and abs(v["gdpp"] / const - 1) < 0.1
-            parts.append(f"GD++ saturates at ConstRR ({v['gdpp']:.3g} vs {const:.3g}): "
-                         f"{'holds' if ok else 'does not hold'}")  # fmt: skip
+            vd = paired_verdict(logs_of["gdpp"], logs_of["const_rr"], "within", math.log(1.1))
+            parts.append(f"GD++ saturates at ConstRR, within 10% ({v['gdpp']:.3g} vs {const:.3g}): "
+                         f"{vd.text('in log')}")  # fmt: skip
         for m in ("diag", "full"):
             if m in v:
                 if not math.isfinite(v[m]) or v[m] > 10 * const:
                     parts.append(f"{m.upper()} below ConstRR: not testable (unstable/diverged, {v[m]:.3g})")
                     continue
-                parts.append(f"{m.upper()} below ConstRR ({v[m]:.3g}): {'holds' if v[m] < const else 'does not hold'}")
-                parts.append(f"{m.upper()} below AdaRR ({ada:.3g}): {'yes' if v[m] < ada else 'no'}")
+                below_c = paired_verdict(seeds_of[m], seeds_of["const_rr"], "less")
+                below_a = paired_verdict(seeds_of[m], seeds_of["ada_rr"], "less")
+                parts.append(f"{m.upper()} below ConstRR ({v[m]:.3g} vs {const:.3g}): {below_c.text()}")
+                parts.append(f"{m.upper()} below AdaRR ({ada:.3g}): {below_a.text()}")
         out.append(f"- {noise}, L = {Lmax}: " + "; ".join(parts) + ".")
     out += [
         "",
