@@ -287,13 +287,19 @@ MATCH_THRESHOLD = 0.9
 COINCIDE_TOL = 0.01
 
 
+#: Kelly's (1965) colours of maximum contrast, for figures with more than ten lines
+KELLY = ("#0067A5", "#F38400", "#008856", "#BE0032", "#875692", "#848482", "#F3C300", "#A1CAF1", "#882D17",
+         "#8DB600", "#E68FAC", "#2B3D26", "#604E97", "#F6A600", "#B3446C", "#DCD300", "#654522", "#E25822",
+         "#C2B280", "#F99379")  # fmt: skip
+
+
 def distinct_colours(count: int) -> list:
     """``count`` colours no two of which look alike: the colour-blind palette with its pink (too close to its
-    lilac) moved last, then evenly spaced hues beyond ten."""
+    lilac) moved last; Kelly's colours of maximum contrast beyond ten lines."""
     import seaborn as sns
 
     if count > 10:
-        return sns.color_palette("husl", count)
+        return [KELLY[i % len(KELLY)] for i in range(count)]
     base = sns.color_palette("colorblind", 10)
     order = [0, 1, 2, 3, 4, 5, 7, 8, 9, 6]
     return [base[i] for i in order][:count]
@@ -313,7 +319,8 @@ def log_band(mean: float, lo: float, hi: float, count: int) -> tuple[float, floa
 
 def coinciding(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], tol: float = COINCIDE_TOL
                ) -> list[tuple[str, str]]:  # fmt: skip
-    """Pairs of curves {name: (xs, ys)} at the same xs whose ys differ by at most ``tol`` everywhere."""
+    """Pairs of curves {name: (xs, ys)} at the same xs whose ys differ by at most ``tol`` everywhere (a NaN
+    anywhere makes a pair not coincide)."""
     names = list(curves)
     out = []
     for i, a in enumerate(names):
@@ -389,9 +396,12 @@ def line_plot(
         stats_ = [pts[(v,)] for v in xs]
         if log_values:
             stats_ = [(*log_band(*s), s[3]) for s in stats_]
+        elif logy:  # the same interval on the log axis, drawn back in the metric's units
+            stats_ = [(s[0], *np.exp(log_band(*s)[1:]), s[3]) if s[0] > 0 else s for s in stats_]
         curves[m] = (xs, np.array([s[0] for s in stats_]))
         bands[m] = (np.array([s[1] for s in stats_]), np.array([s[2] for s in stats_]), any(s[3] > 1 for s in stats_))
-    same = coinciding(curves)
+    same = coinciding({m: (xs, np.log(np.where(ys > 0, ys, np.nan))) for m, (xs, ys) in curves.items()} if logy
+                      else curves)  # on a log axis, coinciding means within 1% of each other
     partner: dict[str, list[str]] = defaultdict(list)
     for a, b in same:
         partner[b].append(a)
@@ -400,7 +410,7 @@ def line_plot(
         xs, mean = curves[m]
         label = names.get(m, m)
         if partner[m]:
-            label += " (coincides with " + ", ".join(names.get(p, p) for p in partner[m]) + ")"
+            label += " (= " + ", ".join(names.get(p, p) for p in partner[m]) + ")"
         style = "--" if m in dashed_methods else "-"
         ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=label)
         plotted.extend(mean.tolist())
@@ -427,9 +437,8 @@ def line_plot(
     if title:
         ax.set_title(title, fontsize=9)
     if same:
-        caption += "; coinciding curves (within {:g} in plotted units): {}".format(
-            COINCIDE_TOL, ", ".join(f"{names.get(a, a)} = {names.get(b, b)}" for a, b in same))
-    if log_values:
+        caption += f"; (= …): the curves coincide within {COINCIDE_TOL:g}" + (" in log" if logy or log_values else "")
+    if log_values or logy:
         caption += "; band on the log scale: log(mean) ± half-width/mean"
     fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
     return save_figure(fig, stem)

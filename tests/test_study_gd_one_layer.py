@@ -7,6 +7,7 @@ import pytest
 
 from experiments.cli import main
 from experiments.gd_one_layer import theory_loss, theory_optimum
+from experiments.results import read_results
 
 
 def test_theory_matches_the_published_numbers():
@@ -30,7 +31,9 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     assert vals[("gd_tuned", "eta")] == pytest.approx(6.07, rel=0.05)
     assert vals[("gd_tuned", "test_half_mse")] < vals[("zero_predictor", "test_half_mse")]
     assert vals[("lsa_trained", "test_half_mse")] < vals[("zero_predictor", "test_half_mse")]
-    assert ("lsa_trained", "ood:a=1.0000") in vals and ("interpolation", "interp:t=0.5000") in vals
+    tidy = read_results(out / "results.csv")
+    assert any(r["method"] == "lsa_trained" and r["metric"] == "ood_half_mse" and r["param"] == 1.0 for r in tidy)
+    assert any(r["method"] == "interpolation" and r["metric"] == "interp_loss" and r["param"] == 0.5 for r in tidy)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eta"]["theory"] == pytest.approx(6.0606, abs=1e-3)
     for stem in ("ood_inputs", "interpolation", "weights"):

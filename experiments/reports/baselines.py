@@ -17,7 +17,7 @@ from experiments.baselines import (
     PLAIN_KRYLOV,
     BaselinesConfig,
 )
-from experiments.reporting import finish_report, fmt, markdown_table, mean_ci, open_report
+from experiments.reporting import distinct_colours, finish_report, fmt, markdown_table, mean_ci, open_report
 from icl.plotting import plt, save_figure, set_theme
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -46,14 +46,12 @@ def _cell(values: list[float] | None, digits: int = 2) -> str:
 
 def figure(rows, cfg: BaselinesConfig, stem) -> list:
     """Log-loss vs steps, one panel per dataset; bounds, floor, theory and the trivial line dashed."""
-    import seaborn as sns
-
     set_theme()
     logs = _by(rows, "log_test_loss")
     datasets = [d for d in cfg.datasets if any(k[0] == d for k in logs)]
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 5.0), squeeze=False)
     methods = [m for m in ORDER if any(k[1] == m for k in logs)]
-    palette = dict(zip(methods, sns.color_palette("colorblind", 10) * 2))
+    palette = dict(zip(methods, distinct_colours(len(methods))))
     markers = dict(zip(methods, "osD^v<>phX*dP8s^o"))
     for ax, ds in zip(axes[0], datasets):
         for m in methods:

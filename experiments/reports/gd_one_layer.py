@@ -55,6 +55,7 @@ def report(run_dir: str | Path) -> dict:
         xlabel="input half-width a (x ~ U(−a, a)); trained at a = 0.5",
         title=f"von Oswald et al. OOD inputs: 1-layer LSA vs GD (η tuned at a = {a0}), d = N = {d}", logy=True,
         dashed_methods=("gd_theory", "gd_retuned_theory", "zero_predictor"),
+        labels={"gd_tuned": f"one GD step, η tuned at a = {a0}"},
         caption=f"mean over {len(seeds)} seed(s) of ½·MSE on held-out prompts; band: 95% t-interval over seeds; "
         "dashed: exact theory (GD at the training η, GD re-tuned per a) and the zero predictor",
     )  # fmt: skip
@@ -174,8 +175,8 @@ def _ci(v: tuple, scale: float = 1.0) -> str:
 def _weights_figure(run_dir: Path) -> list[Path]:
     """Aligned trained W_KQ and W_PV of the first seed next to Prop. 1's (von Oswald et al. Fig. 9)."""
     ckpts = sorted((run_dir / "checkpoints").glob("lsa_factorised-s*.pt"))
-    if not ckpts:
-        return []
+    if not ckpts:  # a committed run without its checkpoints keeps the figure the run drew
+        return [p for p in (run_dir / "figures" / "weights.png", run_dir / "figures" / "weights.pdf") if p.exists()]
     ckpt = torch.load(ckpts[0], weights_only=True, map_location="cpu")
     model = LinearSelfAttention(ckpt["model_d"], LSAConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])

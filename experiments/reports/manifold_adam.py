@@ -126,6 +126,6 @@ each step, on a shared machine), `figures/constraint_violation.png`.
                                  "steps_to_target": e["steps_to_target"][0], "max_violation":
                                  max_violation(e["method"])} for e in table},
         "comparison": cmp,
-        "selection": select_lrs(rows),
+        "selection": {name: run[1] for name, run in select_lrs(rows).items()},
         "figures": [str(p.relative_to(run_dir)) for p in figs],
     })  # fmt: skip

@@ -123,5 +123,5 @@ Rows: results.csv (columns `method` and `lr` name a run; curve metrics carry the
                      for e in table},
         "verdict": verdict,
         "figures": [str(p.relative_to(run_dir)) for p in figs],
-        "selection": select_lrs(rows),
+        "selection": {name: run[1] for name, run in select_lrs(rows).items()},
     })  # fmt: skip
