@@ -2,7 +2,7 @@
 
 The learned models of the papers are judged against classical iterations, usually untuned (Dutta & Sra 2024's
 notebooks fix η = 0.005, β = 0.9) and run on n − 1 context points (the off-by-one inherited from Ahn et al.'s
-baseline code, see the research notes §1.6). This study gives every study a common, honest reference: on the
+baseline code). This study gives every study a common, honest reference: on the
 same held-out prompts (all n context points), in float64,
 
 - gradient descent with the best constant η (``gd``) and the best per-step schedule η_1..η_T (``gd_schedule``),
@@ -27,7 +27,7 @@ scaled by the tuned constant η (the constant step is a saddle of the per-step p
 never worse than the constant step.
 
 Datasets: ``ahn_dutta`` (d = 5, n = 20, Σ = U diag(1, 1, 1/4, 1/16, 1) Uᵀ with a Haar U per seed, w* ~ N(0, Σ⁻¹):
-the eigenvalues of the Dutta/Ahn code, see notes §1.9) and ``isotropic`` (Σ = I, w* ~ N(0, I)); noiseless.
+the eigenvalues of the Dutta/Ahn code) and ``isotropic`` (Σ = I, w* ~ N(0, I)); noiseless.
 Loss: plain query MSE; log-loss = natural log of the mean over prompts (Dutta & Sra's y-axis).
 
 No training is involved, so the profiles only differ in prompts, seeds and tuning budget: ``quick`` (1 seed,
@@ -77,7 +77,7 @@ from reference_optimizers._checks import DivergedError
 NAME = "baselines"
 DATASETS = ("ahn_dutta", "isotropic")
 #: Dutta & Sra's notebooks, ``gd_loss_mean``: log(mean query MSE) of Fletcher–Reeves CGD after 1..4 steps on
-#: the Ahn/Dutta data, computed on 19 of the 20 context points (research notes §1.6 [N]).
+#: the Ahn/Dutta data, computed on 19 of the 20 context points (the authors' notebook output).
 DUTTA_CGD = (0.75, 0.18, -0.74, -1.62)
 
 ETA_GRID = tuple(float(v) for v in np.geomspace(0.05, 3.0, 13))

@@ -1,7 +1,7 @@
 """gd_one_layer: a trained one-layer linear self-attention is one step of gradient descent (von Oswald et al. 2023).
 
 Setting (von Oswald et al., ICML 2023, §3 and their code ``constructed_token_setup.ipynb``): d = N = 10, tokens
-(x_i, y_i), x ~ U(−0.5, 0.5)^10 (the code's ``input_range = 1``; the paper text says U(−1, 1), research notes §3.2),
+(x_i, y_i), x ~ U(−0.5, 0.5)^10 (the code's ``input_range = 1``; the paper text says U(−1, 1)),
 w* ~ N(0, I), noiseless labels, one LSA layer in the factorised parametrization (W_K, W_Q, W_V, W_P, key size
 d+1 = 11) trained with Adam (lr 1e-3, batch 2048, fresh prompts every step, global gradient clipping).
 
@@ -22,9 +22,9 @@ prompts the training never saw:
 
 Theory (derived here for the uniform law; ``theory_loss``): with s² = a²/3, m₄ = a⁴/5 and
 c = ((n−1)/n)s⁴ + (m₄ + (d−1)s⁴)/n, one GD step of size η has MSE d·(s² − 2ηs⁴ + η²s²c), minimised at η* = s²/c
-with MSE* = d·(s² − s⁶/c). At a = 0.5: η* = 6.0606, ½·MSE* = 0.2062, zero predictor ½·MSE = 0.4167 (notes §3.2:
-0.206, η ≈ 6.07, 0.417). One layer can not beat one GD step here: by the symmetry of the law the optimal
-single-layer preconditioner is a multiple of I, so the trained model's target is exactly this GD step.
+with MSE* = d·(s² − s⁶/c). At a = 0.5: η* = 6.0606, ½·MSE* = 0.2062, zero predictor ½·MSE = 0.4167 (an independent
+derivation gives 0.206, η ≈ 6.07, 0.417). One layer can not beat one GD step here: by the symmetry of the law the
+optimal single-layer preconditioner is a multiple of I, so the trained model's target is exactly this GD step.
 
 Profiles (2 CPU cores; measured): ``quick`` 1 seed, 400 steps, batch 512, lr 3e-3 (≈ 20 s); ``standard``
 (default) 3 seeds, 3000 steps, batch 2048 (≈ 4 min); ``paper`` 3 seeds, von Oswald et al.'s 50,000 steps at

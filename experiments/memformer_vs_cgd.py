@@ -2,12 +2,12 @@
 
 Reproduces Dutta & Sra (2024, arXiv 2410.07263, "Memory-augmented Transformers can implement linear first-order
 optimization methods", Figs. 1, 2 and 5) with held-out test prompts, several seeds and every baseline on the same
-n = 20 context points as the models (research notes §1).
+n = 20 context points as the models.
 
 Data. d = 5, n = 20, x = U·diag(√λ)·g with a Haar U per seed and λ = (1, 1, 1/4, 1/16, 1), w* ~ N(0, Σ⁻¹)
 (``noniso``), and the isotropic variant Σ = I (``iso``). Convention: λ are the eigenvalues of Σ itself. The
 paper's text writes Σ = UᵀDU with D = diag(1, 1, ½, ¼, 1), but its code draws x = U D g, so its Σ has
-eigenvalues D² = (1, 1, 0.25, 0.0625, 1) (κ = 16): those are the values used here (notes §1.9 #1).
+eigenvalues D² = (1, 1, 0.25, 0.0625, 1) (κ = 16): those are the values used here.
 
 Models (all trained, one per depth L = 1…4, sparse parametrisation B_ℓ = 0):
 
@@ -105,9 +105,9 @@ MODEL_KINDS = ("lt_scalar", "lt_full", "cgd_scalar", "cgd_full", "lfom_scalar", 
 SETTINGS = ("noniso", "iso")
 PAPER_EIGENVALUES = (1.0, 1.0, 0.25, 0.0625, 1.0)
 
-#: Dutta & Sra's printed CGD log-losses (notebook output, 19 context points, B = 1000 test prompts; notes §1.6).
+#: Dutta & Sra's printed CGD log-losses (notebook output, 19 context points, B = 1000 test prompts).
 PAPER_CG_LOG = {1: 0.75, 2: 0.18, 3: -0.74, 4: -1.62}
-#: Values read off the paper's figures at L = 1 and L = 4 (±0.1–0.3; notes §1.5): (setting, method) -> {L: log}.
+#: Values read off the paper's figures at L = 1 and L = 4 (±0.1–0.3): (setting, method) -> {L: log}.
 PAPER_FIGURES = {
     ("noniso", "cg"): {1: 0.5, 4: -1.5},
     ("noniso", "cgd_scalar"): {1: 0.5, 4: -0.4},  # Fig. 1a Memformer

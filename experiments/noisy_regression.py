@@ -1,7 +1,7 @@
 """noisy_regression: FULL, DIAG and GD++ linear transformers on noisy regression (Vladymyrov et al. 2024).
 
 Reproduces the adjusted-loss study of Vladymyrov, von Oswald, Sandler & Ge (NeurIPS 2024, "Linear Transformers
-are Versatile In-Context Learners", Table 1 and Fig. 2; research notes §5) at CPU scale.
+are Versatile In-Context Learners", Table 1 and Fig. 2) at CPU scale.
 
 Data. d = 10, n = 20, x ~ N(0, I), w* ~ N(0, I), y_i = ⟨w*, x_i⟩ + σ_τ ξ_i with one σ_τ per prompt drawn from
 U(0, σ_max) (σ_max ∈ {0, 1, 3, 5}) or uniformly from the categorical set {1, 3}; the query target is noiseless.

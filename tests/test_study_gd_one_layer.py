@@ -13,7 +13,7 @@ from experiments.results import read_results
 def test_theory_matches_the_published_numbers():
     eta, mse = theory_optimum(0.5, 10, 10)
     assert eta == pytest.approx(6.0606, abs=1e-3)
-    assert mse / 2 == pytest.approx(0.2062, abs=1e-3)  # notes §3.2: 0.206 (½·MSE), η ≈ 6.07
+    assert mse / 2 == pytest.approx(0.2062, abs=1e-3)  # an independent derivation: 0.206 (½·MSE), η ≈ 6.07
     assert theory_loss(0.0, 0.5, 10, 10) / 2 == pytest.approx(0.4167, abs=1e-3)  # zero predictor 0.417
     # the text's U(−1, 1): exactly 4× (every term scales with a²); the notes' 0.822 is a simulation
     assert theory_optimum(1.0, 10, 10)[1] / 2 == pytest.approx(0.822, abs=5e-3)

@@ -269,7 +269,7 @@ on the first 19 (the notebooks' protocol), against the published 0.75, 0.18, −
 {offbyone}
 - **CG beats the Krylov bound**, which caps every method whose coefficients are shared by all prompts: GD with any
   step schedule, heavy ball, Nesterov, fixed preconditioners, and the linear transformers / CGD-like and LFOM
-  Memformers with B_ℓ = 0 and scalar Γ (notes §1.3 [D]). CG chooses α_t, β_t per prompt (exact line search), so
+  Memformers with B_ℓ = 0 and scalar Γ (Dutta & Sra Props. 1–2). CG chooses α_t, β_t per prompt (exact line search), so
   after T steps it picks the best polynomial *for each prompt*; a learned model with shared coefficients cannot,
   which is why the CGD-like Memformer stays above CGD in Fig. 1a. A learned model below the Krylov bound must be
   using something outside the class (full A_ℓ learned ≈ Σ⁻¹ preconditioning: compare with the Σ⁻¹ bound; B_ℓ ≠ 0

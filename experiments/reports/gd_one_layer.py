@@ -77,7 +77,7 @@ def report(run_dir: str | Path) -> dict:
         ("trained 1-layer LSA: ½·MSE", tf[0] / 2, f"≈ {PUBLISHED['gd_half_mse']} (= GD)", f"{mse_th / 2:.4f}",
          _ci(tf, 0.5)),
         ("GD, tuned η: MSE", gd[0], "–", f"{mse_th:.4f}", _ci(gd)),
-        ("GD, tuned η: ½·MSE", gd[0] / 2, f"{PUBLISHED['gd_half_mse_notes']} (notes §3.2)", f"{mse_th / 2:.4f}",
+        ("GD, tuned η: ½·MSE", gd[0] / 2, f"{PUBLISHED['gd_half_mse_notes']} (derived)", f"{mse_th / 2:.4f}",
          _ci(gd, 0.5)),
         ("zero predictor: ½·MSE", zero[0] / 2, f"{PUBLISHED['zero_half_mse_notes']}", f"{zero_th / 2:.4f}",
          _ci(zero, 0.5)),
@@ -122,8 +122,9 @@ The trained model's loss is {fmt(rel * 100, 3)}% off the tuned GD step's on the 
 **Theory column.** Exact for this law (module docstring): one GD step of size η has MSE d·(s² − 2ηs⁴ + η²s²c),
 s² = a²/3, c = ((n−1)/n)s⁴ + (a⁴/5 + (d−1)s⁴)/n, so η* = {eta_th:.4f} and ½·MSE* = {mse_th / 2:.4f} at a = {a0}. By the
 sign-flip and permutation symmetry of the law the best single LSA layer is a multiple of I, i.e. this GD step, so
-"theory" is also the trained model's optimum. The notes' 0.206 / η ≈ 6.07 / 0.417 agree; the paper's "desired GD loss
-of 0.2" (App. A.11) is this number rounded, and it holds for the code's U(−0.5, 0.5), not the text's U(−1, 1).
+"theory" is also the trained model's optimum. An independent derivation's 0.206 / η ≈ 6.07 / 0.417 agrees; the
+paper's "desired GD loss of 0.2" (App. A.11) is this number rounded, and it holds for the code's U(−0.5, 0.5), not the
+text's U(−1, 1).
 
 **Differences from the paper.** (1) The paper's Prop. 1 weights have P = (η/N)·I; our layer carries the 1/n itself,
 so our W_P = η·I (same function). (2) Interpolation acts on the products W_KQ = W_KᵀW_Q and W_PV = W_P W_V after the

@@ -100,7 +100,7 @@ predictor {fmt(zero)}.
 
 Differences explained: Ahn et al. train 100k steps with batch 20000, per-matrix clipping 0.01 and a halving lr
 schedule (the `paper` profile follows the batch and resampling); Dutta & Sra's numbers come from 10 Adam steps plus
-1000 full-batch steps on one fixed batch (notes §1.9), so neither is a like-for-like number for this budget.
+1000 full-batch steps on one fixed batch (their code), so neither is a like-for-like number for this budget.
 Their baselines use 19 of the 20 context points; ours use all 20 (as the model). The tuned PGD line is a
 representable point of the sparse model, so a model below it has found more than the Thm 3 family (possible:
 Thm 3 only says the family contains critical points), and a model above it is under-trained at this budget.
