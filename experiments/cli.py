@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # the training stack is imported only for a run (list, --show-config and report do without it)
     from experiments.common import RunContext
     from icl.runio import prepare_run_dir
-    from icl.train import TrainingDiverged, TrainingInterrupted
+    from icl.training import TrainingDiverged, TrainingInterrupted, signals
 
     tag = getattr(cfg, "seed", None)
     tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
@@ -151,8 +151,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         argv=list(argv),
         stop_after=args.stop_after,
     )
+    signals.install()  # once per run: a stop request is kept until some phase honours it
     try:
         exp.run(cfg, ctx)
+        signals.raise_if_requested("after the run")
     except TrainingInterrupted as e:
         resume = f"python -m experiments run {exp.name} --out {out} --resume"
         if args.overrides:
@@ -175,6 +177,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        signals.uninstall()
+        signals.clear()
     return 0
 
 

@@ -1,8 +1,7 @@
-"""What every study shares: the run context, config.json, checkpoints and the trained-model helper."""
+"""What every study shares: the run context (and the checkpoint store it hands to training) and config.json."""
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -15,13 +14,9 @@ from torch import nn
 
 from icl.config import Config
 from icl.prompts import PromptDistribution
-from icl.runio import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import Trainer, TrainingInterrupted
-from icl.vectorised import SeedBatchTrainer
-from learned_optimizers.registry import model_name
-
-CHECKPOINT_FORMAT = "icl-optimizers/1"
+from icl.training import RunStore, SeedRun, TrainConfig, fit
 
 
 @dataclass
@@ -36,7 +31,7 @@ class RunContext:
         resume: continue from ``out_dir/checkpoint.pt``.
         argv: the command line, for the record.
         stop_after: simulate an interruption: :func:`train_model` checkpoints at this step and raises
-            :class:`~icl.train.TrainingInterrupted` (None: train to the end).
+            :class:`~icl.training.TrainingInterrupted` (None: train to the end).
     """
 
     name: str
@@ -59,6 +54,14 @@ class RunContext:
     def checkpoint_path(self) -> Path:
         return self.out_dir / "checkpoint.pt"
 
+    def store(self, cfg: Config, checkpoint_every: int | None = None, file: Path | None = None) -> RunStore:
+        """Where :func:`icl.training.fit` keeps this run's checkpoints (``checkpoints/``) and training logs
+        (``train_logs/``), with the run's resume flag and ``stop_after``."""
+        every = checkpoint_every if checkpoint_every is not None else getattr(cfg, "checkpoint_every", 1000)
+        return RunStore(dir=self.out_dir / "checkpoints", experiment=self.name, config=cfg, resume=self.resume,
+                        stop_after=self.stop_after, checkpoint_every=every, train_logs=self.out_dir / "train_logs",
+                        log=self.print, file=file)  # fmt: skip
+
 
 def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:
     """Write ``config.json``: the fully resolved config, the derived stream seeds and the environment."""
@@ -76,113 +79,6 @@ def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:
     )
 
 
-def _payload(ctx: RunContext, cfg: Config, model: nn.Module, weights: Any, state: dict, **extra: Any) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "experiment": ctx.name,
-        "config": json.dumps(cfg.to_dict()),
-        "model_name": model_name(model),
-        "model_d": int(model.d),
-        "model_config": model.cfg.to_dict(),
-        "model": weights,
-        "trainer": state,
-        **extra,
-    }
-
-
-def checkpoint_payload(ctx: RunContext, cfg: Config, trainer: Trainer, **extra: Any) -> dict[str, Any]:
-    """A self-contained checkpoint: the config, how to rebuild the model, and the trainer's exact state."""
-    state = trainer.state_dict()
-    return _payload(ctx, cfg, trainer.model, state.pop("model"), state, **extra)
-
-
-def save_trainer(ctx: RunContext, cfg: Config, trainer: Trainer, path: Path | None = None) -> Path:
-    """Atomically write the checkpoint of ``trainer``."""
-    return save_checkpoint(path or ctx.checkpoint_path, checkpoint_payload(ctx, cfg, trainer))
-
-
-CHECKPOINT_KEYS = ("format", "config", "model", "trainer")
-
-#: config fields (by their last name) that choose how a run is computed, not what: a checkpoint written with
-#: another value of them resumes (the numbers then differ from an uninterrupted run only by float rounding)
-RESUME_INDIFFERENT = ("vectorise_seeds", "compile")
-
-
-def load_run_checkpoint(ctx: RunContext, cfg: Config, path: Path) -> dict[str, Any]:
-    """Load a checkpoint of this run, refusing one that is not ours or was written for another config.
-
-    Raises:
-        CheckpointError: missing, truncated, corrupt, of another format or of another config.
-    """
-    ckpt = load_checkpoint(path, map_location=ctx.device, required=CHECKPOINT_KEYS)
-    if ckpt["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"checkpoint {path} has format {ckpt['format']!r}; this version reads {CHECKPOINT_FORMAT!r}"
-        )
-    try:
-        saved = json.loads(ckpt["config"])
-        saved = type(cfg).from_dict(saved).to_dict()  # defaults of fields added since are filled in
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} holds an unreadable config ({e})") from None
-    diff = [k for k in _diff_keys(saved, cfg.to_dict()) if k.rsplit(".", 1)[-1] not in RESUME_INDIFFERENT]
-    if diff:
-        raise CheckpointError(
-            f"the checkpoint {path} was written with a different config (differs in: {', '.join(diff)}); "
-            "resume with the same settings"
-        )
-    if not isinstance(ckpt["trainer"], dict):
-        raise CheckpointError(f"checkpoint {path}: 'trainer' must be a dict, got {type(ckpt['trainer']).__name__}")
-    return ckpt
-
-
-def restore_trainer(ctx: RunContext, cfg: Config, trainer: Trainer, path: Path | None = None) -> dict[str, Any]:
-    """Load the checkpoint into ``trainer`` (see :func:`load_run_checkpoint`); returns the checkpoint dict,
-    whose extra entries (e.g. a study's read-outs) travel with it.
-
-    Raises:
-        CheckpointError: missing, truncated, corrupt, of another format or config, or not matching the model.
-    """
-    path = path or ctx.checkpoint_path
-    return _restore(ctx, cfg, path, lambda ckpt: trainer.load_state_dict({**ckpt["trainer"], "model": ckpt["model"]}))
-
-
-def _restore(ctx: RunContext, cfg: Config, path: Path, load: Any) -> dict[str, Any]:
-    """Read the checkpoint at ``path`` and hand it to ``load``; a state that does not fit is a CheckpointError."""
-    ckpt = load_run_checkpoint(ctx, cfg, path)
-    try:
-        load(ckpt)
-    except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: {e})") from None
-    return ckpt
-
-
-def seed_batch_payload(ctx: RunContext, cfg: Config, batch: SeedBatchTrainer, **extra: Any) -> dict[str, Any]:
-    """The checkpoint of a seed batch: as :func:`checkpoint_payload`, with ``model`` the stacked parameters
-    (name -> (S, ...)) and ``seeds`` the batch's seeds."""
-    state = batch.state_dict()
-    seeds = list(state["seeds"])
-    return _payload(ctx, cfg, batch.skeleton, state.pop("params"), state, seeds=seeds, **extra)
-
-
-def restore_seed_batch(ctx: RunContext, cfg: Config, batch: SeedBatchTrainer, path: Path) -> dict[str, Any]:
-    """Load a :func:`seed_batch_payload` checkpoint into ``batch``; returns the checkpoint dict.
-
-    Raises:
-        CheckpointError: as :func:`restore_trainer`, or the checkpoint is of other seeds.
-    """
-    return _restore(ctx, cfg, path, lambda ckpt: batch.load_state_dict({**ckpt["trainer"], "params": ckpt["model"]}))
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where two nested dicts differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out.extend(_diff_keys(a.get(k), b.get(k), f"{prefix}{k}."))
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def make_distribution(prompt_cfg: Any, streams: Streams) -> PromptDistribution:
     """The run's prompt law, its rotation drawn from the ``rotation`` stream."""
     return PromptDistribution(prompt_cfg, generator=streams.generator("rotation"))
@@ -193,42 +89,20 @@ def train_model(
     cfg: Config,
     model: nn.Module,
     dist: PromptDistribution,
-    train_cfg: Any,
+    train_cfg: TrainConfig,
     streams: Streams,
     *,
     checkpoint_every: int,
-    checkpoint_path: Path | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> Trainer:
-    """Train ``model`` (resuming from its checkpoint when asked), checkpointing on the way.
-
-    Studies that train several models give each its own ``checkpoint_path``; a model whose checkpoint is
-    complete is loaded, not retrained, on ``--resume``.
-
-    SIGINT and SIGTERM stop the run cleanly: the state at the current step is checkpointed and
-    :class:`~icl.train.TrainingInterrupted` is raised (the CLI turns it into a message and exit status
-    128 + signal number). ``ctx.stop_after`` does the same at a given step, deterministically.
+) -> SeedRun:
+    """Train one model on ``ctx.checkpoint_path`` (resuming from it when asked): :func:`icl.training.fit`
+    with one seed, for the single-model experiments.
 
     Raises:
-        TrainingDiverged: see :meth:`Trainer.run`; the checkpoint on disk is the last finite one.
+        TrainingDiverged: the checkpoint on disk is the last healthy one.
         TrainingInterrupted: stopped by a signal or by ``ctx.stop_after``, after checkpointing.
     """
-    path = checkpoint_path or ctx.checkpoint_path
-    trainer = Trainer(model, dist, train_cfg, streams, optimizer=optimizer, device=ctx.device, quiet=ctx.quiet)
-    if ctx.resume and path.exists():
-        restore_trainer(ctx, cfg, trainer, path)
-        if trainer.step < train_cfg.steps:
-            ctx.print(f"resumed {path.name} at step {trainer.step}")
-    save = lambda t: save_trainer(ctx, cfg, t, path)
-    trainer.run(until=ctx.stop_after, on_checkpoint=save, checkpoint_every=checkpoint_every)
-    if ctx.stop_after is not None and trainer.step < trainer.cfg.steps:
-        save(trainer)
-        raise TrainingInterrupted(
-            f"stopped at step {trainer.step} as asked by stop_after = {ctx.stop_after}", step=trainer.step
-        )
-    if trainer.cfg.steps == 0 or not path.exists():
-        save(trainer)
-    return trainer
+    store = ctx.store(cfg, checkpoint_every=checkpoint_every, file=ctx.checkpoint_path)
+    return fit([model], [dist], train_cfg, [streams], store=store, device=ctx.device, quiet=ctx.quiet).runs[0]
 
 
 def environment_line() -> str:

@@ -42,13 +42,13 @@ import torch
 
 from experiments.common import RunContext, write_config
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_one
+from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_all_seeds
 from icl.config import spec
 from icl.metrics import relative_frobenius
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
+from icl.training import ModelSpec, TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.constructions import gd_factorised
 from learned_optimizers.probes import compare, interpolate
@@ -139,11 +139,11 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
     rows = Rows(NAME)
     d, n = cfg.prompt.d, cfg.prompt.n
     eta_th, mse_th = theory_optimum(cfg.prompt.uniform_a, d, n)
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        dist = PromptDistribution(cfg.prompt, generator=streams.generator("rotation"))
-        model = LinearSelfAttention(d, cfg.model, generator=streams.generator("init", "cpu"))
-        trainer = train_one(ctx, cfg, "lsa_factorised", seed, model, dist, cfg.train, streams)
+    seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    dists = [PromptDistribution(cfg.prompt, generator=st.generator("rotation")) for st in seed_streams]
+    fitted = train_all_seeds(ctx, cfg, "lsa_factorised", ModelSpec("lsa", d, cfg.model), dists, cfg.train,
+                             seed_streams)  # the seeds trained together  # fmt: skip
+    for seed, streams, dist, trainer in zip(cfg.seeds, seed_streams, dists, fitted.runs):
         trained = trainer.model.to("cpu").double().eval()
 
         tune = dist.sample(cfg.tune_prompts, streams.generator("tune", "cpu")).to(dtype=torch.float64)

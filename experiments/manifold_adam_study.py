@@ -43,22 +43,22 @@ import torch
 from experiments.common import RunContext, make_distribution, write_config
 from experiments.optimizer_sweep import (
     add_run_rows,
-    split_blocks,
     train_timed,
 )
 from experiments.registry import Study
 from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts
 from icl.config import ConfigError, spec
-from icl.optim import ManifoldAdam, ManifoldSGD, ProjectedRiemannianAdam, manifold_point
 from icl.optim.manifolds import get_manifold
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
-from learned_optimizers import LinearSelfAttention, LSAConfig
+from icl.training import ModelSpec, OptimizerSpec, TrainConfig
+from learned_optimizers import LSAConfig
+from learned_optimizers.constraints import param_groups
 from reference_optimizers import gradient_descent, mean_query_loss, one_layer_optimum
 
 NAME = "manifold_adam"
+REFERENCE_LR = 1e-2  # train.lr scales lr_grid and sgd_lr_grid, which are given for train.lr = 0.01
 METHODS = ("adam_unconstrained", "manifold_adam", "projected_adam", "manifold_sgd", "manifold_momentum")
 SGD_TYPE = ("manifold_sgd", "manifold_momentum")
 
@@ -94,6 +94,9 @@ class ManifoldAdamConfig(StudyConfig):
         k = self.model.key_size if self.model.key_size is not None else self.prompt.d + 1
         if k > self.prompt.d + 1:
             raise ConfigError(f"model.key_size = {k} must be <= d+1 = {self.prompt.d + 1} for St(k, d+1)")
+        if self.train.optimizer != TrainConfig.optimizer:
+            raise ConfigError(f"train.optimizer = {self.train.optimizer!r} is not used by this study, which trains "
+                              "every method of `methods` (set methods=... to choose them)")
         if self.constrain_value and not self.model.projection:
             raise ConfigError("constrain_value needs model.projection = true (P = W_P W_V carries the scale)")
 
@@ -112,21 +115,14 @@ def constrained_names(cfg: ManifoldAdamConfig) -> tuple[str, ...]:
     return ("W_K", "W_Q", "W_V") if cfg.constrain_value else ("W_K", "W_Q")
 
 
-def build_model(cfg: ManifoldAdamConfig, streams: Streams, device) -> tuple[LinearSelfAttention, list, list]:
-    """The factorised LSA with per-block parameters; the constrained blocks start on St(k, d+1)."""
-    gen = streams.generator("init", "cpu")
-    model = LinearSelfAttention(cfg.prompt.d, cfg.model, generator=gen)
-    stiefel, euclid = [], []
-    for name in model.parameter_names():
-        on = name in constrained_names(cfg)
-        blocks = split_blocks(model, name, transpose=on)
-        if on:
-            with torch.no_grad():
-                for p in blocks.blocks:
-                    p.copy_(manifold_point("stiefel", tuple(p.shape), generator=gen))
-        (stiefel if on else euclid).extend(blocks.blocks)
-    model.to(device=device, dtype=cfg.train.torch_dtype)
-    return model, stiefel, euclid
+def model_spec(cfg: ManifoldAdamConfig) -> ModelSpec:
+    """The factorised LSA with per-block parameters; the constrained blocks (W_K, W_Q, and W_V with
+    ``constrain_value``) start on St(k, d+1)."""
+    return ModelSpec("lsa", cfg.prompt.d, cfg.model, constraints={n: "stiefel" for n in constrained_names(cfg)})
+
+
+def stiefel_blocks(model) -> list:
+    return [p for g in param_groups(model) if g.get("manifold") == "stiefel" for p in g["params"]]
 
 
 def violation(params) -> float:
@@ -135,16 +131,18 @@ def violation(params) -> float:
     return max(st.check(p.detach()) for p in params)
 
 
-def build_optimizer(method: str, stiefel, euclid, lr: float, streams: Streams):
-    seed = streams.seed_of("section")
+def optimizer_spec(method: str, lr: float, train: TrainConfig) -> OptimizerSpec:
+    """The optimizer of ``method`` at ``lr``, with the rest of ``train`` where it takes it; the manifold ones get
+    the Stiefel blocks as a group on that manifold, ManifoldAdam/SGD draw their sections from the seed's
+    ``section`` stream."""
     if method == "adam_unconstrained":
-        return torch.optim.Adam(stiefel + euclid, lr=lr, betas=(0.9, 0.99))
-    groups = [{"params": stiefel, "manifold": "stiefel"}, {"params": euclid}]
+        return OptimizerSpec.from_config(train, "adam", lr=lr, **({} if train.betas else {"betas": (0.9, 0.99)}))
     if method == "manifold_adam":
-        return ManifoldAdam(groups, lr=lr, seed=seed)
+        return OptimizerSpec.from_config(train, "manifold_adam", lr=lr)
     if method == "projected_adam":
-        return ProjectedRiemannianAdam(groups, lr=lr)
-    return ManifoldSGD(groups, lr=lr, momentum=0.9 if method == "manifold_momentum" else 0.0, seed=seed)
+        return OptimizerSpec.from_config(train, "riemannian_adam", lr=lr)
+    momentum = 0.9 if method == "manifold_momentum" else 0.0
+    return OptimizerSpec.from_config(train, "manifold_sgd", lr=lr, momentum=momentum)
 
 
 def tuned_gd(dist, streams: Streams, steps: int, tune: int, test: int) -> tuple[float, list[float]]:
@@ -171,21 +169,26 @@ def run(cfg: ManifoldAdamConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(ctx.name)
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        dist = make_distribution(cfg.prompt, streams)
-        for method_name in cfg.methods:
-            for lr in cfg.sgd_lr_grid if method_name in SGD_TYPE else cfg.lr_grid:
-                method = f"{method_name}@{lr:g}"
-                model, stiefel, euclid = build_model(cfg, streams, ctx.device)
-                opt = build_optimizer(method_name, stiefel, euclid, lr, streams)
-                res = train_timed(ctx, cfg, method, seed, model, dist, cfg.train, streams, opt,
-                                  monitor=lambda s=stiefel: violation(s), monitor_every=cfg.monitor_every)  # fmt: skip
+    seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
+    spec = model_spec(cfg)
+    for method_name in cfg.methods:  # every (method, lr) trained for all seeds together
+        for lr in cfg.sgd_lr_grid if method_name in SGD_TYPE else cfg.lr_grid:
+            lr = lr * (cfg.train.lr / REFERENCE_LR)
+            method = f"{method_name}@{lr:g}"
+            build = lambda st: spec.build(st.generator("init", "cpu"))  # noqa: E731
+            runs = train_timed(ctx, cfg, method, build, dists, cfg.train, seed_streams,
+                               optimizer_spec(method_name, lr, cfg.train),
+                               monitor=lambda m: violation(stiefel_blocks(m)),
+                               monitor_every=cfg.monitor_every)  # fmt: skip
+            for seed, streams, dist, res in zip(cfg.seeds, seed_streams, dists, runs):
                 test = evaluate_model(res["trainer"].model, dist, streams, cfg.test_prompts) if res["trainer"] else None
                 add_run_rows(rows, method_name, lr, seed, res, test)
                 final = res["evals"][-1]["eval_loss"] if res["evals"] and res["trainer"] else float("nan")
                 viol = res["samples"][-1][1] if res["samples"] else float("nan")
                 ctx.print(f"seed {seed} {method:<28} final val {final:.4g}  violation {viol:.2e}  {res['status'][:50]}")
+            rows.write(ctx)
+    for seed, streams, dist in zip(cfg.seeds, seed_streams, dists):
         gd, etas = tuned_gd(dist, streams, cfg.model.layers, cfg.tune_prompts, cfg.test_prompts)
         rows.add("tuned_gd", cfg.model.layers, seed, "test_loss", gd)
         for i, e in enumerate(etas):

@@ -84,8 +84,7 @@ from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
-from icl.vectorised import seed_batchable
+from icl.training import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.memformer import Memformer, MemformerConfig
 from reference_optimizers import (
@@ -220,7 +219,6 @@ PROFILES = {
 # -- models --------------------------------------------------------------------------------------------------
 
 
-@seed_batchable  # blockwise, so it applies unchanged to the (S, ...) stack of a seed batch
 def _project_to_identity(grad: torch.Tensor) -> torch.Tensor:
     """The orthogonal projection of every trailing d×d block onto span{I}: g ← (tr g / d)·I."""
     d = grad.shape[-1]
@@ -363,7 +361,7 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
             for L in cfg.depths:  # each model trained for all seeds at once (when vectorise_seeds allows)
                 models = [build(kind, cfg.d, cfg.n, L, cfg, st.generator("init", "cpu")) for st in streams]
                 runs = train_all_seeds(ctx, cfg, f"{setting}-{kind}-L{L}", models, dists, cfg.train, streams)
-                for st, trainer, test in zip(streams, runs.trainers, tests):
+                for st, trainer, test in zip(streams, runs.runs, tests):
                     seed, model = st.seed, trainer.model
                     with torch.no_grad():
                         pred = model(test.Z().to(device=ctx.device, dtype=model.dtype))

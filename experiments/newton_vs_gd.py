@@ -69,13 +69,13 @@ from torch import nn
 
 from experiments.common import RunContext, make_distribution, write_config
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts, train_one
+from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts, train_all_seeds, train_one
 from icl.config import ConfigError, spec
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig, TrainingDiverged
-from learned_optimizers import LinearSelfAttention, LSAConfig
+from icl.training import ModelSpec, TrainConfig, TrainingDiverged
+from learned_optimizers import LSAConfig
 from learned_optimizers.gpt import GPT, GPTConfig
 from learned_optimizers.probes import compare
 from reference_optimizers import iterative_newton, least_squares, mean_query_loss, moments
@@ -231,22 +231,29 @@ def tune_gd_step(dist, streams: Streams, steps: int, count: int = 2048) -> float
     return best[1]
 
 
-def train_models(cfg: NewtonVsGDConfig, ctx: RunContext, seed: int, streams: Streams, dist):
-    out = {}
+def train_models(cfg: NewtonVsGDConfig, ctx: RunContext, seed_streams: list[Streams], dists) -> list[dict]:
+    """Per seed, each of ``cfg.models`` trained (None where it diverged): all seeds together; when a seed
+    diverges, seed by seed, so that the others keep their models."""
+    out: list[dict] = [{} for _ in seed_streams]
     for name in cfg.models:
         if name == "lsa_full":
-            model = LinearSelfAttention(cfg.prompt.d, cfg.lsa, generator=streams.generator("init", "cpu"))
-            tc = cfg.lsa_train
+            spec, tc = ModelSpec("lsa", cfg.prompt.d, cfg.lsa), cfg.lsa_train
         else:
-            model = GPT(cfg.prompt.d, cfg.gpt, generator=streams.generator("init", "cpu"))
-            tc = cfg.gpt_train
+            spec, tc = ModelSpec("gpt", cfg.prompt.d, cfg.gpt), cfg.gpt_train
         try:
-            trainer = train_one(ctx, cfg, name, seed, model, dist, tc, streams)
+            runs = train_all_seeds(ctx, cfg, name, spec, dists, tc, seed_streams).runs
         except TrainingDiverged as err:
-            ctx.print(f"seed {seed} {name}: {err}")
-            out[name] = None
-            continue
-        out[name] = trainer.model
+            ctx.print(f"{name}: {err}; training the seeds one by one")
+            runs = []
+            for st, dist in zip(seed_streams, dists):
+                try:
+                    runs.append(train_one(ctx, cfg, name, st.seed, spec.build(st.generator("init", "cpu")), dist, tc,
+                                          st))  # fmt: skip
+                except TrainingDiverged as e:
+                    ctx.print(f"seed {st.seed} {name}: {e}")
+                    runs.append(None)
+        for models, run in zip(out, runs):
+            models[name] = run.model if run is not None else None
     return out
 
 
@@ -255,10 +262,10 @@ def run(cfg: NewtonVsGDConfig, ctx: RunContext) -> dict:
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(ctx.name)
     keep = gd_steps_grid(cfg.gd_max_steps)
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        dist = make_distribution(cfg.prompt, streams)
-        models = train_models(cfg, ctx, seed, streams, dist)
+    seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
+    trained = train_models(cfg, ctx, seed_streams, dists)
+    for seed, streams, dist, models in zip(cfg.seeds, seed_streams, dists, trained):
         prompts = held_out_prompts(dist, streams, cfg.compare_prompts, torch.float64)
         eta = tune_gd_step(dist, streams, cfg.gd_tune_steps)
         rows.add("gd", 0, seed, "tuned_eta", eta)

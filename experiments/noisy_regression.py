@@ -47,12 +47,12 @@ from scipy import optimize
 
 from experiments.common import RunContext, make_distribution, write_config
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, held_out_prompts, train_one
+from experiments.study import Rows, StudyConfig, held_out_prompts, train_all_seeds, train_one
 from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig, TrainingDiverged
+from icl.training import TrainConfig, TrainingDiverged
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from reference_optimizers import least_squares, one_layer_optimum, ridge
 
@@ -232,9 +232,10 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
     lambdas: dict = {}
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        for noise, pcfg in cfg.noise_settings():
+    seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    for noise, pcfg in cfg.noise_settings():
+        per_seed = []
+        for seed, streams in zip(cfg.seeds, seed_streams):
             dist = make_distribution(pcfg, streams)
             test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
             tune = PromptDistribution(pcfg, U=dist.U, dtype=torch.float64).sample(
@@ -255,9 +256,11 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
                     _add(rows, name, L, seed, err, oracle, setting=noise)
             rows.add("theory_1layer_gd", 1, seed, "test_loss", theory, setting=noise)
             rows.add("theory_1layer_gd", 1, seed, "adjusted_loss", theory - float(oracle.mean()), setting=noise)
-            for mode in cfg.modes:
-                for L in cfg.depths:
-                    trainer, lr = _train_with_backoff(ctx, cfg, f"{noise}-{mode}-L{L}", seed, mode, L, dist, streams)
+            per_seed.append((seed, streams, dist, test, oracle))
+        for mode in cfg.modes:
+            for L in cfg.depths:
+                trained = _train_with_backoff(ctx, cfg, f"{noise}-{mode}-L{L}", mode, L, per_seed)
+                for (seed, _, _, test, oracle), (trainer, lr) in zip(per_seed, trained):
                     if trainer is None:
                         rows.add(mode, L, seed, "diverged", 1.0, setting=noise)
                         continue
@@ -284,13 +287,26 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     return summary
 
 
-def _train_with_backoff(ctx, cfg, tag, seed, mode, L, dist, streams, retries: int = 2):
-    """Train; if the run diverges, start again from the same initialisation with half the learning rate.
+def _train_with_backoff(ctx, cfg, tag, mode, L, per_seed, retries: int = 2):
+    """Train every seed together; if a run diverges, train each seed alone, starting again from the same
+    initialisation with half the learning rate when it diverges.
 
     Vladymyrov et al. also lowered the learning rate of deep models that were unstable. Each attempt has its own
-    checkpoint tag (``-lr/2``, ``-lr/4``), so ``--resume`` replays the same sequence. Returns (trainer, lr) or
-    (None, lr) when every attempt diverged.
+    checkpoint tag (``-lr/2``, ``-lr/4``), so ``--resume`` replays the same sequence. Returns, per seed,
+    (trained run, lr) or (None, lr) when every attempt diverged.
     """
+    streams = [st for _, st, *_ in per_seed]
+    models = [build(mode, cfg.d, L, cfg.init_std, st.generator("init", "cpu")) for st in streams]
+    try:
+        runs = train_all_seeds(ctx, cfg, tag, models, [dist for _, _, dist, *_ in per_seed], cfg.train, streams).runs
+        return [(run, cfg.train.lr) for run in runs]
+    except TrainingDiverged as e:
+        ctx.print(f"{tag} diverged at lr {cfg.train.lr:g} ({e}): training the seeds one by one")
+    return [_train_one_with_backoff(ctx, cfg, tag, seed, mode, L, dist, st, retries)
+            for seed, st, dist, *_ in per_seed]  # fmt: skip
+
+
+def _train_one_with_backoff(ctx, cfg, tag, seed, mode, L, dist, streams, retries: int):
     train = cfg.train
     for attempt in range(retries + 1):
         model = build(mode, cfg.d, L, cfg.init_std, streams.generator("init", "cpu"))

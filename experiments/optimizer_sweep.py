@@ -1,15 +1,11 @@
 """Shared pieces of the outer-optimizer studies (``outer_optimizers``, ``manifold_adam``).
 
-- :class:`BlockParams`: an LSA weight of shape (L, H, a, b) stored as L·H separate 2-D parameters (optionally
-  transposed). Stiefel parameters of :class:`icl.optim.ManifoldAdam` must be tall matrices, and
-  :class:`icl.optim.SIRFShampoo` gives Kronecker factors only to matrices (it treats order > 2 tensors with its
-  diagonal fallback), so both studies hand the optimizers per-layer/head matrices. The module replaces the
-  model's attribute (``model.A = BlockParams(...)``), so ``model.A[layer]`` still returns the (H, a, b) stack
-  and the model stays a registered :class:`~learned_optimizers.LinearSelfAttention` (checkpoints work).
-- :class:`StepClock`: a forward pre-hook that stamps the wall-clock time of every training forward, and
-  optionally samples a monitor (e.g. the constraint violation) every so many steps.
-- :func:`train_timed`: :func:`experiments.study.train_one` with the clock, a saved timing file next to the
-  checkpoint (so ``--resume`` keeps the times of finished runs) and divergence recorded instead of raised.
+- :class:`~learned_optimizers.constraints.BlockParams` (from the library): an LSA weight of shape (L, H, a, b)
+  stored as L·H separate 2-D parameters. Stiefel parameters of :class:`icl.optim.ManifoldAdam` must be tall
+  matrices, and :class:`icl.optim.SIRFShampoo` gives Kronecker factors only to matrices, so both studies hand
+  the optimizers per-layer/head matrices.
+- :func:`train_timed`: :func:`experiments.study.train_all_seeds` with the engine's clock and a monitor read-out
+  (e.g. the constraint violation) as callbacks, and divergence recorded instead of raised.
 
 The report side (learning-rate selection, the sweep table, the curve plots) is :mod:`experiments.reports.sweep`.
 
@@ -19,124 +15,68 @@ the training step in the ``train_step`` column; depth is 0 (the model's depth is
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from experiments.common import RunContext
-from experiments.study import Rows, evaluate_model, train_one
+from experiments.study import Rows, evaluate_model, train_all_seeds
 from icl.config import Config
 from icl.prompts import PromptDistribution
 from icl.seeding import Streams
-from icl.train import TrainingDiverged
-
-
-class BlockParams(nn.Module):
-    """A weight of shape (L, H, a, b) held as L·H parameters of shape (a, b), or (b, a) with ``transpose``.
-
-    ``self[i]`` is the (H, a, b) stack of layer i (what :meth:`LinearSelfAttention.layer_weights` indexes), and
-    :meth:`full` the whole (L, H, a, b) tensor.
-    """
-
-    def __init__(self, weight: torch.Tensor, transpose: bool = False) -> None:
-        super().__init__()
-        self.L, self.H = weight.shape[:2]
-        self.transpose = transpose
-        flat = weight.detach().reshape(self.L * self.H, *weight.shape[2:])
-        self.blocks = nn.ParameterList([nn.Parameter((w.T if transpose else w).clone()) for w in flat])
-
-    def block(self, layer: int, head: int) -> torch.Tensor:
-        w = self.blocks[layer * self.H + head]
-        return w.T if self.transpose else w
-
-    def __getitem__(self, layer: int) -> torch.Tensor:
-        return torch.stack([self.block(layer, h) for h in range(self.H)])
-
-    def full(self) -> torch.Tensor:
-        return torch.stack([self[i] for i in range(self.L)])
-
-
-def split_blocks(model: nn.Module, name: str, transpose: bool = False) -> BlockParams:
-    """Replace ``model.<name>`` (an (L, H, a, b) parameter) by a :class:`BlockParams` of the same values."""
-    blocks = BlockParams(getattr(model, name), transpose=transpose)
-    delattr(model, name)
-    setattr(model, name, blocks)  # now a submodule: model.<name>[layer] still indexes the (H, a, b) stack
-    return blocks
-
-
-class StepClock:
-    """Wall-clock stamps of every training forward (grad enabled) of ``model``, and monitor samples.
-
-    ``times[s]`` is the time at the start of step s+1 (after s steps and the evaluation at step s); call
-    :meth:`stop` after training for the end time. ``samples`` holds (step, monitor()) every ``every`` steps.
-    """
-
-    def __init__(self, model: nn.Module, monitor: Callable[[], float] | None = None, every: int = 50) -> None:
-        self.times: list[float] = []
-        self.samples: list[tuple[int, float]] = []
-        self.monitor, self.every = monitor, every
-        self.end: float | None = None
-        self._handle = model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: Any) -> None:
-        if not torch.is_grad_enabled():
-            return
-        step = len(self.times)
-        if self.monitor is not None and step % self.every == 0:
-            self.samples.append((step, float(self.monitor())))
-        self.times.append(time.perf_counter())
-
-    def stop(self) -> None:
-        self.end = time.perf_counter()
-        self._handle.remove()
-        if self.monitor is not None:
-            self.samples.append((len(self.times), float(self.monitor())))
-
-    def elapsed(self) -> list[float]:
-        """Seconds since the first step at steps 0, 1, …, len(times)."""
-        if not self.times:
-            return [0.0]
-        t0 = self.times[0]
-        return [t - t0 for t in self.times] + [(self.end or self.times[-1]) - t0]
+from icl.training import Clock, OptimizerSpec, ReadOut, TrainConfig, TrainingDiverged
+from learned_optimizers.constraints import BlockParams, split_blocks  # noqa: F401  (the studies import them here)
 
 
 def train_timed(
     ctx: RunContext,
     cfg: Config,
     tag: str,
-    seed: int,
-    model: nn.Module,
-    dist: PromptDistribution,
-    train_cfg: Any,
-    streams: Streams,
-    optimizer: torch.optim.Optimizer,
-    monitor: Callable[[], float] | None = None,
+    build: Callable[[Streams], nn.Module],
+    dists: Sequence[PromptDistribution],
+    train_cfg: TrainConfig,
+    streams: Sequence[Streams],
+    optimizer: OptimizerSpec,
+    monitor: Callable[[nn.Module], float] | None = None,
     monitor_every: int = 50,
-) -> dict[str, Any]:
-    """Train with :func:`train_one` under a :class:`StepClock`; returns the trainer (None if it diverged),
-    the validation curve, the elapsed seconds per step, the monitor samples and the status."""
-    timing_path = ctx.out_dir / "checkpoints" / f"{tag}-s{seed}.timing.json"
-    clock = StepClock(model, monitor, monitor_every)
-    trainer, status = None, "ok"
+) -> list[dict[str, Any]]:
+    """Train model ``tag`` (built per seed by ``build``) for every seed together, timed by a
+    :class:`~icl.training.Clock` and with ``monitor(model)`` read out every ``monitor_every`` steps (both kept in
+    the checkpoints, so ``--resume`` keeps them). When the seed batch diverges, each seed is trained alone, so
+    that only the seeds that diverge are recorded as diverged.
+
+    Returns, per seed: the trained run (None if it diverged), the validation curve, the elapsed seconds at each
+    step (the seed's share of the batch's time), the monitor samples (step, value) and the status.
+    """
+    S = len(streams)
+    clock = Clock()
+    callbacks: list = [clock]
+    probe = ReadOut(lambda i, m: {"value": float(monitor(m))}, monitor_every, name="monitor") if monitor else None
+    if probe is not None:
+        callbacks.append(probe)
     try:
-        trainer = train_one(ctx, cfg, tag, seed, model, dist, train_cfg, streams, optimizer=optimizer)
+        fitted = train_all_seeds(ctx, cfg, tag, [build(st) for st in streams], dists, train_cfg, streams,
+                                 optimizer=optimizer, callbacks=callbacks)  # fmt: skip
     except TrainingDiverged as err:
-        status = f"diverged: {err}"
-    clock.stop()
-    elapsed = clock.elapsed()
-    samples = clock.samples
-    if ctx.resume and timing_path.exists() and len(elapsed) <= 2:  # finished before: keep the measured times
-        saved = json.loads(timing_path.read_text())
-        elapsed, samples, status = saved["elapsed"], [tuple(s) for s in saved["samples"]], saved["status"]
-    else:
-        timing_path.parent.mkdir(parents=True, exist_ok=True)
-        timing_path.write_text(json.dumps({"elapsed": elapsed, "samples": samples, "status": status}))
-    evals = trainer.history.evals if trainer is not None else []
-    return dict(trainer=trainer, evals=evals, elapsed=elapsed, samples=samples, status=status)
+        if S == 1:
+            return [dict(trainer=None, evals=[], elapsed=[0.0], samples=[], status=f"diverged: {err}")]
+        ctx.print(f"{tag}: {err}; training the seeds one by one")
+        one = lambda i: train_timed(ctx, cfg, tag, build, dists[i : i + 1], train_cfg, streams[i : i + 1],  # noqa: E731
+                                    optimizer, monitor, monitor_every)  # fmt: skip
+        return [out for i in range(S) for out in one(i)]
+    steps = fitted.runs[0].step
+    at = sorted(clock.elapsed.items())
+    elapsed, k = [], 0
+    for step in range(steps + 1):  # the read-back times, carried forward to every step
+        while k + 1 < len(at) and at[k + 1][0] <= step:
+            k += 1
+        elapsed.append((at[k][1] if at else 0.0) / len(fitted.runs))
+    out = []
+    for i, run in enumerate(fitted.runs):
+        samples = [(int(r["step"]), r["value"]) for r in probe.rows[i]] if probe is not None else []
+        out.append(dict(trainer=run, evals=run.history.evals, elapsed=elapsed, samples=samples, status="ok"))
+    return out
 
 
 def add_run_rows(rows: Rows, method: str, lr: float, seed: int, run: Mapping[str, Any], test=None) -> None:

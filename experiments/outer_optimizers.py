@@ -41,15 +41,15 @@ from experiments.optimizer_sweep import (
 from experiments.registry import Study
 from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts
 from icl.config import ConfigError, spec
-from icl.optim import make_optimizer
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
+from icl.training import OptimizerSpec, TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from reference_optimizers import mean_query_loss, preconditioned_gd
 
 NAME = "outer_optimizers"
+REFERENCE_LR = 1e-2  # the train.lr the base rates of `optimizers` are given for
 OPTIMIZER_NAMES = ("adam", "adamw", "fadam", "rf_rmsprop", "rf_adamw", "sirfshampoo", "manifold_adam")
 ROOT_FREE = ("rf_rmsprop", "rf_adamw", "sirfshampoo")
 ROOT_BASED = ("adam", "adamw", "fadam", "manifold_adam")
@@ -91,8 +91,15 @@ class OuterOptimizersConfig(StudyConfig):
                 ok = False
             if not ok:
                 raise ConfigError(f"optimizers: {entry!r} must be NAME=BASE_LR with BASE_LR > 0")
+        if self.train.optimizer != TrainConfig.optimizer:
+            raise ConfigError(f"train.optimizer = {self.train.optimizer!r} is not used by this study, which trains "
+                              "every optimizer of `optimizers` (set optimizers=NAME=BASE_LR,... to choose them)")
         if self.model.mode not in ("sparse", "gdpp"):
             raise ConfigError("model.mode must be 'sparse' or 'gdpp' (Ahn et al. eq. 8 or 11)")
+
+    def lr_scale(self) -> float:
+        """``train.lr`` scales every base rate: the base rates are those for ``train.lr`` = 0.01."""
+        return self.train.lr / REFERENCE_LR
 
     def base_lrs(self) -> list[tuple[str, float]]:
         """(optimizer, base learning rate) pairs; the grid is base × lr_grid."""
@@ -139,33 +146,31 @@ def build_model(cfg: OuterOptimizersConfig, streams: Streams) -> LinearSelfAtten
     return model
 
 
-def build_optimizer(name: str, model, lr: float, cfg: OuterOptimizersConfig, streams: Streams):
-    params = list(model.parameters())
-    if name in ROOT_FREE:
-        return make_optimizer(name, params, lr=lr, batch_size=float(cfg.train.batch_size))
-    if name == "manifold_adam":
-        return make_optimizer(name, params, lr=lr, seed=streams.seed_of("section"))
-    return make_optimizer(name, params, lr=lr)
+def optimizer_spec(name: str, lr: float, cfg: OuterOptimizersConfig) -> OptimizerSpec:
+    """Optimizer ``name`` at ``lr`` with the rest of ``train`` (betas, momentum, weight decay where it takes them;
+    root-free methods get ``batch_size``; ManifoldAdam draws its sections from the seed's ``section`` stream)."""
+    return OptimizerSpec.from_config(cfg.train, name, lr=lr)
 
 
 def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(ctx.name)
-    for seed in cfg.seeds:
-        streams = Streams(seed, ctx.device)
-        dist = make_distribution(cfg.prompt, streams)
-        for name, base in cfg.base_lrs():
-            for mult in cfg.lr_grid:
-                lr = base * mult
-                method = f"{name}@{lr:g}"
-                model = build_model(cfg, streams)
-                opt = build_optimizer(name, model.to(ctx.device, cfg.train.torch_dtype), lr, cfg, streams)
-                res = train_timed(ctx, cfg, method, seed, model, dist, cfg.train, streams, opt)
+    seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
+    for name, base in cfg.base_lrs():  # every (optimizer, lr) trained for all seeds together
+        for mult in cfg.lr_grid:
+            lr = base * mult * cfg.lr_scale()
+            method = f"{name}@{lr:g}"
+            opt = optimizer_spec(name, lr, cfg)
+            runs = train_timed(ctx, cfg, method, lambda st: build_model(cfg, st), dists, cfg.train, seed_streams, opt)
+            for seed, streams, dist, res in zip(cfg.seeds, seed_streams, dists, runs):
                 test = evaluate_model(res["trainer"].model, dist, streams, cfg.test_prompts) if res["trainer"] else None
                 add_run_rows(rows, name, lr, seed, res, test)
                 final = res["evals"][-1]["eval_loss"] if res["evals"] and res["trainer"] else float("nan")
                 ctx.print(f"seed {seed} {method:<24} final val {final:.4g}  {res['status'][:60]}")
+            rows.write(ctx)
+    for seed, streams, dist in zip(cfg.seeds, seed_streams, dists):
         pgd, etas = tuned_pgd(dist, streams, cfg.model.layers, cfg.tune_prompts, cfg.test_prompts)
         rows.add("tuned_pgd_sigma_inv", cfg.model.layers, seed, "test_loss", pgd)
         for i, e in enumerate(etas):

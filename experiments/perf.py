@@ -8,7 +8,7 @@ row says otherwise).
 - :func:`bench_lsa_vs_quadratic`: the package's LSA against the textbook quadratic form written here (the
   (n+1)×(n+1) score matrix, Attn = P Z M (Zᵀ Q Z) as in the original notebooks).
 - :func:`bench_scaling_n`: step time at n = 1000 over n = 100 (linear would be 10).
-- :func:`bench_seed_batch`: S = 8 seeds in one :class:`icl.vectorised.SeedBatchTrainer` against one seed.
+- :func:`bench_seed_batch`: S = 8 seeds in one :class:`icl.training.Trainer` against one seed.
 - :func:`bench_throughput`: prompts per second of the Memformers, the LSA and the softmax GPT.
 - :func:`bench_peak_memory`: peak memory of one train step per configuration, each in a fresh subprocess.
 - :func:`bench_compile`: ``torch.compile`` of the loss against eager.
@@ -30,7 +30,7 @@ from torch import nn
 
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
-from icl.train import TrainConfig, Trainer, query_mse
+from icl.training import TrainConfig, Trainer, query_mse
 from learned_optimizers import build_model
 
 # -- timing ------------------------------------------------------------------------------------------------
@@ -162,42 +162,31 @@ def bench_scaling_n(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def _seed_batch(S: int, d: int, n: int, batch: int, layers: int, resample_every: int):
-    from icl.vectorised import SeedBatchTrainer
-
+def _seed_batch(S: int, d: int, n: int, batch: int, layers: int, resample_every: int) -> Trainer:
     cfg = TrainConfig(batch_size=batch, eval_batch=64, resample_every=resample_every, optimizer="adam")
     streams = [Streams(s) for s in range(S)]
     prompt = PromptConfig(d=d, n=n)
     models = [build_model("lsa", d, {"layers": layers}, generator=st.generator("init")) for st in streams]
     dists = [PromptDistribution(prompt, generator=st.generator("rotation")) for st in streams]
-    return SeedBatchTrainer(models, dists, cfg, streams, quiet=True)
-
-
-def _trainer(d: int, n: int, batch: int, layers: int, resample_every: int) -> Trainer:
-    cfg = TrainConfig(batch_size=batch, eval_batch=64, resample_every=resample_every, optimizer="adam")
-    st = Streams(0)
-    model = build_model("lsa", d, {"layers": layers}, generator=st.generator("init"))
-    return Trainer(model, PromptDistribution(PromptConfig(d=d, n=n), generator=st.generator("rotation")), cfg, st,
-                   quiet=True)  # fmt: skip
+    return Trainer(models, dists, cfg, streams, quiet=True)
 
 
 def bench_seed_batch(quick: bool = False, S: int = 8) -> list[dict[str, Any]]:
-    """S seeds in one vectorised step against one seed (the plain Trainer and a seed batch of 1), sparse LSA,
-    d = 5, n = 20, 4 layers; the step includes drawing the batch when it is resampled."""
+    """S seeds in one stacked step against one seed (the same Trainer with S = 1), sparse LSA, d = 5, n = 20,
+    4 layers; the step includes drawing the batch when it is resampled."""
     d, n, layers = (3, 10, 2) if quick else (5, 20, 4)
     settings = ((64, 1),) if quick else ((256, 100), (256, 1), (1024, 100), (1024, 1))
     rows = []
     for batch, resample in settings:
         fns = {
-            "trainer_1": _trainer(d, n, batch, layers, resample).train_step,
-            "batch_1": _seed_batch(1, d, n, batch, layers, resample).train_step,
+            "trainer_1": _seed_batch(1, d, n, batch, layers, resample).train_step,
             f"batch_{S}": _seed_batch(S, d, n, batch, layers, resample).train_step,
         }
         med, reps = interleaved(fns, reps=5 if quick else 60, warmup=3, budget_s=2 if quick else 30)
         ratio = med[f"batch_{S}"] / med["trainer_1"]
         rows.append({
             "S": S, "batch": batch, "resample_every": resample, "reps": reps,
-            "trainer_1seed_ms": 1e3 * med["trainer_1"], "vectorised_1seed_ms": 1e3 * med["batch_1"],
+            "trainer_1seed_ms": 1e3 * med["trainer_1"],
             f"vectorised_{S}seeds_ms": 1e3 * med[f"batch_{S}"], "ratio_vs_1seed": ratio,
             "sequential_equivalent": float(S), "target": "<= 2.5", "ok": _ok(ratio <= 2.5, quick),
         })  # fmt: skip

@@ -50,13 +50,13 @@ from einops import einsum
 import reference_optimizers as ro
 from experiments.common import RunContext, write_config
 from experiments.registry import Study
-from experiments.study import Rows, SeedRuns, StudyConfig, held_out_prompts, query_losses, train_all_seeds
+from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_all_seeds
 from icl.config import ConfigError, spec
 from icl.metrics import dist_to_identity, relative_frobenius
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.train import TrainConfig
+from icl.training import Fitted, ModelSpec, TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.probes import read_out
 from reference_optimizers import moments, one_layer_optimum
@@ -306,13 +306,13 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
         rows.write(ctx)
         per_seed.append(_Seed(seed, streams, dist, test))
 
-    def train(tag: str, L: int, mode: str, dists: list[PromptDistribution]) -> SeedRuns:
-        """Model ``tag`` for every seed (together when vectorise_seeds allows), read out every read_every steps."""
-        models = [LinearSelfAttention(d, LSAConfig(layers=L, mode=mode, init_std=cfg.init_std),
-                                      generator=s.streams.generator("init", "cpu")) for s in per_seed]  # fmt: skip
+    def train(tag: str, L: int, mode: str, dists: list[PromptDistribution]) -> Fitted:
+        """Model ``tag`` for every seed (together unless vectorise_seeds is off), read out every read_every
+        steps."""
+        spec = ModelSpec("lsa", d, LSAConfig(layers=L, mode=mode, init_std=cfg.init_std))
         streams = [s.streams for s in per_seed]
         read_out = lambda i, m: readout_rows(m, dists[i].Sigma)
-        return train_all_seeds(ctx, cfg, tag, models, dists, cfg.train, streams, read_every=cfg.read_every,
+        return train_all_seeds(ctx, cfg, tag, spec, dists, cfg.train, streams, read_every=cfg.read_every,
                                read_out=read_out)  # fmt: skip
 
     # learned models, each trained for all seeds at once
@@ -320,7 +320,8 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
         for L in cfg.depths:
             tag = f"{mode}-L{L}"
             runs = train(tag, L, mode, [s.dist for s in per_seed])
-            for s, trainer, dynamics in zip(per_seed, runs.trainers, runs.dynamics):
+            for s, trainer in zip(per_seed, runs.runs):
+                dynamics = trainer.readouts
                 seed, test, Sigma = s.seed, s.test, s.dist.Sigma
                 trained = trainer.model.to("cpu").double().eval()
                 with torch.no_grad():
@@ -353,7 +354,7 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
         law = replace(cfg.prompt, w_prior="identity")
         dists1 = [PromptDistribution(law, U=s.dist.U) for s in per_seed]
         runs = train("thm1-sparse-L1", 1, "sparse", dists1)
-        for s, trainer, dist1 in zip(per_seed, runs.trainers, dists1):
+        for s, trainer, dist1 in zip(per_seed, runs.runs, dists1):
             seed = s.seed
             Sinv = torch.linalg.inv(s.dist.Sigma)
             trained = trainer.model.to("cpu").double().eval()

@@ -21,7 +21,7 @@ from icl.plotting import training_curve
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_csv, write_json, write_results
 from icl.seeding import Streams
-from icl.train import TrainConfig
+from icl.training import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from reference_optimizers import one_layer_optimum
 

@@ -197,7 +197,7 @@ def payload_digest(obj: Any) -> str:
 def load_checkpoint(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
-    required: Sequence[str] = ("format", "model"),
+    required: Sequence[str] = ("format", "models"),
 ) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``, turning any failure into a clear :class:`CheckpointError`.
 

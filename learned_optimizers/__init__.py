@@ -1,7 +1,8 @@
 """Transformers that learn optimizers in context, their hand-set constructions and the probes that read them.
 
 - models: :class:`LinearSelfAttention` (Ahn et al. 2023, von Oswald et al. 2023), :class:`Memformer` (Dutta & Sra
-  2024), :class:`GPT` (Garg et al. 2022), built by name with :func:`build_model`;
+  2024), :class:`GPT` (Garg et al. 2022), built by name with :func:`build_model`, or from a checkpoint with
+  :func:`load_model`;
 - constructions: weights that make a model run a classical optimizer exactly (:func:`preconditioned_gd_lsa`,
   :func:`gd_lsa`, :func:`gd_factorised`, :func:`gd_plus_plus_lsa`, :func:`heavy_ball_memformer`,
   :func:`lfom_memformer`);
@@ -42,7 +43,7 @@ from learned_optimizers.probes import (
     predictions_at,
     read_out,
 )
-from learned_optimizers.registry import MODELS, build_model
+from learned_optimizers.registry import MODELS, build_model, load_model
 
 __all__ = [
     "MODES",
@@ -58,6 +59,7 @@ __all__ = [
     "GPT",
     "MODELS",
     "build_model",
+    "load_model",
     "preconditioned_gd_lsa",
     "gd_lsa",
     "gd_factorised",

@@ -13,7 +13,7 @@ prediction for x_{i+1} is taken at the position of the x-token x_{i+1}, so one c
 predictions for every prefix i = 0, …, n (:meth:`GPT.prefix_predictions`; Garg et al. train on the mean loss over
 prefixes, which ``TrainConfig(loss="prefix")`` selects). :meth:`GPT.forward` takes the token matrix Z (B, n+1, d+1)
 of the linear models and returns the prediction at the query, so the model trains in the same
-:class:`icl.train.Trainer`.
+:class:`icl.training.Trainer`.
 
 ``layer_norm = False`` drops every LayerNorm (von Oswald et al. 2023 report that LayerNorm hurts); with zero
 query weights the attention is then a uniform causal average and the model is linear in x_q, which the probe
@@ -187,7 +187,7 @@ class GPT(nn.Module):
         """Predictions at every x position: entry i predicts y_{i+1} from the first i pairs, (B, n+1).
 
         The last entry is the query prediction; entries 0…n−1 are Garg et al.'s prefix predictions of the
-        context targets (their loss is the mean over all n+1 entries, :func:`icl.train.prefix_mse`, which
+        context targets (their loss is the mean over all n+1 entries, :func:`icl.training.prefix_mse`, which
         ``TrainConfig(loss="prefix")`` trains on). ``check = False`` skips the shape and finiteness checks (the
         training step, which must not synchronise with the host).
         """

@@ -309,9 +309,25 @@ def _read_out_gpt(model: GPT) -> ReadOut:
 
 # -- fitting a classical method -------------------------------------------------------------------------------
 
+
+def _preconditioned_steps(X: torch.Tensor, y: torch.Tensor, L: int, P: torch.Tensor) -> torch.Tensor:
+    """Preconditioned GD with one matrix per step: w_{ℓ+1} = w_ℓ − P_ℓ∇R(w_ℓ), w_0 = 0; P is (L, d, d).
+
+    Ahn et al. (2023), Lemma 1: the ℓ-th layer of a sparse LSA is this step with P_ℓ = A_ℓᵀ.
+    """
+    H, g = ro.moments(X, y)
+    w = X.new_zeros(X.shape[0], X.shape[-1])
+    out = [w]
+    for layer in range(L):
+        w = w - einsum(P[layer], einsum(H, w, "b i j, b j -> b i") - g, "i j, b j -> b i")
+        out.append(w)
+    return torch.stack(out, dim=1)
+
+
 #: family -> (hyperparameter names, iterates(X, y, steps, **params)); schedules have one entry per step
 FAMILIES: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]] = {
     "gradient_descent": (("eta",), lambda X, y, L, eta: ro.gradient_descent(X, y, L, eta)),
+    "preconditioned_gd": (("P",), _preconditioned_steps),
     "gd_plus_plus": (("eta", "gamma"), lambda X, y, L, eta, gamma: ro.gd_plus_plus(X, y, L, eta, gamma)),
     "heavy_ball": (("eta", "beta"), lambda X, y, L, eta, beta: ro.heavy_ball(X, y, L, eta, beta)),
     "nesterov": (("eta", "beta"), lambda X, y, L, eta, beta: ro.nesterov(X, y, L, eta, beta)),
@@ -320,6 +336,40 @@ FAMILIES: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]] = {
 }
 # entries that can not influence the first L iterates, held at 0: β_0 (v_0 = 0, w_{−1} = w_0), GD++'s last γ
 _FROZEN = {"beta": 0, "gamma": -1}
+#: hyperparameters that are a d×d matrix per step (all others are one scalar per step)
+_MATRIX = frozenset({"P"})
+#: families without hyperparameters: they cannot win a fit by their parameter count, so "auto" always tries them
+PARAMETER_FREE = tuple(f for f, (names, _) in FAMILIES.items() if not names)
+#: the default relative error under which a family is said to match the model
+MATCH_THRESHOLD = 0.05
+
+
+def _lsa_families(mode: str) -> tuple[str, ...]:
+    if mode == "sparse":  # w ← w − A_ℓᵀ∇R(w) (Lemma 1): per-step preconditioned GD, nothing else
+        return ("gradient_descent", "preconditioned_gd")
+    if mode == "diag":  # ω_yx = −η and ω_xx = −γ: GD and scalar GD++ (Vladymyrov et al. 2024)
+        return ("gradient_descent", "gd_plus_plus")
+    return ("gradient_descent", "preconditioned_gd", "gd_plus_plus")  # gdpp, full, factorised
+
+
+def expressible_families(model: nn.Module) -> tuple[str, ...]:
+    """The parametric families of :data:`FAMILIES` that ``model``'s class can run exactly, in some setting of
+    its weights, plus the parameter-free ones (:data:`PARAMETER_FREE`), which are always worth comparing.
+
+    - sparse LSA: GD and per-step preconditioned GD (Ahn et al. 2023, Lemma 1); it cannot express GD++;
+    - diag LSA: GD and GD++ (Vladymyrov et al. 2024); gdpp, full and factorised LSA: GD, preconditioned GD, GD++;
+    - Memformers add the momentum methods their memory can express (Dutta & Sra 2024): heavy ball for the
+      CGD-like register, heavy ball and Nesterov for the LFOM registers;
+    - the softmax GPT: every family (nothing restricts it).
+    """
+    if isinstance(model, Memformer):
+        memory = ("heavy_ball",) if model.cfg.memory == "cgd" else ("heavy_ball", "nesterov")
+        parametric = _lsa_families(model.cfg.attention.mode) + memory
+    elif isinstance(model, LinearSelfAttention):
+        parametric = _lsa_families(model.cfg.mode)
+    else:
+        return tuple(FAMILIES)
+    return tuple(f for f in FAMILIES if f in parametric or f in PARAMETER_FREE)
 
 
 @dataclass
@@ -327,11 +377,15 @@ class FitResult:
     """The best-matching classical method.
 
     Attributes:
-        family: its name (a key of :data:`FAMILIES`).
-        params: its per-step hyperparameter schedules, each (L,).
+        family: the best family's name (a key of :data:`FAMILIES`), whether or not it matches.
+        params: its per-step hyperparameter schedules: (L,) per scalar, (L, d, d) for the matrices P_ℓ.
         relative_error: ‖w^ref − w^model‖ / ‖w^model‖ over layers 1…L and prompts.
         iterates: the fitted method's iterates, (B, L+1, d).
         errors: the relative error of every family tried.
+        parameter_counts: the number of fitted values of every family tried (the frozen ones not counted).
+        threshold: the relative error under which a family is said to match.
+        matched: ``relative_error <= threshold``; when False no family tried fits the model, and a report must
+            say so instead of naming ``family``.
     """
 
     family: str
@@ -339,37 +393,68 @@ class FitResult:
     relative_error: float
     iterates: torch.Tensor
     errors: dict[str, float]
+    parameter_counts: dict[str, int] = field(default_factory=dict)
+    threshold: float = MATCH_THRESHOLD
+    matched: bool = True
 
 
-def fit_reference(model: nn.Module, family: str | Sequence[str], prompts: PromptBatch) -> FitResult:
+def fit_reference(
+    model: nn.Module,
+    family: str | Sequence[str],
+    prompts: PromptBatch,
+    *,
+    threshold: float = MATCH_THRESHOLD,
+) -> FitResult:
     """The classical method (and per-step hyperparameters) whose iterates best match the model's implicit
     weights layer by layer: argmin Σ_{ℓ≥1} Σ_b ‖w_ℓ^ref − w_ℓ^model‖², by Levenberg–Marquardt in float64.
 
+    A family with more hyperparameters can only fit as well or better, so ``"auto"`` tries only the families
+    the model's class can express (:func:`expressible_families`: a sparse LSA is never said to run GD++) and
+    the parameter-free ones; among families within 1e-9 relative error of the best, the one with the fewest
+    fitted values wins. A list of families is tried as given.
+
     Args:
         model: any model of the package.
-        family: a key of :data:`FAMILIES`, a list of them, or ``"auto"`` for all.
+        family: a key of :data:`FAMILIES`, a list of them, or ``"auto"``.
         prompts: the prompts the match is measured on.
+        threshold: the relative error under which the best family is said to match (``FitResult.matched``).
     """
-    families = list(FAMILIES) if family == "auto" else [family] if isinstance(family, str) else list(family)
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
+    if family == "auto":
+        families = list(expressible_families(model))
+    else:
+        families = [family] if isinstance(family, str) else list(family)
+    if not families:
+        raise ValueError("family must name at least one family")
     for f in families:
         if f not in FAMILIES:
             raise ValueError(f"unknown family {f!r}; known: {', '.join(FAMILIES)}")
     w = implicit_weights(model, _tokens(model, prompts)).double().cpu()
     X, y = prompts.X.double().cpu(), prompts.y.double().cpu()
-    L = w.shape[1] - 1
+    L, d = w.shape[1] - 1, w.shape[2]
     scale = float(w[:, 1:].norm()) or 1.0
-    # greedy per-layer GD step sizes from the model's own weights: the starting point of every fit
+    # starting points from the model's own iterates (each step fitted given the model's w_ℓ):
+    # greedy per-layer GD step sizes, and per-layer preconditioners by linear least squares
     H, g = ro.moments(X, y)
     grad = einsum(H, w[:, :-1], "b i j, b l j -> b l i") - g[:, None]
-    step = -((w[:, 1:] - w[:, :-1]) * grad).sum((0, 2)) / grad.square().sum((0, 2)).clamp_min(1e-300)
+    delta = w[:, 1:] - w[:, :-1]
+    step = -(delta * grad).sum((0, 2)) / grad.square().sum((0, 2)).clamp_min(1e-300)
+    # δ_b = −P r_b for every prompt b: R Pᵀ = −Δ with the prompts as rows
+    P0 = torch.stack([torch.linalg.lstsq(grad[:, layer], -delta[:, layer]).solution.mT for layer in range(L)])
+    start = {"eta": step.numpy(), "P": P0.numpy().reshape(-1)}
+    sizes = {name: L * d * d if name in _MATRIX else L for f in families for name in FAMILIES[f][0]}
     results = {}
     for f in families:
         names, fn = FAMILIES[f]
 
         def unpack(theta: np.ndarray, names: tuple[str, ...] = names) -> dict[str, torch.Tensor]:
-            params = {}
-            for i, name in enumerate(names):
-                v = torch.as_tensor(theta[i * L : (i + 1) * L], dtype=torch.float64).clone()
+            params, i = {}, 0
+            for name in names:
+                v = torch.as_tensor(theta[i : i + sizes[name]], dtype=torch.float64).clone()
+                i += sizes[name]
+                if name in _MATRIX:
+                    v = v.reshape(L, d, d)
                 if name in _FROZEN:
                     v[_FROZEN[name]] = 0.0
                 params[name] = v
@@ -380,18 +465,32 @@ def fit_reference(model: nn.Module, family: str | Sequence[str], prompts: Prompt
             return ((it[:, 1:] - w[:, 1:]) / scale).reshape(-1).numpy()
 
         if names:
-            theta0 = np.concatenate([step.numpy() if n == "eta" else np.zeros(L) for n in names])
-            sol = scipy.optimize.least_squares(residual, theta0, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+            theta0 = np.concatenate([start.get(n, np.zeros(sizes[n])) for n in names])
+            # LM needs at least as many residuals as unknowns; the trust-region method does not
+            method = "lm" if w[:, 1:].numel() >= theta0.size else "trf"
+            sol = scipy.optimize.least_squares(residual, theta0, method=method, xtol=1e-15, ftol=1e-15, gtol=1e-15)
             theta = sol.x
         else:
             theta = np.zeros(0)
         params = unpack(theta)
         it = fn(X, y, L, **params)
         err = float((it[:, 1:] - w[:, 1:]).norm()) / scale
-        results[f] = (err, {k: v.numpy() for k, v in params.items()}, it)
-    best = min(results, key=lambda f: results[f][0])
-    err, params, it = results[best]
-    return FitResult(best, params, err, it, {f: r[0] for f, r in results.items()})
+        count = sum(sizes[n] - (1 if n in _FROZEN else 0) for n in names)
+        results[f] = (err, {k: v.numpy() for k, v in params.items()}, it, count)
+    lowest = min(r[0] for r in results.values())
+    tied = [f for f in results if results[f][0] <= lowest + 1e-9]
+    best = min(tied, key=lambda f: (results[f][3], results[f][0]))
+    err, params, it, _ = results[best]
+    return FitResult(
+        family=best,
+        params=params,
+        relative_error=err,
+        iterates=it,
+        errors={f: r[0] for f, r in results.items()},
+        parameter_counts={f: r[3] for f, r in results.items()},
+        threshold=float(threshold),
+        matched=err <= threshold,
+    )
 
 
 # -- interpolation --------------------------------------------------------------------------------------------

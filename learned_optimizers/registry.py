@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,35 @@ def model_name(model: nn.Module) -> str:
         if type(model) is cls:
             return name
     raise ValueError(f"{type(model).__name__} is not a registered model; known: {', '.join(MODELS)}")
+
+
+def load_model(path: str | os.PathLike, seed: int | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of a checkpoint, rebuilt from the model spec the checkpoint stores (no outside state).
+
+    Args:
+        path: a checkpoint written by training (``checkpoints/{tag}-s{seed}.pt`` of a study, ``checkpoint.pt``).
+        seed: which seed's model, for a checkpoint of several seeds (default: the first).
+        map_location: where to put the weights.
+
+    Raises:
+        CheckpointError: not a readable checkpoint, or without a model spec, or without that seed.
+    """
+    from icl.runio import CheckpointError, load_checkpoint
+    from learned_optimizers.constraints import apply_constraints
+
+    ckpt = load_checkpoint(path, map_location=map_location, required=("format", "models", "model_spec"))
+    spec = ckpt["model_spec"]
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"checkpoint {path} holds no model spec (the model is not a registered one)")
+    seeds = list(ckpt.get("seeds", [None]))
+    if seed is not None and seed not in seeds:
+        raise CheckpointError(f"checkpoint {path} holds seeds {seeds}, not {seed}")
+    index = 0 if seed is None else seeds.index(seed)
+    model = build_model(spec["name"], int(spec["d"]), spec["cfg"])
+    if spec.get("constraints"):
+        apply_constraints(model, spec["constraints"])
+    model.load_state_dict(ckpt["models"][index])
+    return model.to(map_location)
 
 
 def build_model(name: str, d: int, cfg: Mapping[str, Any] | Any, generator: torch.Generator | None = None) -> nn.Module:

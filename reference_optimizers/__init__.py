@@ -4,12 +4,12 @@ from reference_optimizers.closed_form import least_squares, ridge
 from reference_optimizers.conjugate_gradient import conjugate_gradient
 from reference_optimizers.gd_plus_plus import gd_plus_plus
 from reference_optimizers.gradient_descent import gradient_descent, moments, preconditioned_gd, step_schedule
-from reference_optimizers.krylov import KrylovBound, krylov_bound
+from reference_optimizers.krylov import KrylovBound, krylov_bound, krylov_steps
 from reference_optimizers.losses import mean_query_loss, query_loss
 from reference_optimizers.momentum import heavy_ball, nesterov
 from reference_optimizers.newton import iterative_newton, newton, newton_schulz
 from reference_optimizers.theory import OneLayerOptimum, one_layer_optimum
-from reference_optimizers.tuning import TuneResult, tune
+from reference_optimizers.tuning import TuneResult, tune, tune_depths
 
 __all__ = [
     "gradient_descent",
@@ -30,7 +30,9 @@ __all__ = [
     "query_loss",
     "mean_query_loss",
     "krylov_bound",
+    "krylov_steps",
     "KrylovBound",
     "tune",
+    "tune_depths",
     "TuneResult",
 ]

@@ -145,3 +145,28 @@ def _chebyshev_to_monomial(a: np.ndarray, L: float) -> np.ndarray:
     c = np.zeros(len(a))
     c[: len(q.coef)] = q.coef[: len(a)]
     return c
+
+
+def krylov_steps(coefficients: torch.Tensor | np.ndarray, rtol: float = 1e-8) -> np.ndarray | None:
+    """The per-step sizes of (preconditioned) GD that attain a Krylov fit, when they exist.
+
+    The fit predicts with w_T = q(PH)·P g, q(λ) = Σ_k c_k λ^{k−1}; T steps of preconditioned GD with sizes η_t
+    give w_T = (I − Π_t (I − η_t PH)) (PH)⁻¹ P g. They agree when 1 − λ q(λ) = Π_t (1 − η_t λ), i.e. when the
+    residual polynomial r(λ) = 1 − Σ_k c_k λ^k has the roots 1/η_t. That needs every root real (the optimal
+    polynomial often has them; Chebyshev's always does); then GD with those steps, in any order, reproduces the
+    bound's coefficients exactly.
+
+    Args:
+        coefficients: the monomial c_1, …, c_T of :class:`KrylovBound` (``coefficients_by_depth[T−1]``).
+        rtol: a root counts as real when |Im| <= rtol·|root|.
+
+    Returns:
+        η_1, …, η_T in increasing order (float64), or None when r has a complex or zero root.
+    """
+    c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
+    if c.size == 0 or not np.all(np.isfinite(c)):
+        raise ValueError(f"coefficients must be a non-empty finite vector, got {coefficients!r}")
+    roots = np.polynomial.Polynomial(np.concatenate([[1.0], -c])).roots()
+    if np.any(roots == 0) or np.any(np.abs(roots.imag) > rtol * np.abs(roots)) or len(roots) != c.size:
+        return None
+    return np.sort(1.0 / roots.real)

@@ -22,6 +22,7 @@ from reference_optimizers._checks import DivergedError, check_prompts
 from reference_optimizers.losses import mean_query_loss
 
 _BIG = 1e30  # the objective of a diverged run (inf/NaN), finite so that the optimisers can compare it
+_TINY = 1e-12  # where a zero enters a log-parametrised refinement
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def tune(
     objective: str = "final",
     refine: bool = True,
     maxfev: int | None = None,
+    starts: Sequence[Mapping[str, Any]] = (),
 ) -> TuneResult:
     """Choose the hyperparameters of ``method`` on ``train_prompts``; report loss per step on test prompts.
 
@@ -80,6 +82,9 @@ def tune(
         objective: ``"final"`` (mean query loss after ``steps``) or ``"mean"`` (averaged over steps 1..steps).
         refine: run the scipy refinement after the grid.
         maxfev: the refinement's budget of method evaluations (default 100 per free value, at most 2000).
+        starts: extra candidate points scored beside the grid (e.g. the steps that attain a Krylov bound, or a
+            shorter run's schedule extended by a step that does nothing); a name in ``per_step`` may hold a
+            list of ``steps`` values. The refinement starts from the best candidate of grid and starts.
 
     Returns:
         A :class:`TuneResult`.
@@ -122,6 +127,11 @@ def tune(
         if value < best:
             best, best_hp = value, hp
     grid_best = best
+    for start in starts:
+        hp = _check_start(start, names, per_step, steps)
+        value = score(hp)
+        if value < best:
+            best, best_hp = value, hp
 
     if refine and names:
         log = {k: all(float(v) > 0 for v in grid[k]) for k in names}
@@ -136,14 +146,18 @@ def tune(
                 i += sizes[k]
             return hp
 
-        z0 = np.concatenate([np.full(sizes[k], math.log(best_hp[k]) if log[k] else best_hp[k]) for k in names])
+        def pack(k: str) -> np.ndarray:
+            v = np.broadcast_to(np.asarray(best_hp[k], dtype=np.float64), (sizes[k],))
+            return np.log(np.maximum(v, _TINY)) if log[k] else v.copy()
+
+        z0 = np.concatenate([pack(k) for k in names])
         budget = maxfev if maxfev is not None else min(2000, 100 * len(z0))
         solver = "Nelder-Mead" if len(z0) <= 4 else "Powell"
         res = scipy.optimize.minimize(lambda z: score(unpack(z)), z0, method=solver, options={"maxfev": budget})
         if res.fun < best:
             best, best_hp = float(res.fun), unpack(res.x)
-        else:  # keep the grid point, expanded to schedules where asked
-            best_hp = {k: [best_hp[k]] * steps if k in per_step else best_hp[k] for k in names}
+        else:  # keep the grid point or start, expanded to schedules where asked
+            best_hp = {k: _schedule(best_hp[k], steps) if k in per_step else best_hp[k] for k in names}
 
     train_curve = losses(best_hp, X, y, xq, yq)
     test_curve = None
@@ -158,3 +172,76 @@ def tune(
         evaluations=count[0],
         grid_objective=grid_best,
     )
+
+
+def _schedule(value: Any, steps: int) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else [float(value)] * steps
+
+
+def _check_start(start: Mapping[str, Any], names: list[str], per_step: Sequence[str], steps: int) -> dict[str, Any]:
+    if set(start) != set(names):
+        raise ValueError(f"starts entries must set exactly the grid's names {names}, got {sorted(start)}")
+    hp = {}
+    for k in names:
+        v = start[k]
+        if isinstance(v, (list, tuple, np.ndarray)):
+            if k not in per_step or len(v) != steps:
+                raise ValueError(f"starts[{k!r}] may be a list only for a per_step name, with {steps} values")
+            hp[k] = [float(e) for e in v]
+        else:
+            hp[k] = float(v)
+        if not all(math.isfinite(e) for e in _schedule(hp[k], steps)):
+            raise ValueError(f"starts[{k!r}] must be finite, got {v!r}")
+    return hp
+
+
+def tune_depths(
+    method: Callable[..., torch.Tensor],
+    train_prompts: Any,
+    max_steps: int,
+    grid: Mapping[str, Sequence[float]],
+    *,
+    per_step: Sequence[str],
+    test_prompts: Any = None,
+    fixed: Mapping[str, Any] | None = None,
+    starts: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
+    maxfev: int | None = None,
+) -> list[TuneResult]:
+    """Tune a per-step schedule for every depth T = 1, …, ``max_steps``, never worse than the depth before.
+
+    Every name in ``per_step`` must be a schedule whose zero entry makes a step do nothing (a step size η_t,
+    a momentum β_t: GD, preconditioned GD, heavy ball and Nesterov all keep w_T = w_{T−1} at η_T = β_T = 0).
+    Depth T is tuned by :func:`tune` from the grid, from ``starts[T]`` (e.g. :func:`krylov_steps`, the steps that
+    attain the Krylov bound when its polynomial has real roots) and from depth T−1's schedule extended by such a
+    step, which scores exactly depth T−1's loss and which :func:`tune` keeps unless the refinement beats it. So the
+    training objective never increases with T, which a fresh search per T does not guarantee (Nelder–Mead and
+    Powell stall on long schedules).
+
+    Args:
+        method, train_prompts, grid, test_prompts, fixed, maxfev: as for :func:`tune`.
+        max_steps: the deepest T.
+        per_step: the grid names tuned as schedules: all of them.
+        starts: depth -> extra candidate points for that depth.
+
+    Returns:
+        One :class:`TuneResult` per depth T = 1, …, ``max_steps``.
+    """
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    if set(per_step) != set(grid) or not grid:
+        raise ValueError(f"per_step must name every grid entry ({sorted(grid)}), got {sorted(per_step)}")
+    starts = dict(starts or {})
+    unknown = sorted(set(starts) - set(range(1, max_steps + 1)))
+    if unknown:
+        raise ValueError(f"starts has depths {unknown} outside 1..{max_steps}")
+    results: list[TuneResult] = []
+    for T in range(1, max_steps + 1):
+        extension = None
+        if results:
+            prev = results[-1].hyperparameters
+            extension = {k: _schedule(prev[k], T - 1) + [0.0] for k in grid}
+        candidates = list(starts.get(T, ())) + ([extension] if extension else [])
+        # tune scores every candidate exactly and keeps the best, so the extension bounds the result
+        results.append(tune(method, train_prompts, T, grid, test_prompts=test_prompts, per_step=per_step,
+                            fixed=fixed, maxfev=maxfev, starts=candidates))  # fmt: skip
+    return results

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments.cli import main
-from learned_optimizers.registry import build_model
+from learned_optimizers import load_model
 
 TINY = [
     "--set", "train.steps=30", "--set", "train.batch_size=64", "--set", "train.eval_batch=64",
@@ -51,8 +51,7 @@ def test_quickstart_tiny_run_writes_every_artifact(tmp_path, capsys):
     # the checkpoint restores the model with no outside state
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["trainer"]["step"] == 30
-    model = build_model(ckpt["model_name"], ckpt["model_d"], ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
+    model = load_model(out / "checkpoint.pt")
     A = model.A.detach()[0, 0].double()
     assert abs(torch.trace(A).item() / 5 - summary["A"]["learned_scale"]) < 1e-6
 

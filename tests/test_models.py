@@ -9,7 +9,7 @@ from einops import einsum
 from icl.config import ConfigError
 from icl.prompts import PromptConfig, PromptDistribution, zero_predictor_loss
 from icl.seeding import Streams
-from icl.train import TrainConfig, Trainer
+from icl.training import TrainConfig, Trainer
 from learned_optimizers import (
     GPT,
     MODELS,
@@ -261,7 +261,7 @@ def test_short_training_lowers_the_loss(variant):
     dist = PromptDistribution(pcfg, generator=streams.generator("rotation"))
     tcfg = TrainConfig(steps=100, batch_size=128, lr=0.01, eval_batch=256, eval_every=100, log_every=100)
     trainer = Trainer(model, dist, tcfg, streams, quiet=True)
-    before = trainer.evaluate()
+    (before,) = trainer.evaluate()
     trainer.run()
     after = trainer.history.evals[-1]["eval_loss"]
     assert after < 0.9 * before, (variant, before, after)

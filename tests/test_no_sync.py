@@ -11,8 +11,7 @@ import torch
 
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
-from icl.train import TrainConfig, Trainer
-from icl.vectorised import SeedBatchTrainer
+from icl.training import TrainConfig, Trainer
 from learned_optimizers import build_model
 
 READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -75,7 +74,7 @@ def test_seed_batch_step_reads_nothing_back(clip, host_reads):
     prompt = PromptConfig(d=3, n=8)
     models = [build_model("lsa", 3, {"layers": 2}, generator=s.generator("init")) for s in streams]
     dists = [PromptDistribution(prompt, generator=s.generator("rotation")) for s in streams]
-    trainer = SeedBatchTrainer(models, dists, TrainConfig(batch_size=16, eval_batch=16, clip=clip), streams)
+    trainer = Trainer(models, dists, TrainConfig(batch_size=16, eval_batch=16, clip=clip), streams)
     trainer.train_step()
     host_reads.clear()
     for _ in range(3):

@@ -119,6 +119,49 @@ def test_fit_reference_recovers_hand_set_hyperparameters(family, model, params):
     assert auto.family == family or auto.errors[auto.family] < 1e-10  # GD is also heavy ball with β = 0
 
 
+def test_fit_reference_recovers_per_step_preconditioners():
+    """A sparse LSA running preconditioned GD with non-scalar P_ℓ: the preconditioned family recovers every P_ℓ,
+    no scalar family can, and "auto" never offers GD++ (a sparse LSA cannot express it)."""
+    b = prompts(B=64)
+    g = gen(3)
+    P = 0.5 * torch.eye(D, dtype=torch.float64) + 0.2 * torch.randn(3, D, D, generator=g, dtype=torch.float64)
+    fit = fit_reference(preconditioned_gd_lsa(P), "auto", b)
+    assert fit.family == "preconditioned_gd" and fit.matched and fit.relative_error < 1e-10
+    np.testing.assert_allclose(fit.params["P"], P.numpy(), rtol=0, atol=1e-8)
+    assert "gd_plus_plus" not in fit.errors and "heavy_ball" not in fit.errors
+    assert fit.errors["gradient_descent"] > 0.1
+    assert fit.parameter_counts == {"gradient_descent": 3, "preconditioned_gd": 3 * D * D,
+                                    "conjugate_gradient": 0, "newton": 0}
+
+
+def test_fit_reference_prefers_the_smaller_family_on_a_tie_and_says_when_nothing_fits():
+    b = prompts(B=64)
+    # scalar steps: GD and preconditioned GD both fit exactly; the 3-value family wins over the 48-value one
+    fit = fit_reference(gd_lsa(D, 3, [0.5, 0.8, 1.2]), "auto", b)
+    assert fit.family == "gradient_descent" and fit.errors["preconditioned_gd"] < 1e-10
+    # a random full LSA runs no classical method: the best family is reported, but as no match
+    model = LinearSelfAttention(D, LSAConfig(layers=3, mode="full", init_std=0.3), gen(1)).double()
+    fit = fit_reference(model, "auto", b)
+    assert not fit.matched and fit.relative_error > fit.threshold
+    assert fit_reference(model, "auto", b, threshold=10.0).matched
+    with pytest.raises(ValueError, match="threshold"):
+        fit_reference(model, "auto", b, threshold=0.0)
+
+
+def test_expressible_families_follow_the_model_class():
+    from learned_optimizers.probes import FAMILIES, PARAMETER_FREE, expressible_families
+
+    sparse = expressible_families(gd_lsa(D, 2, 0.5))
+    assert set(sparse) == {"gradient_descent", "preconditioned_gd", *PARAMETER_FREE}
+    assert "gd_plus_plus" in expressible_families(gd_plus_plus_lsa(D, 2, 0.5, 0.1))
+    cgd = expressible_families(heavy_ball_memformer(D, 2, 0.5, 0.1))
+    assert "heavy_ball" in cgd and "nesterov" not in cgd
+    lfom = Memformer(D, MemformerConfig(memory="lfom", gamma_shape="feature", gamma_init="ones"))
+    assert {"heavy_ball", "nesterov"} <= set(expressible_families(lfom))
+    gpt = GPT(D, GPTConfig(layers=1, width=8), gen())
+    assert set(expressible_families(gpt)) == set(FAMILIES)
+
+
 def test_compare_matches_the_diagonal_of_its_own_method():
     b = prompts()
     etas = [0.5, 0.8, 1.2]

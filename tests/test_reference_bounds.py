@@ -173,3 +173,44 @@ def test_bounds_and_tune_reject_bad_input(call, name):
     p = make_prompts(20, 6, 4, seed=0)
     with pytest.raises(ValueError, match=name):
         call(p)
+
+
+# --- Krylov-attaining steps and tuning over depths ---------------------------------------------------------
+def test_krylov_steps_make_gd_attain_the_bound():
+    """GD with the reciprocal roots of 1 − λq(λ) as step sizes reproduces the fitted bound's training loss at
+    every depth (the oracle: the bound's own least-squares fit); complex roots give None."""
+    d, n = 5, 20
+    train = make_prompts(2000, n, d, seed=1, Sigma_sqrt=aniso_sqrt(d, 1))
+    bound = ro.krylov_bound(train, train, 6)
+    for T in range(1, 7):
+        eta = ro.krylov_steps(bound.coefficients_by_depth[T - 1])
+        assert eta is not None and eta.shape == (T,) and np.all(eta > 0)
+        it = ro.gradient_descent(train.X, train.y, T, list(eta))
+        loss = float(ro.mean_query_loss(it, train.x_query, train.y_query)[-1])
+        assert loss == pytest.approx(float(bound.train_loss[T]), rel=1e-9)
+    assert ro.krylov_steps(torch.tensor([0.0, -1.0])) is None  # r(λ) = 1 + λ²: roots ±i
+    np.testing.assert_allclose(ro.krylov_steps(np.array([3.0, -2.0])), [1.0, 2.0])  # r = (1 − λ)(1 − 2λ): η = 1, 2
+    with pytest.raises(ValueError, match="coefficients"):
+        ro.krylov_steps(np.array([np.nan]))
+
+
+def test_tune_depths_never_gets_worse_with_depth_and_reaches_the_bound_from_its_steps():
+    d, n = 5, 20
+    train = make_prompts(1000, n, d, seed=3, Sigma_sqrt=aniso_sqrt(d, 1))
+    bound = ro.krylov_bound(train, train, 5)
+    grid = {"eta": [0.1, 0.3, 1.0]}
+    plain = ro.tune_depths(ro.gradient_descent, train, 5, grid, per_step=("eta",), maxfev=60)
+    objectives = [r.objective for r in plain]
+    assert all(b <= a for a, b in zip(objectives, objectives[1:]))
+    assert [len(r.hyperparameters["eta"]) for r in plain] == [1, 2, 3, 4, 5]
+    starts = {T: [{"eta": list(ro.krylov_steps(bound.coefficients_by_depth[T - 1]))}] for T in range(1, 6)}
+    attained = ro.tune_depths(ro.gradient_descent, train, 5, grid, per_step=("eta",), starts=starts, maxfev=60)
+    for T, r in enumerate(attained, start=1):
+        assert r.objective == pytest.approx(float(bound.train_loss[T]), rel=1e-7)  # the bound is the class optimum
+        assert r.objective <= plain[T - 1].objective * (1 + 1e-12)
+    with pytest.raises(ValueError, match="per_step"):
+        ro.tune_depths(ro.gradient_descent, train, 2, grid, per_step=())
+    with pytest.raises(ValueError, match="starts"):
+        ro.tune_depths(ro.gradient_descent, train, 2, grid, per_step=("eta",), starts={3: []})
+    with pytest.raises(ValueError, match="starts"):
+        ro.tune(ro.gradient_descent, train, 2, grid, per_step=("eta",), starts=[{"eta": [0.1]}])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.common import CHECKPOINT_FORMAT, RunContext, checkpoint_payload, restore_trainer, save_trainer
+from experiments.common import RunContext
 from experiments.quickstart import QuickstartConfig
 from icl.prompts import PromptDistribution
 from icl.runio import (
@@ -27,7 +27,8 @@ from icl.runio import (
     write_results,
 )
 from icl.seeding import Streams
-from icl.train import Trainer
+from icl.training import Trainer, checkpoint
+from icl.training.checkpoint import CHECKPOINT_FORMAT
 from learned_optimizers import LinearSelfAttention
 
 CFG = QuickstartConfig().with_overrides(
@@ -47,7 +48,7 @@ def make(tmp_path: Path, cfg=CFG) -> tuple[RunContext, Trainer]:
 def good(tmp_path) -> Path:
     ctx, trainer = make(tmp_path)
     trainer.run(until=2)
-    return save_trainer(ctx, CFG, trainer)
+    return checkpoint.save(ctx.checkpoint_path, ctx.name, CFG, trainer)
 
 
 # -- what a checkpoint holds ----------------------------------------------------------------------------------
@@ -56,16 +57,18 @@ def test_checkpoint_holds_everything_and_loads_weights_only(good):
     assert ckpt["format"] == CHECKPOINT_FORMAT
     assert QuickstartConfig.from_dict(json.loads(ckpt["config"])) == CFG  # the resolved config
     t = ckpt["trainer"]
-    assert t["step"] == 2 and set(ckpt["model"]) == {"A"}
-    assert {"state", "param_groups"} <= set(t["optimizer"])
-    assert t["train_generator"].dtype == torch.uint8 and t["train_generator_now"].dtype == torch.uint8
-    assert t["base_lrs"] == [CFG.train.lr] and t["rollbacks"] == 0
-    assert [r["step"] for r in t["history"]["rows"]] == [1, 2]
+    assert t["step"] == 2 and t["seeds"] == [CFG.seed] and [set(m) for m in ckpt["models"]] == [{"A"}]
+    assert ckpt["model_spec"] == {"name": "lsa", "d": 2, "cfg": CFG.model.to_dict(), "constraints": {}}
+    assert ckpt["optimizer_spec"]["name"] == CFG.train.optimizer
+    assert {"state", "param_groups"} <= set(t["optimizers"][0])
+    assert t["train_generators"][0].dtype == torch.uint8 and t["train_generators_now"][0].dtype == torch.uint8
+    assert t["base_lrs"] == [[CFG.train.lr]] and t["rollbacks"] == [0]
+    assert [r["step"] for r in t["histories"][0]["rows"]] == [1, 2]
 
 
 def test_restore_roundtrip(tmp_path, good):
     ctx, fresh = make(tmp_path)
-    restore_trainer(ctx, CFG, fresh)
+    checkpoint.restore(fresh, ctx.checkpoint_path, CFG)
     assert fresh.step == 2
 
 
@@ -105,7 +108,7 @@ def test_bad_file_gives_checkpoint_error(tmp_path, good, how):
         load_checkpoint(good)
     ctx, fresh = make(tmp_path)
     with pytest.raises(CheckpointError):
-        restore_trainer(ctx, CFG, fresh)
+        checkpoint.restore(fresh, ctx.checkpoint_path, CFG)
 
 
 def rewrite(path: Path, payload) -> None:
@@ -121,13 +124,13 @@ def rewrite(path: Path, payload) -> None:
     "edit, message",
     [
         (lambda c: [1, 2, 3], "is not an icl-optimizers checkpoint \\(a list\\)"),
-        (lambda c: {"model": c["model"]}, "missing 'format', 'config', 'trainer'"),
+        (lambda c: {"models": c["models"]}, "missing 'format', 'config', 'trainer'"),
         (lambda c: {k: v for k, v in c.items() if k != "trainer"}, "missing 'trainer'"),
         (lambda c: {**c, "format": "someone-else/3"}, "has format 'someone-else/3'"),
         (lambda c: {**c, "config": "{not json"}, "unreadable config"),
         (lambda c: {**c, "config": json.dumps({"prompt": {"dd": 1}})}, "unreadable config"),
         (lambda c: {**c, "trainer": {k: v for k, v in c["trainer"].items() if k != "step"}}, "missing 'step'"),
-        (lambda c: {**c, "model": {"A": torch.zeros(1, 1, 7, 7)}}, "does not fit this run"),
+        (lambda c: {**c, "models": [{"A": torch.zeros(1, 1, 7, 7)}]}, "does not fit this run"),
         (lambda c: {**c, "trainer": 3}, "'trainer' must be a dict"),
     ],
 )
@@ -135,12 +138,12 @@ def test_wrong_format_or_missing_keys(tmp_path, good, edit, message):
     rewrite(good, edit(torch.load(good, weights_only=True)))
     ctx, fresh = make(tmp_path)
     with pytest.raises(CheckpointError, match=message):
-        restore_trainer(ctx, CFG, fresh)
+        checkpoint.restore(fresh, ctx.checkpoint_path, CFG)
 
 
 def test_edited_contents_fail_the_checksum(good):
     ckpt = torch.load(good, weights_only=True)
-    ckpt["model"]["A"] += 1e-3
+    ckpt["models"][0]["A"] += 1e-3
     buf = io.BytesIO()
     torch.save(ckpt, buf)  # the stored checksum is kept, the contents changed
     good.write_bytes(buf.getvalue())
@@ -149,10 +152,25 @@ def test_edited_contents_fail_the_checksum(good):
 
 
 def test_other_config_is_refused_naming_keys(tmp_path, good):
-    other = CFG.with_overrides(["train.lr=0.5", "seed=3"])
+    other = CFG.with_overrides(["train.batch_size=8", "seed=3"])
     ctx, fresh = make(tmp_path, other)
-    with pytest.raises(CheckpointError, match="differs in: seed, train.lr"):
-        restore_trainer(ctx, other, fresh)
+    with pytest.raises(CheckpointError, match="differs in: seed, train.batch_size"):
+        checkpoint.restore(fresh, ctx.checkpoint_path, other)
+
+
+def test_resume_may_change_the_learning_rate_and_divergence_policy_and_records_it(tmp_path, good):
+    """#18 item 9: the fixes a divergence message suggests (lower lr, rollback) are accepted on resume, applied
+    from the resumed step, and recorded in the history."""
+    other = CFG.with_overrides(["train.lr=0.001", "train.on_divergence=rollback"])
+    ctx, fresh = make(tmp_path, other)
+    checkpoint.restore(fresh, ctx.checkpoint_path, other)
+    assert fresh.step == 2 and fresh.base_lrs == [[pytest.approx(0.001)]] and fresh.cfg.on_divergence == "rollback"
+    (event,) = fresh.history.events
+    assert event["event"] == "resume" and event["step"] == 2
+    assert event["changed"]["train.lr"] == {"saved": CFG.train.lr, "now": 0.001}
+    assert event["changed"]["train.on_divergence"] == {"saved": "stop", "now": "rollback"}
+    fresh.run()
+    assert [r["lr"] for r in fresh.history.rows[2:]] == pytest.approx([0.001 * fresh.schedule(k) for k in (2, 3)])
 
 
 def test_checkpoint_of_older_config_without_new_fields_still_resumes(tmp_path, good):
@@ -160,10 +178,10 @@ def test_checkpoint_of_older_config_without_new_fields_still_resumes(tmp_path, g
     old = json.loads(ckpt["config"])
     for k in ("on_divergence", "max_rollbacks", "rollback_lr_factor"):
         del old["train"][k]
-    del ckpt["trainer"]["train_generator_now"]
+    del ckpt["trainer"]["train_generators_now"]
     rewrite(good, {**ckpt, "config": json.dumps(old)})
     ctx, fresh = make(tmp_path)
-    restore_trainer(ctx, CFG, fresh)
+    checkpoint.restore(fresh, ctx.checkpoint_path, CFG)
     assert fresh.step == 2
 
 
@@ -171,18 +189,18 @@ def test_checkpoint_of_older_config_without_new_fields_still_resumes(tmp_path, g
 def test_nonfinite_state_is_refused_and_old_file_kept(tmp_path, good):
     before = good.read_bytes()
     ctx, trainer = make(tmp_path)
-    restore_trainer(ctx, CFG, trainer)
+    checkpoint.restore(trainer, ctx.checkpoint_path, CFG)
     with torch.no_grad():
         trainer.model.A[0, 0, 0, 0] = float("nan")
-    with pytest.raises(CheckpointError, match="refusing to write a checkpoint: model.A is not finite"):
-        save_trainer(ctx, CFG, trainer)
+    with pytest.raises(CheckpointError, match="refusing to write a checkpoint: models.0.A is not finite"):
+        checkpoint.save(ctx.checkpoint_path, ctx.name, CFG, trainer)
     assert good.read_bytes() == before
     with torch.no_grad():
         trainer.model.A.nan_to_num_(0.0)
     state = trainer.optimizer.state[trainer.model.A]
     state["exp_avg"].fill_(float("inf"))
-    with pytest.raises(CheckpointError, match="trainer.optimizer.state.0.exp_avg is not finite"):
-        save_checkpoint(good, checkpoint_payload(ctx, CFG, trainer))
+    with pytest.raises(CheckpointError, match="trainer.optimizers.0.state.0.exp_avg is not finite"):
+        save_checkpoint(good, checkpoint.payload(ctx.name, CFG, trainer))
     assert good.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temp files
 

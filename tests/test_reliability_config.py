@@ -15,7 +15,7 @@ from experiments.cli import main
 from experiments.quickstart import QuickstartConfig
 from icl.config import ConfigError
 from icl.prompts import PromptConfig
-from icl.train import TrainConfig
+from icl.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ import torch
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.runio import load_checkpoint, save_checkpoint
 from icl.seeding import Streams
-from icl.train import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
+from icl.training import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
 from learned_optimizers import LinearSelfAttention, LSAConfig
 
 D, N = 3, 6
@@ -78,14 +78,14 @@ def test_nan_loss_stops_naming_step_and_last_finite_loss():
     assert "non-finite loss" in msg and "at step 13" in msg
     last = t.history.rows[-1]
     assert last["step"] == 12 and math.isfinite(last["loss"])
-    assert f"last finite loss {last['loss']:.6g}" in msg
+    assert f"last healthy loss {last['loss']:.6g}" in msg
     assert err.value.step == 13 and err.value.last_loss == last["loss"]
 
 
 def test_nan_gradient_stops():
     t = make_trainer()
     t.model.A.register_hook(lambda g: g * float("nan") if t.step == 7 else g)
-    with pytest.raises(TrainingDiverged, match="non-finite gradient norm .* at step 8; last finite loss"):
+    with pytest.raises(TrainingDiverged, match="non-finite gradient norm .* at step 8; last healthy loss"):
         t.run()
 
 
@@ -99,14 +99,14 @@ def test_diverged_state_is_never_checkpointed(tmp_path):
 
     def on_checkpoint(tr):
         seen.append((tr.step, finite_state(tr)))
-        save_checkpoint(path, {"format": "test", "model": tr.model.state_dict(), "trainer": tr.state_dict()})
+        save_checkpoint(path, {"format": "test", "models": [tr.model.state_dict()], "trainer": tr.state_dict()})
 
     with pytest.raises(TrainingDiverged, match="at step 13"):
         t.run(on_checkpoint=on_checkpoint, checkpoint_every=5)
     assert seen == [(5, True), (10, True)]
     ckpt = load_checkpoint(path)
     assert ckpt["trainer"]["step"] == 10
-    assert all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values())
+    assert all(bool(torch.isfinite(v).all()) for v in ckpt["models"][0].values())
 
 
 def test_diverged_weights_with_finite_losses_are_caught():
@@ -157,12 +157,12 @@ def test_rollback_restores_last_finite_snapshot_and_lowers_lr():
     assert lrs[10] == 0.01 and lrs[11] == pytest.approx(0.0025)
     assert [e["step"] for e in t.history.evals] == [10, 20]
     state = t.state_dict()
-    assert state["rollbacks"] == 1 and state["base_lrs"] == [pytest.approx(0.0025)]
+    assert state["rollbacks"] == [1] and state["base_lrs"] == [[pytest.approx(0.0025)]]
     # the replayed steps 11.. see the same data as before the rollback: rerunning from scratch with the lower
     # lr from step 10 on gives the same weights
     u = make_trainer(on_divergence="rollback", max_rollbacks=2, rollback_lr_factor=0.25)
     u.run(until=10)
-    u.base_lrs = [0.0025]
+    u.base_lrs = [[0.0025]]
     u.run()
     assert all(torch.equal(a, b) for a, b in zip(t.model.parameters(), u.model.parameters()))
 
@@ -170,19 +170,19 @@ def test_rollback_restores_last_finite_snapshot_and_lowers_lr():
 def test_rollback_gives_up_after_max_rollbacks():
     t = make_trainer(on_divergence="rollback", max_rollbacks=2)
     poison_at(t, 12, times=None)
-    with pytest.raises(TrainingDiverged, match=r"at step 13; last finite loss .* after 2 rollback\(s\)"):
+    with pytest.raises(TrainingDiverged, match=r"at step 13; last healthy loss .* after 2 rollback\(s\)"):
         t.run()
-    assert t.rollbacks == 2 and len(t.history.events) == 2
+    assert t.rollbacks == [2] and len(t.history.events) == 2
 
 
 def test_rollback_state_survives_a_checkpoint(tmp_path):
     t = make_trainer(on_divergence="rollback")
     poison_at(t, 3, times=1)
     t.run(until=12)
-    save_checkpoint(tmp_path / "c.pt", {"format": "t", "model": t.model.state_dict(), "trainer": t.state_dict()})
+    save_checkpoint(tmp_path / "c.pt", {"format": "t", "models": [t.model.state_dict()], "trainer": t.state_dict()})
     u = make_trainer(on_divergence="rollback")
     u.load_state_dict(load_checkpoint(tmp_path / "c.pt")["trainer"])
-    assert u.base_lrs == t.base_lrs and u.rollbacks == 1 and u.history.events == t.history.events
+    assert u.base_lrs == t.base_lrs and u.rollbacks == [1] and u.history.events == t.history.events
 
 
 # -- exact resume -------------------------------------------------------------------------------------------------
@@ -195,10 +195,10 @@ def test_resume_from_checkpoint_file_is_bitwise_exact(tmp_path, resample_every, 
     first = make_trainer(resample_every=resample_every)
     first.run(until=stop)
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"format": "t", "model": first.model.state_dict(), "trainer": first.state_dict()})
+    save_checkpoint(path, {"format": "t", "models": [first.model.state_dict()], "trainer": first.state_dict()})
     second = make_trainer(resample_every=resample_every)
     ckpt = load_checkpoint(path)
-    second.load_state_dict({**ckpt["trainer"], "model": ckpt["model"]})
+    second.load_state_dict({**ckpt["trainer"], "models": ckpt["models"]})
     second.run()
     assert same_state(full, second)
 
@@ -206,8 +206,8 @@ def test_resume_from_checkpoint_file_is_bitwise_exact(tmp_path, resample_every, 
 def test_trainer_state_missing_key_is_named():
     t = make_trainer()
     state = t.state_dict()
-    del state["optimizer"]
-    with pytest.raises(ValueError, match="trainer state is missing 'optimizer'"):
+    del state["optimizers"]
+    with pytest.raises(ValueError, match="trainer state is missing 'optimizers'"):
         make_trainer().load_state_dict(state)
 
 
@@ -231,7 +231,7 @@ def test_signal_checkpoints_stops_cleanly_and_resumes_exactly(tmp_path, signum):
 
         def on_checkpoint(tr):
             saved.append(tr.step)
-            save_checkpoint(path, {"format": "t", "model": tr.model.state_dict(), "trainer": tr.state_dict()})
+            save_checkpoint(path, {"format": "t", "models": [tr.model.state_dict()], "trainer": tr.state_dict()})
 
         with pytest.raises(TrainingInterrupted) as err:
             t.run(on_checkpoint=on_checkpoint, checkpoint_every=5)
@@ -244,7 +244,7 @@ def test_signal_checkpoints_stops_cleanly_and_resumes_exactly(tmp_path, signum):
 
     resumed = make_trainer(resample_every=3)
     ckpt = load_checkpoint(path)
-    resumed.load_state_dict({**ckpt["trainer"], "model": ckpt["model"]})
+    resumed.load_state_dict({**ckpt["trainer"], "models": ckpt["models"]})
     resumed.run()
     full = make_trainer(resample_every=3)
     full.run()

@@ -6,9 +6,10 @@ import json
 import torch
 
 from experiments.cli import main
-from experiments.manifold_adam_study import ManifoldAdamConfig, build_model, violation
+from experiments.manifold_adam_study import ManifoldAdamConfig, model_spec, stiefel_blocks, violation
 from experiments.reporting import load_run
 from icl.seeding import Streams
+from learned_optimizers.constraints import param_groups
 
 SMALL = ["--set", "train.steps=30", "--set", "train.eval_every=10", "--set", "train.batch_size=64",
          "--set", "train.eval_batch=256", "--set", "test_prompts=500", "--set", "tune_prompts=500",
@@ -17,7 +18,11 @@ SMALL = ["--set", "train.steps=30", "--set", "train.eval_every=10", "--set", "tr
 
 def test_blocks_start_on_the_manifold_and_match_the_model():
     cfg = ManifoldAdamConfig()
-    model, stiefel, euclid = build_model(cfg, Streams(0), "cpu")
+    model = model_spec(cfg).build(Streams(0).generator("init", "cpu"))
+    stiefel = stiefel_blocks(model)
+    groups = param_groups(model)
+    assert [g.get("manifold") for g in groups] == ["stiefel", None]  # the constrained blocks in their own group
+    euclid = groups[1]["params"]
     assert len(stiefel) == 2 * cfg.model.layers and all(p.shape == (6, 5) for p in stiefel)
     assert violation(stiefel) < 1e-5
     P, Q = model.layer_weights(0)

@@ -8,15 +8,10 @@ by at most 3e-6 relative (measured: the largest, a GD++ B-scale read-out of 0.13
 
 
 import pytest
-import torch
 
 from experiments.cli import main
-from experiments.memformer_vs_cgd import MemformerVsCGDConfig, build
 from experiments.results import COLUMNS, read_results
-from experiments.study import vectorise_problem
 from icl.runio import load_checkpoint
-from icl.seeding import Streams
-from icl.train import TrainConfig
 
 PGD = [
     "--profile", "quick", "--seeds", "0,1", "--quiet", "--set", "train.steps=60", "--set", "read_every=20",
@@ -55,7 +50,8 @@ def test_pgd_depth_seeds_together_equal_one_by_one_and_resume_exactly(tmp_path, 
     # a finished batch leaves the ordinary per-seed checkpoints (with their read-outs), no batch file
     names = sorted(p.name for p in (on / "checkpoints").iterdir())
     assert names == sorted(f"{tag}-s{s}.pt" for tag in tags for s in (0, 1))
-    assert [r["step"] for r in load_checkpoint(on / "checkpoints" / "gdpp-L2-s1.pt")["dynamics"]] == [0, 20, 40, 60]
+    rows = load_checkpoint(on / "checkpoints" / "gdpp-L2-s1.pt")["trainer"]["callbacks"]["read_out"]["rows"]
+    assert [[r["step"] for r in seed] for seed in rows] == [[0, 20, 40, 60]]
 
     assert main(["run", "pgd_depth", "--out", str(off), *PGD, "--set", "vectorise_seeds=false"]) == 0
     assert "trained together" not in capsys.readouterr().out
@@ -67,7 +63,7 @@ def test_pgd_depth_seeds_together_equal_one_by_one_and_resume_exactly(tmp_path, 
     assert main(["run", "pgd_depth", "--out", str(split), *PGD, "--stop-after", "30"]) == 0
     ckpt = load_checkpoint(split / "checkpoints" / "sparse-L1-s0-1-batch.pt")
     assert ckpt["trainer"]["step"] == 30 and ckpt["seeds"] == [0, 1]
-    assert [r["step"] for r in ckpt["dynamics"][1]] == [0, 20]
+    assert [r["step"] for r in ckpt["trainer"]["callbacks"]["read_out"]["rows"][1]] == [0, 20]
     assert main(["run", "pgd_depth", "--out", str(split), "--resume", "--quiet"]) == 0
     assert "resumed sparse-L1-s0-1-batch.pt at step 30" in capsys.readouterr().out
     assert_resumed(results(split), vec)
@@ -79,7 +75,8 @@ def test_pgd_depth_seeds_together_equal_one_by_one_and_resume_exactly(tmp_path, 
 
 
 def test_memformer_vs_cgd_seeds_together_equal_one_by_one(tmp_path, capsys):
-    """Every model kind batches, the scalar ones too (their gradient projection is marked seed_batchable)."""
+    """Every model kind batches, the scalar ones too (their gradient projection acts on each seed's own
+    parameter)."""
     args = [
         "--profile", "quick", "--seeds", "0,1", "--set", "depths=2", "--set", "settings=noniso", "--set",
         "models=lt_scalar,cgd_full,lfom_scalar_h5,lfom_full", "--set", "train.steps=20", "--set",
@@ -95,14 +92,3 @@ def test_memformer_vs_cgd_seeds_together_equal_one_by_one(tmp_path, capsys):
     violation = [v for k, v in on.items() if k[:3] == ("lt_scalar", "memformer_vs_cgd", "noniso")
                  and "scalar_violation" in k]  # fmt: skip
     assert violation and all(v == 0.0 for v in violation)
-
-
-def test_the_reason_for_training_seeds_one_by_one():
-    cfg = MemformerVsCGDConfig()
-    models = [build("lt_scalar", 5, 20, 2, cfg, Streams(s).generator("init")) for s in (0, 1)]
-    assert vectorise_problem(cfg, models, cfg.train) is None
-    assert vectorise_problem(cfg.replace(vectorise_seeds=False), models, cfg.train) == "vectorise_seeds is off"
-    assert vectorise_problem(cfg, models[:1], cfg.train) == "a single seed"
-    assert "elementwise" in vectorise_problem(cfg, models, TrainConfig(optimizer="rf_rmsprop"))
-    optimizers = [torch.optim.Adam(m.parameters()) for m in models]
-    assert "optimizer instances" in vectorise_problem(cfg, models, cfg.train, optimizers)

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 import reference_optimizers as ro
-from icl import PromptConfig, PromptDistribution, Streams, TrainConfig, Trainer
+from icl import ModelSpec, PromptConfig, PromptDistribution, Streams, TrainConfig, fit
 from icl.plotting import plt, save_figure, set_theme
-from learned_optimizers import LSAConfig, Memformer, MemformerConfig, compare
+from learned_optimizers import LSAConfig, MemformerConfig, compare
 
 
 def main(steps: int = 2000, layers: int = 3, test_prompts: int = 4000, out: str | Path = "walkthrough") -> dict:
@@ -28,15 +28,16 @@ def main(steps: int = 2000, layers: int = 3, test_prompts: int = 4000, out: str 
     law = PromptConfig(d=5, n=20, eigenvalues=(1.0, 1.0, 0.25, 0.0625, 1.0), w_prior="inverse_sigma")
     dist = PromptDistribution(law, generator=streams.generator("rotation"))
 
-    # 2. A CGD-like Memformer (Dutta & Sra 2024): a sparse LSA per layer plus one memory register.
-    model = Memformer(law.d, MemformerConfig(attention=LSAConfig(layers=layers, mode="sparse", init_std=0.01),
-                                             memory="cgd"), generator=streams.generator("init"))  # fmt: skip
+    # 2. A CGD-like Memformer (Dutta & Sra 2024): a sparse LSA per layer plus one memory register, as a spec
+    #    (the model is built from the seed's `init` stream; a checkpoint stores the spec and rebuilds it).
+    spec = ModelSpec("memformer", law.d, MemformerConfig(attention=LSAConfig(layers=layers, mode="sparse",
+                                                                             init_std=0.01), memory="cgd"))
 
-    # 3. Train it on fresh prompts of the law (query MSE, Adam).
+    # 3. Train it on fresh prompts of the law (query MSE, AdamW by default). fit trains one model per seed, all
+    #    seeds as one stacked computation; here one seed.
     train = TrainConfig(steps=steps, batch_size=512, lr=0.01, eval_every=max(steps // 4, 1), log_every=50)
-    trainer = Trainer(model, dist, train, streams, quiet=True)
-    trainer.run()
-    model = trainer.model.double().eval()
+    fitted = fit(spec, [dist], train, [streams], quiet=True)
+    model = fitted.runs[0].model.double().eval()
 
     # 4. Held-out prompts from the `test` stream (training never reads it), in float64.
     dist.dtype = torch.float64

@@ -27,7 +27,7 @@ from experiments.reporting import (
     open_report,
 )
 from icl.plotting import plt, save_figure, set_theme
-from learned_optimizers import LinearSelfAttention, LSAConfig
+from learned_optimizers import load_model
 
 
 def _ood_rows(rows: list[dict]) -> list[dict]:
@@ -178,9 +178,7 @@ def _weights_figure(run_dir: Path) -> list[Path]:
     ckpts = sorted((run_dir / "checkpoints").glob("lsa_factorised-s*.pt"))
     if not ckpts:  # a committed run without its checkpoints keeps the figure the run drew
         return [p for p in (run_dir / "figures" / "weights.png", run_dir / "figures" / "weights.pdf") if p.exists()]
-    ckpt = torch.load(ckpts[0], weights_only=True, map_location="cpu")
-    model = LinearSelfAttention(ckpt["model_d"], LSAConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    model = load_model(ckpts[0])
     P, Q = products(model.double())
     d = model.d
     beta = float(torch.diagonal(Q[:d, :d]).mean())
