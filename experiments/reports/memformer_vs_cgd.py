@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from experiments.memformer_vs_cgd import (
     FIGURE_OF,
     NAME,
@@ -107,8 +109,11 @@ def render(run_dir, rows, cfg: dict) -> dict:
                 part, run_dir / "figures" / f"log_loss_{setting}_{panel}", metric="test_loss",
                 ylabel="log(test MSE)", log_values=True, dashed_methods=DASHED,
                 title=f"{setting}, {panel} A: Memformers vs CG and tuned baselines",
+                points={"Ahn et al. Thm 1 optimum, L = 1": (1, float(np.mean([r["value"] for r in theory])))}
+                if theory and panel == "full" else None,
                 caption="mean over seeds of the test MSE, plotted as log; band: 95% t-interval over seeds; dashed: "
-                "Krylov lower bounds, the shared-Γ LFOM floor and CG on 19 points",
+                "Krylov lower bounds, the shared-Γ LFOM floor and CG on 19 points"
+                + ("; star: Thm 1's one-layer optimum" if theory and panel == "full" else ""),
             )  # fmt: skip
     lines += _heads_section(rows, depths, out)
     lines += _krylov_section(rows, depths)

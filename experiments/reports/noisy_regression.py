@@ -103,11 +103,14 @@ def render(run_dir, rows, cfg: dict) -> dict:
     for noise in noises:
         sub = [r for r in select(rows, setting=noise, metric="adjusted_loss")
                if r["method"] in (*modes, "const_rr", "ada_rr") and r["value"] > 0]  # fmt: skip
+        theory_1 = _mean(rows, noise, "theory_1layer_gd", 1)[0]
         stem = "adjusted_" + noise.replace("(", "").replace(")", "").replace(",", "-").replace("{", "").replace("}", "")
         line_plot(
             sub, run_dir / "figures" / stem, metric="adjusted_loss", ylabel="adjusted loss (MSE − oracle MSE)",
             xlabel="layers", logy=True, dashed_methods=("const_rr", "ada_rr"), title=f"noise {noise}",
-            caption="mean over seeds; band: 95% t-interval over seeds; dashed: ridge baselines (depth-independent)",
+            points={"one optimal GD step (theory), L = 1": (1, theory_1)} if theory_1 > 0 else None,
+            caption="mean over seeds; band: 95% t-interval over seeds; dashed: ridge baselines (depth-independent)"
+            + ("; star: the optimal one-step GD (Ahn et al. Thm 1)" if theory_1 > 0 else ""),
         )  # fmt: skip
     write_report(run_dir, "\n".join(lines))
     return out
