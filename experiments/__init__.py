@@ -1,28 +1,5 @@
-"""Studies: one module per result, a registry, and the ``python -m experiments`` CLI.
+"""Studies: one definition module and one report module per result, an explicit registry
+(:mod:`experiments.registry`) and the ``python -m experiments`` CLI.
 
-Importing the package imports every study module, and each registers itself in :mod:`experiments.registry`.
+Importing the package imports nothing else: a study's modules are imported when it is run or reported.
 """
-
-from experiments import (  # noqa: F401  (registers the studies)
-    baselines,
-    gd_one_layer,
-    manifold_adam_study,
-    memformer_vs_cgd,
-    newton_vs_gd,
-    noisy_regression,
-    outer_optimizers,
-    pgd_depth,
-    quickstart,
-)
-
-STUDIES = (
-    "quickstart",
-    "baselines",
-    "gd_one_layer",
-    "pgd_depth",
-    "newton_vs_gd",
-    "manifold_adam",
-    "outer_optimizers",
-    "memformer_vs_cgd",
-    "noisy_regression",
-)

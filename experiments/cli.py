@@ -30,32 +30,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from experiments.common import RunContext
-from experiments.preflight import preflight
-from experiments.registry import all_experiments, get_experiment
-from experiments.rundir import (
-    checkpoint_note,
-    clear_finished,
-    completeness,
-    config_of,
-    mark_finished,
-    mark_incomplete,
-    resume_config,
-    saved_config,
-)
-from experiments.runlock import lock_run_dir
+from experiments.registry import descriptions, get_experiment
 from icl.config import ConfigError
-from icl.runio import CheckpointError, RunDirError, make_run_dir, prepare_run_dir, read_json_file
-from icl.tracking import TrackerUnavailable, make_tracker
-from icl.training import TrainingDiverged, TrainingInterrupted, signals
 
 DEVICES = ("cpu", "cuda", "mps")
 
 
-def check_device(name: str) -> torch.device:
+def check_device(name: str):
     """The torch device, if this machine has it."""
+    import torch
+
     if name not in DEVICES:
         raise ConfigError(f"--device = {name!r} is not one of: {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
@@ -65,7 +49,8 @@ def check_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(sweeps: bool = True) -> argparse.ArgumentParser:
+    """The CLI's parser; ``sweeps=False`` leaves out the sweep and collect commands (and their imports)."""
     parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the registered studies")
@@ -106,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes (a smoke test of the benchmark itself)")
     bench.add_argument("--out", type=Path, default=Path("bench.json"))
     bench.add_argument("--only", action="append", default=[], help="run only these benchmarks")
-    from experiments import collect, sweep  # they use resolve_config and check_device from here
+    if sweeps:
+        from experiments import collect, sweep  # they use resolve_config and check_device from here
 
-    sweep.add_parser(sub)
-    collect.add_parser(sub)
+        sweep.add_parser(sub)
+        collect.add_parser(sub)
     return parser
 
 
@@ -140,14 +126,19 @@ def resolve_config(
 
 
 def cmd_list() -> int:
-    exps = all_experiments()
-    width = max(len(n) for n in exps)
-    for name, exp in exps.items():
-        print(f"{name:<{width}}  {exp.description}")
+    """The registered studies and their one-line descriptions (imports no study)."""
+    studies = descriptions()
+    width = max(len(n) for n in studies)
+    for name, description in studies.items():
+        print(f"{name:<{width}}  {description}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from experiments.preflight import preflight
+    from experiments.rundir import resume_config
+    from icl.runio import RunDirError
+
     exp = get_experiment(args.name)
     device = check_device(args.device)
     if args.resume and args.overwrite:
@@ -175,6 +166,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    # the training stack is imported only for a run (list and report do without it)
+    from experiments.rundir import clear_finished
+    from experiments.runlock import lock_run_dir
+    from icl.runio import make_run_dir, prepare_run_dir
+    from icl.tracking import TrackerUnavailable, make_tracker
+
     if cfg is not None:
         tag = getattr(cfg, "seed", None)
         tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
@@ -195,10 +192,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _run_locked(exp, cfg, out, device, args, argv, tracker)
 
 
-def _run_locked(
-    exp, cfg, out: Path, device: torch.device, args: argparse.Namespace, argv: Sequence[str], tracker=None
-) -> int:
+def _run_locked(exp, cfg, out: Path, device, args: argparse.Namespace, argv: Sequence[str], tracker=None) -> int:
     """Run the study in ``out`` (whose lock the caller holds); the exit status."""
+    from experiments.common import RunContext
+    from experiments.rundir import checkpoint_note, mark_finished
+    from icl.training import TrainingDiverged, TrainingInterrupted, signals
+
     ctx = RunContext(
         name=exp.name,
         out_dir=out,
@@ -257,6 +256,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         ok = False
     if not ok:
         raise ConfigError(f"{run_dir} is not a run directory (needs config.json and results.csv)")
+    from experiments.rundir import completeness, config_of, mark_incomplete, saved_config
+    from experiments.runlock import lock_run_dir
+    from icl.runio import RunDirError, read_json_file
+
     with lock_run_dir(run_dir, ["report", str(run_dir)]):
         saved = saved_config(run_dir)
         exp = get_experiment(saved["experiment"])
@@ -291,11 +294,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(sweeps=argv[:1] != ["list"])  # `list` imports no torch and no study
     args = parser.parse_args(argv)
+    if args.command == "list":
+        return cmd_list()
+    from icl.runio import CheckpointError, RunDirError  # imports torch, which `list` does without
+
     try:
-        if args.command == "list":
-            return cmd_list()
         if args.command == "report":
             return cmd_report(args)
         if args.command == "bench":

@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from experiments.reporting import line_plot, markdown_table, mean_ci, write_report
+from experiments.results import COLUMNS as RESULT_COLUMNS
+from experiments.results import KEYS as RESULT_KEYS
+from experiments.results import read_results
 from icl.config import ConfigError
-from icl.runio import RESULT_COLUMNS, read_csv, write_csv
+from icl.runio import write_csv
 
 SEED_KEYS = ("seed", "seeds")
 SUMMARY_COLUMNS = ("n_seeds", "mean", "ci95_low", "ci95_high")
@@ -103,7 +106,8 @@ def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[str, Any]], li
     loaded = []
     for run in runs:
         meta = json.loads((run / "config.json").read_text())
-        loaded.append((run, meta, flatten(meta.get("config", {})), read_csv(run / "results.csv")))
+        rows = read_results(run / "results.csv", meta.get("config"))
+        loaded.append((run, meta, flatten(meta.get("config", {})), rows))
     keys = varied_keys([flat for _, _, flat, _ in loaded], grid_keys(dirs))
     table = []
     for run, meta, flat, rows in loaded:
@@ -112,13 +116,13 @@ def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[str, Any]], li
         for r in rows:
             table.append({"run": name, **{k: flat.get(k, "") for k in keys}, "git_commit": git.get("commit") or "",
                           "git_dirty": "" if git.get("dirty") is None else git["dirty"],
-                          **{c: r[c] for c in RESULT_COLUMNS}})  # fmt: skip
+                          **{c: "" if r[c] is None else r[c] for c in RESULT_COLUMNS}})  # fmt: skip
     return table, keys
 
 
 def summarise(table: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
     """Mean and 95% t-interval over seeds per (experiment, method, depth, varied keys, metric)."""
-    group = ["experiment", "method", "depth", *keys, "metric"]
+    group = ["experiment", *RESULT_KEYS, *keys, "metric"]
     values: dict[tuple, list[float]] = defaultdict(list)
     for r in table:
         values[tuple(r[k] for k in group)].append(float(r["value"]))
@@ -155,7 +159,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     columns = ["run", *keys, "git_commit", "git_dirty", *RESULT_COLUMNS]
     write_csv(out, table, columns)
     summary = summarise(table, keys)
-    write_csv(summary_path(out), summary, ["experiment", "method", "depth", *keys, "metric", *SUMMARY_COLUMNS])
+    write_csv(summary_path(out), summary, ["experiment", *RESULT_KEYS, *keys, "metric", *SUMMARY_COLUMNS])
     partial = unfinished(find_runs(args.dirs))
     if partial:
         print(f"warning: {len(partial)} sweep run(s) not done, their rows may be partial: "

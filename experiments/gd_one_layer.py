@@ -1,7 +1,7 @@
 """gd_one_layer: a trained one-layer linear self-attention is one step of gradient descent (von Oswald et al. 2023).
 
 Setting (von Oswald et al., ICML 2023, §3 and their code ``constructed_token_setup.ipynb``): d = N = 10, tokens
-(x_i, y_i), x ~ U(−0.5, 0.5)^10 (the code's ``input_range = 1``; the paper text says U(−1, 1), research notes §3.2),
+(x_i, y_i), x ~ U(−0.5, 0.5)^10 (the code's ``input_range = 1``; the paper text says U(−1, 1)),
 w* ~ N(0, I), noiseless labels, one LSA layer in the factorised parametrization (W_K, W_Q, W_V, W_P, key size
 d+1 = 11) trained with Adam (lr 1e-3, batch 2048, fresh prompts every step, global gradient clipping).
 
@@ -22,9 +22,9 @@ prompts the training never saw:
 
 Theory (derived here for the uniform law; ``theory_loss``): with s² = a²/3, m₄ = a⁴/5 and
 c = ((n−1)/n)s⁴ + (m₄ + (d−1)s⁴)/n, one GD step of size η has MSE d·(s² − 2ηs⁴ + η²s²c), minimised at η* = s²/c
-with MSE* = d·(s² − s⁶/c). At a = 0.5: η* = 6.0606, ½·MSE* = 0.2062, zero predictor ½·MSE = 0.4167 (notes §3.2:
-0.206, η ≈ 6.07, 0.417). One layer can not beat one GD step here: by the symmetry of the law the optimal
-single-layer preconditioner is a multiple of I, so the trained model's target is exactly this GD step.
+with MSE* = d·(s² − s⁶/c). At a = 0.5: η* = 6.0606, ½·MSE* = 0.2062, zero predictor ½·MSE = 0.4167 (an independent
+derivation gives 0.206, η ≈ 6.07, 0.417). One layer can not beat one GD step here: by the symmetry of the law the
+optimal single-layer preconditioner is a multiple of I, so the trained model's target is exactly this GD step.
 
 Profiles (2 CPU cores; measured): ``quick`` 1 seed, 400 steps, batch 512, lr 3e-3 (≈ 20 s); ``standard``
 (default) 3 seeds, 3000 steps, batch 2048 (≈ 4 min); ``paper`` 3 seeds, von Oswald et al.'s 50,000 steps at
@@ -33,27 +33,23 @@ batch 2048 and 10,000 evaluation tasks (≈ 20 min per seed on 2 CPU cores; minu
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import scipy.optimize
 import torch
 
 from experiments.common import RunContext, write_config
-from experiments.registry import register, register_report
-from experiments.reporting import aggregate, fmt, line_plot, load_run, markdown_table, mean_ci, write_report
+from experiments.registry import Study
 from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_all_seeds
 from icl.config import spec
 from icl.metrics import relative_frobenius
-from icl.plotting import plt, save_figure, set_theme
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
 from icl.training import ModelSpec, TrainConfig
-from learned_optimizers import LinearSelfAttention, LSAConfig, load_model
+from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.constructions import gd_factorised
 from learned_optimizers.probes import compare, interpolate
 from reference_optimizers import gradient_descent, mean_query_loss
@@ -137,7 +133,6 @@ def full_model(d: int, P: torch.Tensor, Q: torch.Tensor) -> LinearSelfAttention:
     return m.set_weights(P=P, Q=Q)
 
 
-@register(NAME, "1-layer factorised LSA vs one optimal GD step (von Oswald et al. 2023)", GDOneLayerConfig, PROFILES)
 def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
@@ -187,7 +182,7 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
         ts = np.linspace(0.0, 1.0, cfg.interp_points)
         losses = interpolate(full_model(d, P_al, Q_al), full_model(d, P_c, Q_c), ts, test)
         for t, v in zip(ts, losses):
-            rows.add("interpolation", 1, seed, f"interp:t={t:.4f}", v)
+            rows.add("interpolation", 1, seed, "interp_loss", v, param=round(float(t), 4))
         rows.add("interpolation", 1, seed, "test_loss_midpoint", float(np.interp(0.5, ts, losses)))
 
         # out of distribution: x ~ U(−a, a), the trained model vs GD with the training-law η
@@ -206,11 +201,13 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
                 "gd_retuned_theory": theory_optimum(a, d, n)[1],
             }
             for method, v in values.items():
-                rows.add(method, 1, seed, f"ood:a={a:.4f}", v / 2)
+                rows.add(method, 1, seed, "ood_half_mse", v / 2, param=round(float(a), 4))
         rows.add("lsa_trained", 1, seed, "wall_time_s", getattr(trainer, "wall_time", float("nan")))
         rows.write(ctx)
         ctx.print(f"seed {seed}: TF ½MSE {est_tf.mean / 2:.4f}, GD(η={eta:.3f}) ½MSE {est_gd.mean / 2:.4f}, "
                   f"cos {comp.model_cosine[1, 1]:.4f}")  # fmt: skip
+    from experiments.reports.gd_one_layer import report  # the report module imports matplotlib
+
     summary = report(ctx.out_dir)
     summary["wall_time_s"] = time.time() - t0
     write_json(ctx.out_dir / "summary.json", summary)
@@ -218,186 +215,4 @@ def run(cfg: GDOneLayerConfig, ctx: RunContext) -> dict:
     return summary
 
 
-def _ood_rows(rows: list[dict]) -> list[dict]:
-    out = []
-    for r in rows:
-        if r["metric"].startswith("ood:a="):
-            out.append({**r, "a": float(r["metric"].split("=")[1]), "metric": "ood_half_mse"})
-    return out
-
-
-@register_report(NAME)
-def report(run_dir: str | Path) -> dict:
-    """Re-render the figures, report.md and summary.json of a run from results.csv and config.json."""
-    run_dir = Path(run_dir)
-    cfg_json, rows = load_run(run_dir)
-    cfg = GDOneLayerConfig.from_dict(cfg_json["config"])
-    d, n, a0 = cfg.prompt.d, cfg.prompt.n, cfg.prompt.uniform_a
-    agg = aggregate(rows)
-    seeds = sorted({r["seed"] for r in rows})
-
-    def m(method: str, metric: str) -> tuple[float, float, float, int]:
-        return agg.get((method, 1, metric), (float("nan"),) * 3 + (0,))
-
-    eta_th, mse_th = theory_optimum(a0, d, n)
-    zero_th = d * a0 * a0 / 3
-    figs = []
-    # OOD sweep
-    ood = _ood_rows(rows)
-    figs += line_plot(
-        ood, run_dir / "figures" / "ood_inputs", x="a", metric="ood_half_mse", ylabel="½·MSE on the query",
-        xlabel="input half-width a (x ~ U(−a, a)); trained at a = 0.5",
-        title=f"von Oswald et al. OOD inputs: 1-layer LSA vs GD (η tuned at a = {a0}), d = N = {d}", logy=True,
-        dashed_methods=("gd_theory", "gd_retuned_theory", "zero_predictor"),
-        caption=f"mean over {len(seeds)} seed(s) of ½·MSE on held-out prompts; band: 95% t-interval over seeds; "
-        "dashed: exact theory (GD at the training η, GD re-tuned per a) and the zero predictor",
-    )  # fmt: skip
-    # interpolation
-    interp = [{**r, "t": float(r["metric"].split("=")[1]), "metric": "interp_half_mse", "value": r["value"] / 2}
-              for r in rows if r["metric"].startswith("interp:t=")]  # fmt: skip
-    figs += line_plot(
-        interp, run_dir / "figures" / "interpolation", x="t", metric="interp_half_mse", ylabel="½·MSE on the query",
-        xlabel="t: (1 − t)·θ_trained (aligned) + t·θ_Prop.1", title="Interpolating trained and constructed weights",
-        dashed={"optimal GD step (theory)": mse_th / 2},
-        caption=f"mean over {len(seeds)} seed(s); band: 95% t-interval over seeds; dashed: exact optimal 1-step GD",
-    )  # fmt: skip
-    figs += _weights_figure(run_dir)
-
-    tf, gd, zero = m("lsa_trained", "test_loss"), m("gd_tuned", "test_loss"), m("zero_predictor", "test_loss")
-    eta, leta = m("gd_tuned", "eta"), m("lsa_trained", "learned_eta")
-    table = [
-        ("trained 1-layer LSA: MSE", tf[0], "–", f"{mse_th:.4f} (= optimal GD)", _ci(tf)),
-        ("trained 1-layer LSA: ½·MSE", tf[0] / 2, f"≈ {PUBLISHED['gd_half_mse']} (= GD)", f"{mse_th / 2:.4f}",
-         _ci(tf, 0.5)),
-        ("GD, tuned η: MSE", gd[0], "–", f"{mse_th:.4f}", _ci(gd)),
-        ("GD, tuned η: ½·MSE", gd[0] / 2, f"{PUBLISHED['gd_half_mse_notes']} (notes §3.2)", f"{mse_th / 2:.4f}",
-         _ci(gd, 0.5)),
-        ("zero predictor: ½·MSE", zero[0] / 2, f"{PUBLISHED['zero_half_mse_notes']}", f"{zero_th / 2:.4f}",
-         _ci(zero, 0.5)),
-        ("GD step size η (tuned on training-law prompts)", eta[0], f"≈ {PUBLISHED['eta_notes']}", f"{eta_th:.4f}",
-         _ci(eta)),
-        ("LSA's step −P_yy·mean diag(Q_xx)", leta[0], "= η", f"{eta_th:.4f}", _ci(leta)),
-        ("cos(∂ŷ_TF/∂x_q, ∂ŷ_GD/∂x_q)", m("lsa_trained", "model_cosine")[0], "≈ 1 (Fig. 2)", "1",
-         _ci(m("lsa_trained", "model_cosine"))),
-        ("‖∂ŷ_TF/∂x_q − ∂ŷ_GD/∂x_q‖₂", m("lsa_trained", "model_l2")[0], "≈ 0 (Fig. 2)", "0",
-         _ci(m("lsa_trained", "model_l2"))),
-        ("mean |ŷ_TF − ŷ_GD|", m("lsa_trained", "prediction_l2")[0], "≈ 0 (Fig. 2)", "0",
-         _ci(m("lsa_trained", "prediction_l2"))),
-        ("interpolation midpoint: ½·MSE", m("interpolation", "test_loss_midpoint")[0] / 2, "= GD loss (Fig. 2)",
-         f"{mse_th / 2:.4f}", _ci(m("interpolation", "test_loss_midpoint"), 0.5)),
-        ("aligned W_KQ vs Prop. 1: rel. Frobenius", m("lsa_trained", "W_KQ_rel_error")[0], "≈ 0 (Fig. 9)", "0",
-         _ci(m("lsa_trained", "W_KQ_rel_error"))),
-        ("aligned W_PV vs Prop. 1: rel. Frobenius", m("lsa_trained", "W_PV_rel_error")[0], "≈ 0 (Fig. 9)", "0",
-         _ci(m("lsa_trained", "W_PV_rel_error"))),
-    ]  # fmt: skip
-    ood_agg = aggregate(ood, keys=("method", "a"))
-    a_vals = sorted({r["a"] for r in ood})
-    ood_table = [
-        (f"{a:.3f}", *(ood_agg.get((meth, a), (float("nan"),))[0] for meth in
-                       ("lsa_trained", "gd_tuned", "gd_theory", "gd_retuned_theory", "zero_predictor")))
-        for a in a_vals
-    ]  # fmt: skip
-    rel = tf[0] / gd[0] - 1 if gd[0] == gd[0] else float("nan")
-    ood_rel = [abs(r[1] / r[2] - 1) for r in ood_table if r[2] and math.isfinite(r[1] / r[2])]
-    ood_max = max(ood_rel) if ood_rel else float("nan")
-    text = f"""# gd_one_layer: one trained LSA layer vs one step of gradient descent (von Oswald et al. 2023)
-
-Setting: d = N = {d}, x ~ U(−{a0}, {a0})^{d}, w* ~ N(0, I), noiseless; one factorised LSA layer (W_K, W_Q, W_V, W_P,
-key size {d + 1}), {cfg.train.optimizer} lr {cfg.train.lr}, batch {cfg.train.batch_size}, {cfg.train.steps} steps,
-profile `{cfg.profile}`, seeds {seeds}. Test: {cfg.test_prompts} held-out prompts per seed (never trained on); η tuned
-by `scipy.optimize.minimize_scalar` on {cfg.tune_prompts} training-law prompts (the `tune` stream). Numbers are means
-over seeds with 95% t-intervals over seeds in brackets. Losses: MSE = mean (ŷ − y_q)²; von Oswald et al. report ½·MSE.
-
-{markdown_table(("quantity", "ours", "paper", "theory", "95% CI over seeds"), table)}
-
-The trained model's loss is {fmt(rel * 100, 3)}% off the tuned GD step's on the same test prompts.
-
-**Theory column.** Exact for this law (module docstring): one GD step of size η has MSE d·(s² − 2ηs⁴ + η²s²c),
-s² = a²/3, c = ((n−1)/n)s⁴ + (a⁴/5 + (d−1)s⁴)/n, so η* = {eta_th:.4f} and ½·MSE* = {mse_th / 2:.4f} at a = {a0}. By the
-sign-flip and permutation symmetry of the law the best single LSA layer is a multiple of I, i.e. this GD step, so
-"theory" is also the trained model's optimum. The notes' 0.206 / η ≈ 6.07 / 0.417 agree; the paper's "desired GD loss
-of 0.2" (App. A.11) is this number rounded, and it holds for the code's U(−0.5, 0.5), not the text's U(−1, 1).
-
-**Differences from the paper.** (1) The paper's Prop. 1 weights have P = (η/N)·I; our layer carries the 1/n itself,
-so our W_P = η·I (same function). (2) Interpolation acts on the products W_KQ = W_KᵀW_Q and W_PV = W_P W_V after the
-β-alignment: interpolating the four factors separately is not meaningful because W_K → M W_K, W_Q → M⁻ᵀW_Q leaves the
-model unchanged for any invertible M. (3) Initialisation N(0, {cfg.model.init_std}²) per entry instead of Haiku's
-truncated normal with std 0.002/K; no token clipping (one layer). (4) {cfg.train.steps} training steps ({cfg.profile}
-profile) instead of their 50,000; the `paper` profile runs 50,000.
-
-## Out-of-distribution inputs x ~ U(−a, a) (½·MSE; trained at a = {a0}; η fixed at its a = {a0} value)
-
-{
-        markdown_table(
-            ("a", "trained LSA", "GD (η tuned at a=0.5)", "GD theory", "GD re-tuned per a (theory)", "zero predictor"),
-            ood_table,
-        )
-    }
-
-Largest relative difference between the trained layer and GD with the training-law η over this sweep:
-{fmt(ood_max * 100, 3)}%. Von Oswald et al. (Fig. 3) report that the trained layer tracks GD out of distribution; the
-fixed η overshoots as the curvature grows like a² (a > {a0}) and under-steps for a < {a0}, which is why both lie
-above the re-tuned GD step away from a = {a0}.
-
-Figures: `figures/ood_inputs.png`, `figures/interpolation.png`, `figures/weights.png` (bands: 95% t-intervals over
-seeds; dashed lines: theory and the zero predictor).
-"""
-    write_report(run_dir, text)
-    summary = {
-        "experiment": NAME,
-        "profile": cfg.profile,
-        "seeds": seeds,
-        "test_half_mse": {"lsa_trained": tf[0] / 2, "gd_tuned": gd[0] / 2, "zero": zero[0] / 2, "theory": mse_th / 2},
-        "test_mse": {"lsa_trained": tf[0], "gd_tuned": gd[0], "zero": zero[0], "theory": mse_th},
-        "eta": {"tuned": eta[0], "theory": eta_th, "learned": leta[0]},
-        "model_cosine": m("lsa_trained", "model_cosine")[0],
-        "model_l2": m("lsa_trained", "model_l2")[0],
-        "prediction_l2": m("lsa_trained", "prediction_l2")[0],
-        "interpolation_midpoint_half_mse": m("interpolation", "test_loss_midpoint")[0] / 2,
-        "relative_loss_difference_vs_gd": rel,
-        "figures": [str(Path(p).relative_to(run_dir)) for p in figs],
-    }
-    write_json(run_dir / "summary.json", {**_old_summary(run_dir), **summary})
-    return summary
-
-
-def _ci(v: tuple, scale: float = 1.0) -> str:
-    if not v or v[3] == 0 or not math.isfinite(v[0]):
-        return "–"
-    return f"[{fmt(v[1] * scale)}, {fmt(v[2] * scale)}]"
-
-
-def _old_summary(run_dir: Path) -> dict:
-    import json
-
-    p = run_dir / "summary.json"
-    try:
-        return json.loads(p.read_text()) if p.exists() else {}
-    except ValueError:
-        return {}
-
-
-def _weights_figure(run_dir: Path) -> list[Path]:
-    """Aligned trained W_KQ and W_PV of the first seed next to Prop. 1's (von Oswald et al. Fig. 9)."""
-    ckpts = sorted((run_dir / "checkpoints").glob("lsa_factorised-s*.pt"))
-    if not ckpts:
-        return []
-    model = load_model(ckpts[0])
-    P, Q = products(model.double())
-    d = model.d
-    beta = float(torch.diagonal(Q[:d, :d]).mean())
-    set_theme()
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.4))
-    for ax, M, title in ((axes[0], Q / beta, "W_KQ / β"), (axes[1], P * beta, "W_PV · β")):
-        v = float(M.abs().max())
-        im = ax.imshow(M.numpy(), cmap="RdBu_r", vmin=-v, vmax=v)
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.text(0.01, 0.0, f"trained weights ({ckpts[0].stem}) after von Oswald et al.'s alignment; Prop. 1 has "
-             "W_KQ = [[I, 0], [0, 0]] and W_PV = −η·e_y e_yᵀ", fontsize=7)  # fmt: skip
-    return save_figure(fig, run_dir / "figures" / "weights")
-
-
-__all__ = ["GDOneLayerConfig", "run", "report", "theory_loss", "theory_optimum", "tune_eta", "mean_ci"]
+STUDY = Study(GDOneLayerConfig, run, PROFILES)

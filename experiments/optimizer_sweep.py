@@ -6,30 +6,23 @@
   the optimizers per-layer/head matrices.
 - :func:`train_timed`: :func:`experiments.study.train_all_seeds` with the engine's clock and a monitor read-out
   (e.g. the constraint violation) as callbacks, and divergence recorded instead of raised.
-- :func:`sweep_table`: per method the learning rate with the best mean final held-out loss, its test loss,
-  and steps and seconds to a target loss; :func:`curve_plot`: loss against steps or seconds with 95% bands.
 
-Rows: ``method`` is ``"{name}@{lr:g}"``; curve metrics (``val_loss``, ``wall_s``, ``violation``) carry the
-training step in the ``depth`` column; final metrics use depth 0.
+The report side (learning-rate selection, the sweep table, the curve plots) is :mod:`experiments.reports.sweep`.
+
+Rows: the columns ``method`` and ``lr`` name a run; curve metrics (``val_loss``, ``wall_s``, ``violation``) carry
+the training step in the ``train_step`` column; depth is 0 (the model's depth is in the config).
 """
 
 from __future__ import annotations
 
-import math
-import os
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from experiments.common import RunContext
-from experiments.reporting import mean_ci
 from experiments.study import Rows, evaluate_model, train_all_seeds
 from icl.config import Config
-from icl.plotting import plt, save_figure, set_theme
 from icl.prompts import PromptDistribution
 from icl.seeding import Streams
 from icl.training import Clock, OptimizerSpec, ReadOut, TrainConfig, TrainingDiverged
@@ -86,160 +79,24 @@ def train_timed(
     return out
 
 
-def add_run_rows(rows: Rows, method: str, seed: int, run: Mapping[str, Any], test=None) -> None:
-    """Curve and final rows of one (method@lr, seed) run."""
+def add_run_rows(rows: Rows, method: str, lr: float, seed: int, run: Mapping[str, Any], test=None) -> None:
+    """Curve and final rows of one (method, lr, seed) run."""
     elapsed = run["elapsed"]
     for e in run["evals"]:
         step = int(e["step"])
-        rows.add(method, step, seed, "val_loss", e["eval_loss"])
-        rows.add(method, step, seed, "wall_s", elapsed[min(step, len(elapsed) - 1)])
+        rows.add(method, 0, seed, "val_loss", e["eval_loss"], lr=lr, train_step=step)
+        rows.add(method, 0, seed, "wall_s", elapsed[min(step, len(elapsed) - 1)], lr=lr, train_step=step)
     for step, v in run["samples"]:
-        rows.add(method, step, seed, "violation", v)
+        rows.add(method, 0, seed, "violation", v, lr=lr, train_step=step)
     diverged = run["trainer"] is None
     final = run["evals"][-1]["eval_loss"] if run["evals"] and not diverged else float("inf")
-    rows.add(method, 0, seed, "final_val_loss", final)
-    rows.add(method, 0, seed, "diverged", float(diverged))
+    rows.add(method, 0, seed, "final_val_loss", final, lr=lr)
+    rows.add(method, 0, seed, "diverged", float(diverged), lr=lr)
     steps = max(len(elapsed) - 1, 1)
-    rows.add(method, 0, seed, "time_per_step_ms", 1e3 * elapsed[-1] / steps)
+    rows.add(method, 0, seed, "time_per_step_ms", 1e3 * elapsed[-1] / steps, lr=lr)
     if test is not None:
-        rows.add_loss(method, 0, seed, test)
+        rows.add_loss(method, 0, seed, test, lr=lr)
 
 
 def evaluate(model: nn.Module, dist: PromptDistribution, streams: Streams, count: int):
     return evaluate_model(model, dist, streams, count)
-
-
-# -- report side -----------------------------------------------------------------------------------------
-
-
-def split_method(method: str) -> tuple[str, float]:
-    name, _, lr = method.partition("@")
-    return name, float(lr) if lr else float("nan")
-
-
-def _finite_mean(values: Sequence[float]) -> float:
-    v = [x for x in values if math.isfinite(x)]
-    return float(np.mean(v)) if len(v) == len(values) and v else float("inf")
-
-
-def select_lrs(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """Per method name, the ``name@lr`` whose mean final held-out loss over seeds is lowest (a diverged
-    seed disqualifies that lr)."""
-    finals: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["metric"] == "final_val_loss":
-            finals[r["method"]].append(r["value"])
-    best: dict[str, tuple[float, str]] = {}
-    for method, vals in finals.items():
-        name, _ = split_method(method)
-        score = _finite_mean(vals)
-        if name not in best or score < best[name][0]:
-            best[name] = (score, method)
-    return {name: m for name, (_, m) in best.items()}
-
-
-def curves(rows: Sequence[Mapping[str, Any]], method: str, metric: str) -> dict[int, dict[int, float]]:
-    """{seed: {step: value}} of a curve metric."""
-    out: dict[int, dict[int, float]] = defaultdict(dict)
-    for r in rows:
-        if r["method"] == method and r["metric"] == metric:
-            out[r["seed"]][r["depth"]] = r["value"]
-    return out
-
-
-def first_reach(curve: Mapping[int, float], target: float) -> int | None:
-    for step in sorted(curve):
-        if curve[step] <= target:
-            return step
-    return None
-
-
-def sweep_table(rows: Sequence[Mapping[str, Any]], target: float) -> list[dict[str, Any]]:
-    """One entry per method (selected lr): test loss, final val loss, steps and seconds to ``target``."""
-    table = []
-    for name, method in select_lrs(rows).items():
-        vals = curves(rows, method, "val_loss")
-        walls = curves(rows, method, "wall_s")
-        steps, secs = [], []
-        for seed, curve in vals.items():
-            s = first_reach(curve, target)
-            steps.append(s if s is not None else float("nan"))
-            secs.append(walls[seed].get(s, float("nan")) if s is not None else float("nan"))
-        get = {m: [r["value"] for r in rows if r["method"] == method and r["metric"] == m] for m in
-               ("test_loss", "final_val_loss", "time_per_step_ms", "diverged")}  # fmt: skip
-        reached = [s for s in steps if math.isfinite(s)]
-        table.append(
-            dict(
-                name=name,
-                method=method,
-                lr=split_method(method)[1],
-                test=mean_ci(get["test_loss"]),
-                final_val=mean_ci(get["final_val_loss"]),
-                ms_per_step=mean_ci(get["time_per_step_ms"]),
-                steps_to_target=mean_ci(reached) if len(reached) == len(steps) else (float("nan"),) * 3,
-                seconds_to_target=mean_ci(secs) if len(reached) == len(steps) else (float("nan"),) * 3,
-                reached=f"{len(reached)}/{len(steps)}",
-                seeds=len(steps),
-            )
-        )
-    return sorted(table, key=lambda e: e["test"][0] if math.isfinite(e["test"][0]) else float("inf"))
-
-
-def best_final(rows: Sequence[Mapping[str, Any]]) -> float:
-    """The lowest mean final held-out loss over the selected learning rates."""
-    best = float("inf")
-    for method in select_lrs(rows).values():
-        vals = [r["value"] for r in rows if r["method"] == method and r["metric"] == "final_val_loss"]
-        best = min(best, _finite_mean(vals))
-    return best
-
-
-def curve_plot(
-    rows: Sequence[Mapping[str, Any]],
-    methods: Mapping[str, str],
-    stem: str | os.PathLike,
-    *,
-    metric: str = "val_loss",
-    x: str = "step",
-    ylabel: str = "held-out query MSE",
-    title: str = "",
-    hlines: Mapping[str, float] | None = None,
-    logy: bool = True,
-    caption: str = "mean over seeds; band: 95% t-interval over seeds",
-) -> list[Path]:
-    """``metric`` against the training step (``x="step"``) or the mean elapsed seconds (``x="wall"``) for the
-    given {label: method@lr}; dashed horizontal reference lines from ``hlines``."""
-    set_theme()
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3
-    for (label, method), color in zip(methods.items(), colors):
-        vals = curves(rows, method, metric)
-        if not vals:
-            continue
-        walls = curves(rows, method, "wall_s")
-        steps = sorted(set.intersection(*(set(v) for v in vals.values())))
-        if not steps:
-            continue
-        stats = [mean_ci([vals[s][t] for s in vals]) for t in steps]
-        xs = np.array(steps, float)
-        if x == "wall":
-            xs = np.array([np.mean([walls[s].get(t, np.nan) for s in vals]) for t in steps])
-        mean = np.array([m for m, _, _ in stats])
-        ax.plot(xs, mean, color=color, lw=1.4, label=label)
-        if len(vals) > 1:
-            lo = np.array([v for _, v, _ in stats])
-            hi = np.array([v for _, _, v in stats])
-            if logy:
-                lo = np.maximum(lo, mean * 1e-3)
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
-    for i, (name, value) in enumerate((hlines or {}).items()):
-        ax.axhline(value, ls="--", lw=1, color=["black", "grey", "dimgrey"][i % 3], label=name)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("training step" if x == "step" else "wall-clock seconds (mean over seeds)")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top")
-    return save_figure(fig, stem)

@@ -35,15 +35,10 @@ import torch
 from experiments.common import RunContext, make_distribution, write_config
 from experiments.optimizer_sweep import (
     add_run_rows,
-    best_final,
-    curve_plot,
-    select_lrs,
     split_blocks,
-    sweep_table,
     train_timed,
 )
-from experiments.registry import register, register_report
-from experiments.reporting import fmt, load_run, markdown_table, mean_value, write_report
+from experiments.registry import Study
 from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts
 from icl.config import ConfigError, spec
 from icl.prompts import PromptConfig, zero_predictor_loss
@@ -157,8 +152,6 @@ def optimizer_spec(name: str, lr: float, cfg: OuterOptimizersConfig) -> Optimize
     return OptimizerSpec.from_config(cfg.train, name, lr=lr)
 
 
-@register(NAME, "Adam/AdamW/FAdam vs root-free RF-RMSProp/RF-AdamW/SIRFShampoo and ManifoldAdam on a 3-layer LSA",
-          OuterOptimizersConfig, profiles=PROFILES)  # fmt: skip
 def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
@@ -173,7 +166,7 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
             runs = train_timed(ctx, cfg, method, lambda st: build_model(cfg, st), dists, cfg.train, seed_streams, opt)
             for seed, streams, dist, res in zip(cfg.seeds, seed_streams, dists, runs):
                 test = evaluate_model(res["trainer"].model, dist, streams, cfg.test_prompts) if res["trainer"] else None
-                add_run_rows(rows, method, seed, res, test)
+                add_run_rows(rows, name, lr, seed, res, test)
                 final = res["evals"][-1]["eval_loss"] if res["evals"] and res["trainer"] else float("nan")
                 ctx.print(f"seed {seed} {method:<24} final val {final:.4g}  {res['status'][:60]}")
             rows.write(ctx)
@@ -181,123 +174,15 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
         pgd, etas = tuned_pgd(dist, streams, cfg.model.layers, cfg.tune_prompts, cfg.test_prompts)
         rows.add("tuned_pgd_sigma_inv", cfg.model.layers, seed, "test_loss", pgd)
         for i, e in enumerate(etas):
-            rows.add("tuned_pgd_sigma_inv", i + 1, seed, "step_size", e)
+            rows.add("tuned_pgd_sigma_inv", cfg.model.layers, seed, "step_size", e, k=i + 1)
         rows.add("zero_predictor", 0, seed, "test_loss", zero_predictor_loss(cfg.prompt))
         rows.write(ctx)
+    from experiments.reports.outer_optimizers import report  # the report module imports matplotlib
+
     summary = report(ctx.out_dir)
     summary["wall_time_s"] = time.time() - t0
     write_json(ctx.out_dir / "summary.json", summary)
     return summary
 
 
-@register_report(NAME)
-def report(run_dir) -> dict:
-    saved, rows = load_run(run_dir)
-    cfg = OuterOptimizersConfig.from_dict(saved["config"])
-    fig_dir = run_dir / "figures"
-    best = best_final(rows)
-    target = cfg.target_factor * best
-    table = sweep_table(rows, target)
-    pgd = mean_value(rows, "tuned_pgd_sigma_inv", "test_loss")
-    zero = mean_value(rows, "zero_predictor", "test_loss")
-    selected = {e["name"]: e["method"] for e in table}
-    hl = {"tuned 3-step Σ⁻¹-PGD (Ahn Thm 3 family)": pgd, "zero predictor": zero, f"target {fmt(target)}": target}
-    cap = (f"held-out query MSE of the selected lr per optimizer; mean over {len(cfg.seeds)} seed(s), band: 95% "
-           "t-interval over seeds; dashed: references")  # fmt: skip
-    title = f"{cfg.model.layers}-layer {cfg.model.mode} LSA, d={cfg.prompt.d}, n={cfg.prompt.n}, non-isotropic Σ"
-    figs = curve_plot(rows, selected, fig_dir / "loss_vs_steps", hlines=hl, title=title, caption=cap)
-    figs += curve_plot(rows, selected, fig_dir / "loss_vs_time", x="wall", hlines=hl, title=title, caption=cap)
-
-    def ci(t):
-        m, lo, hi = t
-        return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if math.isfinite(m) else "–"
-
-    body = markdown_table(
-        ["optimizer", "selected lr", "test MSE (95% CI)", "log test MSE", "final val MSE", "steps to target",
-         "seconds to target", "reached", "ms/step"],
-        [[e["name"], f"{e['lr']:g}", ci(e["test"]), fmt(math.log(e["test"][0])) if e["test"][0] > 0 else "–",
-          ci(e["final_val"]), ci(e["steps_to_target"]), ci(e["seconds_to_target"]), e["reached"],
-          fmt(e["ms_per_step"][0])] for e in table],
-    )  # fmt: skip
-    by = {e["name"]: e for e in table}
-    rf = [by[n] for n in ROOT_FREE if n in by]
-    rb = [by[n] for n in ROOT_BASED if n in by]
-    verdict = "not enough optimizers to compare"
-    if rf and rb:
-        best_rf = min(rf, key=lambda e: e["test"][0])
-        best_rb = min(rb, key=lambda e: e["test"][0])
-        ratio = best_rf["test"][0] / best_rb["test"][0]
-        holds = ratio <= cfg.target_factor
-        verdict = (
-            f"best root-free: {best_rf['name']} (test MSE {fmt(best_rf['test'][0])}); best root-based: "
-            f"{best_rb['name']} (test MSE {fmt(best_rb['test'][0])}); ratio {ratio:.3g}. Lin et al.'s claim that "
-            f"root-free methods match root-based ones **{'holds' if holds else 'does not hold'}** here at the "
-            f"{cfg.target_factor:g}× tolerance (steps to target: {ci(best_rf['steps_to_target'])} vs "
-            f"{ci(best_rb['steps_to_target'])})."
-        )
-    grid_rows = sorted({r["method"] for r in rows if r["metric"] == "final_val_loss"})
-    grid = markdown_table(
-        ["optimizer@lr", "mean final val MSE", "diverged seeds"],
-        [[m, mean_value(rows, m, "final_val_loss"),
-          int(sum(r["value"] for r in rows if r["method"] == m and r["metric"] == "diverged"))] for m in grid_rows],
-    )  # fmt: skip
-    best_txt = f"{fmt(table[0]['test'][0])} ({table[0]['name']})" if table else "–"
-    paper_rows = (
-        f'| best test MSE, {cfg.model.layers}-layer LSA | {best_txt} | Ahn et al.: "converges to an almost 0 value" '
-        "(sparse, 3 layers, Fig. 1, no number); Dutta & Sra Fig. 2a LT(Pre): log-loss ≈ −1.1 at 4 layers [F] | "
-        f"tuned Σ⁻¹-PGD {fmt(pgd)} |\n| root-free vs root-based | see verdict | Lin et al. 2024: root-free matches "
-        "root-based on transformers (large models) | – |"
-    )
-    text = f"""# outer_optimizers: outer optimizers for a {cfg.model.layers}-layer LSA (issue #7)
-
-Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, Σ eigenvalues {cfg.prompt.eigenvalues} (the code's Σ = U D² Uᵀ of
-Ahn/Dutta, κ = 16), w* ~ N(0, Σ⁻¹), {cfg.model.layers}-layer `{cfg.model.mode}` LSA (init std {cfg.model.init_std}),
-batch {cfg.train.batch_size} (resampled every {cfg.train.resample_every} step(s)), {cfg.train.steps} steps, constant lr,
-no clipping, seeds {list(cfg.seeds)} (each seed: its own U, initialisation and data). Loss: query MSE (not ½·MSE).
-Learning rate selected per optimizer on the held-out `val` batch ({cfg.train.eval_batch} prompts); test MSE on
-{cfg.test_prompts} `test` prompts. Target = {cfg.target_factor:g} × best mean final val MSE = **{fmt(target)}**.
-
-## Results (selected learning rates)
-
-{body}
-
-References: tuned {cfg.model.layers}-step Σ⁻¹-preconditioned GD (step sizes fitted on {cfg.tune_prompts} prompts; the
-sparse LSA contains it, Ahn Thm 3): test MSE **{fmt(pgd)}** (log {fmt(math.log(pgd)) if pgd > 0 else "–"}); zero
-predictor {fmt(zero)}.
-
-**Root-free vs root-based (Lin et al. 2024):** {verdict}
-
-## Ours vs the papers
-
-| quantity | ours | paper | theory / reference |
-|---|---|---|---|
-{paper_rows}
-
-Differences explained: Ahn et al. train 100k steps with batch 20000, per-matrix clipping 0.01 and a halving lr
-schedule (the `paper` profile follows the batch and resampling); Dutta & Sra's numbers come from 10 Adam steps plus
-1000 full-batch steps on one fixed batch (notes §1.9), so neither is a like-for-like number for this budget.
-Their baselines use 19 of the 20 context points; ours use all 20 (as the model). The tuned PGD line is a
-representable point of the sparse model, so a model below it has found more than the Thm 3 family (possible:
-Thm 3 only says the family contains critical points), and a model above it is under-trained at this budget.
-
-## Learning-rate grid (mean final val MSE over seeds)
-
-{grid}
-
-Figures: `figures/loss_vs_steps.png`, `figures/loss_vs_time.png` (the time axis is the mean over seeds of the
-wall-clock seconds at each step, measured on a shared machine: compare ms/step only within one run).
-Rows: results.csv (method `name@lr`; curve metrics carry the step in `depth`).
-"""
-    write_report(run_dir, text)
-    return {
-        "experiment": NAME,
-        "target": target,
-        "best_final_val": best,
-        "tuned_pgd_test_loss": pgd,
-        "selected": {e["name"]: {"lr": e["lr"], "test_loss": e["test"][0], "steps_to_target": e["steps_to_target"][0],
-                                 "seconds_to_target": e["seconds_to_target"][0], "reached": e["reached"]}
-                     for e in table},
-        "verdict": verdict,
-        "figures": [str(p.relative_to(run_dir)) for p in figs],
-        "selection": select_lrs(rows),
-    }  # fmt: skip
+STUDY = Study(OuterOptimizersConfig, run, PROFILES)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from experiments.common import RunContext, make_distribution, train_model, write_config
-from experiments.registry import register
+from experiments.registry import Study
 from icl.config import Config, spec
 from icl.metrics import relative_frobenius, test_loss
 from icl.plotting import training_curve
@@ -47,7 +47,6 @@ class QuickstartConfig(Config):
     track: str = spec("none", choices=TRACKERS)  # none, tensorboard or wandb (see experiments.study.StudyConfig)
 
 
-@register("quickstart", "1-layer sparse LSA vs the Ahn et al. one-layer optimum (d=5, n=20)", QuickstartConfig)
 def run(cfg: QuickstartConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     streams = Streams(cfg.seed, ctx.device)
@@ -154,3 +153,6 @@ def run(cfg: QuickstartConfig, ctx: RunContext) -> dict:
     ctx.print(f"test loss ± 1.96·s.e.: [{test.ci95()[0]:.4f}, {test.ci95()[1]:.4f}]; zero predictor {trivial:.4f}")
     ctx.print(f"run directory: {ctx.out_dir}")
     return summary
+
+
+STUDY = Study(QuickstartConfig, run)

@@ -1,83 +1,125 @@
-"""The registry of studies: ``python -m experiments run NAME`` looks NAME up here."""
+"""The registry of studies: ``python -m experiments run NAME`` looks NAME up here.
+
+:data:`STUDIES` is a literal mapping from a study's name to where its definition and its report live
+(``"module:attribute"``) and the one line ``python -m experiments list`` prints. Nothing is imported until a
+study is used: ``list`` reads this file alone, ``run NAME`` imports NAME's definition module, ``report RUN_DIR``
+its report module. A new study is one definition file (``experiments/NAME.py`` with ``STUDY = Study(...)``), one
+report file (``experiments/reports/NAME.py`` with ``report(run_dir)``) and one line below.
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from icl.config import Config, ConfigError
+from icl.config import ConfigError
+
+
+class Entry(NamedTuple):
+    """Where a study lives: its definition and report as ``"module:attribute"``, and its one-line description."""
+
+    definition: str
+    report: str | None
+    description: str
+
+
+# fmt: off
+STUDIES: dict[str, Entry] = {
+    "quickstart": Entry("experiments.quickstart:STUDY", None, "1-layer sparse LSA vs the Ahn et al. one-layer optimum (d=5, n=20)"),  # noqa: E501
+    "baselines": Entry("experiments.baselines:STUDY", "experiments.reports.baselines:report", "every classical reference optimizer (tuned) and the Krylov bound vs steps 1..8, d=5, n=20"),  # noqa: E501
+    "gd_one_layer": Entry("experiments.gd_one_layer:STUDY", "experiments.reports.gd_one_layer:report", "1-layer factorised LSA vs one optimal GD step (von Oswald et al. 2023)"),  # noqa: E501
+    "pgd_depth": Entry("experiments.pgd_depth:STUDY", "experiments.reports.pgd_depth:report", "L-layer LSA vs preconditioned GD, Krylov bounds, Dist(Σ½AΣ½, I) (Ahn et al. 2023)"),  # noqa: E501
+    "newton_vs_gd": Entry("experiments.newton_vs_gd:STUDY", "experiments.reports.newton_vs_gd:report", "per-layer best-matching iterative-Newton vs GD steps of a full LSA and a small GPT (d=10)"),  # noqa: E501
+    "manifold_adam": Entry("experiments.manifold_adam_study:STUDY", "experiments.reports.manifold_adam:report", "factorised LSA with Stiefel W_K, W_Q: ManifoldAdam vs Adam vs projected Adam vs manifold SGD"),  # noqa: E501
+    "outer_optimizers": Entry("experiments.outer_optimizers:STUDY", "experiments.reports.outer_optimizers:report", "Adam/AdamW/FAdam vs root-free RF-RMSProp/RF-AdamW/SIRFShampoo and ManifoldAdam on a 3-layer LSA"),  # noqa: E501
+    "memformer_vs_cgd": Entry("experiments.memformer_vs_cgd:STUDY", "experiments.reports.memformer_vs_cgd:report", "Memformers (CGD-like, LFOM) vs per-prompt CG, tuned momentum/Nesterov/PGD (Dutta & Sra 2024)"),  # noqa: E501
+    "noisy_regression": Entry("experiments.noisy_regression:STUDY", "experiments.reports.noisy_regression:report", "FULL/DIAG/GD++ linear transformers vs ridge oracles on noisy regression (Vladymyrov et al. 2024)"),  # noqa: E501
+}
+# fmt: on
 
 
 @dataclass(frozen=True)
-class Experiment:
-    """A registered study.
+class Study:
+    """What a study's definition module declares (``STUDY = Study(...)``).
 
     Attributes:
-        name: the CLI name.
-        description: one line for ``python -m experiments list``.
         config_cls: its config dataclass (defaults = the published setup at CPU scale).
         run: ``run(cfg, ctx) -> summary dict``; writes its artifacts into ``ctx.out_dir``.
         profiles: overrides per profile (``quick``: minutes, run by the tests; ``standard``: under 30 minutes
             on 2 cores; ``paper``: the paper's budget), applied before the command line's ``--set``.
-        report: ``report(run_dir)`` re-renders the figures and ``report.md`` from ``results.csv``.
+    """
+
+    config_cls: type
+    run: Callable[[Any, Any], dict[str, Any]]
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered study, its definition imported.
+
+    Attributes:
+        name: the CLI name.
+        description: one line for ``python -m experiments list``.
+        config_cls, run, profiles: from the definition's :class:`Study`.
+        report_target: ``"module:attribute"`` of ``report(run_dir)``, which re-renders the figures and
+            ``report.md`` from ``results.csv`` (None: the study writes its report inside ``run``).
     """
 
     name: str
     description: str
-    config_cls: type[Config]
+    config_cls: type
     run: Callable[[Any, Any], dict[str, Any]]
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    report: Callable[[Path], Any] | None = None
+    report_target: str | None = None
+
+    @property
+    def report(self) -> Callable[[Path], Any] | None:
+        """``report(run_dir)``, imported on first use (None when the study has none)."""
+        return None if self.report_target is None else load(self.report_target)
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+def load(target: str) -> Any:
+    """The object a ``"module:attribute"`` string names (imports the module)."""
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
-def register(
-    name: str,
-    description: str,
-    config_cls: type[Config],
-    profiles: Mapping[str, Mapping[str, Any]] | None = None,
-):
-    """Decorator registering ``run(cfg, ctx)`` under ``name``."""
-
-    def deco(fn: Callable[[Any, Any], dict[str, Any]]) -> Callable[[Any, Any], dict[str, Any]]:
-        if name in EXPERIMENTS:
-            raise ValueError(f"experiment {name!r} is registered twice")
-        EXPERIMENTS[name] = Experiment(name, description, config_cls, fn, dict(profiles or {}))
-        return fn
-
-    return deco
-
-
-def register_report(name: str):
-    """Decorator registering ``report(run_dir)`` for the experiment ``name`` (registered before)."""
-
-    def deco(fn: Callable[[Path], Any]) -> Callable[[Path], Any]:
-        EXPERIMENTS[name] = replace(EXPERIMENTS[name], report=fn)
-        return fn
-
-    return deco
+def _unknown(name: str) -> ConfigError:
+    near = difflib.get_close_matches(name, list(STUDIES), n=3)
+    hint = f" Did you mean: {', '.join(near)}?" if near else ""
+    return ConfigError(f"unknown experiment {name!r}.{hint} Available: {', '.join(sorted(STUDIES))}")
 
 
 def get_experiment(name: str) -> Experiment:
-    """Look an experiment up, with the nearest names in the error."""
-    _load_all()
-    if name not in EXPERIMENTS:
-        near = difflib.get_close_matches(name, list(EXPERIMENTS), n=3)
-        hint = f" Did you mean: {', '.join(near)}?" if near else ""
-        raise ConfigError(f"unknown experiment {name!r}.{hint} Available: {', '.join(sorted(EXPERIMENTS))}")
-    return EXPERIMENTS[name]
+    """Import study ``name``'s definition (not its report), with the nearest names in the error."""
+    if name not in STUDIES:
+        raise _unknown(name)
+    entry = STUDIES[name]
+    study = load(entry.definition)
+    if not isinstance(study, Study):
+        raise TypeError(f"{entry.definition} is a {type(study).__name__}, not a Study")
+    return Experiment(name, entry.description, study.config_cls, study.run, dict(study.profiles), entry.report)
+
+
+def get_report(name: str) -> Callable[[Path], Any]:
+    """Study ``name``'s ``report(run_dir)`` (imports the report module only)."""
+    if name not in STUDIES:
+        raise _unknown(name)
+    if STUDIES[name].report is None:
+        raise ConfigError(f"experiment {name!r} has no report to re-render")
+    return load(STUDIES[name].report)
+
+
+def descriptions() -> dict[str, str]:
+    """name -> one-line description, sorted by name, without importing any study."""
+    return {name: STUDIES[name].description for name in sorted(STUDIES)}
 
 
 def all_experiments() -> dict[str, Experiment]:
-    _load_all()
-    return dict(sorted(EXPERIMENTS.items()))
-
-
-def _load_all() -> None:
-    """Import every study module so that it registers itself."""
-    from experiments import STUDIES  # noqa: F401
+    """Every study with its definition imported (slow: imports every study module)."""
+    return {name: get_experiment(name) for name in sorted(STUDIES)}

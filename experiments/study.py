@@ -1,27 +1,26 @@
 """The frame every multi-seed study uses: profiles, seeds, per-model checkpoints, rows and evaluation.
 
-A study config derives from :class:`StudyConfig` (fields ``profile`` and ``seeds``) and registers its profiles
-with :func:`experiments.registry.register`. A model is trained for all the seeds by :func:`train_all_seeds`
-(:func:`icl.training.fit` with the run's checkpoint store: one checkpoint per model under ``checkpoints/``, so
-that ``--resume`` continues an interrupted study and skips what is finished). Each seed has its own
-:class:`~icl.seeding.Streams`, so seeds differ in the rotation U, the initialisation and the data, and test
-prompts come from the ``test`` stream that training never reads.
+A study config derives from :class:`StudyConfig` (fields ``profile`` and ``seeds``); its definition module
+declares ``STUDY = Study(config, run, PROFILES)`` (:mod:`experiments.registry`). A model is trained for all the
+seeds by :func:`train_all_seeds` (:func:`icl.training.fit` with the run's checkpoint store: one checkpoint per
+model under ``checkpoints/``, so that ``--resume`` continues an interrupted study and skips what is finished).
+Each seed has its own :class:`~icl.seeding.Streams`, so seeds differ in the rotation U, the initialisation and
+the data, and test prompts come from the ``test`` stream that training never reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from experiments.common import RunContext
+from experiments.results import Rows  # noqa: F401  (the studies import it from here)
 from icl.config import Config, spec
 from icl.metrics import LossEstimate, test_loss
 from icl.prompts import PromptBatch, PromptDistribution
-from icl.runio import write_results
 from icl.seeding import Streams
 from icl.tracking import TRACKERS
 from icl.training import Callback, Fitted, ModelSpec, OptimizerSpec, SeedRun, TrainConfig, fit
@@ -59,32 +58,6 @@ class StudyConfig(Config):
             from icl.config import ConfigError
 
             raise ConfigError("seeds must hold at least one seed")
-
-
-class Rows:
-    """Collects the tidy long-form rows (experiment, method, depth, seed, metric, value) of a study."""
-
-    def __init__(self, experiment: str) -> None:
-        self.experiment = experiment
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, method: str, depth: int, seed: int, metric: str, value: float) -> None:
-        self.rows.append(
-            dict(experiment=self.experiment, method=method, depth=int(depth), seed=int(seed), metric=metric,
-                 value=float(value))
-        )  # fmt: skip
-
-    def add_loss(self, method: str, depth: int, seed: int, est: LossEstimate, prefix: str = "test_loss") -> None:
-        """A loss estimate as two rows: ``test_loss`` and ``test_loss_stderr``."""
-        self.add(method, depth, seed, prefix, est.mean)
-        self.add(method, depth, seed, f"{prefix}_stderr", est.stderr)
-
-    def extend(self, rows: Iterable[dict[str, Any]]) -> None:
-        self.rows.extend(rows)
-
-    def write(self, ctx: RunContext) -> None:
-        """Write ``results.csv`` atomically (called after every seed, so partial studies keep their rows)."""
-        write_results(ctx.out_dir / "results.csv", self.rows)
 
 
 def train_one(

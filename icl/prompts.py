@@ -9,7 +9,7 @@ so that Σ = U diag(λ) Uᵀ has exactly the configured eigenvalues λ (for the 
 Haar-random rotation drawn once per run from its own generator, or given. Label noise is none, a fixed σ, or
 a per-prompt σ drawn from U(0, σ_max) or uniformly from a categorical set (Vladymyrov et al. 2024).
 
-Token layout (DEVELOPERS.md): tokens are rows, Z has shape (B, n+1, d+1), column d holds y, and the query
+Token layout (docs/conventions.md): tokens are rows, Z has shape (B, n+1, d+1), column d holds y, and the query
 token is (x_q, 0).
 """
 

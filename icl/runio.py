@@ -158,13 +158,19 @@ def read_json_file(path: str | os.PathLike, what: str = "file") -> Any:
         raise RunDirError(f"{what} {path} is corrupt or truncated ({e})") from None
 
 
-def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a tidy ``results.csv`` (depth and seed as int, value as float), checked strictly.
+def read_results(path: str | os.PathLike, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a tidy ``results.csv`` (depth and seed as int, value as float, other columns as written),
+    checked strictly.
+
+    Args:
+        path: the file.
+        columns: the column names a header may use (None: any); it must hold :data:`RESULT_COLUMNS`.
 
     Raises:
-        RunDirError: naming the file and line: not UTF-8, a header other than :data:`RESULT_COLUMNS`, a row with
-            another number of fields, a depth/seed that is not an integer, a value that is not a number, or a
-            last line without its newline (a file cut off mid-row, whose last value may be cut short).
+        RunDirError: naming the file and line: not UTF-8, a header without the columns of
+            :data:`RESULT_COLUMNS` (or with one outside ``columns``), a row with another number of fields, a
+            depth/seed that is not an integer, a value that is not a number, or a last line without its newline
+            (a file cut off mid-row, whose last value may be cut short).
     """
     path = Path(path)
     text = _read_text(path, "results file")
@@ -174,13 +180,18 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise RunDirError(f"results file {path} is truncated: its last line has no newline (cut off mid-row)")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader)
-    if tuple(header) != RESULT_COLUMNS:
-        raise RunDirError(f"results file {path} has header {header}, expected {list(RESULT_COLUMNS)}")
+    missing = [c for c in RESULT_COLUMNS if c not in header]
+    unknown = [c for c in header if columns is not None and c not in columns]
+    if missing or unknown or len(set(header)) != len(header):
+        raise RunDirError(
+            f"results file {path} has header {header}: it needs {list(RESULT_COLUMNS)}"
+            + (f" and may hold only {list(columns)}" if columns is not None else "")
+        )
     rows = []
     for line, fields in enumerate(reader, start=2):
-        if len(fields) != len(RESULT_COLUMNS):
-            raise RunDirError(f"results file {path} line {line}: {len(fields)} fields, expected {len(RESULT_COLUMNS)}")
-        row: dict[str, Any] = dict(zip(RESULT_COLUMNS, fields))
+        if len(fields) != len(header):
+            raise RunDirError(f"results file {path} line {line}: {len(fields)} fields, expected {len(header)}")
+        row: dict[str, Any] = dict(zip(header, fields))
         try:
             row["depth"], row["seed"] = int(row["depth"]), int(row["seed"])
         except ValueError:

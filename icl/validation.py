@@ -94,7 +94,7 @@ def check_steps(steps: object) -> int:
 
 
 def check_generator(name: str, g: object) -> torch.Generator:
-    """Require an explicit ``torch.Generator`` (every random draw comes from one; DEVELOPERS.md)."""
+    """Require an explicit ``torch.Generator`` (every random draw comes from one; docs/conventions.md)."""
     if not isinstance(g, torch.Generator):
         raise ValueError(f"{name} must be a torch.Generator (a named stream from icl.seeding), got {type(g).__name__}")
     return g

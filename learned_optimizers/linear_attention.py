@@ -1,6 +1,6 @@
 """Linear self-attention (LSA) transformers that learn an optimizer in context.
 
-Notation follows Ahn et al. (NeurIPS 2023) and Dutta & Sra (2024), with tokens as rows (DEVELOPERS.md):
+Notation follows Ahn et al. (NeurIPS 2023) and Dutta & Sra (2024), with tokens as rows (docs/conventions.md):
 Z ∈ R^{B×(n+1)×(d+1)} holds the n context tokens z_i = (x_i, y_i) and the query (x_q, 0). One layer is
 
     Z ← Z + (1/n) · Attn_{P,Q}(Z),   Attn(Z)_j = Σ_h Σ_{i ≤ n} (z_iᵀ Q_h z_j) · P_h z_i,

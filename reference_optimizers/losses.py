@@ -12,7 +12,7 @@ def query_loss(iterates: torch.Tensor, x_query: torch.Tensor, y_query: torch.Ten
     """Squared error of the linear predictions ŷ_t = ⟨w_t, x_query⟩ on the query, per prompt and step.
 
     The loss is the plain squared error (ŷ_t − y_query)² (multiply by ½ for the ½·MSE convention of
-    von Oswald et al. 2023, see the research notes §7).
+    von Oswald et al. 2023; docs/conventions.md).
 
     Args:
         iterates: a trajectory (B, steps+1, d) from an iterative method, or solutions (B, d) from a

@@ -4,7 +4,7 @@
    numpy float64 (matched to 1e-10), one row per optimizer option.
 2. Anchors to the published reference implementations: values produced by pytorch_optimizer 4.1.0,
    lessw2020/FAdam_PyTorch, yorkerlin/remove-the-square-root and sirfshampoo 0.0.1 in float32, as
-   recorded in the reference report (shared/reference/adaptive_optimizers.md, Appendices A and B).
+   recorded from the public reference implementations (see the anchors below).
 3. Convergence on an ill-conditioned matrix quadratic and on Rosenbrock (tolerances stated in the tests).
 4. Argument validation and ``make_optimizer``.
 """

@@ -1,4 +1,4 @@
-"""Geometry of the global-section construction (Brantner 2023; reference notes §1.2–§1.8), float64."""
+"""Geometry of the global-section construction (Brantner 2023), float64."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def test_batched_retraction_and_coordinates_equal_one_at_a_time():
 
 
 def test_exp_series_is_stable_for_large_lifts():
-    """The plain Taylor series blows up for ‖B̄‖ ≳ 50 (reference notes §1.4); scaling and squaring does not."""
+    """The plain Taylor series blows up for ‖B̄‖ ≳ 50 (Brantner 2023); scaling and squaring does not."""
     m = Stiefel()
     g = _gen(5)
     shape = (20, 3)

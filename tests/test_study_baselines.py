@@ -48,8 +48,10 @@ def test_baselines_quick(tmp_path):
     assert cfg["config"]["profile"] == "quick"
 
     def value(method, T, metric="test_loss"):
-        v = [r["value"] for r in rows if r["method"] == method and r["depth"] == T and r["metric"] == metric]
-        assert len(v) == 1, (method, T, metric)
+        setting, _, method = method.partition("/")
+        v = [r["value"] for r in rows if r["setting"] == setting and r["method"] == method and r["depth"] == T
+             and r["metric"] == metric and r["k"] is None]  # fmt: skip
+        assert len(v) == 1, (setting, method, T, metric)
         return v[0]
 
     for ds in ("ahn_dutta", "isotropic"):

@@ -7,12 +7,13 @@ import pytest
 
 from experiments.cli import main
 from experiments.gd_one_layer import theory_loss, theory_optimum
+from experiments.results import read_results
 
 
 def test_theory_matches_the_published_numbers():
     eta, mse = theory_optimum(0.5, 10, 10)
     assert eta == pytest.approx(6.0606, abs=1e-3)
-    assert mse / 2 == pytest.approx(0.2062, abs=1e-3)  # notes §3.2: 0.206 (½·MSE), η ≈ 6.07
+    assert mse / 2 == pytest.approx(0.2062, abs=1e-3)  # an independent derivation: 0.206 (½·MSE), η ≈ 6.07
     assert theory_loss(0.0, 0.5, 10, 10) / 2 == pytest.approx(0.4167, abs=1e-3)  # zero predictor 0.417
     # the text's U(−1, 1): exactly 4× (every term scales with a²); the notes' 0.822 is a simulation
     assert theory_optimum(1.0, 10, 10)[1] / 2 == pytest.approx(0.822, abs=5e-3)
@@ -30,7 +31,9 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     assert vals[("gd_tuned", "eta")] == pytest.approx(6.07, rel=0.05)
     assert vals[("gd_tuned", "test_half_mse")] < vals[("zero_predictor", "test_half_mse")]
     assert vals[("lsa_trained", "test_half_mse")] < vals[("zero_predictor", "test_half_mse")]
-    assert ("lsa_trained", "ood:a=1.0000") in vals and ("interpolation", "interp:t=0.5000") in vals
+    tidy = read_results(out / "results.csv")
+    assert any(r["method"] == "lsa_trained" and r["metric"] == "ood_half_mse" and r["param"] == 1.0 for r in tidy)
+    assert any(r["method"] == "interpolation" and r["metric"] == "interp_loss" and r["param"] == 0.5 for r in tidy)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eta"]["theory"] == pytest.approx(6.0606, abs=1e-3)
     for stem in ("ood_inputs", "interpolation", "weights"):

@@ -8,6 +8,7 @@ import torch
 
 from experiments.cli import main
 from experiments.memformer_vs_cgd import MemformerVsCGDConfig, build, collapse_heads, krylov
+from experiments.results import read_results
 from icl.prompts import PromptConfig, PromptDistribution
 from reference_optimizers import heavy_ball
 
@@ -32,12 +33,13 @@ def test_quick_profile_cli_writes_every_artifact_and_report_rerenders(tmp_path):
     assert main(["run", "memformer_vs_cgd", "--profile", "quick", "--seeds", "0,1", "--out", str(out), *TINY]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["profile"] == "quick" and cfg["config"]["seeds"] == [0, 1]
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert list(rows[0]) == ["experiment", "method", "depth", "seed", "metric", "value"]
-    methods = {r["method"] for r in rows}
-    assert {"noniso:cg", "noniso:cg_n19", "noniso:krylov", "noniso:krylov_pre", "noniso:heavy_ball_tuned",
-            "noniso:nesterov_tuned", "noniso:pgd_tuned", "noniso:cgd_scalar", "iso:lt_full"} <= methods  # fmt: skip
-    assert {r["seed"] for r in rows} == {"0", "1"}
+    rows = read_results(out / "results.csv")
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header == ["experiment", "setting", "method", "depth", "seed", "metric", "value"]
+    methods = {(r["setting"], r["method"]) for r in rows}
+    assert {("noniso", m) for m in ("cg", "cg_n19", "krylov", "krylov_pre", "heavy_ball_tuned", "nesterov_tuned",
+                                    "pgd_tuned", "cgd_scalar")} | {("iso", "lt_full")} <= methods  # fmt: skip
+    assert {r["seed"] for r in rows} == {0, 1}
     # the scalar constraint held and the 5 heads collapse into one head exactly
     for r in rows:
         if r["metric"] == "scalar_violation":
@@ -45,10 +47,10 @@ def test_quick_profile_cli_writes_every_artifact_and_report_rerenders(tmp_path):
         if r["metric"] == "collapse_max_abs_diff":
             assert float(r["value"]) < 1e-4
     # every scalar-A model is above the shared-coefficient Krylov bound on the same prompts
-    val = {(r["method"], r["depth"], r["seed"], r["metric"]): float(r["value"]) for r in rows}
-    for (m, L, s, metric), v in val.items():
-        if metric == "test_loss" and m.startswith("noniso:") and ("scalar" in m or m.endswith("heavy_ball_tuned")):
-            assert v >= val[("noniso:krylov", L, s, "test_loss")] * (1 - 1e-6)
+    val = {(r["setting"], r["method"], r["depth"], r["seed"], r["metric"]): r["value"] for r in rows}
+    for (setting, m, L, s, metric), v in val.items():
+        if metric == "test_loss" and setting == "noniso" and ("scalar" in m or m == "heavy_ball_tuned"):
+            assert v >= val[("noniso", "krylov", L, s, "test_loss")] * (1 - 1e-6)
     summary = json.loads((out / "summary.json").read_text())
     assert "noniso" in summary["log_test_loss"] and summary["hyperparameters"]
     for stem in ("log_loss_noniso_scalar", "log_loss_noniso_full", "log_loss_iso_full"):

@@ -1,0 +1,43 @@
+"""The explicit study registry: a literal mapping, nothing imported until used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.registry import STUDIES, Study, get_experiment, get_report, load
+from icl.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_list_imports_no_study_and_no_torch():
+    code = ("import sys, experiments.cli as c; c.main(['list']); "
+            "print('LOADED', sorted(m for m in sys.modules if m == 'torch' or m.startswith('experiments.') "
+            "and m not in ('experiments.cli', 'experiments.registry')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out
+    for name in STUDIES:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_entry_resolves_to_a_study_and_its_report(name):
+    entry = STUDIES[name]
+    assert isinstance(load(entry.definition), Study)
+    exp = get_experiment(name)
+    assert exp.name == name and exp.description == entry.description
+    cfg = exp.config_cls()
+    assert cfg.to_dict()  # the default config builds and validates
+    if entry.report is not None:
+        assert callable(get_report(name))
+
+
+def test_unknown_names_get_the_nearest_ones():
+    with pytest.raises(ConfigError, match="Did you mean: pgd_depth"):
+        get_experiment("pgd_dept")
+    with pytest.raises(ConfigError, match="has no report"):
+        get_report("quickstart")
