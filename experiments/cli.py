@@ -166,27 +166,32 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    from icl.tracking import TrackerUnavailable, make_tracker
+
+    def tracker_for(cfg, out: Path):
+        track = getattr(cfg, "track", "none")
+        try:  # a missing tracker package is bad input: reported before anything is made
+            return make_tracker(track, out / track) if track != "none" else None
+        except TrackerUnavailable as e:
+            raise ConfigError(str(e)) from None
+
     # the training stack is imported only for a run (list and report do without it)
     from experiments.rundir import clear_finished
     from experiments.runlock import lock_run_dir
     from icl.runio import make_run_dir, prepare_run_dir
-    from icl.tracking import TrackerUnavailable, make_tracker
 
     if cfg is not None:
         tag = getattr(cfg, "seed", None)
         tag = f"s{tag}" if tag is not None else "s" + "-".join(str(s) for s in getattr(cfg, "seeds", (0,)))
         out = args.out or Path("runs") / exp.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+        tracker = tracker_for(cfg, out)
     else:
         out = args.out
     with lock_run_dir(make_run_dir(out), argv):
         if cfg is None:  # --resume: the run's own config, which the flags given must agree with
             cfg = resume_config(exp, out, *flags) or resolve_config(exp, *flags)
             preflight(cfg, device)
-        track = getattr(cfg, "track", "none")
-        try:  # a missing tracker package is bad input: reported before the run directory is filled
-            tracker = make_tracker(track, out / track) if track != "none" else None
-        except TrackerUnavailable as e:
-            raise ConfigError(str(e)) from None
+            tracker = tracker_for(cfg, out)
         out = prepare_run_dir(out, overwrite=args.overwrite, resume=args.resume)
         clear_finished(out)
         return _run_locked(exp, cfg, out, device, args, argv, tracker)

@@ -27,6 +27,7 @@ from typing import Any
 from experiments.reporting import line_plot, markdown_table, mean_ci, write_report
 from experiments.results import COLUMNS as RESULT_COLUMNS
 from experiments.results import KEYS as RESULT_KEYS
+from experiments.results import REQUIRED as RESULT_REQUIRED
 from experiments.results import read_results
 from icl.config import ConfigError
 from icl.runio import write_csv
@@ -120,9 +121,14 @@ def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[str, Any]], li
     return table, keys
 
 
+def used_keys(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The result key columns (method, depth, setting, layer, …) that some row of ``table`` fills."""
+    return [c for c in RESULT_KEYS if c in ("method", "depth") or any(r.get(c, "") != "" for r in table)]
+
+
 def summarise(table: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
     """Mean and 95% t-interval over seeds per (experiment, method, depth, varied keys, metric)."""
-    group = ["experiment", *RESULT_KEYS, *keys, "metric"]
+    group = ["experiment", *used_keys(table), *keys, "metric"]
     values: dict[tuple, list[float]] = defaultdict(list)
     for r in table:
         values[tuple(r[k] for k in group)].append(float(r["value"]))
@@ -156,10 +162,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise ConfigError("collect: give --out when collecting from several directories")
     table, keys = collect(args.dirs)
     out = args.out or args.dirs[0] / "collected.csv"
-    columns = ["run", *keys, "git_commit", "git_dirty", *RESULT_COLUMNS]
-    write_csv(out, table, columns)
+    used = [c for c in RESULT_COLUMNS if c in RESULT_REQUIRED or any(r[c] != "" for r in table)]
+    columns = ["run", *keys, "git_commit", "git_dirty", *used]
+    write_csv(out, [{c: r[c] for c in columns} for r in table], columns)
     summary = summarise(table, keys)
-    write_csv(summary_path(out), summary, ["experiment", *RESULT_KEYS, *keys, "metric", *SUMMARY_COLUMNS])
+    write_csv(summary_path(out), summary, ["experiment", *used_keys(table), *keys, "metric", *SUMMARY_COLUMNS])
     partial = unfinished(find_runs(args.dirs))
     if partial:
         print(f"warning: {len(partial)} sweep run(s) not done, their rows may be partial: "

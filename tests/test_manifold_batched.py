@@ -201,11 +201,11 @@ def test_manifold_adam_refuses_foreign_state_dict():
     }
     for name, other in foreign.items():
         other.step()
-        with pytest.raises(ValueError, match="not written by ManifoldAdam"):
+        with pytest.raises(ValueError, match="not (a|written by) ManifoldAdam"):
             opt.load_state_dict(other.state_dict())
         assert opt.param_groups[0]["manifold"] == "stiefel" and "weight_decay" in opt.param_groups[0], name
     grass = ManifoldAdam([{"params": [X], "manifold": "grassmann"}], lr=1e-3, seed=0)
-    with pytest.raises(ValueError, match="is on manifold 'grassmann'"):
+    with pytest.raises(ValueError, match="manifold = 'grassmann'"):
         opt.load_state_dict(grass.state_dict())
     sd = opt.state_dict()
     bad = {**sd, "state": {0: {**sd["state"][0], "section": torch.eye(5, dtype=DT)}}}
@@ -215,11 +215,11 @@ def test_manifold_adam_refuses_foreign_state_dict():
         opt.load_state_dict({"state": {}})
     # the same guard in ManifoldSGD and ProjectedRiemannianAdam
     sgd = ManifoldSGD([{"params": [Y], "manifold": "stiefel"}], lr=1e-2, seed=0)
-    with pytest.raises(ValueError, match="not written by ManifoldSGD"):
+    with pytest.raises(ValueError, match="not (a|written by) ManifoldSGD"):
         sgd.load_state_dict(foreign["torch.optim.Adam"].state_dict())
     proj = ProjectedRiemannianAdam([{"params": [Y], "manifold": "stiefel"}], lr=1e-2)
     for other in (foreign["torch.optim.Adam"], foreign["FAdam"], opt):
-        with pytest.raises(ValueError, match="not written by ProjectedRiemannianAdam"):
+        with pytest.raises(ValueError, match="not (a|written by) ProjectedRiemannianAdam"):
             proj.load_state_dict(other.state_dict())
     # and its own state still loads
     proj.load_state_dict(proj.state_dict())

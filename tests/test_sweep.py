@@ -247,8 +247,8 @@ def test_collect_finds_varied_keys_and_summarises_over_seeds(tmp_path, capsys):
     table, keys = collect([tmp_path / "a", tmp_path / "b"])
     assert keys == ["train.lr", "prompt.eigenvalues"]  # seeds differ too, but they are the seed column
     assert [(r["run"], r["train.lr"], r["prompt.eigenvalues"], r["seed"]) for r in table] == [
-        ("a/r1", 0.01, "1,1", "0"), ("a/r1", 0.01, "1,1", "1"), ("a/r1", 0.01, "1,1", "2"),
-        ("b/r2", 0.02, "4,1", "5")]  # fmt: skip
+        ("a/r1", 0.01, "1,1", 0), ("a/r1", 0.01, "1,1", 1), ("a/r1", 0.01, "1,1", 2),
+        ("b/r2", 0.02, "4,1", 5)]  # fmt: skip
     (one, two) = summarise(table, keys)
     from scipy import stats
 
