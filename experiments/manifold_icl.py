@@ -9,7 +9,7 @@ badly conditioned (its Hessian scales with λ_iλ_j: condition ≈ 256 here).
 Methods (``methods``), each at the learning rate of its grid with the best mean final held-out gap:
 
 - ``spectral_manifold_adam``: spectral sparse LSA, :class:`~icl.optim.ManifoldAdam` (U on Stiefel, spectra in its
-  Euclidean group; U's learning rate is ``basis_lr_factor`` × the spectra's), cosine schedule;
+  Euclidean group; U's learning rate is ``basis_lr_factor`` × the spectra's), ``constrained_schedule``;
 - ``unconstrained_adam``: the sparse LSA with pgd_depth's converged recipe (AdamW β = (0.99, 0.9), per-matrix clip
   0.01, the learning rate halved every ``halve_every`` steps);
 - ``spectral_projected_adam``: :class:`~icl.optim.ProjectedRiemannianAdam` (tangent projection, QR retraction);
@@ -103,11 +103,16 @@ class ManifoldICLConfig(StudyConfig):
         adam_lrs, unconstrained_lrs, sgd_lrs: learning-rate grids of the Adam-type spectral methods, the
             unconstrained model and the SGD-type methods.
         basis_lr_factor: U's learning rate relative to the spectra's (the spectral methods).
+        constrained_schedule, constrained_halve_every: the learning-rate schedule of every method but the
+            unconstrained one (``step``: halved every ``constrained_halve_every`` steps).
+        constrained_resample_every: their batch refresh period (None: ``train.resample_every``).
         spectrum: the spectra's storage, ``linear`` (s) or ``log`` (s = exp(θ)).
         spectrum_init: the spectra's starting value (``log``: s = spectrum_init; ``linear``: see
             :class:`~learned_optimizers.spectral.SpectralLSAConfig`).
         init_std: the unconstrained A_ℓ ~ N(0, init_std²); the spectra's relative jitter.
         halve_every: the unconstrained recipe's lr halving period.
+        reference_steps: the unconstrained model's steps per depth (aligned with ``depths``; pgd_depth's converged
+            runs take 10,000 at L = 3 and 20,000 at L = 4); None: ``train.steps`` like every other method.
         factorised_key_size: k of the factorised St(k, d+1) row.
         gap_target: the gap in log MSE to Σ⁻¹-PGD that counts as reached.
         monitor_every: steps between constraint/angle read-outs.
@@ -129,10 +134,14 @@ class ManifoldICLConfig(StudyConfig):
     unconstrained_lrs: tuple[float, ...] = spec((0.05,), gt=0)
     sgd_lrs: tuple[float, ...] = spec((0.3,), gt=0)
     basis_lr_factor: float = spec(1.0, gt=0)
+    constrained_schedule: str = spec("cosine", choices=("constant", "step", "cosine"))
+    constrained_halve_every: int = spec(1000, ge=1)
+    constrained_resample_every: int | None = spec(None, ge=1)
     spectrum: str = spec("linear", choices=("linear", "log"))
     spectrum_init: float = spec(0.0, ge=0)
     init_std: float = spec(0.01, gt=0)
     halve_every: int = spec(1000, ge=1)
+    reference_steps: tuple[int, ...] | None = spec(None, ge=1)
     factorised_key_size: int = spec(5, ge=1)
     gap_target: float = spec(0.05, gt=0)
     monitor_every: int = spec(100, ge=1)
@@ -146,6 +155,8 @@ class ManifoldICLConfig(StudyConfig):
             raise ConfigError(f"methods {bad} are not among {', '.join(METHODS)}")
         if self.factorised_key_size > self.prompt.d + 1:
             raise ConfigError(f"factorised_key_size = {self.factorised_key_size} must be <= d+1 = {self.prompt.d + 1}")
+        if self.reference_steps is not None and len(self.reference_steps) != len(self.depths):
+            raise ConfigError(f"reference_steps has {len(self.reference_steps)} entries for {len(self.depths)} depths")
         if self.spectrum == "log" and self.spectrum_init <= 0:
             raise ConfigError("spectrum = 'log' needs spectrum_init > 0")
 
@@ -170,15 +181,19 @@ def method_lrs(cfg: ManifoldICLConfig, method: str) -> tuple[float, ...]:
     return cfg.sgd_lrs if method in SGD_TYPE else cfg.adam_lrs
 
 
-def method_train_config(cfg: ManifoldICLConfig, method: str, lr: float) -> TrainConfig:
-    """The outer recipe of ``method``: pgd_depth's converged recipe for the unconstrained model, a cosine
-    schedule without clipping for the constrained ones (global clip 1.0 for the factorised row, as in
-    manifold_adam)."""
+def method_train_config(cfg: ManifoldICLConfig, method: str, lr: float, L: int) -> TrainConfig:
+    """The outer recipe of ``method``: pgd_depth's converged recipe for the unconstrained model; for the
+    constrained ones ``constrained_schedule`` and ``constrained_resample_every``, no clipping (global clip 1.0
+    for the factorised row, as in manifold_adam)."""
     if method == REFERENCE:
+        steps = cfg.train.steps if cfg.reference_steps is None else cfg.reference_steps[cfg.depths.index(L)]
         return cfg.train.replace(optimizer="adamw", lr=lr, betas=(0.99, 0.9), weight_decay=0.0, clip="per_matrix",
-                                 clip_value=0.01, schedule="step", halve_every=cfg.halve_every)  # fmt: skip
+                                 clip_value=0.01, schedule="step", halve_every=cfg.halve_every,
+                                 steps=steps)  # fmt: skip
     clip = ("global", 1.0) if method == "factorised_stiefel_adam" else ("none", 1.0)
-    return cfg.train.replace(lr=lr, schedule="cosine", clip=clip[0], clip_value=clip[1])
+    resample = cfg.constrained_resample_every or cfg.train.resample_every
+    return cfg.train.replace(lr=lr, schedule=cfg.constrained_schedule, halve_every=cfg.constrained_halve_every,
+                             clip=clip[0], clip_value=clip[1], resample_every=resample)  # fmt: skip
 
 
 def build(cfg: ManifoldICLConfig, method: str, L: int, lr: float, streams: Streams, device: Any):
@@ -311,7 +326,7 @@ def run(cfg: ManifoldICLConfig, ctx: RunContext) -> dict:
                     model, opt, monitor = build(cfg, method, L, lr, streams, ctx.device)
                     if monitor is None:
                         monitor = lambda m=model, law=dist: spectral_monitor(m, law)
-                    res = fit(ctx, cfg, f"{tag}-L{L}", seed, model, dist, method_train_config(cfg, method, lr),
+                    res = fit(ctx, cfg, f"{tag}-L{L}", seed, model, dist, method_train_config(cfg, method, lr, L),
                               streams, opt, monitor)  # fmt: skip
                     err = add_run(rows, tag, L, seed, res, test, pgd_val, pgd_err)
                     if err is not None:
@@ -440,7 +455,9 @@ def paired(tab: dict, tag: str, ref: str, L: int, target: float) -> dict[str, An
     logt = [math.log(b["secs"][s] / a["secs"][s]) for s in seeds
             if math.isfinite(a["secs"].get(s, math.nan)) and math.isfinite(b["secs"].get(s, math.nan))
             and a["secs"][s] > 0]  # fmt: skip
-    diff = [tab[(tag, L)][s]["gap_vs:" + ref] for s in seeds if "gap_vs:" + ref in tab[(tag, L)][s]]
+    # log(MSE_tag) − log(MSE_ref) on the same test prompts = the difference of their gaps to the same PGD
+    diff = [tab[(tag, L)][s]["final_gap"] - tab[(ref, L)][s]["final_gap"] for s in seeds
+            if "final_gap" in tab[(tag, L)][s] and "final_gap" in tab[(ref, L)][s]]  # fmt: skip
     se = [tab[(tag, L)][s]["gap_vs_stderr:" + ref] for s in seeds if "gap_vs_stderr:" + ref in tab[(tag, L)][s]]
     ratio = tuple(math.exp(x) for x in _ci(logr)) if logr else (math.nan,) * 3
     tratio = tuple(math.exp(x) for x in _ci(logt)) if logt else (math.nan,) * 3
@@ -591,10 +608,11 @@ Setting: Ahn et al.'s law (d = {cfg.prompt.d}, n = {cfg.prompt.n}, Σ eigenvalue
 w* ~ N(0, Σ⁻¹)), {cfg.train.dtype}, batch {cfg.train.batch_size} resampled every {cfg.train.resample_every} steps,
 {cfg.train.steps} steps, seeds {list(cfg.seeds)}, depths {list(cfg.depths)}. Spectral models: A_ℓ = U diag(s_ℓ) Uᵀ,
 one U ∈ St({cfg.prompt.d}, {cfg.prompt.d}) shared across layers, spectra stored {cfg.spectrum!r}, U's learning rate
-{cfg.basis_lr_factor:g} × the spectra's, cosine schedule. Unconstrained: AdamW β = (0.99, 0.9), per-matrix clip 0.01,
-lr halved every {cfg.halve_every} steps (pgd_depth's converged recipe). Gap = log(model MSE) − log(tuned Σ⁻¹-PGD
-MSE) on the same prompts (val: {cfg.train.eval_batch} prompts during training; test: {cfg.test_prompts} prompts at
-the end). Log test MSE of tuned Σ⁻¹-PGD (mean over seeds): {pgd_line}.
+{cfg.basis_lr_factor:g} × the spectra's, {cfg.constrained_schedule} schedule, batch refreshed every
+{cfg.constrained_resample_every or cfg.train.resample_every} steps. Unconstrained: AdamW β = (0.99, 0.9), per-matrix
+clip 0.01, lr halved every {cfg.halve_every} steps (pgd_depth's converged recipe). Gap = log(model MSE) −
+log(tuned Σ⁻¹-PGD MSE) on the same prompts (val: {cfg.train.eval_batch} prompts during training; test:
+{cfg.test_prompts} prompts at the end). Log test MSE of tuned Σ⁻¹-PGD (mean over seeds): {pgd_line}.
 
 ## Per model and depth (selected learning rate)
 
