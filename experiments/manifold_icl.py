@@ -84,7 +84,7 @@ from icl.config import ConfigError, spec
 from icl.optim import ManifoldAdam, ManifoldSGD, ProjectedRiemannianAdam, project_to_manifold
 from icl.plotting import plt, save_figure, set_theme
 from icl.prompts import PromptBatch, PromptConfig
-from icl.runio import write_json
+from icl.runio import save_checkpoint, write_json
 from icl.seeding import Streams
 from icl.train import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
@@ -313,11 +313,44 @@ def log_gap(err: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return float(err.mean().log() - ref.mean().log()), float(d.std() / math.sqrt(len(d)))
 
 
+def _errors_path(run_dir: Path, tag: str, L: int, seed: int) -> Path:
+    return Path(run_dir) / "errors" / f"{tag}-L{L}-s{seed}.pt"
+
+
+def save_errors(run_dir: Path, tag: str, L: int, seed: int, err: torch.Tensor) -> None:
+    """The per-prompt squared test errors of a run (float32), so paired intervals over prompts can be computed
+    later, also between runs merged from separate run directories."""
+    path = _errors_path(run_dir, tag, L, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"err": err.float()})
+
+
+def paired_prompt_se(run_dir: Path | None, tag: str, ref: str, L: int, seed: int) -> float:
+    """Standard error over prompts of log MSE(tag) − log MSE(ref) from the saved errors (NaN if absent)."""
+    if run_dir is None:
+        return math.nan
+    a, b = _errors_path(run_dir, tag, L, seed), _errors_path(run_dir, ref, L, seed)
+    if not (a.exists() and b.exists()):
+        return math.nan
+    return log_gap(torch.load(a)["err"], torch.load(b)["err"])[1]
+
+
 def first_reach(curve: dict[int, float], target: float) -> float:
+    """The first evaluated step with a gap <= target (NaN if none): the issue's 'comes within'."""
     for step in sorted(curve):
         if curve[step] <= target:
             return float(step)
     return float("nan")
+
+
+def settled(curve: dict[int, float], target: float) -> float:
+    """The first evaluated step from which every later gap stays <= target (NaN if the last one is above)."""
+    out = float("nan")
+    for step in sorted(curve, reverse=True):
+        if curve[step] > target:
+            break
+        out = float(step)
+    return out
 
 
 @register(NAME, "spectral (Stiefel U) LSA/Memformers with ManifoldAdam vs unconstrained Adam on Ahn et al.'s data",
@@ -360,6 +393,7 @@ def run(cfg: ManifoldICLConfig, ctx: RunContext) -> dict:
                     err = add_run(rows, tag, L, seed, res, test, pgd_val, pgd_err)
                     if err is not None:
                         errs[tag] = err
+                        save_errors(ctx.out_dir, tag, L, seed, err)
                     last = rows.rows[-1]
                     ctx.print(f"seed {seed} L{L} {tag:<34} {last['metric']} {last['value']:.4g}  {res['status'][:40]}")
             for tag, err in errs.items():  # paired with the unconstrained model on the same test prompts
@@ -459,12 +493,13 @@ def method_stats(tab: dict, tag: str, L: int, target: float) -> dict[str, Any]:
     gaps = _curve(per_seed, "val_gap")
     walls = _curve(per_seed, "wall_s")
     reach = {s: first_reach(c, target) for s, c in gaps.items()}
+    stay = {s: settled(c, target) for s, c in gaps.items()}
     secs = {s: walls[s].get(int(r), math.nan) if math.isfinite(r) else math.nan for s, r in reach.items()}
     angles = _curve(per_seed, "angle:max")
     viol = _curve(per_seed, "violation")
     final_angle = [c[max(c)] for c in angles.values()]
     return dict(
-        seeds=sorted(per_seed), reach=reach, secs=secs,
+        seeds=sorted(per_seed), reach=reach, secs=secs, stay=stay,
         reached=sum(math.isfinite(r) for r in reach.values()),
         final_gap=_ci([m.get("final_gap", math.nan) for m in per_seed.values()]),
         final_gap_se=float(np.sqrt(np.mean([m.get("final_gap_stderr", math.nan) ** 2 for m in per_seed.values()]))),
@@ -474,26 +509,30 @@ def method_stats(tab: dict, tag: str, L: int, target: float) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def paired(tab: dict, tag: str, ref: str, L: int, target: float) -> dict[str, Any]:
+def paired(tab: dict, tag: str, ref: str, L: int, target: float, run_dir: Path | None = None) -> dict[str, Any]:
     """Per seed: steps ratio ref/tag to the target (log scale), final-gap difference tag − ref; t-intervals."""
     a, b = method_stats(tab, tag, L, target), method_stats(tab, ref, L, target)
     seeds = [s for s in a["seeds"] if s in b["seeds"]]
     logr = [math.log(b["reach"][s] / a["reach"][s]) for s in seeds
             if math.isfinite(a["reach"].get(s, math.nan)) and math.isfinite(b["reach"].get(s, math.nan))
             and a["reach"][s] > 0]  # fmt: skip
+    logs = [math.log(b["stay"][s] / a["stay"][s]) for s in seeds
+            if math.isfinite(a["stay"].get(s, math.nan)) and math.isfinite(b["stay"].get(s, math.nan))
+            and a["stay"][s] > 0]  # fmt: skip
     logt = [math.log(b["secs"][s] / a["secs"][s]) for s in seeds
             if math.isfinite(a["secs"].get(s, math.nan)) and math.isfinite(b["secs"].get(s, math.nan))
             and a["secs"][s] > 0]  # fmt: skip
     # log(MSE_tag) − log(MSE_ref) on the same test prompts = the difference of their gaps to the same PGD
     diff = [tab[(tag, L)][s]["final_gap"] - tab[(ref, L)][s]["final_gap"] for s in seeds
             if "final_gap" in tab[(tag, L)][s] and "final_gap" in tab[(ref, L)][s]]  # fmt: skip
-    se = [tab[(tag, L)][s]["gap_vs_stderr:" + ref] for s in seeds if "gap_vs_stderr:" + ref in tab[(tag, L)][s]]
+    se = [tab[(tag, L)][s].get("gap_vs_stderr:" + ref, paired_prompt_se(run_dir, tag, ref, L, s)) for s in seeds]
     ratio = tuple(math.exp(x) for x in _ci(logr)) if logr else (math.nan,) * 3
     tratio = tuple(math.exp(x) for x in _ci(logt)) if logt else (math.nan,) * 3
+    sratio = tuple(math.exp(x) for x in _ci(logs)) if logs else (math.nan,) * 3
     unreached_ref = sum(1 for s in seeds if not math.isfinite(b["reach"].get(s, math.nan))
                         and math.isfinite(a["reach"].get(s, math.nan)))  # fmt: skip
-    return dict(ratio=ratio, time_ratio=tratio, pairs=len(logr), diff=_ci(diff), diff_prompt_se=se, seeds=len(seeds),
-                unreached_ref=unreached_ref)  # fmt: skip
+    return dict(ratio=ratio, time_ratio=tratio, settled_ratio=sratio, settled_pairs=len(logs), pairs=len(logr),
+                diff=_ci(diff), diff_prompt_se=se, seeds=len(seeds), unreached_ref=unreached_ref)  # fmt: skip
 
 
 def verdict(name: str, ref: str, L: int, p: dict, target: float, want_ratio: float = 3.0) -> str:
@@ -518,16 +557,25 @@ def verdict(name: str, ref: str, L: int, p: dict, target: float, want_ratio: flo
             f"{' at the lower end of the interval' if p['pairs'] >= 2 else ''}); "
             f"{p['time_ratio'][0]:.3g}× fewer wall-clock seconds"
         )
+    if p.get("settled_pairs"):
+        sr, slo, shi = p["settled_ratio"]
+        band = f" [{slo:.3g}, {shi:.3g}]" if p["settled_pairs"] >= 2 else ""
+        parts.append(f"stays within it for good {sr:.3g}×{band} sooner")
     d, dlo, dhi = p["diff"]
+    ses = p["diff_prompt_se"]
+    # the mean over these seeds with its interval over test prompts (paired per prompt within each seed)
+    se = math.sqrt(sum(x * x for x in ses)) / len(ses) if ses and all(math.isfinite(x) for x in ses) else math.nan
+    z = d / se if se > 0 else math.nan
+    over_prompts = f"{d:+.3g} ± {1.96 * se:.2g} over prompts" if math.isfinite(se) else f"{d:+.3g}, no prompt interval"
     if math.isfinite(d):
         if p["seeds"] < 2:
-            se = p["diff_prompt_se"][0] if p["diff_prompt_se"] else math.nan
-            z = d / se if se > 0 else math.nan
             word = "lower than" if z < -1.96 else "higher than" if z > 1.96 else "not distinguishable from"
-            parts.append(f"final test MSE {word} {ref}'s (log difference {d:+.3g} ± {1.96 * se:.2g} over prompts)")
+            parts.append(f"final test MSE {word} {ref}'s (log difference {over_prompts})")
         else:
             word = "lower than" if dhi < 0 else "higher than" if dlo > 0 else "not distinguishable at 95% from"
-            parts.append(f"final test MSE {word} {ref}'s (log difference {d:+.3g} [{dlo:+.3g}, {dhi:+.3g}] over seeds)")
+            pw = "lower" if z < -1.96 else "higher" if z > 1.96 else "not distinguishable"
+            parts.append(f"final test MSE {word} {ref}'s over seeds (log difference {d:+.3g} "
+                         f"[{dlo:+.3g}, {dhi:+.3g}]); for these seeds {pw} over prompts ({over_prompts})")  # fmt: skip
     return f"L = {L}, {name}: " + "; ".join(parts) + "."
 
 
@@ -600,11 +648,12 @@ def report(run_dir) -> dict:
         for name, tag in chosen.items():
             st = method_stats(tab, tag, L, target)
             steps = _ci([v for v in st["reach"].values()])
+            stay = _ci([v for v in st["stay"].values()])
             secs = _ci([v for v in st["secs"].values()])
             body.append([L, name, f"{_split(tag)[1]:g}", f"{st['reached']}/{len(st['seeds'])}", _fmt_ci(steps),
-                         _fmt_ci(secs), _fmt_ci(st["final_gap"]), fmt(st["final_gap_se"], 2), _fmt_ci(st["ms"]),
-                         fmt(st["max_violation"], 2), _fmt_ci(st["final_angle"])])  # fmt: skip
-            summary_rows[f"{name}/L{L}"] = {"lr": _split(tag)[1], "steps_to_target": steps[0],
+                         _fmt_ci(stay), _fmt_ci(secs), _fmt_ci(st["final_gap"]), fmt(st["final_gap_se"], 2),
+                         _fmt_ci(st["ms"]), fmt(st["max_violation"], 2), _fmt_ci(st["final_angle"])])  # fmt: skip
+            summary_rows[f"{name}/L{L}"] = {"lr": _split(tag)[1], "steps_to_target": steps[0], "steps_to_stay": stay[0],
                                             "seconds_to_target": secs[0], "final_gap": st["final_gap"][0],
                                             "reached": st["reached"], "max_violation": st["max_violation"]}  # fmt: skip
         for ref_name in REFERENCES:
@@ -614,14 +663,16 @@ def report(run_dir) -> dict:
             for name, tag in chosen.items():
                 if name in REFERENCES:
                     continue
-                p = paired(tab, tag, ref, L, target)
+                p = paired(tab, tag, ref, L, target, run_dir)
                 verdicts.append(verdict(name, ref_name, L, p, target))
                 summary_rows[f"{name}/L{L}"][f"vs_{ref_name}"] = dict(
-                    steps_ratio=p["ratio"], time_ratio=p["time_ratio"], gap_difference=p["diff"], pairs=p["pairs"])
+                    steps_ratio=p["ratio"], time_ratio=p["time_ratio"], settled_ratio=p["settled_ratio"],
+                    gap_difference=p["diff"], pairs=p["pairs"])
     sel_all = {k: v for k, v in sel.items()}
     figs += _plot_angles(tab, sel_all, cfg.depths, run_dir / "figures" / "principal_angles")
     table = markdown_table(
-        ["L", "method", "lr", "reached", f"steps to gap {target:g}", f"seconds to gap {target:g}",
+        ["L", "method", "lr", "reached", f"steps to gap {target:g}", "steps to stay within",
+         f"seconds to gap {target:g}",
          "final test gap (95% CI over seeds)", "its SE over prompts", "ms/step", "max ‖UᵀU−I‖", "final max angle (°)"],
         body,
     )  # fmt: skip
@@ -654,7 +705,8 @@ log(tuned Σ⁻¹-PGD MSE) on the same prompts (val: {cfg.train.eval_batch} prom
         else table
     }
 
-"Reached": seeds whose held-out gap came within {target:g} (first evaluation, every {cfg.train.eval_every} steps).
+"Reached": seeds whose held-out gap came within {target:g} (first evaluation, every {cfg.train.eval_every} steps);
+"steps to stay within": the first evaluation from which the gap stays within {target:g} to the end.
 The angle is the largest principal angle between the learned U's columns and the eigenspace of Σ they represent
 (the λ = 1 eigenspace is 3-dimensional, rotations inside it cost nothing). Wall-clock seconds are measured on a
 shared machine.

@@ -54,7 +54,7 @@ def test_first_reach_and_verdicts_follow_the_numbers():
                 diff_prompt_se=[0.01] * 3, seeds=3, unreached_ref=0)  # fmt: skip
     text = verdict("spectral", "unconstrained", 3, fast, 0.05)
     assert "5× fewer steps" in text and "excludes 1" in text and "meets the 3× target" in text
-    assert "lower than" in text
+    assert "lower than" in text and "over prompts" in text
     slow = dict(fast, ratio=(2.0, 0.5, 8.0), diff=(0.01, -0.02, 0.04))
     text = verdict("spectral", "unconstrained", 3, slow, 0.05)
     assert "not distinguishable from 1" in text and "does not meet" in text and "not distinguishable at 95%" in text
