@@ -52,10 +52,11 @@ comes from a diagnosis of why a first spectral run (linear spectra, one cosine s
   for λ = 1) move relatively fast and noisily and the large ones (≈ 27 for λ = 1/16) slowly; storing θ = log s makes
   the steps relative, and the first evaluation within 0.05 came about 3× sooner.
 
-Profiles: ``quick`` (a test: depth 2, one seed, 60 steps); ``standard`` (3 seeds, depths 1–4, 3000 steps at
-batch 2048, one learning rate per method; the unconstrained model is not converged at this budget and its steps to
-the target may be unreached, which the report says; not yet timed on a quiet machine); ``paper`` (5 seeds, 20,000
-steps, learning-rate grids).
+Profiles: ``quick`` (a test: depth 2, one seed, 60 steps); ``standard`` (3 seeds, depths 1–4, 1500 steps at
+batch 1024, one learning rate per method, 20,000 test prompts; the unconstrained model is far from converged at
+this budget (it needs 10,000–20,000 steps) and its steps to the target are then unreached, which the report says;
+sized for about 20 minutes on 2 idle cores but not yet timed); ``paper`` (5 seeds, 20,000 steps, learning-rate
+grids). The headline comparison (L = 3, 4) needs the unconstrained model's converged budget: ``reference_steps``.
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ PROFILES = {
     "quick": {"seeds": (0,), "depths": (2,), "train.steps": 60, "train.batch_size": 256, "train.eval_every": 20,
               "train.eval_batch": 512, "train.log_every": 20, "monitor_every": 20, "test_prompts": 2000,
               "tune_prompts": 2000, "halve_every": 30, "constrained_halve_every": 20, "checkpoint_every": 60},
-    "standard": {},
+    "standard": {"train.steps": 1500, "train.batch_size": 1024, "train.eval_batch": 2048, "test_prompts": 20_000,
+                 "halve_every": 300, "constrained_halve_every": 250},
     "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 20_000, "train.eval_every": 200, "monitor_every": 200,
               "checkpoint_every": 2000, "adam_lrs": (0.01, 0.03, 0.1), "unconstrained_lrs": (0.01, 0.05),
               "sgd_lrs": (0.1, 0.3, 1.0)},
