@@ -626,7 +626,8 @@ def _plot_angles(tab, selected, depths, stem) -> list[Path]:
     ax.set_xlabel("training step")
     ax.set_ylabel("largest principal angle to Σ's eigenspaces (degrees)")
     ax.set_title("spectral sparse LSA + ManifoldAdam: learned U vs Σ's eigenbasis", fontsize=9)
-    ax.legend(fontsize=7)
+    if i:
+        ax.legend(fontsize=7)
     fig.text(0.01, -0.02, "mean over seeds", fontsize=7, ha="left", va="top")
     return save_figure(fig, stem)
 
