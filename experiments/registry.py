@@ -37,6 +37,7 @@ STUDIES: dict[str, Entry] = {
     "manifold_adam": Entry("experiments.manifold_adam_study:STUDY", "experiments.reports.manifold_adam:report", "factorised LSA with Stiefel W_K, W_Q: ManifoldAdam vs Adam vs projected Adam vs manifold SGD"),  # noqa: E501
     "outer_optimizers": Entry("experiments.outer_optimizers:STUDY", "experiments.reports.outer_optimizers:report", "Adam/AdamW/FAdam vs root-free RF-RMSProp/RF-AdamW/SIRFShampoo and ManifoldAdam on a 3-layer LSA"),  # noqa: E501
     "memformer_vs_cgd": Entry("experiments.memformer_vs_cgd:STUDY", "experiments.reports.memformer_vs_cgd:report", "Memformers (CGD-like, LFOM) vs per-prompt CG, tuned momentum/Nesterov/PGD (Dutta & Sra 2024)"),  # noqa: E501
+    "manifold_icl": Entry("experiments.manifold_icl:STUDY", "experiments.reports.manifold_icl:report", "spectral (Stiefel U) LSA/Memformers with ManifoldAdam vs unconstrained Adam on Ahn et al.'s data"),  # noqa: E501
     "noisy_regression": Entry("experiments.noisy_regression:STUDY", "experiments.reports.noisy_regression:report", "FULL/DIAG/GD++ linear transformers vs ridge oracles on noisy regression (Vladymyrov et al. 2024)"),  # noqa: E501
 }
 # fmt: on

@@ -89,6 +89,8 @@ def apply_constraints(
     Raises:
         ValueError: an unknown weight or manifold, or a weight that is not (L, H, a, b) with a ≤ b.
     """
+    if dict(getattr(model, "constraints", {})) == dict(constraints):
+        return model  # a model that declares its own constraints (e.g. the spectral models' basis U)
     weights = [name for name, _ in model.named_parameters()]
     for name, manifold in constraints.items():
         if name not in weights:

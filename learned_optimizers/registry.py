@@ -12,12 +12,15 @@ from torch import nn
 from learned_optimizers.gpt import GPT, GPTConfig
 from learned_optimizers.linear_attention import LinearSelfAttention, LSAConfig
 from learned_optimizers.memformer import Memformer, MemformerConfig
+from learned_optimizers.spectral import SpectralLSA, SpectralLSAConfig, SpectralMemformer, SpectralMemformerConfig
 
 #: name -> (model class, config class); every model takes (d, cfg, generator).
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "lsa": (LinearSelfAttention, LSAConfig),
     "memformer": (Memformer, MemformerConfig),
     "gpt": (GPT, GPTConfig),
+    "spectral_lsa": (SpectralLSA, SpectralLSAConfig),
+    "spectral_memformer": (SpectralMemformer, SpectralMemformerConfig),
 }
 
 

@@ -21,6 +21,7 @@ from learned_optimizers import (
     MemformerConfig,
     build_model,
 )
+from learned_optimizers.spectral import SpectralLSAConfig, SpectralMemformerConfig
 
 D, N = 3, 6
 
@@ -186,6 +187,8 @@ def test_registry_round_trip(name):
         "lsa": LSAConfig(layers=2, mode="diag"),
         "memformer": MemformerConfig(attention=LSAConfig(layers=2), memory="lfom"),
         "gpt": GPTConfig(layers=1, width=8),
+        "spectral_lsa": SpectralLSAConfig(layers=2, mode="gdpp"),
+        "spectral_memformer": SpectralMemformerConfig(attention=LSAConfig(layers=2), memory="lfom"),
     }
     a = build_model(name, D, cfgs[name], gen(3))
     b = build_model(name, D, cfgs[name].to_dict(), gen(3))
