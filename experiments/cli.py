@@ -299,7 +299,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(sweeps=argv[:1] != ["list"])  # `list` imports no torch and no study
+    # sweep and collect (and what they import) are loaded only when asked for: `list` imports no torch and no
+    # study, `run` only its own study
+    parser = build_parser(sweeps=not argv or argv[0] in ("sweep", "collect", "-h", "--help"))
     args = parser.parse_args(argv)
     if args.command == "list":
         return cmd_list()
