@@ -172,6 +172,7 @@ def run(cfg: ManifoldAdamConfig, ctx: RunContext) -> dict:
     seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
     dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
     spec = model_spec(cfg)
+    ctx.expect_models(sum(len(cfg.sgd_lr_grid if m in SGD_TYPE else cfg.lr_grid) for m in cfg.methods))
     for method_name in cfg.methods:  # every (method, lr) trained for all seeds together
         for lr in cfg.sgd_lr_grid if method_name in SGD_TYPE else cfg.lr_grid:
             lr = lr * (cfg.train.lr / REFERENCE_LR)

@@ -340,6 +340,7 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
     hparams: dict = {}
+    ctx.expect_models(sum(len(cfg.models if s == "noniso" else cfg.iso_models) for s in cfg.settings) * len(cfg.depths))
     for setting in cfg.settings:
         pcfg = cfg.prompt(setting)
         streams, dists, tests = [], [], []

@@ -235,6 +235,7 @@ def train_models(cfg: NewtonVsGDConfig, ctx: RunContext, seed_streams: list[Stre
     """Per seed, each of ``cfg.models`` trained (None where it diverged): all seeds together; when a seed
     diverges, seed by seed, so that the others keep their models."""
     out: list[dict] = [{} for _ in seed_streams]
+    ctx.expect_models(len(cfg.models))
     for name in cfg.models:
         if name == "lsa_full":
             spec, tc = ModelSpec("lsa", cfg.prompt.d, cfg.lsa), cfg.lsa_train

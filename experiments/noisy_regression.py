@@ -233,6 +233,7 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     rows = Rows(NAME)
     lambdas: dict = {}
     seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    ctx.expect_models(len(cfg.noise_settings()) * len(cfg.modes) * len(cfg.depths))
     for noise, pcfg in cfg.noise_settings():
         per_seed = []
         for seed, streams in zip(cfg.seeds, seed_streams):

@@ -158,6 +158,7 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     rows = Rows(ctx.name)
     seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
     dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
+    ctx.expect_models(len(cfg.base_lrs()) * len(cfg.lr_grid))
     for name, base in cfg.base_lrs():  # every (optimizer, lr) trained for all seeds together
         for mult in cfg.lr_grid:
             lr = base * mult * cfg.lr_scale()
