@@ -56,6 +56,7 @@ from icl.progress import bar
 from icl.prompts import PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
+from icl.training import signals
 from reference_optimizers import (
     conjugate_gradient,
     gd_plus_plus,
@@ -327,6 +328,7 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
                 for t, e in enumerate(etas, start=1):
                     rows.add("gd_schedule", T, seed, "hp:eta", float(e), k=t, setting=dataset)
             tuning.update(1)
+            signals.raise_if_requested(f"tuning the baselines of {dataset}, seed {seed}")
     tuning.close()
     return rows.rows
 

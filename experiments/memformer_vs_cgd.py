@@ -84,7 +84,7 @@ from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import TrainConfig
+from icl.training import TrainConfig, signals
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.memformer import Memformer, MemformerConfig
 from reference_optimizers import (
@@ -352,6 +352,7 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
                 cfg.tune_prompts, st.generator("tune", "cpu")
             )
             Sinv = torch.linalg.inv(dist.Sigma)
+            signals.raise_if_requested("computing the baselines")
             _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist)
             streams.append(st)
             dists.append(dist)

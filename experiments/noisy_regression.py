@@ -52,7 +52,7 @@ from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import TrainConfig, TrainingDiverged
+from icl.training import TrainConfig, TrainingDiverged, signals
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from reference_optimizers import least_squares, one_layer_optimum, ridge
 
@@ -237,6 +237,7 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     for noise, pcfg in cfg.noise_settings():
         per_seed = []
         for seed, streams in zip(cfg.seeds, seed_streams):
+            signals.raise_if_requested("computing the baselines")
             dist = make_distribution(pcfg, streams)
             test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
             tune = PromptDistribution(pcfg, U=dist.U, dtype=torch.float64).sample(

@@ -56,7 +56,7 @@ from icl.metrics import dist_to_identity, relative_frobenius
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import Fitted, ModelSpec, TrainConfig
+from icl.training import Fitted, ModelSpec, TrainConfig, signals
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.probes import read_out
 from reference_optimizers import moments, one_layer_optimum
@@ -303,6 +303,7 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
     d, n = cfg.prompt.d, cfg.prompt.n
     per_seed: list[_Seed] = []
     for seed in cfg.seeds:  # the baselines, per seed
+        signals.raise_if_requested("computing the baselines")
         streams = Streams(seed, ctx.device)
         dist = PromptDistribution(cfg.prompt, generator=streams.generator("rotation"))
         tune = dist.sample(cfg.tune_prompts, streams.generator("tune", "cpu")).to(dtype=torch.float64)

@@ -51,3 +51,24 @@ def test_sigterm_before_training_exits_143_from_the_cli(tmp_path, monkeypatch, c
     assert rc == 143
     assert "SIGTERM received" in capsys.readouterr().err
     assert not signals.installed() and signals.pending() is None  # the handler was the run's, for its life
+
+
+def test_sigterm_during_a_studys_baselines_stops_before_the_next_seed(tmp_path, monkeypatch, capsys):
+    """Issue 18 item 4: a signal while the baselines are computed is honoured before the next seed's baselines
+    (exit 143), not after the whole study has run."""
+    from experiments import pgd_depth
+
+    real, calls = pgd_depth.baselines, []
+
+    def baselines_then_signal(*args, **kwargs):
+        calls.append(args[2])  # the seed
+        out = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(pgd_depth, "baselines", baselines_then_signal)
+    rc = main(["run", "pgd_depth", "--profile", "quick", "--seeds", "0,1", "--out", str(tmp_path / "run"),
+               "--quiet"])  # fmt: skip
+    assert rc == 143 and calls == [0]
+    assert "computing the baselines" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
