@@ -335,13 +335,31 @@ def coinciding(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], to
     return out
 
 
+#: how much wider than the lines' range the bands may make a figure's y-axis (see :func:`finish_axes`)
+BAND_WIDEN = 3.0
+
+
 def finish_axes(ax: Any, data: Sequence[float], *, logy: bool = False, integer_x: bool = False,
-                legend: bool = True) -> None:  # fmt: skip
-    """What every line figure shares: y-limits from the plotted lines (bands are clipped there, never widen the
-    axes), integer x ticks where x counts layers or steps, and the legend outside the axes so it covers no data."""
+                legend: bool = True, bands: Sequence[float] = ()) -> None:  # fmt: skip
+    """What every line figure shares: y-limits from the plotted lines, widened to hold the bands (``bands``: their
+    ends) unless that would make the axis more than :data:`BAND_WIDEN` times the lines' range, or, on a log axis,
+    reach a decade past them (then the bands are clipped, so that a few exploding prompts do not flatten every
+    curve), integer x ticks where x counts layers
+    or steps, and the legend outside the axes so it covers no data."""
     from matplotlib.ticker import MaxNLocator
 
-    y = np.asarray([v for v in data if v is not None and math.isfinite(v) and (v > 0 or not logy)], dtype=float)
+    def usable(values: Sequence[float]) -> np.ndarray:
+        return np.asarray([v for v in values if v is not None and math.isfinite(v) and (v > 0 or not logy)], float)
+
+    y, b = usable(data), usable(bands)
+    if logy and y.size:  # on a log axis a band may widen it by less than a decade either way
+        b = b[(b >= y.min() / 10**0.8) & (b <= y.max() * 10**0.8)]
+    if y.size and b.size:
+        t = np.log(np.concatenate([y, b])) if logy else np.concatenate([y, b])
+        t_lines = np.log(y) if logy else y
+        span, span_lines = float(t.max() - t.min()), float(t_lines.max() - t_lines.min())
+        if span <= BAND_WIDEN * max(span_lines, 1e-12):
+            y = np.concatenate([y, b])
     if y.size:
         lo, hi = float(y.min()), float(y.max())
         if logy:
@@ -411,6 +429,7 @@ def line_plot(
     for a, b in same:
         partner[b].append(a)
     plotted: list[float] = []
+    band_ends: list[float] = []
     for m in methods:
         xs, mean = curves[m]
         label = names.get(m, m)
@@ -422,6 +441,7 @@ def line_plot(
         lo, hi, has_band = bands[m]
         if has_band:
             ax.fill_between(xs, lo, hi, color=palette[m], alpha=0.2, lw=0)
+            band_ends.extend([*lo.tolist(), *hi.tolist()])
     for (name, value), colour, ls in zip(refs, colours[len(methods):], ("--", ":", "-.", (0, (5, 2, 1, 2)))):
         yv = math.log(value) if log_values and value > 0 else value if not log_values else float("nan")
         if math.isfinite(yv):
@@ -438,7 +458,7 @@ def line_plot(
         ax.set_xscale("log")
     xs_all = [v for m in methods for v in curves[m][0]]
     integer_x = bool(xs_all) and all(float(v).is_integer() for v in xs_all)
-    finish_axes(ax, plotted, logy=logy, integer_x=integer_x)
+    finish_axes(ax, plotted, logy=logy, integer_x=integer_x, bands=band_ends)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
