@@ -15,11 +15,12 @@ import torch
 
 from experiments.common import RunContext, make_distribution, train_model, write_config
 from experiments.registry import Study
+from experiments.results import write_results
 from icl.config import Config, spec
 from icl.metrics import relative_frobenius, test_loss
 from icl.plotting import training_curve
 from icl.prompts import PromptConfig, zero_predictor_loss
-from icl.runio import write_csv, write_json, write_results
+from icl.runio import write_csv, write_json
 from icl.seeding import Streams
 from icl.tracking import TRACKERS
 from icl.training import TrainConfig

@@ -204,11 +204,6 @@ def read_results(path: str | os.PathLike, columns: Sequence[str] | None = None) 
     return rows
 
 
-def write_results(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write tidy long-form results (experiment, method, depth, seed, metric, value)."""
-    return write_csv(path, rows, RESULT_COLUMNS)
-
-
 #: the lock file of a run directory (experiments/runlock.py); not part of the run
 LOCK_NAME = ".lock"
 #: what runs write at the top of a run directory; ``--overwrite`` deletes these and nothing else

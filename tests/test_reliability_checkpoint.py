@@ -14,6 +14,7 @@ import torch
 
 from experiments.common import RunContext
 from experiments.quickstart import QuickstartConfig
+from experiments.results import write_results
 from icl.prompts import PromptDistribution
 from icl.runio import (
     CheckpointError,
@@ -25,7 +26,6 @@ from icl.runio import (
     read_csv,
     save_checkpoint,
     write_json,
-    write_results,
 )
 from icl.seeding import Streams
 from icl.training import Trainer, checkpoint
