@@ -213,6 +213,11 @@ def _run_locked(exp, cfg, out: Path, device, args: argparse.Namespace, argv: Seq
         stop_after=args.stop_after,
         tracker=tracker,
     )
+    import os
+
+    import torch
+
+    load0, wall0, cpu0 = os.getloadavg(), time.perf_counter(), time.process_time()
     signals.install()  # once per run: a stop request is kept until some phase honours it
     try:
         if tracker is not None:
@@ -243,7 +248,10 @@ def _run_locked(exp, cfg, out: Path, device, args: argparse.Namespace, argv: Seq
         signals.clear()
         if tracker is not None:
             tracker.on_end()
-    mark_finished(out)
+    mark_finished(out, {"wall_time_s": round(time.perf_counter() - wall0, 2),
+                        "cpu_time_s": round(time.process_time() - cpu0, 2), "torch_threads": torch.get_num_threads(),
+                        "load_average_start": [round(x, 2) for x in load0],
+                        "load_average_end": [round(x, 2) for x in os.getloadavg()]})  # fmt: skip
     return 0
 
 

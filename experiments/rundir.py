@@ -133,10 +133,14 @@ def clear_finished(run_dir: Path) -> None:
     (run_dir / FINISHED).unlink(missing_ok=True)
 
 
-def mark_finished(run_dir: Path) -> None:
-    """Record that the run in ``run_dir`` finished, with the digest and row count of its ``results.csv``."""
+def mark_finished(run_dir: Path, timing: dict[str, Any] | None = None) -> None:
+    """Record that the run in ``run_dir`` finished, with the digest and row count of its ``results.csv`` and
+    ``timing`` (wall and CPU seconds, torch threads, the load average before and after: a wall time measured on
+    a busy machine is read beside its CPU time)."""
     results = run_dir / "results.csv"
     record: dict[str, Any] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if timing:
+        record["timing"] = dict(timing)
     if results.is_file():
         record["results.csv"] = {"sha256": _digest(results), "rows": len(read_results(results))}
     write_json(run_dir / FINISHED, record)

@@ -163,6 +163,9 @@ def test_finished_run_records_its_results_and_report_sees_later_changes(tmp_path
     assert main(["run", "quickstart", "--out", str(run), "--set", "train.steps=4", *TINY]) == 0
     record = json.loads((run / FINISHED).read_text())
     assert record["results.csv"]["rows"] == len((run / "results.csv").read_text().splitlines()) - 1
+    timing = record["timing"]  # what a wall time measured on a busy machine is read beside
+    assert 0 < timing["wall_time_s"] < 600 and 0 < timing["cpu_time_s"] and timing["torch_threads"] >= 1
+    assert len(timing["load_average_start"]) == len(timing["load_average_end"]) == 3
     assert completeness(run, saved_config(run)) == []
     lines = (run / "results.csv").read_text().splitlines(keepends=True)
     (run / "results.csv").write_text("".join(lines[:-2]))
