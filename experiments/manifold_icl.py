@@ -80,23 +80,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from einops import einsum
 
 from experiments.common import RunContext, make_distribution, write_config
 from experiments.manifold_adam_study import ManifoldAdamConfig, model_spec, optimizer_spec, stiefel_blocks, violation
 from experiments.optimizer_sweep import train_timed
-from experiments.pgd_depth import EIGENVALUES, krylov_coefficients, pgd_predictions, steps_from_krylov, tune_steps
+from experiments.pgd_depth import EIGENVALUES
 from experiments.registry import Study
 from experiments.results import Rows
 from experiments.study import StudyConfig, held_out_prompts
 from icl.config import ConfigError, spec
 from icl.optim import ManifoldAdam, ManifoldSGD, ProjectedRiemannianAdam, project_to_manifold
 from icl.prompts import PromptBatch, PromptConfig
-from icl.runio import save_checkpoint, write_json
+from icl.runio import write_json
 from icl.seeding import Streams
 from icl.training import TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
@@ -108,6 +107,7 @@ from learned_optimizers.spectral import (
     eigenbasis_angles,
     stiefel_violation,
 )
+from reference_optimizers import krylov_bound, krylov_steps, preconditioned_gd, tune
 
 NAME = "manifold_icl"
 REFERENCE = "unconstrained_adam"
@@ -126,6 +126,10 @@ METHODS = (
     "factorised_stiefel_adam",
 )
 SGD_TYPE = ("spectral_manifold_sgd", "spectral_manifold_momentum")
+#: the standard profile's methods: all but the per-layer-basis ablation and the cosine unconstrained recipe
+STANDARD_METHODS = tuple(m for m in METHODS if m not in ("per_layer_basis_manifold_adam", "unconstrained_adam_cosine"))
+#: the methods run at every depth (the others only at ``side_depths``)
+HEADLINE = ("spectral_manifold_adam", *REFERENCES)
 
 
 @dataclass(frozen=True)
@@ -143,14 +147,16 @@ class ManifoldICLConfig(StudyConfig):
         basis_lr_factor: U's learning rate relative to the spectra's (the spectral methods).
         constrained_schedule, constrained_halve_every: the learning-rate schedule of every method but the
             unconstrained one (``step``: halved every ``constrained_halve_every`` steps).
-        constrained_resample_every: their batch refresh period (None: ``train.resample_every``).
+        side_depths: the depths at which the methods other than the headline pair (``spectral_manifold_adam`` and
+            the unconstrained recipes) run; None: every depth.
         spectrum: the spectra's storage, ``linear`` (s) or ``log`` (s = exp(θ)).
         spectrum_init: the spectra's starting value (``log``: s = spectrum_init; ``linear``: see
             :class:`~learned_optimizers.spectral.SpectralLSAConfig`).
         init_std: the unconstrained A_ℓ ~ N(0, init_std²); the spectra's relative jitter.
         halve_every: the unconstrained recipe's lr halving period.
-        reference_steps: the unconstrained model's steps per depth (aligned with ``depths``; pgd_depth's converged
-            runs take 10,000 at L = 3 and 20,000 at L = 4); None: ``train.steps`` like every other method.
+        reference_steps: the unconstrained models' step cap per layer (L·reference_steps at depth L; pgd_depth's
+            converged runs take 10,000 at L = 3 and 20,000 at L = 4 with a batch reused for 100 steps); None:
+            ``train.steps`` like every other method.
         factorised_key_size: k of the factorised St(k, d+1) row.
         gap_target: the gap in log MSE to Σ⁻¹-PGD that counts as reached.
         monitor_every: steps between constraint/angle read-outs.
@@ -164,8 +170,8 @@ class ManifoldICLConfig(StudyConfig):
     methods: tuple[str, ...] = METHODS
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=3000, batch_size=2048, resample_every=100, eval_every=100, eval_batch=4096, log_every=100,
-            dtype="float64", lr=0.03,
+            steps=1000, batch_size=1024, resample_every=1, eval_every=100, eval_batch=4096, log_every=100,
+            dtype="float64", lr=0.03, plateau_patience=10,
         )
     )  # fmt: skip
     adam_lrs: tuple[float, ...] = spec((0.03,), gt=0)
@@ -173,13 +179,13 @@ class ManifoldICLConfig(StudyConfig):
     sgd_lrs: tuple[float, ...] = spec((0.3,), gt=0)
     basis_lr_factor: float = spec(1.0, gt=0)
     constrained_schedule: str = spec("step", choices=("constant", "step", "cosine"))
-    constrained_halve_every: int = spec(500, ge=1)
-    constrained_resample_every: int | None = spec(None, ge=1)
+    constrained_halve_every: int = spec(200, ge=1)
+    side_depths: tuple[int, ...] | None = spec(None, ge=1)
     spectrum: str = spec("log", choices=("linear", "log"))
     spectrum_init: float = spec(0.3, ge=0)
     init_std: float = spec(0.01, gt=0)
-    halve_every: int = spec(1000, ge=1)
-    reference_steps: tuple[int, ...] | None = spec(None, ge=1)
+    halve_every: int = spec(600, ge=1)
+    reference_steps: int | None = spec(1000, ge=1)
     factorised_key_size: int = spec(5, ge=1)
     gap_target: float = spec(0.05, gt=0)
     monitor_every: int = spec(100, ge=1)
@@ -193,25 +199,32 @@ class ManifoldICLConfig(StudyConfig):
             raise ConfigError(f"methods {bad} are not among {', '.join(METHODS)}")
         if self.factorised_key_size > self.prompt.d + 1:
             raise ConfigError(f"factorised_key_size = {self.factorised_key_size} must be <= d+1 = {self.prompt.d + 1}")
-        if self.reference_steps is not None and len(self.reference_steps) != len(self.depths):
-            raise ConfigError(f"reference_steps has {len(self.reference_steps)} entries for {len(self.depths)} depths")
         if self.spectrum == "log" and self.spectrum_init <= 0:
             raise ConfigError("spectrum = 'log' needs spectrum_init > 0")
 
 
 PROFILES = {
-    "quick": {"seeds": (0,), "depths": (2,), "train.steps": 60, "train.batch_size": 256, "train.eval_every": 20,
-              "train.eval_batch": 512, "train.log_every": 20, "monitor_every": 20, "test_prompts": 2000,
-              "tune_prompts": 2000, "halve_every": 30, "constrained_halve_every": 20, "checkpoint_every": 60},
-    "standard": {"train.steps": 1500, "train.batch_size": 1024, "train.eval_batch": 2048, "test_prompts": 20_000,
-                 "halve_every": 300, "constrained_halve_every": 250},
-    "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 20_000, "train.eval_every": 200, "monitor_every": 200,
-              "checkpoint_every": 2000, "adam_lrs": (0.01, 0.03, 0.1), "unconstrained_lrs": (0.01, 0.05),
-              "sgd_lrs": (0.1, 0.3, 1.0)},
+    "quick": {"seeds": (0,), "depths": (2,), "reference_steps": 30, "train.steps": 60, "train.batch_size": 256,
+              "train.eval_every": 20, "train.eval_batch": 512, "train.log_every": 20, "monitor_every": 20,
+              "test_prompts": 2000, "tune_prompts": 2000, "halve_every": 30, "constrained_halve_every": 20,
+              "checkpoint_every": 60},
+    "standard": {"seeds": (0, 1, 2), "side_depths": (3,), "methods": STANDARD_METHODS, "test_prompts": 20_000,
+                 "tune_prompts": 10_000},
+    "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 3000, "constrained_halve_every": 500,
+              "reference_steps": 5000, "halve_every": 1000, "checkpoint_every": 2000,
+              "adam_lrs": (0.01, 0.03, 0.1), "unconstrained_lrs": (0.02, 0.05, 0.1), "sgd_lrs": (0.1, 0.3, 1.0)},
 }  # fmt: skip
 
 
 # -- models and optimizers ---------------------------------------------------------------------------------------
+
+
+def methods_at(cfg: ManifoldICLConfig, L: int) -> tuple[str, ...]:
+    """The methods run at depth L: all of ``methods`` at ``side_depths`` (every depth when None), otherwise only
+    the headline pair ``spectral_manifold_adam`` and the unconstrained recipes."""
+    if cfg.side_depths is None or L in cfg.side_depths:
+        return cfg.methods
+    return tuple(m for m in cfg.methods if m in HEADLINE)
 
 
 def method_lrs(cfg: ManifoldICLConfig, method: str) -> tuple[float, ...]:
@@ -221,10 +234,13 @@ def method_lrs(cfg: ManifoldICLConfig, method: str) -> tuple[float, ...]:
 
 
 def method_train_config(cfg: ManifoldICLConfig, method: str, lr: float, L: int) -> TrainConfig:
-    """The outer recipe of ``method``: pgd_depth's converged recipe for the unconstrained model; for the
-    constrained ones ``constrained_schedule`` and ``constrained_resample_every``, no clipping (global clip 1.0
-    for the factorised row, as in manifold_adam)."""
-    steps = cfg.train.steps if cfg.reference_steps is None else cfg.reference_steps[cfg.depths.index(L)]
+    """The outer recipe of ``method``: pgd_depth's converged recipe for the unconstrained model (its own step
+    budget ``reference_steps``); for the constrained ones ``constrained_schedule``, no clipping (global clip 1.0 for
+    the factorised row, as in manifold_adam). Every method sees the same data regime, ``train``'s batch size and
+    ``resample_every``."""
+    steps = cfg.train.steps if cfg.reference_steps is None else cfg.reference_steps * L
+    if method in REFERENCES and steps < cfg.train.eval_every:
+        raise ConfigError(f"reference_steps = {steps} at L = {L} is below train.eval_every = {cfg.train.eval_every}")
     if method == "unconstrained_adam_cosine":
         return cfg.train.replace(optimizer="adam", lr=lr, schedule="cosine", clip="none", steps=steps)
     if method == REFERENCE:
@@ -232,9 +248,8 @@ def method_train_config(cfg: ManifoldICLConfig, method: str, lr: float, L: int) 
                                  clip_value=0.01, schedule="step", halve_every=cfg.halve_every,
                                  steps=steps)  # fmt: skip
     clip = ("global", 1.0) if method == "factorised_stiefel_adam" else ("none", 1.0)
-    resample = cfg.constrained_resample_every or cfg.train.resample_every
     return cfg.train.replace(lr=lr, schedule=cfg.constrained_schedule, halve_every=cfg.constrained_halve_every,
-                             clip=clip[0], clip_value=clip[1], resample_every=resample)  # fmt: skip
+                             clip=clip[0], clip_value=clip[1])  # fmt: skip
 
 
 def build(cfg: ManifoldICLConfig, method: str, L: int, lr: float, streams: Streams, device: Any):
@@ -302,25 +317,45 @@ def fit(ctx: RunContext, cfg: ManifoldICLConfig, tag: str, seed: int, model, dis
     samples: list[dict[str, float]] = []
 
     def sample(_model) -> float:
-        samples.append(monitor())
+        samples.append({**monitor(), "cpu_s": time.process_time()})
         return samples[-1].get("violation", float("nan"))
 
     (res,) = train_timed(ctx, cfg, tag, lambda _st: model, [dist], train_cfg, [streams], optimizer, monitor=sample,
                          monitor_every=cfg.monitor_every)  # fmt: skip
     steps = [s for s, _ in res["samples"]]
     res["monitor"] = list(zip(steps, samples)) if len(samples) == len(steps) else []  # a resumed run keeps none
+    if res["monitor"]:  # the process's CPU seconds since the first read-out (step 0): load-independent time
+        cpu0 = res["monitor"][0][1]["cpu_s"]
+        for _, rec in res["monitor"]:
+            rec["cpu_s"] -= cpu0
     return res
 
 
 # -- the reference and the gaps ------------------------------------------------------------------------------------
 
 
-def tuned_pgd(tune: PromptBatch, Sigma: torch.Tensor, L: int, rng: np.random.Generator) -> torch.Tensor:
-    """The L step sizes of Σ⁻¹-preconditioned GD minimising the query MSE on ``tune``."""
+def tuned_pgd(tune_prompts: PromptBatch, test: PromptBatch, Sigma: torch.Tensor, L: int) -> tuple[torch.Tensor, float]:
+    """The L step sizes of Σ⁻¹-preconditioned GD minimising the query MSE on ``tune_prompts``
+    (:func:`reference_optimizers.tune`, started from the steps that attain the Σ⁻¹ Krylov bound when they exist,
+    :func:`reference_optimizers.krylov_steps`), and the Σ⁻¹ Krylov bound fitted on ``tune_prompts`` and
+    evaluated on ``test`` (:func:`reference_optimizers.krylov_bound`: the one meaning of the bound)."""
     Sinv = torch.linalg.inv(Sigma.double())
-    x0 = steps_from_krylov(krylov_coefficients(tune, Sinv, L))
-    loss = lambda t: (pgd_predictions(tune, Sinv, t) - tune.y_query.double()).square().mean()
-    return torch.tensor(tune_steps(loss, L, rng, 1, x0=x0))
+    bound = krylov_bound(tune_prompts, test, L, Sinv)
+    start = krylov_steps(bound.coefficients)
+    starts = [{"eta": [float(e) for e in start]}] if start is not None else []
+    res = tune(preconditioned_gd, tune_prompts, L, {"eta": [0.25, 0.5, 1.0]}, per_step=("eta",), fixed={"P": Sinv},
+               starts=starts)  # fmt: skip
+    eta = res.hyperparameters["eta"]
+    return torch.tensor([float(e) for e in (eta if isinstance(eta, (list, tuple)) else [eta] * L)]), float(
+        bound.test_loss[-1]
+    )
+
+
+def pgd_errors(batch: PromptBatch, Sigma: torch.Tensor, etas: torch.Tensor) -> torch.Tensor:
+    """Per-prompt squared query errors of Σ⁻¹-preconditioned GD with steps ``etas`` (float64)."""
+    Sinv = torch.linalg.inv(Sigma.double())
+    w = preconditioned_gd(batch.X.double(), batch.y.double(), len(etas), Sinv, etas.double())[:, -1]
+    return (einsum(w, batch.x_query.double(), "b d, b d -> b") - batch.y_query.double()).square()
 
 
 def log_gap(err: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -328,28 +363,6 @@ def log_gap(err: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     err, ref = err.double(), ref.double()
     d = err / err.mean() - ref / ref.mean()
     return float(err.mean().log() - ref.mean().log()), float(d.std() / math.sqrt(len(d)))
-
-
-def _errors_path(run_dir: Path, tag: str, L: int, seed: int) -> Path:
-    return Path(run_dir) / "errors" / f"{tag}-L{L}-s{seed}.pt"
-
-
-def save_errors(run_dir: Path, tag: str, L: int, seed: int, err: torch.Tensor) -> None:
-    """The per-prompt squared test errors of a run (float32), so paired intervals over prompts can be computed
-    later, also between runs merged from separate run directories."""
-    path = _errors_path(run_dir, tag, L, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"err": err.float()})
-
-
-def paired_prompt_se(run_dir: Path | None, tag: str, ref: str, L: int, seed: int) -> float:
-    """Standard error over prompts of log MSE(tag) − log MSE(ref) from the saved errors (NaN if absent)."""
-    if run_dir is None:
-        return math.nan
-    a, b = _errors_path(run_dir, tag, L, seed), _errors_path(run_dir, ref, L, seed)
-    if not (a.exists() and b.exists()):
-        return math.nan
-    return log_gap(torch.load(a)["err"], torch.load(b)["err"])[1]
 
 
 def first_reach(curve: dict[int, float], target: float) -> float:
@@ -374,30 +387,30 @@ def run(cfg: ManifoldICLConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
+    ctx.expect_models(len(cfg.seeds) * sum(len(method_lrs(cfg, m)) for L in cfg.depths for m in methods_at(cfg, L)))
     for seed in cfg.seeds:
         streams = Streams(seed, ctx.device)
         dist = make_distribution(cfg.prompt, streams)
         old = dist.dtype
         dist.dtype = torch.float64
-        tune = dist.sample(cfg.tune_prompts, streams.generator("tune", "cpu"))
+        tune_prompts = dist.sample(cfg.tune_prompts, streams.generator("tune", "cpu"))
         dist.dtype = old
         test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
-        rng = np.random.default_rng([seed, 19])
         for L in cfg.depths:
-            etas = tuned_pgd(tune, dist.Sigma, L, rng)
-            Sinv = torch.linalg.inv(dist.Sigma.double())
+            etas, krylov = tuned_pgd(tune_prompts, test, dist.Sigma, L)
             old = dist.dtype
             dist.dtype = cfg.train.torch_dtype
             val = dist.sample(cfg.train.eval_batch, streams.generator("val", ctx.device)).to("cpu", torch.float64)
             dist.dtype = old
-            pgd_val = float((pgd_predictions(val, Sinv, etas) - val.y_query).square().mean())
-            pgd_err = (pgd_predictions(test, Sinv, etas) - test.y_query).square()
+            pgd_val = float(pgd_errors(val, dist.Sigma, etas).mean())
+            pgd_err = pgd_errors(test, dist.Sigma, etas)
             rows.add("pgd_tuned", L, seed, "test_loss", float(pgd_err.mean()))
             rows.add("pgd_tuned", L, seed, "val_loss", pgd_val)
+            rows.add("krylov_bound_sigma_inv", L, seed, "test_loss", krylov)
             for k, e in enumerate(sorted(etas.tolist())):
                 rows.add("pgd_tuned", L, seed, "step_sorted", e, k=k + 1)
             errs: dict[tuple[str, float], torch.Tensor] = {}
-            for method in cfg.methods:
+            for method in methods_at(cfg, L):
                 for lr in method_lrs(cfg, method):
                     tag = f"{method}@{lr:g}"
                     model, opt, monitor = build(cfg, method, L, lr, streams, ctx.device)
@@ -408,7 +421,6 @@ def run(cfg: ManifoldICLConfig, ctx: RunContext) -> dict:
                     err = add_run(rows, method, lr, L, seed, res, test, pgd_val, pgd_err)
                     if err is not None:
                         errs[(method, lr)] = err
-                        save_errors(ctx.out_dir, tag, L, seed, err)
                     last = rows.rows[-1]
                     ctx.print(f"seed {seed} L{L} {tag:<34} {last['metric']} {last['value']:.4g}  {res['status'][:40]}")
             for (method, lr), err in errs.items():  # paired with the unconstrained model on the same test prompts
