@@ -19,7 +19,8 @@ Methods (``methods``), each at the learning rate of its grid with the best mean 
 - ``cgd_spectral_manifold_adam``, ``lfom_spectral_manifold_adam``: the CGD-like and LFOM Memformers (Dutta & Sra
   2024) with spectral A_ℓ, ManifoldAdam;
 - ``per_layer_basis_manifold_adam``: the ablation with one U_ℓ per layer (the optimum is still in the class);
-- ``factorised_stiefel_adam``: the manifold_adam study's factorised LSA with W_K, W_Q on St(k, d+1) on this data.
+- ``factorised_stiefel_adam``: the factorised LSA (von Oswald et al.) with W_K, W_Q on St(k, d+1), on this data (the
+  former ``manifold_adam`` study's model, now this row).
   Q = W_Kᵀ W_Q is a product of partial isometries (k unit singular values), so Σ⁻¹ with eigenvalues spread by 16
   can not be expressed: this row shows what a constraint that does not contain the optimum costs.
 
@@ -86,7 +87,6 @@ import torch
 from einops import einsum
 
 from experiments.common import RunContext, make_distribution, write_config
-from experiments.manifold_adam_study import ManifoldAdamConfig, model_spec, optimizer_spec, stiefel_blocks, violation
 from experiments.optimizer_sweep import train_timed
 from experiments.pgd_depth import EIGENVALUES
 from experiments.registry import Study
@@ -94,11 +94,13 @@ from experiments.results import Rows
 from experiments.study import StudyConfig, held_out_prompts
 from icl.config import ConfigError, spec
 from icl.optim import ManifoldAdam, ManifoldSGD, ProjectedRiemannianAdam, project_to_manifold
+from icl.optim.manifolds import get_manifold
 from icl.prompts import PromptBatch, PromptConfig
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import TrainConfig
+from icl.training import ModelSpec, OptimizerSpec, TrainConfig
 from learned_optimizers import LinearSelfAttention, LSAConfig
+from learned_optimizers.constraints import param_groups
 from learned_optimizers.spectral import (
     SpectralLSA,
     SpectralLSAConfig,
@@ -236,7 +238,7 @@ def method_lrs(cfg: ManifoldICLConfig, method: str) -> tuple[float, ...]:
 def method_train_config(cfg: ManifoldICLConfig, method: str, lr: float, L: int) -> TrainConfig:
     """The outer recipe of ``method``: pgd_depth's converged recipe for the unconstrained model (its own step
     budget ``reference_steps``); for the constrained ones ``constrained_schedule``, no clipping (global clip 1.0 for
-    the factorised row, as in manifold_adam). Every method sees the same data regime, ``train``'s batch size and
+    the factorised row). Every method sees the same data regime, ``train``'s batch size and
     ``resample_every``."""
     steps = cfg.train.steps if cfg.reference_steps is None else cfg.reference_steps * L
     if method in REFERENCES and steps < cfg.train.eval_every:
@@ -264,15 +266,16 @@ def build(cfg: ManifoldICLConfig, method: str, L: int, lr: float, streams: Strea
         model = LinearSelfAttention(d, att, generator=gen).to(device=device, dtype=dtype)
         return model, None, dict
     if method == "factorised_stiefel_adam":
-        fcfg = ManifoldAdamConfig(prompt=cfg.prompt, train=cfg.train, model=LSAConfig(
-            layers=L, mode="factorised", key_size=cfg.factorised_key_size, init_std=0.3, projection=True))  # fmt: skip
-        model = model_spec(fcfg).build(gen).to(device=device, dtype=dtype)
-        stiefel = stiefel_blocks(model)
+        fact = LSAConfig(layers=L, mode="factorised", key_size=cfg.factorised_key_size, init_std=0.3, projection=True)
+        spec_ = ModelSpec("lsa", d, fact, constraints={"W_K": "stiefel", "W_Q": "stiefel"})  # per-block St(k, d+1)
+        model = spec_.build(gen).to(device=device, dtype=dtype)
+        stiefel = [p for g in param_groups(model) if g.get("manifold") == "stiefel" for p in g["params"]]
         with torch.no_grad():  # drawn in float32: orthonormal again in the training dtype
             for p in stiefel:
                 p.copy_(project_to_manifold(p, "stiefel"))
-        opt = optimizer_spec("manifold_adam", lr, cfg.train)  # the engine groups the blocks by their manifold
-        return model, opt, lambda: {"violation": violation(stiefel)}
+        opt = OptimizerSpec.from_config(cfg.train, "manifold_adam", lr=lr)  # the engine groups blocks by manifold
+        st = get_manifold("stiefel")
+        return model, opt, lambda: {"violation": max(st.check(p.detach()) for p in stiefel)}
     if method.startswith(("cgd_", "lfom_")):
         memory = method.split("_", 1)[0]
         extra = {} if memory == "cgd" else dict(gamma_shape="scalar", gamma_shared=False, gamma_init="identity")

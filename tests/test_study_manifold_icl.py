@@ -7,13 +7,13 @@ import math
 import torch
 
 from experiments.cli import main
-from experiments.manifold_icl import METHODS, REFERENCES, first_reach, log_gap
+from experiments.manifold_icl import METHODS, REFERENCES, first_reach, log_gap, settled
 from experiments.reporting import load_run
-from experiments.reports.manifold_icl import verdict
+from experiments.reports.manifold_icl import paired, verdict
 
 SMALL = ["--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.batch_size=64",
          "--set", "train.eval_batch=128", "--set", "test_prompts=300", "--set", "tune_prompts=300",
-         "--set", "monitor_every=10"]  # fmt: skip
+         "--set", "monitor_every=10", "--set", "reference_steps=10"]  # fmt: skip
 
 
 def test_manifold_icl_quick(tmp_path):
@@ -32,6 +32,11 @@ def test_manifold_icl_quick(tmp_path):
     _, rows = load_run(out)
     angles = [r["value"] for r in rows if r["metric"] == "angle_max" and r["train_step"] is not None]
     assert angles and all(0 <= a <= 90 for a in angles)
+    cpu = sorted((r["train_step"], r["value"]) for r in rows if r["metric"] == "cpu_s" and r["seed"] == 0
+                 and r["method"] == "spectral_manifold_adam")  # fmt: skip
+    assert cpu[0] == (0, 0.0) and all(b[1] >= a[1] for a, b in zip(cpu, cpu[1:]))  # CPU seconds never go back
+    steps = {r["train_step"] for r in rows if r["metric"] == "val_gap" and r["method"] == "unconstrained_adam"}
+    assert max(steps) == 2 * 10  # reference_steps per layer, L = 2
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert "Paired comparisons" in (out / "report.md").read_text()
@@ -48,14 +53,37 @@ def test_log_gap_and_its_paired_standard_error():
     assert abs(gap - math.log(float(noisy.mean() / ref.mean()))) < 1e-12 and 0 < se < 0.01
 
 
-def test_first_reach_and_verdicts_follow_the_numbers():
+def _tab(curves: dict[str, dict[int, dict[int, float]]], final: dict[str, dict[int, float]]) -> dict:
+    """A report table {(tag, L): {seed: {key: value}}} at L = 3 from hand-made gap curves and final gaps."""
+    tab: dict = {}
+    for tag, per_seed in curves.items():
+        tab[(tag, 3)] = {s: {**{f"val_gap:t{t}": g for t, g in c.items()},
+                             **{f"cpu_s:t{t}": t / 100 for t in c}, **{f"wall_s:t{t}": t / 50 for t in c},
+                             "final_gap": final[tag][s]} for s, c in per_seed.items()}  # fmt: skip
+    return tab
+
+
+def test_first_reach_settled_and_paired_verdicts_follow_the_numbers():
     assert first_reach({100: 0.2, 200: 0.04, 300: 0.06}, 0.05) == 200
     assert math.isnan(first_reach({100: 0.2}, 0.05))
-    fast = dict(ratio=(5.0, 4.0, 6.0), time_ratio=(3.0, 2.0, 4.0), pairs=3, diff=(-0.01, -0.02, -0.005),
-                diff_prompt_se=[0.01] * 3, seeds=3, unreached_ref=0)  # fmt: skip
-    text = verdict("spectral", "unconstrained", 3, fast, 0.05)
-    assert "5× fewer steps" in text and "excludes 1" in text and "meets the 3× target" in text
-    assert "lower than" in text and "over prompts" in text
-    slow = dict(fast, ratio=(2.0, 0.5, 8.0), diff=(0.01, -0.02, 0.04))
-    text = verdict("spectral", "unconstrained", 3, slow, 0.05)
-    assert "not distinguishable from 1" in text and "does not meet" in text and "not distinguishable at 95%" in text
+    assert settled({100: 0.04, 200: 0.06, 300: 0.04, 400: 0.03}, 0.05) == 300
+    steps = range(100, 2100, 100)
+    fast = {s: {t: (0.01 if t >= 200 else 0.5) for t in steps} for s in range(3)}  # reach 200
+    slow = {s: {t: (0.01 if t >= 1500 + 100 * s else 0.5) for t in steps} for s in range(3)}  # 1500, 1600, 1700
+    never = {s: {t: 0.5 for t in steps} for s in range(3)}
+    tab = _tab({"a@0.1": fast, "ref@0.1": slow, "never@0.1": never},
+               {"a@0.1": {0: 0.01, 1: 0.02, 2: 0.015}, "ref@0.1": {0: 0.03, 1: 0.035, 2: 0.04},
+                "never@0.1": {0: 0.5, 1: 0.5, 2: 0.5}})  # fmt: skip
+    p = paired(tab, "a@0.1", "ref@0.1", 3, 0.05)
+    ratios = [1500 / 200, 1600 / 200, 1700 / 200]
+    assert abs(p["reach"]["ratio"][0] - math.exp(sum(map(math.log, ratios)) / 3)) < 1e-9
+    assert p["reach"]["verdict"].word == "holds" and p["reach"]["censored"] == 0  # ratios 7.5-8.5: interval > 3
+    assert p["lower"].word == "holds" and p["higher"].word == "does not hold"
+    text = verdict("a", "ref", 3, p, 0.05)
+    assert "fewer steps over 3 seed(s) (≥ 3×: **holds**" in text and "'no worse' **holds**" in text
+    q = paired(tab, "a@0.1", "never@0.1", 3, 0.05)  # the reference never reaches: its last step, a lower bound
+    assert q["reach"]["censored"] == 3 and abs(q["reach"]["per_seed"][0] - 2000 / 200) < 1e-9
+    assert "lower bound" in verdict("a", "never", 3, q, 0.05)
+    r = paired(tab, "never@0.1", "a@0.1", 3, 0.05)  # the method never reaches: no ratio at all
+    assert r["reach"]["verdict"].count == 0 and "no seed where both reach" in verdict("never", "a", 3, r, 0.05)
+    assert p["cpu"]["ratio"][0] == p["reach"]["ratio"][0]  # CPU seconds proportional to steps here
