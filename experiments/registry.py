@@ -34,7 +34,6 @@ STUDIES: dict[str, Entry] = {
     "gd_one_layer": Entry("experiments.gd_one_layer:STUDY", "experiments.reports.gd_one_layer:report", "1-layer factorised LSA vs one optimal GD step (von Oswald et al. 2023)"),  # noqa: E501
     "pgd_depth": Entry("experiments.pgd_depth:STUDY", "experiments.reports.pgd_depth:report", "L-layer LSA vs preconditioned GD, Krylov bounds, Dist(Σ½AΣ½, I) (Ahn et al. 2023)"),  # noqa: E501
     "newton_vs_gd": Entry("experiments.newton_vs_gd:STUDY", "experiments.reports.newton_vs_gd:report", "per-layer best-matching iterative-Newton vs GD steps of a full LSA and a small GPT (d=10)"),  # noqa: E501
-    "manifold_adam": Entry("experiments.manifold_adam_study:STUDY", "experiments.reports.manifold_adam:report", "factorised LSA with Stiefel W_K, W_Q: ManifoldAdam vs Adam vs projected Adam vs manifold SGD"),  # noqa: E501
     "outer_optimizers": Entry("experiments.outer_optimizers:STUDY", "experiments.reports.outer_optimizers:report", "Adam/AdamW/FAdam vs root-free RF-RMSProp/RF-AdamW/SIRFShampoo and ManifoldAdam on a 3-layer LSA"),  # noqa: E501
     "memformer_vs_cgd": Entry("experiments.memformer_vs_cgd:STUDY", "experiments.reports.memformer_vs_cgd:report", "Memformers (CGD-like, LFOM) vs per-prompt CG, tuned momentum/Nesterov/PGD (Dutta & Sra 2024)"),  # noqa: E501
     "manifold_icl": Entry("experiments.manifold_icl:STUDY", "experiments.reports.manifold_icl:report", "spectral (Stiefel U) LSA/Memformers with ManifoldAdam vs unconstrained Adam on Ahn et al.'s data"),  # noqa: E501

@@ -54,7 +54,7 @@ def test_spectra_may_repeat_values():
         ("memformer_vs_cgd", "settings"),
         ("pgd_depth", "modes"),
         ("noisy_regression", "modes"),
-        ("manifold_adam", "methods"),
+        ("manifold_icl", "methods"),
         ("outer_optimizers", "optimizers"),
         ("outer_optimizers", "lr_grid"),
         ("newton_vs_gd", "models"),

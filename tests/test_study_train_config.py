@@ -3,7 +3,7 @@
 Each study is run from the CLI on its quick profile with ``train.lr``, ``train.optimizer`` and ``train.steps``
 set; the first training the study starts is recorded (its config, its optimizer instances and their learning
 rates) and stopped there, so the test costs only what the study computes before it trains. The sweep studies
-(outer_optimizers, manifold_adam) choose their optimizers by their own fields, so ``train.optimizer`` is refused
+(outer_optimizers) choose their optimizers by their own fields, so ``train.optimizer`` is refused
 there naming the field to use, and ``train.lr`` scales their learning-rate grids.
 """
 
@@ -24,9 +24,8 @@ STUDIES = {
     "noisy_regression": ("train", ["test_prompts=200", "tune_prompts=200", "depths=1"]),
     "newton_vs_gd": ("lsa_train", []),
     "outer_optimizers": ("train", ["test_prompts=200", "tune_prompts=200"]),
-    "manifold_adam": ("train", ["test_prompts=200", "tune_prompts=200"]),
 }
-SWEEPS = ("outer_optimizers", "manifold_adam")
+SWEEPS = ("outer_optimizers",)
 
 
 class Recorded(Exception):
