@@ -24,56 +24,57 @@ Methods (``methods``), each at the learning rate of its grid with the best mean 
   Q = W_Kᵀ W_Q is a product of partial isometries (k unit singular values), so Σ⁻¹ with eigenvalues spread by 16
   can not be expressed: this row shows what a constraint that does not contain the optimum costs.
 
-Reference: Σ⁻¹-preconditioned GD with its L step sizes tuned on ``tune`` prompts (:func:`experiments.pgd_depth`'s
-tuner), evaluated on the same prompts as the models. Gap = log(model MSE) − log(PGD MSE), on the trainer's
-held-out ``val`` prompts during training and on ``test`` prompts at the end.
+Reference: Σ⁻¹-preconditioned GD with its L step sizes tuned on ``tune`` prompts (:func:`reference_optimizers.tune`,
+started from the steps that attain the Σ⁻¹ Krylov bound, :func:`reference_optimizers.krylov_steps`), evaluated on
+the same prompts as the models; the Σ⁻¹ Krylov bound itself (fitted on ``tune``, evaluated on ``test``) is recorded
+beside it. Gap = log(model MSE) − log(PGD MSE), on the trainer's held-out ``val`` prompts during training and on
+``test`` prompts at the end.
 
-Recorded per (method, depth, seed): the gap curve, steps and wall-clock seconds to the first evaluation within
-``gap_target`` of PGD, the final test gap (with its standard error over prompts, delta method), the constraint
-violation ‖UᵀU − I‖_F and the largest principal angle between the learned U and Σ's eigenspaces over training
-(:func:`learned_optimizers.spectral.eigenbasis_angles`). Paired against ``unconstrained_adam`` on the same seed
-and test prompts: the ratio of steps to the target and the difference of final gaps, with t-intervals over
-seeds; the report's verdicts are computed from those intervals (:mod:`experiments.reports.manifold_icl`).
+**One data regime for every method** (the comparison is fair only then): ``train``'s batch size and
+``resample_every`` (default: a fresh batch every step). Each method keeps its own recipe: the unconstrained model
+pgd_depth's converged one (its own step cap, ``reference_steps`` per layer), the constrained ones
+``constrained_schedule``; every run stops at its cap or when the plateau rule (``train.plateau_patience``) fires.
+
+Recorded per (method, depth, seed): the gap curve, steps, wall-clock seconds and the process's CPU seconds (1
+thread: independent of the machine's load) to the first evaluation within ``gap_target`` of PGD, the final test
+gap (with its standard error over prompts, delta method), the constraint violation ‖UᵀU − I‖_F and the largest
+principal angle between the learned U and Σ's eigenspaces over training
+(:func:`learned_optimizers.spectral.eigenbasis_angles`). Paired against the unconstrained model on the same seed
+and test prompts: the ratio of steps (CPU, wall seconds) to the target and the difference of final gaps; every
+verdict is :func:`experiments.reporting.paired_verdict` over seeds (:mod:`experiments.reports.manifold_icl`).
 
 Rows (:mod:`experiments.results`): ``method`` and ``lr`` name a run, ``depth`` is L; curves (``val_gap``, ``wall_s``,
-``violation``, ``angle`` with the eigenspace in ``k``, ``angle_max``) carry ``train_step``; the paired rows
-``gap_vs`` and ``gap_vs_stderr`` name the unconstrained run in ``reference`` and its learning rate in ``param``;
-``pgd_tuned``'s sorted step sizes carry their rank in ``k``.
+``cpu_s``, ``violation``, ``angle`` with the eigenspace in ``k``, ``angle_max``) carry ``train_step``; the paired
+rows ``gap_vs`` and ``gap_vs_stderr`` name the unconstrained run in ``reference`` and its learning rate in
+``param``; ``pgd_tuned``'s sorted step sizes carry their rank in ``k``.
 
-The constrained recipe (defaults ``spectrum = "log"``, ``constrained_schedule = "step"`` halving every 500 steps)
-comes from a diagnosis of why a first spectral run (linear spectra, one cosine schedule, batch 2048 refreshed every
-100 steps) stopped short of PGD at the end although it came within 0.05 six times sooner than the unconstrained model:
+The constrained recipe (``spectrum = "log"``, lr halved every ``constrained_halve_every`` steps) and the data regime
+come from a diagnosis of why a first spectral run (linear spectra, one cosine schedule, batch 2048 reused for 100
+steps) stopped short of PGD although it came within 0.05 six times sooner than the unconstrained model:
 
-- U finds Σ's eigenbasis to within about 1.5° in a few hundred steps, then jitters by 1–4° for the rest of the run:
-  Adam's step is about lr per coordinate whatever the gradient's size, so while lr·(steps per batch) exceeds the
-  distance between the optima of successive batches (a few degrees at batch 2048, the prompts are heavy-tailed), U
-  follows each batch's optimum. A rotation that mixes the λ = 1 and λ = 1/16 directions, whose A-eigenvalues
-  differ by 16×, is expensive: in one run the gap was 0.04–0.06 at 1.2–1.6° and 0.17–0.20 at 3–4°. With U held at
-  the eigenbasis the spectra alone ended within 0.004 of PGD in the same setting (2 seeds);
+- U finds Σ's eigenbasis to within about 1.5° in a few hundred steps, then, with a batch reused for 100 steps,
+  jitters by 1–4°: Adam's step is about lr per coordinate whatever the gradient's size, so U follows each batch's
+  optimum. A rotation that mixes the λ = 1 and λ = 1/16 directions, whose A-eigenvalues differ by 16×, is
+  expensive (gap 0.04–0.06 at 1.2–1.6°, 0.17–0.20 at 3–4° in one run); with U held at the eigenbasis the spectra
+  alone ended within 0.004 of PGD;
 - one cosine schedule spends only its last few percent of steps at a learning rate small enough to average over
-  batches, i.e. 2–3 batches of 2048 prompts at 4,000 steps, so the final U is the optimum of the last few batches.
-  Refreshing the batch every step, or a learning rate halved every 500 steps (a long low-rate tail that averages
-  tens of batches, as the unconstrained recipe's halving does), removed the stall;
-- with linear spectra s, Adam moves every eigenvalue of A_ℓ by the same absolute amount, so the small ones (≈ 0.4
-  for λ = 1) move relatively fast and noisily and the large ones (≈ 27 for λ = 1/16) slowly; storing θ = log s makes
-  the steps relative (in one pilot seed the first evaluation within 0.05 came at step 500 instead of 1,700; a
-  single seed, not a measured effect).
+  batches; a learning rate halved at a fixed period leaves a long low-rate tail;
+- with linear spectra Adam moves every eigenvalue of A_ℓ by the same absolute amount (≈ 0.4 for λ = 1, ≈ 27 for
+  λ = 1/16); θ = log s makes the steps relative.
 
-What is left (measured with this study at L = 3, 4, seeds 0–1): the halving schedule brings the final gap to or
-below the unconstrained model's, but U's batch-to-batch jitter (2–4° until the learning rate is small) keeps the
-held-out gap in a band of about 0.05–0.15 for most of training, so *first within 0.05* is decided by that noise
-(the spectral model is within 0.1 three to four times sooner). Fresh prompts every step
-(``constrained_resample_every = 1``) remove the band: at L = 3 (batch 1024, halving every 250 steps, 3,000 steps,
-seeds 0–1) the gap was within 0.05 from the first evaluation (step 200) and ended at −0.009 and −0.003 on the same
-40,000 test prompts where the cosine-Adam unconstrained model ended at +0.021 and +0.030 after 12,000 steps. That
-run sees a fresh batch per step (more prompts per step than the unconstrained recipe's batch reused for 100 steps)
-and the unconstrained model was not run that way, so it is not the default here.
+Development pilots for the data regime (seed 0, L = 3, batch 1024, 20,000 test prompts): with a fresh batch every
+step the spectral model came within 0.05 at step 200 and ended at −0.001 (3,000 steps), the unconstrained one at
+step 1,200, ending at +0.003 (8,000 steps); seed 1, L = 4: steps 400 and 3,600, final +0.017 and +0.025. With a batch
+reused for 10 steps both were noisier and the unconstrained model was still 0.9 above PGD after 2,000 steps, so the
+fresh regime is the better one for both and the default. Manifold SGD on the log-spectra is not scale-free: at
+seed 0, L = 3 it stayed 2.4–2.9 above PGD after 1,000 steps at lr 0.003, 0.03, 0.3 and 3 (with or without
+momentum 0.9 at 0.003, 0.03, 0.3; at 0.3 the spectra overshoot: a plain loop without the schedule reaches NaN by step
+150), which is why its row is far off.
 
-Profiles: ``quick`` (a test: depth 2, one seed, 60 steps); ``standard`` (3 seeds, depths 1–4, 1500 steps at
-batch 1024, one learning rate per method, 20,000 test prompts; the unconstrained model is far from converged at
-this budget (it needs 10,000–20,000 steps) and its steps to the target are then unreached, which the report says;
-sized for about 20 minutes on 2 idle cores but not yet timed); ``paper`` (5 seeds, 20,000 steps, learning-rate
-grids). The headline comparison (L = 3, 4) needs the unconstrained model's converged budget: ``reference_steps``.
+Profiles: ``quick`` (a test: depth 2, one seed, 60 steps); ``standard`` (3 seeds, depths 1–4 for the headline pair,
+the other methods at L = 3; 1,000 steps for the constrained models, 1,000·L for the unconstrained one, batch 1024
+fresh every step, one learning rate per method (chosen in the pilots), 20,000 test prompts); ``paper`` (5 seeds,
+every method at every depth, 3,000 constrained steps, 5,000·L unconstrained steps, learning-rate grids).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ PROFILES = {
                  "tune_prompts": 10_000},
     "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 3000, "constrained_halve_every": 500,
               "reference_steps": 5000, "halve_every": 1000, "checkpoint_every": 2000,
-              "adam_lrs": (0.01, 0.03, 0.1), "unconstrained_lrs": (0.02, 0.05, 0.1), "sgd_lrs": (0.1, 0.3, 1.0)},
+              "adam_lrs": (0.01, 0.03, 0.1), "unconstrained_lrs": (0.02, 0.05, 0.1), "sgd_lrs": (0.01, 0.03, 0.1, 0.3)},
 }  # fmt: skip
 
 

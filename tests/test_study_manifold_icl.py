@@ -80,7 +80,7 @@ def test_first_reach_settled_and_paired_verdicts_follow_the_numbers():
     assert p["reach"]["verdict"].word == "holds" and p["reach"]["censored"] == 0  # ratios 7.5-8.5: interval > 3
     assert p["lower"].word == "holds" and p["higher"].word == "does not hold"
     text = verdict("a", "ref", 3, p, 0.05)
-    assert "fewer steps over 3 seed(s) (≥ 3×: **holds**" in text and "'no worse' **holds**" in text
+    assert "fewer steps over 3 seed(s) (≥ 3× fewer: **holds**" in text and "'no worse' **holds**" in text
     q = paired(tab, "a@0.1", "never@0.1", 3, 0.05)  # the reference never reaches: its last step, a lower bound
     assert q["reach"]["censored"] == 3 and abs(q["reach"]["per_seed"][0] - 2000 / 200) < 1e-9
     assert "lower bound" in verdict("a", "never", 3, q, 0.05)

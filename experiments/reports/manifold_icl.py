@@ -31,6 +31,20 @@ from experiments.reporting import (
 )
 from icl.plotting import plt, save_figure, set_theme
 
+#: readable names of the methods (figures)
+LABELS = {
+    "spectral_manifold_adam": "spectral + ManifoldAdam",
+    "unconstrained_adam": "unconstrained + AdamW (pgd_depth recipe)",
+    "unconstrained_adam_cosine": "unconstrained + Adam, cosine",
+    "spectral_projected_adam": "spectral + projected Riemannian Adam",
+    "spectral_manifold_sgd": "spectral + manifold SGD",
+    "spectral_manifold_momentum": "spectral + manifold SGD, momentum 0.9",
+    "cgd_spectral_manifold_adam": "CGD-like Memformer, spectral + ManifoldAdam",
+    "lfom_spectral_manifold_adam": "LFOM Memformer, spectral + ManifoldAdam",
+    "per_layer_basis_manifold_adam": "spectral, one U per layer + ManifoldAdam",
+    "factorised_stiefel_adam": "factorised, W_K, W_Q on Stiefel + ManifoldAdam",
+}
+
 
 def _split(tag: str) -> tuple[str, float]:
     name, _, lr = tag.partition("@")
@@ -169,7 +183,8 @@ def _ratio_text(p: dict, key: str, unit: str, want: float) -> str:
         return f"no seed where both reach the target ({unit})"
     band = f" [{lo:.3g}, {hi:.3g}]" if v.count >= 2 else ""
     bound = f"; {c} seed(s) where the reference never reached it count at its last step: a lower bound" if c else ""
-    return f"{r:.3g}×{band} fewer {unit} over {v.count} seed(s) (≥ {want:g}×: **{v.word}**{bound})"
+    size = f"{r:.3g}×{band} fewer" if r >= 1 else f"{1 / r:.3g}× more (ratio {r:.3g}{band})"
+    return f"{size} {unit} over {v.count} seed(s) (≥ {want:g}× fewer: **{v.word}**{bound})"
 
 
 def verdict(name: str, ref: str, L: int, p: dict, target: float, want_ratio: float = 3.0) -> str:
@@ -178,9 +193,9 @@ def verdict(name: str, ref: str, L: int, p: dict, target: float, want_ratio: flo
              _ratio_text(p, "cpu", "CPU seconds", want_ratio), _ratio_text(p, "secs", "wall seconds", want_ratio)]
     lower, higher = p["lower"], p["higher"]
     if higher.count:
-        word = "lower" if lower.holds else "higher" if higher.holds else "not distinguishable at 95%"
+        word = "lower than" if lower.holds else "higher than" if higher.holds else "not distinguishable at 95% from"
         no_worse = {True: "does not hold", False: "holds"}.get(higher.holds, "undecided")
-        parts.append(f"final test gap {word} than {ref}'s (Δ log MSE = {lower.mean:+.3g} [{lower.lo:+.3g}, "
+        parts.append(f"final test gap {word} {ref}'s (Δ log MSE = {lower.mean:+.3g} [{lower.lo:+.3g}, "
                      f"{lower.hi:+.3g}] over {lower.count} seeds; 'no worse' **{no_worse}**)")  # fmt: skip
     return f"L = {L}, {name} vs {ref}: " + "; ".join(parts) + "."
 
@@ -200,7 +215,7 @@ def _plot(tab, selected, L, x, stem, title, target, pgd) -> list[Path]:
             steps = [t for t in steps if all(t in cpus.get(s, {}) for s in gaps)]
         mse = np.array([np.mean([pgd[s] * math.exp(gaps[s][t]) for s in gaps]) for t in steps])
         xs = np.array(steps, float) if x == "step" else np.array([np.mean([cpus[s][t] for s in gaps]) for t in steps])
-        ax.plot(xs, mse, color=colour, lw=1.3, label=f"{name} (lr {_split(tag)[1]:g})")
+        ax.plot(xs, mse, color=colour, lw=1.3, label=f"{LABELS.get(name, name)} (lr {_split(tag)[1]:g})")
         data += list(mse)
     level = float(np.mean(list(pgd.values())))
     ax.axhline(level, ls="--", lw=1.2, color="black", label="tuned Σ⁻¹-PGD")
@@ -317,7 +332,7 @@ def report(run_dir) -> dict:
     grid_table = markdown_table(["method@lr", "L", "mean final val gap"],
                                 [[t, L, fmt(float(np.mean([m["final_val_gap"] for m in tab[(t, L)].values()])))]
                                  for t, L in grid])  # fmt: skip
-    side = "every depth" if cfg.side_depths is None else f"L = {', '.join(map(str, cfg.side_depths))}"
+    side = "every depth" if cfg.side_depths is None else f"L = {', '.join(map(str, cfg.side_depths))} only"
     tr = cfg.train
     text = f"""# manifold_icl: spectral models on the Stiefel manifold vs unconstrained LSA (issue #19)
 
