@@ -83,6 +83,7 @@ def test_first_reach_settled_and_paired_verdicts_follow_the_numbers():
     assert "fewer steps over 3 seed(s) (≥ 3× fewer: **holds**" in text and "'no worse' **holds**" in text
     q = paired(tab, "a@0.1", "never@0.1", 3, 0.05)  # the reference never reaches: its last step, a lower bound
     assert q["reach"]["censored"] == 3 and abs(q["reach"]["per_seed"][0] - 2000 / 200) < 1e-9
+    assert q["cpu"]["censored"] == 3 and abs(q["cpu"]["per_seed"][1] - 20.0 / 2.0) < 1e-9  # CPU s = step / 100
     assert "lower bound" in verdict("a", "never", 3, q, 0.05)
     r = paired(tab, "never@0.1", "a@0.1", 3, 0.05)  # the method never reaches: no ratio at all
     assert r["reach"]["verdict"].count == 0 and "no seed where both reach" in verdict("never", "a", 3, r, 0.05)

@@ -130,6 +130,8 @@ def method_stats(tab: dict, tag: str, L: int, target: float) -> dict[str, Any]:
     return dict(
         seeds=sorted(per_seed), reach=reach, stay=stay, last={s: float(max(c)) for s, c in gaps.items()},
         secs={s: at(walls, s, r) for s, r in reach.items()}, cpu={s: at(cpus, s, r) for s, r in reach.items()},
+        last_secs={s: at(walls, s, max(c)) for s, c in gaps.items()},
+        last_cpu={s: at(cpus, s, max(c)) for s, c in gaps.items()},
         reached=sum(math.isfinite(r) for r in reach.values()),
         final_gaps={s: m.get("final_gap", math.nan) for s, m in per_seed.items()},
         final_gap=_ci([m.get("final_gap", math.nan) for m in per_seed.values()]),
@@ -145,15 +147,14 @@ def _censored(a: dict, b: dict, key: str) -> tuple[dict[int, float], dict[int, f
     ratio b/a. A seed where b (the reference) never came within the target counts with b's last step (or its
     time there): its ratio is then a lower bound, and the number of such seeds is returned; a seed where a never
     came within it is left out (its ratio has no bound in the claim's direction)."""
+    last = {"reach": "last", "secs": "last_secs", "cpu": "last_cpu"}[key]
     la, lb, censored = {}, {}, 0
     for s in a["seeds"]:
         if s not in b["seeds"] or not math.isfinite(a["reach"].get(s, math.nan)) or a[key][s] <= 0:
             continue
         vb = b[key].get(s, math.nan)
         if not math.isfinite(b["reach"].get(s, math.nan)):
-            if key != "reach":  # the reference's time at its last step is not recorded per step: no bound
-                continue
-            vb, censored = b["last"][s], censored + 1
+            vb, censored = b[last].get(s, math.nan), censored + 1
         if math.isfinite(vb) and vb > 0:
             la[s], lb[s] = math.log(a[key][s]), math.log(vb)
     return la, lb, censored
@@ -283,7 +284,7 @@ def report(run_dir) -> dict:
             body.append([L, name, f"{_split(tag)[1]:g}", f"{st['reached']}/{len(st['seeds'])}",
                          _fmt_ci(_ci(st["reach"].values())), _fmt_ci(_ci(st["stay"].values())),
                          _fmt_ci(_ci(st["cpu"].values())), _fmt_ci(_ci(st["secs"].values())),
-                         _fmt_ci(st["final_gap"]), fmt(st["final_gap_se"], 2),
+                         _fmt_ci(st["final_gap"]), f"{st['final_gap_se']:.2g}",
                          f"{sum(g.flagged for g in gaps.values())}/{len(gaps)}", _fmt_ci(st["ms"]),
                          fmt(st["max_violation"], 2), _fmt_ci(st["final_angle"])])  # fmt: skip
             if name in HEADLINE:
