@@ -281,6 +281,8 @@ def report(run_dir) -> dict:
             gaps = {s: class_gap(math.log(m["test_loss"]), math.log(pgd[s]["test_loss"]), target, "tuned Σ⁻¹-PGD")
                     for s, m in tab[(tag, L)].items() if "test_loss" in m}  # fmt: skip
             flagged += [f"{name} L = {L} seed {s}: {g.text()}" for s, g in gaps.items() if g.flagged]
+            flagged += [f"{name} L = {L} seed {s}: **diverged** (no final model)"
+                        for s, m in tab[(tag, L)].items() if m.get("diverged") == 1.0]  # fmt: skip
             body.append([L, name, f"{_split(tag)[1]:g}", f"{st['reached']}/{len(st['seeds'])}",
                          _fmt_ci(_ci(st["reach"].values())), _fmt_ci(_ci(st["stay"].values())),
                          _fmt_ci(_ci(st["cpu"].values())), _fmt_ci(_ci(st["secs"].values())),
