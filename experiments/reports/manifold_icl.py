@@ -226,8 +226,9 @@ def _plot(tab, selected, L, x, stem, title, target, pgd) -> list[Path]:
     ax.set_ylabel("held-out query MSE")
     ax.set_title(title, fontsize=9)
     finish_axes(ax, data + [level], logy=True, integer_x=x == "step")
-    fig.text(0.01, -0.02, "mean over seeds of the held-out (val) MSE; dashed: tuned Σ⁻¹-PGD on the same prompts "
-             "(mean over seeds); dotted: the target gap", fontsize=7, ha="left", va="top")  # fmt: skip
+    fig.text(0.01, -0.02, "mean over seeds of the held-out (val) MSE, up to the last step every seed ran (diverged "
+             "seeds left out); dashed: tuned Σ⁻¹-PGD on the same prompts (mean over seeds); dotted: the target gap",
+             fontsize=7, ha="left", va="top")  # fmt: skip
     return save_figure(fig, stem)
 
 
@@ -291,7 +292,7 @@ def report(run_dir) -> dict:
                          fmt(st["max_violation"], 2), _fmt_ci(st["final_angle"])])  # fmt: skip
             if name in HEADLINE:
                 seed_rows.append([L, name, _per_seed(st["reach"], 4), _per_seed(st["cpu"]),
-                                  _per_seed(st["final_gaps"])])  # fmt: skip
+                                  _per_seed(st["final_gaps"]), _per_seed(st["last"], 5)])  # fmt: skip
             summary_rows[f"{name}/L{L}"] = {
                 "lr": _split(tag)[1], "steps_to_target": _ci(st["reach"].values())[0],
                 "steps_to_target_per_seed": st["reach"], "cpu_seconds_to_target": _ci(st["cpu"].values())[0],
@@ -320,8 +321,8 @@ def report(run_dir) -> dict:
          f"seeds > {target:g}", "ms/step (wall)", "max ‖UᵀU−I‖", "final max angle (°)"],
         body,
     )  # fmt: skip
-    seed_table = markdown_table(["L", "method", f"steps to gap {target:g}", "CPU s to gap", "final test gap"],
-                                seed_rows)  # fmt: skip
+    seed_table = markdown_table(["L", "method", f"steps to gap {target:g}", "CPU s to gap", "final test gap",
+                                 "steps run (cap or plateau rule)"], seed_rows)  # fmt: skip
 
     def ref_line(method: str) -> str:
         vals = {L: mean_ci([r["value"] for r in rows if r["method"] == method and r["depth"] == L
