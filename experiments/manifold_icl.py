@@ -71,6 +71,15 @@ seed 0, L = 3 it stayed 2.4–2.9 above PGD after 1,000 steps at lr 0.003, 0.03,
 momentum 0.9 at 0.003, 0.03, 0.3; at 0.3 the spectra overshoot: a plain loop without the schedule reaches NaN by step
 150), which is why its row is far off.
 
+A longer unconstrained budget, run beside the committed standard run on the same seeds and test prompts
+(``--profile standard --set depths=L --set methods=unconstrained_adam --set reference_steps=2000 --set
+halve_every=1000``; 107-116 s CPU per depth): at L = 3 it came within 0.05 at steps 2200, 2200, 2000 (ratio to the
+spectral model 7.3, 11, 6.7; paired over seeds 8.1× [4.2, 15.7], ≥ 3× holds) and ended at +0.002, +0.021, +0.014
+(spectral − unconstrained −0.009 [−0.037, +0.019]: not distinguishable); at L = 4 only seed 0 came within 0.05 (step
+2700) before the plateau rule stopped the runs at 5900, 3300, 3000 steps, ending at +0.049, +0.064, +0.117 (ratio
+≥ 9.0, 8.3, 3.3; final-gap difference −0.058 [−0.20, +0.09]). The plateau rule (10 evaluations without a 0.1%
+gain) stops the slowly descending unconstrained model before its halving schedule has run out.
+
 Profiles: ``quick`` (a test: depth 2, one seed, 60 steps); ``standard`` (3 seeds, depths 1–4 for the headline pair,
 the other methods at L = 3; 1,000 steps for the constrained models, 1,000·L for the unconstrained one, batch 1024
 fresh every step, one learning rate per method (chosen in the pilots), 20,000 test prompts); ``paper`` (5 seeds,
