@@ -96,7 +96,8 @@ class PGDDepthConfig(StudyConfig):
         test_parts: the test set is cut into this many disjoint parts for the spread of log(mean) (heavy tails).
         tune_prompts: training-law prompts per seed on which the baselines' steps and Krylov coefficients are fit.
         gdpp_tune_prompts: the first this many tune prompts fit tuned GD++ (each evaluation needs an
-            eigendecomposition per prompt).
+            eigendecomposition per prompt: at 5,000 prompts and twice the budget, the GD++ tuning alone took about
+            a minute of CPU per seed).
         tune_evals: the tuner's refinement budget per free hyperparameter (``maxfev`` of
             :func:`reference_optimizers.tune_depths` = tune_evals × free values).
         tolerance: how far (log test loss) above its class optimum a learned model of depth < ``deep_from``
@@ -123,7 +124,7 @@ class PGDDepthConfig(StudyConfig):
     test_prompts: int = spec(100_000, ge=2)
     test_parts: int = spec(5, ge=1)
     tune_prompts: int = spec(20_000, ge=2)
-    gdpp_tune_prompts: int = spec(5_000, ge=2)
+    gdpp_tune_prompts: int = spec(2_000, ge=2)
     tune_evals: int = spec(40, ge=1)
     tolerance: float = spec(0.05, gt=0)
     tolerance_deep: float = spec(0.1, gt=0)
@@ -208,7 +209,7 @@ def tuned_gdpp(tune: PromptBatch, test: PromptBatch, depths: tuple[int, ...], pg
     top = max(depths)
     starts = {L: [{"eta": etas, "gamma": [0.0] * L}] for L, etas in pgd_steps.items()}
     results = ro.tune_depths(ro.gd_plus_plus, tune, top, {"eta": (0.5, 1.0), "gamma": (0.0, 0.1)},
-                             per_step=("eta", "gamma"), starts=starts, maxfev=2 * evals * top)  # fmt: skip
+                             per_step=("eta", "gamma"), starts=starts, maxfev=evals * top)  # fmt: skip
     out = {}
     for L in depths:
         hp = dict(results[L - 1].hyperparameters)

@@ -86,7 +86,8 @@ def report(run_dir: str | Path) -> dict:
 
     # -- figures ------------------------------------------------------------------------------------------------
     figs = []
-    loss_rows = [{**r, "value": r["value"]} for r in final if r["metric"] == "test_loss" and r["method"] in CURVES]
+    loss_rows = sorted((r for r in final if r["metric"] == "test_loss" and r["method"] in CURVES),
+                       key=lambda r: CURVES.index(r["method"]))  # the legend in CURVES order, learned models first
     zero = v("zero_predictor", 0)
     thm1_point = v("ahn_thm1", 1)
     coincide = [L for L in depths if seeds_of("pgd_tuned", L) and all(
@@ -125,7 +126,8 @@ def report(run_dir: str | Path) -> dict:
                 xlabel="training step", title=f"{LABELS[mode]}, L = {L_dyn}: distance to a multiple of I",
                 dashed_methods=tuple(m for m in {r["method"] for r in dyn} if not m.startswith("Dist(Σ")),
                 caption=f"mean over {len(seeds)} seed(s); band: 95% t-interval over seeds; solid Dist(Σ½A_ℓΣ½, I) "
-                "(→ 0 under Thm 3), dashed Dist(A_ℓ, I) and Dist(B_ℓ, I)",
+                "(→ 0 under Thm 3), dashed Dist(A_ℓ, I)" + (" and Dist(B_ℓ, I) (the last layer's B does not "
+                                                           "affect the prediction)" if mode == "gdpp" else ""),
             )  # fmt: skip
 
     # -- convergence: every learned model against its class optimum, per seed --------------------------------
