@@ -11,9 +11,9 @@ above tuned Σ⁻¹-PGD with the largest step 1.64–1.69, (0.9, 0.999) 0.011–
 Ahn et al.'s 0.43, 0.69, 1.72.
 
 **Converged training.** A depth-L model trains until its held-out loss stops improving (the engine's plateau
-rule, ``train.plateau_patience`` evaluations without a relative gain of ``train.plateau_tol``), at most
-L·``train.steps`` steps, with the learning rate halved every L·``train.halve_every`` steps (``train.steps`` and
-``train.halve_every`` are per layer: deeper models anneal more slowly). The steps taken, the cap and what stopped
+rule: L·``train.plateau_patience`` evaluations without a relative gain of ``train.plateau_tol``), at most
+L·``train.steps`` steps, with the learning rate halved every L·``train.halve_every`` steps (these three are per
+layer: deeper models anneal more slowly). The steps taken, the cap and what stopped
 the run are rows of results.csv. Every learned model's log test loss is reported beside its class optimum on the
 same test prompts (:func:`experiments.convergence.class_gap`): tuned Σ⁻¹-PGD for the sparse LSA (its A_ℓ ∝ Σ⁻¹ set,
 Ahn et al. Thm 3), tuned GD++ in Σ⁻¹ geometry for the GD++ LSA (Thm 4's set A_ℓ = a_ℓΣ⁻¹, B_ℓ = b_ℓI is GD++ on
@@ -87,9 +87,12 @@ class PGDDepthConfig(StudyConfig):
         depths: the numbers of layers L.
         modes: LSA parametrizations: ``sparse`` (eq. 8) and ``gdpp`` (eq. 11).
         init_std: the A_ℓ (and B_ℓ) are initialised i.i.d. N(0, init_std²).
-        train: the outer optimisation (Ahn et al.'s recipe). ``steps`` and ``halve_every`` are per layer: a
-            depth-L model trains at most L·steps steps (the cap; the plateau rule ``plateau_patience`` /
-            ``plateau_tol`` usually stops it earlier) with the learning rate halved every L·halve_every steps.
+        train: the outer optimisation (Ahn et al.'s recipe). ``steps``, ``halve_every`` and ``plateau_patience``
+            are per layer: a depth-L model trains at most L·steps steps (the cap), its learning rate halved every
+            L·halve_every steps, and stops earlier when its held-out loss has not improved by a relative
+            ``plateau_tol`` for L·plateau_patience evaluations (the default: three halvings of the learning rate
+            in a row; a patience shorter than two halvings stopped a 3-layer model at a high learning rate's
+            noise floor, 0.2 in log above its class optimum).
         read_every: steps between read-outs of Dist(Σ^½A_ℓΣ^½, I) during training.
         theorem1: also train the 1-layer sparse model with w* ~ N(0, I) (Theorem 1 check).
         test_prompts: held-out prompts per seed (every model and baseline is scored on the same ones).
@@ -115,7 +118,7 @@ class PGDDepthConfig(StudyConfig):
         default_factory=lambda: TrainConfig(
             steps=5000, batch_size=2048, optimizer="adamw", lr=0.05, betas=(0.9, 0.999), weight_decay=0.0,
             clip="per_matrix", clip_value=0.01, resample_every=100, schedule="step", halve_every=500,
-            eval_every=250, eval_batch=8192, log_every=50, plateau_patience=8, plateau_tol=1e-3,
+            eval_every=250, eval_batch=8192, log_every=50, plateau_patience=6, plateau_tol=1e-3,
             on_divergence="rollback",
         )
     )  # fmt: skip
@@ -146,8 +149,10 @@ class PGDDepthConfig(StudyConfig):
         return self.tolerance_deep if L >= self.deep_from else self.tolerance
 
     def train_at(self, L: int) -> TrainConfig:
-        """The training of a depth-L model: cap L·train.steps, learning rate halved every L·train.halve_every."""
-        return replace(self.train, steps=L * self.train.steps, halve_every=L * self.train.halve_every)
+        """The training of a depth-L model: cap L·train.steps, learning rate halved every L·train.halve_every,
+        plateau patience L·train.plateau_patience evaluations."""
+        return replace(self.train, steps=L * self.train.steps, halve_every=L * self.train.halve_every,
+                       plateau_patience=L * self.train.plateau_patience)
 
 
 PROFILES = {
