@@ -217,11 +217,13 @@ def report(run_dir: str | Path) -> dict:
             ("‖A − cΣ⁻¹‖_F / ‖cΣ⁻¹‖_F (same trace)", fmt(thm1[5]), "> 0: Γ⁻¹ is not a multiple of Σ⁻¹")])
     else:
         thm1_text = "Not run in this configuration (`theorem1 = false`)."
-    train_caps = ", ".join(f"L = {L}: {cfg.train_at(L).steps} (halved every {cfg.train_at(L).halve_every})"
-                           for L in depths)  # fmt: skip
-    plateau_rule = (f"the engine's plateau rule stops a model when its held-out loss ({cfg.train.eval_batch} "
-                    f"validation prompts, every {cfg.train.eval_every} steps) has not improved by a relative "
-                    f"{cfg.train.plateau_tol:g} for {cfg.train.plateau_patience} evaluations in a row"
+    train_caps = "; ".join(f"{LABELS[m]}: " + ", ".join(
+        f"L = {L}: {cfg.train_at(L, m).steps} (halved every {cfg.train_at(L, m).halve_every})" for L in depths)
+        for m in cfg.modes)  # fmt: skip
+    plateau_rule = (f"the engine's plateau rule stops a depth-L model when its held-out loss "
+                    f"({cfg.train.eval_batch} validation prompts, every {cfg.train.eval_every} steps) has not "
+                    f"improved by a relative {cfg.train.plateau_tol:g} for L·{cfg.train.plateau_patience} "
+                    f"evaluations in a row (GD++: {cfg.gdpp_budget:g}× the sparse budget, cap and patience)"
                     if cfg.train.plateau_patience else "no plateau rule (`train.plateau_patience = 0`): every "
                     "model trains to its cap")  # fmt: skip
     L3 = 3 in depths and "sparse" in cfg.modes
