@@ -65,7 +65,8 @@ def test_krylov_predictions_are_per_prompt_and_attained_by_tuned_pgd():
 def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "pgd_depth", "--profile", "quick", "--out", str(out), "--quiet"]
-    sets = ["train.steps=60", "read_every=30", "tune_prompts=2000", "test_prompts=3000", "tolerance=0.7"]
+    sets = ["train.steps=60", "read_every=30", "tune_prompts=2000", "test_prompts=3000", "tolerance=0.7",
+            "gdpp_budget=0.5"]
     assert main([*args, *(x for s in sets for x in ("--set", s))]) == 0
     assert "log test loss" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
@@ -87,9 +88,11 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
             gap = math.log(vals[(mode, L, "test_loss")]) - math.log(vals[(ref, L, "test_loss")])
             assert vals[(mode, L, "gap_log")] == pytest.approx(gap, rel=1e-9)
             assert 0 < vals[(mode, L, "gap_log_se")] < 1
-            # the config's per-layer step cap reached the trainer: depth L trains at most L·train.steps
-            assert vals[(mode, L, "step_cap")] == 60 * L
-            assert 0 < vals[(mode, L, "train_steps")] <= 60 * L
+            # the config's per-layer step cap reached the trainer: depth L trains at most L·train.steps (GD++:
+            # times gdpp_budget, set to 0.5 here)
+            cap = 60 * L * (0.5 if mode == "gdpp" else 1)
+            assert vals[(mode, L, "step_cap")] == cap
+            assert 0 < vals[(mode, L, "train_steps")] <= cap
             assert any(r["method"] == mode and r["depth"] == L and r["metric"] == "dist_sigma" and r["layer"] == 1
                        and r["train_step"] == 0 for r in rows)  # fmt: skip
         for method in ("sparse", "pgd_tuned", "krylov_plain", "gdpp_tuned"):  # heavy-tail statistics
@@ -122,6 +125,6 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
         return {tuple(r[c] for c in ("method", "depth", "metric", "layer", "train_step")): r["value"] for r in rs}
 
     again, before = keyed(read_results(out / "results.csv")), keyed(rows)
-    for key in (("sparse", 2, "test_loss", None, None), ("gdpp", 1, "dist_sigma", 1, 60),
+    for key in (("sparse", 2, "test_loss", None, None), ("gdpp", 2, "dist_sigma", 1, 60),
                 ("pgd_tuned", 2, "test_loss", None, None)):  # fmt: skip
         assert again[key] == pytest.approx(before[key], rel=1e-9)
