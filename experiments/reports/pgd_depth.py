@@ -167,7 +167,7 @@ def report(run_dir: str | Path) -> dict:
             mine = seeds_of("sparse", 3, "step_sorted", k=k)
             vd = paired_verdict(mine, {s: pub for s in mine}, "within", cfg.step_tolerance)
             verdicts.append((f"3-layer sparse LSA, sorted step {k} within {cfg.step_tolerance:g} of Ahn et al.'s "
-                             f"{pub}", vd))  # fmt: skip
+                             f"{pub} (Σ⁻¹ units)", vd))  # fmt: skip
     for L in depths:
         vd = paired_verdict(seeds_of("pgd_tuned", L, log=True), seeds_of("krylov_precond", L, log=True), "within",
                             COINCIDE)  # fmt: skip
@@ -179,7 +179,7 @@ def report(run_dir: str | Path) -> dict:
         for L in depths:
             vd = paired_verdict(seeds_of("gdpp", L, log=True), seeds_of("sparse", L, log=True), "less")
             verdicts.append((f"L = {L}: the learned GD++ LSA beats the learned sparse LSA", vd))
-    verdict_table = [(claim, vd.text("log")) for claim, vd in verdicts]
+    verdict_table = [(claim, vd.text("" if "Σ⁻¹ units" in claim else "log")) for claim, vd in verdicts]
 
     # -- tables ---------------------------------------------------------------------------------------------------
     loss_table = [(L, *(fmt(logmean(m, L)) for m in CURVES),
