@@ -102,7 +102,7 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
             assert lo <= math.log(mean) <= hi
     assert vals[("thm1_optimum", 1, "test_loss")] < vals[("thm1_zero_predictor", 1, "test_loss")]
     assert ("thm1_learned", 1, "gap_log") in vals
-    for stem in ("log_loss_vs_depth", "gap_to_class_optimum", "dist_sparse_L2", "dist_gdpp_L2"):
+    for stem in ("log_loss_vs_depth", "gap_sparse", "gap_gdpp", "dist_sparse_L2", "dist_gdpp_L2"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
     report = (out / "report.md").read_text()
