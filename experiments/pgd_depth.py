@@ -87,9 +87,10 @@ class PGDDepthConfig(StudyConfig):
         depths: the numbers of layers L.
         modes: LSA parametrizations: ``sparse`` (eq. 8) and ``gdpp`` (eq. 11).
         init_std: the A_ℓ (and B_ℓ) are initialised i.i.d. N(0, init_std²).
-        train: the outer optimisation (Ahn et al.'s recipe; ``explode_factor`` 1e12: a GD++ training batch can
-            hold a tail prompt whose loss is 1e8 times the typical one (measured at L = 4, step 301), which is no
-            divergence, and each gradient block is clipped to 0.01, so such a step is bounded). ``steps``,
+        train: the outer optimisation (Ahn et al.'s recipe; ``explode_factor`` 1e30: a GD++ training batch can
+            hold a tail prompt whose loss is 1e8 to 1e17 times the typical one (measured at L = 4, steps 301 and
+            2601), which is no divergence, and each gradient block is clipped to 0.01, so such a step is
+            bounded; non-finite losses still roll back). ``steps``,
             ``halve_every`` and ``plateau_patience`` are per layer: a depth-L model trains at most L·steps steps
             (the cap), its learning rate halved every L·halve_every steps, and stops earlier when its held-out
             loss has not improved by a relative ``plateau_tol`` for L·plateau_patience evaluations (the default:
@@ -125,7 +126,7 @@ class PGDDepthConfig(StudyConfig):
             steps=5000, batch_size=2048, optimizer="adamw", lr=0.05, betas=(0.9, 0.999), weight_decay=0.0,
             clip="per_matrix", clip_value=0.01, resample_every=100, schedule="step", halve_every=500,
             eval_every=250, eval_batch=8192, log_every=50, plateau_patience=10, plateau_tol=1e-3,
-            on_divergence="rollback", explode_factor=1e12,
+            on_divergence="rollback", explode_factor=1e30,
         )
     )  # fmt: skip
     read_every: int = spec(500, ge=1)
