@@ -3,37 +3,45 @@
 Setting (Ahn et al. §2.3 and their ``variable_L_exp`` / ``rotation demonstration-Adam-p0`` notebooks): d = 5,
 n = 20, x ~ N(0, Σ) with Σ = U·diag(1, 1, 1/4, 1/16, 1)·Uᵀ (U Haar-random per seed), w* ~ N(0, Σ⁻¹), noiseless.
 Sparse LSA (eq. 8, A_ℓ trained) and the GD++ parametrization (eq. 11, mode ``gdpp``: A_ℓ and B_ℓ trained) with
-L = 1…4 layers, trained with Ahn et al.'s recipe scaled to CPU: AdamW (β = (0.99, 0.9), no weight decay), each d×d
-gradient block clipped to norm 0.01, a batch resampled every 100 steps, the learning rate halved periodically.
+L = 1…4 layers, trained with Ahn et al.'s recipe: AdamW (no weight decay), each d×d gradient block clipped to norm
+0.01, a batch resampled every 100 steps, the learning rate halved periodically; except that the standard profile
+uses Adam's usual β = (0.9, 0.999) where Ahn et al. use (0.99, 0.9) (the ``paper`` profile): measured on the
+3-layer sparse model (3 seeds, 10,000 steps, lr 0.05 halved every 1,000), (0.99, 0.9) ends 0.024–0.047 in log
+above tuned Σ⁻¹-PGD with the largest step 1.64–1.69, (0.9, 0.999) 0.011–0.016 above it with steps within 0.02 of
+Ahn et al.'s 0.43, 0.69, 1.72.
+
+**Converged training.** A depth-L model trains until its held-out loss stops improving (the engine's plateau
+rule: L·``train.plateau_patience`` evaluations without a relative gain of ``train.plateau_tol``), at most
+L·``train.steps`` steps, with the learning rate halved every L·``train.halve_every`` steps (these three are per
+layer: deeper models anneal more slowly). The steps taken, the cap and what stopped
+the run are rows of results.csv. Every learned model's log test loss is reported beside its class optimum on the
+same test prompts (:func:`experiments.convergence.class_gap`): tuned Σ⁻¹-PGD for the sparse LSA (its A_ℓ ∝ Σ⁻¹ set,
+Ahn et al. Thm 3), tuned GD++ in Σ⁻¹ geometry for the GD++ LSA (Thm 4's set A_ℓ = a_ℓΣ⁻¹, B_ℓ = b_ℓI is GD++ on
+whitened inputs with γ_ℓ = a_ℓb_ℓ), the Theorem 1 optimum A* = Γ⁻¹ for the w* ~ N(0, I) model; the gap and its
+per-prompt standard error (delta method) are rows too.
 
 Measured on held-out test prompts (the seed's ``test`` stream; training never sees them), per depth:
 
-- the learned log test loss against: preconditioned GD with P = Σ⁻¹ and the L per-step sizes tuned on prompts of
-  the training law (the ``tune`` stream), plain GD with tuned per-step sizes, GD++ in Σ⁻¹ geometry with tuned
-  (η_ℓ, γ_ℓ) (Thm 4's set A_ℓ = a_ℓΣ⁻¹, B_ℓ = b_ℓI is exactly GD++ on whitened inputs with γ_ℓ = a_ℓb_ℓ), and the
-  shared-coefficient Krylov bounds: the best w = Σ_{k<L} c_k (PH)^k P g with coefficients c fitted on the tune
-  prompts, for P = I (plain) and P = Σ⁻¹ (preconditioned). Every L-step GD with per-step sizes (preconditioned by P)
-  lies in that set, so its bound is below the tuned (P)GD; it is attained when the optimal polynomial has real roots;
+- tuned Σ⁻¹-PGD and tuned GD (:func:`reference_optimizers.tune_depths`: per-step sizes fitted on ``tune``
+  prompts of the training law, started from the steps that attain the Krylov bound
+  (:func:`reference_optimizers.krylov_steps`), never worse on the tune prompts than depth L−1), tuned GD++ in
+  Σ⁻¹ geometry (the same tuner on whitened prompts, started from the tuned PGD steps with γ = 0), and the Krylov
+  bounds (:func:`reference_optimizers.krylov_bound`, P = I and P = Σ⁻¹: fitted on the tune prompts, evaluated on
+  the test prompts). Every L-step GD with per-step sizes preconditioned by P lies in the Krylov set, so tuned
+  (P)GD equals its bound when the optimal polynomial has real roots;
+- heavy tails (:func:`experiments.convergence.tail_stats`): median, trimmed mean and the spread of log(mean)
+  across ``test_parts`` disjoint parts of the test set, for every method;
 - Ahn et al.'s Dist(Σ^½A_ℓΣ^½, I) (and Dist(A_ℓ, I)) per layer over training, read out every ``read_every`` steps;
 - the learned step sizes c_ℓ = tr(Σ^½A_ℓΣ^½)/d in Σ⁻¹ units, sorted (Lemma 4: permuting them leaves the loss
   unchanged), against Ahn et al.'s Fig. 2 values 0.43, 0.69, 1.72 for L = 3 and the tuned PGD steps;
 - Theorem 1 with w* ~ N(0, I): a 1-layer sparse LSA against A* = Γ⁻¹, Γ = (1 + 1/n)Σ + (tr Σ/n)I
-  (:func:`reference_optimizers.one_layer_optimum`), its loss tr Σ − tr(ΣΓ⁻¹Σ).
+  (:func:`reference_optimizers.one_layer_optimum`), on the same test prompts and as tr Σ − tr(ΣΓ⁻¹Σ).
 
-``tune`` and ``krylov_bound`` of ``reference_optimizers`` were not yet merged when this study was written; the
-minimal versions used are :func:`tune_steps` (multi-start L-BFGS on the training-law prompts, autograd, started
-from the steps that attain the Krylov bound, so it finds the exact optimum whenever the optimal polynomial has
-real roots) and :func:`krylov_bound` below (per-prompt errors, hence standard errors); every Krylov row is
-cross-checked against ``reference_optimizers.krylov_bound`` (metric ``test_loss_reference_optimizers``).
-
-Profiles (2 shared CPU cores, measured): ``quick`` 1 seed, depths 1–2, 150 steps (< 1 min); ``standard``
-(default) 3 seeds × depths 1–4 × {sparse, gdpp} + the Theorem 1 model, 1200 steps at batch 2048, lr 0.05 halved every
-300 (≈ 25 min on 2 idle cores, one seed ≈ 8 min; per layer-step ≈ 12 ms at batch 2048); ``paper``: Ahn et
-al.'s batch 20000, 20,000 steps, lr halved every 4000, 5 seeds, 100,000 test prompts (days on CPU; use
-``--device cuda``). The baselines are computed per seed, then each model is trained for all seeds at once
-(``vectorise_seeds``, :func:`experiments.study.train_all_seeds`; the timings above are of one-by-one runs: on
-the CPU the seed batch halves the sparse models' training time and leaves the GD++ models' unchanged, see
-docs/performance.md).
+Profiles: ``quick`` (1 seed, depths 1–2, a few hundred steps; the tests run it); ``standard`` (default: 3 seeds ×
+depths 1–4 × {sparse, gdpp} + the Theorem 1 model, batch 2048, converged by the plateau rule; its measured time is
+in its report's timing line and finished.json); ``paper``: Ahn et al.'s recipe (β = (0.99, 0.9), lr 0.01, batch
+20000, at most 20,000 steps at L = 4), 5 seeds, 200,000 test prompts (use ``--device cuda``). Each model is
+trained for all seeds at once (``vectorise_seeds``, :func:`experiments.study.train_all_seeds`).
 """
 
 from __future__ import annotations
@@ -42,29 +50,32 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-import scipy.optimize
 import torch
-from einops import einsum
 
 import reference_optimizers as ro
 from experiments.common import RunContext, write_config
+from experiments.convergence import tail_stats
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_all_seeds
+from experiments.study import Rows, StudyConfig, held_out_prompts, train_all_seeds
 from icl.config import ConfigError, spec
-from icl.metrics import dist_to_identity, relative_frobenius
+from icl.metrics import LossEstimate, dist_to_identity, relative_frobenius
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import Fitted, ModelSpec, TrainConfig, signals
+from icl.training import Fitted, ModelSpec, SeedRun, TrainConfig, signals
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.probes import read_out
-from reference_optimizers import moments, one_layer_optimum
+from reference_optimizers import one_layer_optimum
 
 NAME = "pgd_depth"
 #: Ahn et al. Fig. 2: Σ^½A_ℓΣ^½ ≈ c_ℓ·I for the 3-layer sparse model (0.69, 0.43, 1.72 by layer; sorted here)
 PUBLISHED_STEPS_L3 = (0.43, 0.69, 1.72)
 EIGENVALUES = (1.0, 1.0, 0.25, 0.0625, 1.0)
+#: each learned model's class optimum on the same test prompts (method id of the reference)
+CLASS_OPTIMUM = {"sparse": "pgd_tuned", "gdpp": "gdpp_tuned", "thm1_learned": "thm1_optimum"}
+#: the tail statistics written per method, depth and seed (names of :class:`experiments.convergence.TailStats`)
+TAIL_FIELDS = ("median", "trimmed_mean", "log_mean_parts_min", "log_mean_parts_max", "log_mean_parts_sd",
+               "top_share")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,12 +87,32 @@ class PGDDepthConfig(StudyConfig):
         depths: the numbers of layers L.
         modes: LSA parametrizations: ``sparse`` (eq. 8) and ``gdpp`` (eq. 11).
         init_std: the A_ℓ (and B_ℓ) are initialised i.i.d. N(0, init_std²).
-        train: the outer optimisation (Ahn et al.'s recipe at CPU scale).
+        train: the outer optimisation (Ahn et al.'s recipe; ``explode_factor`` 1e30: a GD++ training batch can
+            hold a tail prompt whose loss is 1e8 to 1e17 times the typical one (measured at L = 4, steps 301 and
+            2601), which is no divergence, and each gradient block is clipped to 0.01, so such a step is
+            bounded; non-finite losses still roll back). ``steps``,
+            ``halve_every`` and ``plateau_patience`` are per layer: a depth-L model trains at most L·steps steps
+            (the cap), its learning rate halved every L·halve_every steps, and stops earlier when its held-out
+            loss has not improved by a relative ``plateau_tol`` for L·plateau_patience evaluations (the default:
+            five halvings of the learning rate in a row. The best held-out loss of the first halvings is often a
+            lucky fluctuation at a high learning rate, below the noise floor of the next few halvings: a patience
+            of three halvings stopped a 3-layer model after four, at 0.12 in log above its class optimum).
         read_every: steps between read-outs of Dist(Σ^½A_ℓΣ^½, I) during training.
         theorem1: also train the 1-layer sparse model with w* ~ N(0, I) (Theorem 1 check).
-        test_prompts: held-out prompts per seed.
+        test_prompts: held-out prompts per seed (every model and baseline is scored on the same ones).
+        test_parts: the test set is cut into this many disjoint parts for the spread of log(mean) (heavy tails).
         tune_prompts: training-law prompts per seed on which the baselines' steps and Krylov coefficients are fit.
-        tune_starts: random restarts of the step-size tuning.
+        gdpp_tune_prompts: the first this many tune prompts fit tuned GD++ (each evaluation needs an
+            eigendecomposition per prompt: at 5,000 prompts and twice the budget, the GD++ tuning alone took about
+            a minute of CPU per seed).
+        tune_evals: the tuner's refinement budget per free hyperparameter (``maxfev`` of
+            :func:`reference_optimizers.tune_depths` = tune_evals × free values).
+        tolerance: how far (log test loss) above its class optimum a learned model of depth < ``deep_from``
+            still counts as converged; ``tolerance_deep`` from depth ``deep_from`` on (heavier tails).
+        step_tolerance: how far the 3-layer sparse model's sorted steps may be from Ahn et al.'s Fig. 2 values.
+        gdpp_budget: a GD++ model's cap, halving period and patience are this times a sparse model's of its depth
+            (a GD++ step costs about 4 sparse ones on the CPU; measured at batch 20000 with 5 seeds: 87 ms against
+            23 ms at L = 4). GD++ is not a target of the study; its gap to tuned GD++ is reported and flagged.
     """
 
     prompt: PromptConfig = field(
@@ -92,16 +123,24 @@ class PGDDepthConfig(StudyConfig):
     init_std: float = spec(0.01, gt=0)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=1200, batch_size=2048, optimizer="adamw", lr=0.05, betas=(0.99, 0.9), weight_decay=0.0,
-            clip="per_matrix", clip_value=0.01, resample_every=100, schedule="step", halve_every=300,
-            eval_every=250, eval_batch=4096, log_every=50,
+            steps=5000, batch_size=2048, optimizer="adamw", lr=0.05, betas=(0.9, 0.999), weight_decay=0.0,
+            clip="per_matrix", clip_value=0.01, resample_every=100, schedule="step", halve_every=500,
+            eval_every=250, eval_batch=8192, log_every=50, plateau_patience=10, plateau_tol=1e-3,
+            on_divergence="rollback", explode_factor=1e30,
         )
     )  # fmt: skip
-    read_every: int = spec(100, ge=1)
+    read_every: int = spec(500, ge=1)
     theorem1: bool = True
-    test_prompts: int = spec(20_000, ge=2)
-    tune_prompts: int = spec(10_000, ge=2)
-    tune_starts: int = spec(2, ge=0)
+    test_prompts: int = spec(100_000, ge=2)
+    test_parts: int = spec(5, ge=1)
+    tune_prompts: int = spec(20_000, ge=2)
+    gdpp_tune_prompts: int = spec(2_000, ge=2)
+    tune_evals: int = spec(40, ge=1)
+    tolerance: float = spec(0.05, gt=0)
+    tolerance_deep: float = spec(0.1, gt=0)
+    deep_from: int = spec(4, ge=1)
+    step_tolerance: float = spec(0.05, gt=0)
+    gdpp_budget: float = spec(0.25, gt=0)
 
     def check(self) -> None:
         super().check()
@@ -110,173 +149,157 @@ class PGDDepthConfig(StudyConfig):
         bad = [m for m in self.modes if m not in ("sparse", "gdpp")]
         if bad:
             raise ConfigError(f"modes = {bad} : each mode must be 'sparse' or 'gdpp'")
+        if self.test_parts > self.test_prompts:
+            raise ConfigError(f"test_parts = {self.test_parts} exceeds test_prompts = {self.test_prompts}")
+
+    def tolerance_at(self, L: int) -> float:
+        """The convergence tolerance of a depth-L model (log test loss above its class optimum)."""
+        return self.tolerance_deep if L >= self.deep_from else self.tolerance
+
+    def train_at(self, L: int, mode: str = "sparse") -> TrainConfig:
+        """The training of a depth-L model: cap L·train.steps, learning rate halved every L·train.halve_every,
+        plateau patience L·train.plateau_patience evaluations; each scaled by ``gdpp_budget`` for a GD++ model."""
+        f = L * (self.gdpp_budget if mode == "gdpp" else 1.0)
+        t = self.train
+        return replace(t, steps=max(1, round(f * t.steps)), halve_every=max(1, round(f * t.halve_every)),
+                       plateau_patience=max(1, round(f * t.plateau_patience)) if t.plateau_patience else 0)
 
 
 PROFILES = {
-    "quick": {"seeds": (0,), "depths": (1, 2), "train.steps": 150, "train.batch_size": 256, "train.halve_every": 75,
-              "train.eval_every": 50, "train.eval_batch": 512, "read_every": 50, "test_prompts": 4000,
-              "tune_prompts": 4000, "tune_starts": 1},
+    "quick": {"seeds": (0,), "depths": (1, 2), "train.steps": 150, "train.batch_size": 256, "train.halve_every": 50,
+              "train.eval_every": 50, "train.eval_batch": 512, "train.plateau_patience": 5, "read_every": 50,
+              "test_prompts": 4000, "tune_prompts": 4000, "gdpp_tune_prompts": 1000, "tune_evals": 10},
     "standard": {},
-    "paper": {"seeds": (0, 1, 2, 3, 4), "train.lr": 0.01, "train.steps": 20_000, "train.batch_size": 20_000,
-              "train.halve_every": 4000, "train.eval_every": 1000, "read_every": 500, "checkpoint_every": 2000,
-              "test_prompts": 100_000, "tune_prompts": 50_000},
+    "paper": {"seeds": (0, 1, 2, 3, 4), "train.lr": 0.01, "train.betas": (0.99, 0.9), "train.steps": 5000,
+              "train.batch_size": 20_000, "train.halve_every": 1000, "train.eval_every": 1000, "read_every": 2000,
+              "checkpoint_every": 2000, "test_prompts": 200_000, "tune_prompts": 50_000},
 }  # fmt: skip
 
 
-# -- reference methods (minimal local tune / krylov_bound) --------------------------------------------------------
+# -- reference methods ----------------------------------------------------------------------------------------
 
 
-def _whiten(batch: PromptBatch, Sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ^{-½}-whitened context and query inputs (the coordinates in which Σ⁻¹-preconditioned GD is plain GD)."""
+def whiten(batch: PromptBatch, Sigma: torch.Tensor) -> PromptBatch:
+    """The prompts with Σ^{-½}-whitened context and query inputs: there Σ⁻¹-preconditioned GD is plain GD and
+    the GD++ LSA's Thm 4 set (A_ℓ = a_ℓΣ⁻¹, B_ℓ = b_ℓI) is GD++ (von Oswald et al.) with γ_ℓ = a_ℓb_ℓ."""
     evals, evecs = torch.linalg.eigh(Sigma.double())
     W = (evecs * evals.rsqrt()) @ evecs.T
-    return batch.X.double() @ W, batch.x_query.double() @ W
+    return replace(batch, X=batch.X.double() @ W, x_query=batch.x_query.double() @ W)
 
 
-def pgd_predictions(batch: PromptBatch, P: torch.Tensor, etas: torch.Tensor) -> torch.Tensor:
-    """ŷ = ⟨w_L, x_q⟩ after L steps w ← w − η_ℓ P(Hw − g) from w_0 = 0 (differentiable in η), (B,)."""
-    H, g = moments(batch.X.double(), batch.y.double())
-    w = torch.zeros_like(g)
-    for eta in etas:
-        w = w - eta * einsum(P, einsum(H, w, "b i j, b j -> b i") - g, "i j, b j -> b i")
-    return einsum(w, batch.x_query.double(), "b d, b d -> b")
+def predict(method, batch: PromptBatch, steps: int, hyperparameters: dict) -> torch.Tensor:
+    """ŷ = ⟨w_steps, x_q⟩ of a reference optimizer with the given (tuned) hyperparameters, (B,)."""
+    w = method(batch.X.double(), batch.y.double(), steps, **hyperparameters)[:, -1]
+    return (w * batch.x_query.double()).sum(-1)
 
 
-def gdpp_predictions(batch: PromptBatch, Sigma: torch.Tensor, etas: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
-    """GD++ (von Oswald et al. App. A.10) on Σ^{-½}-whitened inputs, the token recurrence (differentiable), (B,).
-
-    Each layer: Δ = (η/n)Σ_j r_j x_j, r_j ← r_j − ⟨Δ, x_j⟩, ŷ ← ŷ + ⟨Δ, x_q⟩, then every x ← (I − γH)x with
-    H = XᵀX/n of the current inputs. This is the gdpp LSA with A_ℓ = η_ℓΣ⁻¹, B_ℓ = (γ_ℓ/η_ℓ)I (Ahn et al. Thm 4).
-    """
-    X, xq = _whiten(batch, Sigma)
-    r, n = batch.y.double(), X.shape[1]
-    pred = torch.zeros_like(r[:, 0])
-    for eta, gamma in zip(etas, gammas):
-        delta = eta * einsum(r, X, "b n, b n i -> b i") / n
-        r = r - einsum(X, delta, "b n i, b i -> b n")
-        pred = pred + einsum(xq, delta, "b i, b i -> b")
-        H = einsum(X, X, "b n i, b n j -> b i j") / n
-        X = X - gamma * einsum(X, H, "b n j, b i j -> b n i")
-        xq = xq - gamma * einsum(xq, H, "b j, b i j -> b i")
-    return pred
+def squared_errors(pred: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+    """Per-prompt query losses (ŷ − y_q)², float64 (B,)."""
+    return (pred.detach().double().cpu() - batch.y_query.double().cpu()).square()
 
 
-def tune_steps(loss_fn, dim: int, rng: np.random.Generator, starts: int, x0: np.ndarray | None = None) -> np.ndarray:
-    """Minimise ``loss_fn(theta: torch.Tensor) -> scalar`` over R^dim by multi-start L-BFGS with autograd.
-
-    A minimal stand-in for ``reference_optimizers.tune`` (not merged yet). Starts: ``x0`` (if given; for (P)GD
-    the steps that attain the Krylov bound, :func:`steps_from_krylov`) and ``starts`` log-uniform random points in
-    [0.2, 3].
-    """
-
-    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-        loss = loss_fn(t)
-        if not torch.isfinite(loss):
-            return 1e30, np.zeros(dim)
-        (grad,) = torch.autograd.grad(loss, t)
-        return float(loss.detach()), grad.numpy()
-
-    inits = ([x0] if x0 is not None else []) + [
-        np.exp(rng.uniform(np.log(0.2), np.log(3.0), dim)) for _ in range(starts)
-    ]
-    best = None
-    for x in inits:
-        sol = scipy.optimize.minimize(f, x, jac=True, method="L-BFGS-B", options={"maxiter": 200})
-        if best is None or sol.fun < best.fun:
-            best = sol
-    return np.asarray(best.x)
+def tuned_gd(tune: PromptBatch, test: PromptBatch, P: torch.Tensor, depths: tuple[int, ...], evals: int
+             ) -> tuple[dict[int, list[float]], dict[int, torch.Tensor]]:  # fmt: skip
+    """Per-step sizes of P-preconditioned GD tuned for every depth 1…max(depths) (one tuner:
+    :func:`reference_optimizers.tune_depths`, started from the Krylov bound's steps) -> ({L: η_1…η_L},
+    {L in depths: per-prompt test losses})."""
+    top = max(depths)
+    kb = ro.krylov_bound(tune, tune, top, P)
+    starts = {}
+    for T in range(1, top + 1):
+        etas = ro.krylov_steps(kb.coefficients_by_depth[T - 1])
+        if etas is not None and (etas > 0).all():
+            starts[T] = [{"eta": [float(e) for e in etas]}]
+    results = ro.tune_depths(ro.preconditioned_gd, tune, top, {"eta": (0.25, 0.5, 1.0)}, per_step=("eta",),
+                             fixed={"P": P}, starts=starts, maxfev=evals * top)  # fmt: skip
+    steps = {T: list(r.hyperparameters["eta"]) for T, r in enumerate(results, 1)}
+    errs = {L: squared_errors(predict(ro.preconditioned_gd, test, L, {"P": P, "eta": steps[L]}), test) for L in depths}
+    return steps, errs
 
 
-def krylov_features(batch: PromptBatch, P: torch.Tensor, L: int) -> torch.Tensor:
-    """v_k = (PH)^k P g for k < L, (B, L, d)."""
-    H, g = moments(batch.X.double(), batch.y.double())
-    v = einsum(P, g, "i j, b j -> b i")
-    out = [v]
-    for _ in range(L - 1):
-        v = einsum(P, einsum(H, v, "b i j, b j -> b i"), "i j, b j -> b i")
-        out.append(v)
-    return torch.stack(out, dim=1)
+def tuned_gdpp(tune: PromptBatch, test: PromptBatch, depths: tuple[int, ...], pgd_steps: dict[int, list[float]],
+               evals: int) -> dict[int, tuple[dict, torch.Tensor]]:  # fmt: skip
+    """GD++ on (whitened) prompts with per-step (η_ℓ, γ_ℓ) tuned for every depth, started from the tuned PGD
+    steps with γ = 0 (so never worse than PGD on the tune prompts) -> {L: (hyperparameters, per-prompt losses)}."""
+    top = max(depths)
+    starts = {L: [{"eta": etas, "gamma": [0.0] * L}] for L, etas in pgd_steps.items()}
+    # the grid reaches the input-transform basin (γ ≈ 0.25 on whitened prompts): from γ = 0 alone the refinement
+    # stays near PGD (measured at L = 3: log loss −3.1 against −4.7 with this grid)
+    results = ro.tune_depths(ro.gd_plus_plus, tune, top, {"eta": (0.5, 1.0, 1.5), "gamma": (0.0, 0.25, 0.5)},
+                             per_step=("eta", "gamma"), starts=starts, maxfev=evals * top)  # fmt: skip
+    out = {}
+    for L in depths:
+        hp = dict(results[L - 1].hyperparameters)
+        out[L] = (hp, squared_errors(predict(ro.gd_plus_plus, test, L, hp), test))
+    return out
 
 
-def krylov_coefficients(tune: PromptBatch, P: torch.Tensor, L: int) -> torch.Tensor:
-    """c minimising the query MSE of w = Σ_{k<L} c_k (PH)^k P g on ``tune`` (linear least squares), (L,).
-
-    Solved with LAPACK's SVD-based ``gelsd``, not torch's CPU default ``gelsy``: MKL's ``gelsy`` is not
-    bitwise reproducible (its result depends on where its inputs and workspace lie in memory, so two processes
-    with the same seed, or two calls on copies of one matrix, differ in the last bits;
-    tests/test_reliability_determinism.py). Those bits moved the start of the tuned steps, and with it the
-    pgd_tuned baseline's last digit, between processes.
-    """
-    F_tune = einsum(krylov_features(tune, P, L), tune.x_query.double(), "b k d, b d -> b k")
-    return torch.linalg.lstsq(F_tune, tune.y_query.double()[:, None], driver="gelsd").solution[:, 0]
+def add_scored(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, parts: int, **keys) -> None:
+    """The test loss (mean, standard error) and the tail statistics of per-prompt losses ``err``."""
+    t = tail_stats(err, parts=parts)
+    rows.add_loss(method, L, seed, LossEstimate(t.mean, float(err.std()) / math.sqrt(t.count), t.count), **keys)
+    for name in TAIL_FIELDS:
+        rows.add(method, L, seed, name, getattr(t, name), **keys)
 
 
-def krylov_bound(tune: PromptBatch, test: PromptBatch, P: torch.Tensor, L: int) -> torch.Tensor:
-    """Predictions on ``test`` of the best shared-coefficient Krylov method w = Σ_{k<L} c_k (PH)^k P g.
-
-    A minimal stand-in for ``reference_optimizers.krylov_bound`` (not merged yet).
-    """
-    c = krylov_coefficients(tune, P, L)
-    F_test = einsum(krylov_features(test, P, L), test.x_query.double(), "b k d, b d -> b k")
-    return F_test @ c
-
-
-def steps_from_krylov(c: torch.Tensor) -> np.ndarray | None:
-    """The per-step sizes η_ℓ whose GD residual polynomial Π(1 − η_ℓλ) equals 1 − λΣ c_kλ^k: η_ℓ = 1/root_ℓ
-    (None if a root is complex). When they exist, L-step (P)GD with these steps attains the Krylov bound."""
-    coeffs = np.concatenate([(-c.numpy())[::-1], [1.0]])  # highest degree first: −c_{L−1}λ^L … − c_0λ + 1
-    roots = np.roots(coeffs)
-    if np.abs(roots.imag).max(initial=0.0) > 1e-8 * np.abs(roots).max(initial=1.0):
-        return None
-    return np.sort(1.0 / roots.real)
+def add_gap(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, ref: torch.Tensor) -> None:
+    """log(mean err) − log(mean ref) on the same prompts and its per-prompt standard error (delta method:
+    the standard error of the mean of err_i/mean(err) − ref_i/mean(ref))."""
+    a, b = err.double(), ref.double()
+    gap = math.log(a.mean()) - math.log(b.mean())
+    z = a / a.mean() - b / b.mean()
+    rows.add(method, L, seed, "gap_log", gap)
+    rows.add(method, L, seed, "gap_log_se", float(z.std() / math.sqrt(z.numel())))
 
 
-def baselines(
-    rows: Rows, cfg: PGDDepthConfig, seed: int, tune: PromptBatch, test: PromptBatch, Sigma: torch.Tensor,
-    rng: np.random.Generator,
-) -> None:  # fmt: skip
-    """Tuned PGD (P = Σ⁻¹), tuned GD, the two Krylov bounds and tuned GD++ in Σ⁻¹ geometry, per depth."""
+def baselines(rows: Rows, cfg: PGDDepthConfig, seed: int, tune: PromptBatch, test: PromptBatch, Sigma: torch.Tensor
+              ) -> dict[tuple[str, int], torch.Tensor]:  # fmt: skip
+    """Tuned PGD (P = Σ⁻¹), tuned GD, the two Krylov bounds and tuned GD++ in Σ⁻¹ geometry, per depth; returns
+    their per-prompt test losses {(method, L): losses}."""
     d = Sigma.shape[0]
     Sinv, eye = torch.linalg.inv(Sigma.double()), torch.eye(d, dtype=torch.float64)
-
-    def mse(pred: torch.Tensor) -> torch.Tensor:
-        return (pred - tune.y_query).square().mean()
-
-    for L in cfg.depths:
-        for method, P in (("pgd_tuned", Sinv), ("gd_tuned", eye)):
-            x0 = steps_from_krylov(krylov_coefficients(tune, P, L))
-            etas = tune_steps(lambda t, P=P: mse(pgd_predictions(tune, P, t)), L, rng, cfg.tune_starts, x0=x0)
-            rows.add_loss(method, L, seed, query_losses(pgd_predictions(test, P, torch.tensor(etas)), test))
-            for k, e in enumerate(sorted(etas)):
+    errs: dict[tuple[str, int], torch.Tensor] = {}
+    pgd_steps: dict[int, list[float]] = {}
+    for method, P in (("pgd_tuned", Sinv), ("gd_tuned", eye)):
+        signals.raise_if_requested("tuning the baselines")
+        steps, method_errs = tuned_gd(tune, test, P, cfg.depths, cfg.tune_evals)
+        for L, err in method_errs.items():
+            errs[(method, L)] = err
+            for k, e in enumerate(sorted(steps[L])):
                 rows.add(method, L, seed, "step_sorted", e, k=k + 1)
-        for method, P in (("krylov_plain", eye), ("krylov_precond", Sinv)):
-            rows.add_loss(method, L, seed, query_losses(krylov_bound(tune, test, P, L), test))
-            # cross-check against the shared implementation (merged from refopt after this study was written)
-            shared = ro.krylov_bound(tune, test, L, P)
-            rows.add(method, L, seed, "test_loss_reference_optimizers", float(shared.test_loss[L]))
-        if "gdpp" in cfg.modes:
-            pgd = steps_from_krylov(krylov_coefficients(tune, Sinv, L))
-            x0 = np.concatenate([pgd if pgd is not None else np.full(L, 0.8), np.zeros(L)])
-            theta = tune_steps(lambda t, L=L: mse(gdpp_predictions(tune, Sigma, t[:L], t[L:])), 2 * L, rng,
-                               cfg.tune_starts, x0=x0)  # fmt: skip
-            t = torch.tensor(theta)
-            rows.add_loss("gdpp_tuned", L, seed, query_losses(gdpp_predictions(test, Sigma, t[:L], t[L:]), test))
+        if method == "pgd_tuned":
+            pgd_steps = steps
+    for method, P in (("krylov_plain", eye), ("krylov_precond", Sinv)):
+        kb = ro.krylov_bound(tune, test, max(cfg.depths), P)
+        for L in cfg.depths:
+            errs[(method, L)] = squared_errors(kb.test_predictions[:, L - 1], test)
+    if "gdpp" in cfg.modes:
+        signals.raise_if_requested("tuning the baselines")
+        wtune, wtest = whiten(tune[: cfg.gdpp_tune_prompts], Sigma), whiten(test, Sigma)
+        for L, (hp, err) in tuned_gdpp(wtune, wtest, cfg.depths, pgd_steps, cfg.tune_evals).items():
+            errs[("gdpp_tuned", L)] = err
+            for k, (e, g) in enumerate(zip(hp["eta"], hp["gamma"])):
+                rows.add("gdpp_tuned", L, seed, "eta", e, layer=k + 1)
+                rows.add("gdpp_tuned", L, seed, "gamma", g, layer=k + 1)
+    for (method, L), err in errs.items():
+        add_scored(rows, method, L, seed, err, cfg.test_parts)
+    return errs
 
 
 # -- training with read-outs ------------------------------------------------------------------------------------
 
 
 def readout_rows(model: LinearSelfAttention, Sigma: torch.Tensor) -> dict[str, float]:
-    ro = read_out(model, Sigma)
+    ro_ = read_out(model, Sigma)
     out = {}
     for layer in range(model.layers):
-        out[f"dist_sigma:l{layer + 1}"] = float(ro.dist_identity[layer])
-        out[f"dist_raw:l{layer + 1}"] = float(ro.dist_identity_raw[layer])
-        out[f"step:l{layer + 1}"] = float(ro.step_sizes[layer])
+        out[f"dist_sigma:l{layer + 1}"] = float(ro_.dist_identity[layer])
+        out[f"dist_raw:l{layer + 1}"] = float(ro_.dist_identity_raw[layer])
+        out[f"step:l{layer + 1}"] = float(ro_.step_sizes[layer])
         if model.cfg.mode == "gdpp":
-            out[f"b_scale:l{layer + 1}"] = float(torch.diagonal(ro.B[layer, 0]).mean())
-            out[f"dist_B:l{layer + 1}"] = dist_to_identity(ro.B[layer, 0]) if ro.B[layer, 0].norm() > 0 else math.nan
+            B = ro_.B[layer, 0]
+            out[f"b_scale:l{layer + 1}"] = float(torch.diagonal(B).mean())
+            out[f"dist_B:l{layer + 1}"] = dist_to_identity(B) if B.norm() > 0 else math.nan
     return out
 
 
@@ -284,6 +307,19 @@ def _split_layer(key: str) -> tuple[str, int]:
     """A read-out key ``"dist_sigma:l2"`` as the row's metric and layer: ("dist_sigma", 2)."""
     quantity, _, layer = key.partition(":l")
     return quantity, int(layer)
+
+
+def add_training(rows: Rows, method: str, L: int, seed: int, run: SeedRun, cap: int) -> None:
+    """How the model trained: steps taken, the cap, whether the plateau rule stopped it, the last losses, the time."""
+    plateau = any(e.get("event") == "finished" and str(e.get("reason", "")).startswith("plateau")
+                  for e in run.history.events)  # fmt: skip
+    rows.add(method, L, seed, "train_steps", run.step)
+    rows.add(method, L, seed, "step_cap", cap)
+    rows.add(method, L, seed, "plateau_stopped", float(plateau))
+    rows.add(method, L, seed, "final_train_loss", run.history.last_loss)
+    if run.history.evals:
+        rows.add(method, L, seed, "best_eval_loss", min(e["eval_loss"] for e in run.history.evals))
+    rows.add(method, L, seed, "wall_time_s", run.wall_time)
 
 
 @dataclass
@@ -294,6 +330,7 @@ class _Seed:
     streams: Streams
     dist: PromptDistribution
     test: PromptBatch
+    errs: dict[tuple[str, int], torch.Tensor]
 
 
 def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
@@ -308,42 +345,46 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
         dist = PromptDistribution(cfg.prompt, generator=streams.generator("rotation"))
         tune = dist.sample(cfg.tune_prompts, streams.generator("tune", "cpu")).to(dtype=torch.float64)
         test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
-        rng = np.random.default_rng([seed, 7])
-        rows.add_loss("zero_predictor", 0, seed, query_losses(torch.zeros_like(test.y_query), test))
-        baselines(rows, cfg, seed, tune, test, dist.Sigma, rng)
+        zero = squared_errors(torch.zeros_like(test.y_query), test)
+        add_scored(rows, "zero_predictor", 0, seed, zero, cfg.test_parts)
+        errs = baselines(rows, cfg, seed, tune, test, dist.Sigma)
         rows.write(ctx)
-        per_seed.append(_Seed(seed, streams, dist, test))
+        per_seed.append(_Seed(seed, streams, dist, test, errs))
+        ctx.print(f"seed {seed}: baselines done ({time.time() - t0:.0f}s)")
 
     def train(tag: str, L: int, mode: str, dists: list[PromptDistribution]) -> Fitted:
         """Model ``tag`` for every seed (together unless vectorise_seeds is off), read out every read_every
         steps."""
-        spec = ModelSpec("lsa", d, LSAConfig(layers=L, mode=mode, init_std=cfg.init_std))
+        model = ModelSpec("lsa", d, LSAConfig(layers=L, mode=mode, init_std=cfg.init_std))
         streams = [s.streams for s in per_seed]
-        read_out = lambda i, m: readout_rows(m, dists[i].Sigma)
-        return train_all_seeds(ctx, cfg, tag, spec, dists, cfg.train, streams, read_every=cfg.read_every,
-                               read_out=read_out)  # fmt: skip
+        reader = lambda i, m: readout_rows(m, dists[i].Sigma)  # noqa: E731
+        return train_all_seeds(ctx, cfg, tag, model, dists, cfg.train_at(L, mode), streams,
+                               read_every=cfg.read_every, read_out=reader)  # fmt: skip
+
+    def errors(model: torch.nn.Module, test: PromptBatch) -> torch.Tensor:
+        trained = model.to("cpu").double().eval()
+        with torch.no_grad():
+            return squared_errors(trained(test.Z()), test)
 
     # learned models, each trained for all seeds at once
-    ctx.expect_models(len(cfg.modes) * len(cfg.depths))
+    ctx.expect_models(len(cfg.modes) * len(cfg.depths) + int(cfg.theorem1))
     for mode in cfg.modes:
         for L in cfg.depths:
             tag = f"{mode}-L{L}"
             runs = train(tag, L, mode, [s.dist for s in per_seed])
             for s, trainer in zip(per_seed, runs.runs):
-                dynamics = trainer.readouts
                 seed, test, Sigma = s.seed, s.test, s.dist.Sigma
-                trained = trainer.model.to("cpu").double().eval()
-                with torch.no_grad():
-                    est = query_losses(trained(test.Z()), test)
-                rows.add_loss(mode, L, seed, est)
-                rows.add(mode, L, seed, "final_train_loss", trainer.history.last_loss)
-                rows.add(mode, L, seed, "wall_time_s", trainer.wall_time)
-                final = dynamics[-1]
-                for k, v in final.items():
+                err = errors(trainer.model, test)
+                add_scored(rows, mode, L, seed, err, cfg.test_parts)
+                if (CLASS_OPTIMUM[mode], L) in s.errs:
+                    add_gap(rows, mode, L, seed, err, s.errs[(CLASS_OPTIMUM[mode], L)])
+                add_training(rows, mode, L, seed, trainer, cfg.train_at(L, mode).steps)
+                dynamics = trainer.readouts
+                for k, v in dynamics[-1].items():
                     if k != "step":
                         metric, layer = _split_layer(k)
                         rows.add(mode, L, seed, metric, v, layer=layer)
-                steps = sorted(final[f"step:l{layer + 1}"] for layer in range(L))
+                steps = sorted(dynamics[-1][f"step:l{layer + 1}"] for layer in range(L))
                 for k, v in enumerate(steps):
                     rows.add(mode, L, seed, "step_sorted", v, k=k + 1)
                 for rec in dynamics:
@@ -354,8 +395,8 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
                 if L == 1 and mode == "sparse":  # Thm 1 with w* ~ N(0, Σ⁻¹): A* = n/(n+d+1)·Σ⁻¹
                     opt = one_layer_optimum(Sigma, n, "inverse_sigma")
                     rows.add("ahn_thm1", 1, seed, "test_loss", opt.loss)
-                    rows.add(mode, 1, seed, "A_rel_error_thm1", relative_frobenius(trained.A[0, 0], opt.A))
-                ctx.print(f"seed {seed} {tag}: log test loss {math.log(est.mean):.3f} "
+                    rows.add(mode, 1, seed, "A_rel_error_thm1", relative_frobenius(trainer.model.A[0, 0], opt.A))
+                ctx.print(f"seed {seed} {tag}: log test loss {math.log(err.mean()):.3f}, {trainer.step} steps "
                           f"({trainer.wall_time:.0f}s)")  # fmt: skip
             rows.write(ctx)
 
@@ -366,13 +407,15 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
         for s, trainer, dist1 in zip(per_seed, runs.runs, dists1):
             seed = s.seed
             Sinv = torch.linalg.inv(s.dist.Sigma)
-            trained = trainer.model.to("cpu").double().eval()
             test1 = held_out_prompts(dist1, s.streams, cfg.test_prompts, torch.float64)
-            with torch.no_grad():
-                est = query_losses(trained(test1.Z()), test1)
+            err = errors(trainer.model, test1)
             opt = one_layer_optimum(dist1.Sigma, n, "identity")
-            A = trained.A[0, 0].detach()
-            rows.add_loss("thm1_learned", 1, seed, est)
+            opt_err = squared_errors(predict(ro.preconditioned_gd, test1, 1, {"P": opt.A.double(), "eta": 1.0}), test1)
+            add_scored(rows, "thm1_learned", 1, seed, err, cfg.test_parts)
+            add_scored(rows, "thm1_optimum", 1, seed, opt_err, cfg.test_parts)
+            add_gap(rows, "thm1_learned", 1, seed, err, opt_err)
+            add_training(rows, "thm1_learned", 1, seed, trainer, cfg.train_at(1).steps)
+            A = trainer.model.A[0, 0].detach()
             rows.add("thm1_theory", 1, seed, "test_loss", opt.loss)
             rows.add("thm1_zero_predictor", 1, seed, "test_loss", opt.zero_loss)
             rows.add("thm1_learned", 1, seed, "A_rel_error", relative_frobenius(A, opt.A))

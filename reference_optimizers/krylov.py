@@ -34,12 +34,16 @@ class KrylovBound:
             (depth+1,); entry k uses the best k coefficients (entry 0 is the zero predictor).
         test_loss: the same coefficients evaluated on the test prompts, (depth+1,): the honest bound.
         coefficients_by_depth: the monomial coefficients fitted for every depth 1, …, depth.
+        test_predictions: the prediction ŷ of the depth-k fit on each test prompt in column k − 1,
+            (B_test, depth) float64: the per-prompt errors (ŷ − y_q)² of the bound, for paired comparisons and
+            tail statistics.
     """
 
     coefficients: torch.Tensor
     train_loss: torch.Tensor
     test_loss: torch.Tensor
     coefficients_by_depth: tuple[torch.Tensor, ...]
+    test_predictions: torch.Tensor | None = None
 
 
 def krylov_bound(
@@ -92,18 +96,21 @@ def krylov_bound(
     train_loss = [float((y_tr**2).mean())]
     test_loss = [float((y_te**2).mean())]
     coeffs = []
+    preds = []
     for k in range(1, depth + 1):
         A = F_tr[:, :k]
         scale = A.pow(2).mean(0).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
         a = torch.linalg.pinv(A / scale, rtol=1e-13) @ y_tr / scale  # Chebyshev-basis coefficients
         train_loss.append(float(((A @ a - y_tr) ** 2).mean()))
-        test_loss.append(float(((F_te[:, :k] @ a - y_te) ** 2).mean()))
+        preds.append(F_te[:, :k] @ a)
+        test_loss.append(float(((preds[-1] - y_te) ** 2).mean()))
         coeffs.append(torch.as_tensor(_chebyshev_to_monomial(a.cpu().numpy(), L), dtype=torch.float64))
     return KrylovBound(
         coefficients=coeffs[-1],
         train_loss=torch.tensor(train_loss, dtype=torch.float64),
         test_loss=torch.tensor(test_loss, dtype=torch.float64),
         coefficients_by_depth=tuple(coeffs),
+        test_predictions=torch.stack(preds, dim=1),
     )
 
 

@@ -1,4 +1,6 @@
-"""pgd_depth: the quick profile end to end (artifacts, report re-rendering) and the reference pieces it relies on."""
+"""pgd_depth: the quick profile end to end (artifacts, convergence rows, report re-rendering, resume) and the
+reference pieces it relies on (whitened GD++ = the gdpp LSA construction, the Krylov bound's per-prompt predictions
+= PGD with the bound-attaining steps)."""
 
 import json
 import math
@@ -7,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import reference_optimizers as ro
 from experiments.cli import main
-from experiments.pgd_depth import gdpp_predictions, krylov_coefficients, pgd_predictions, steps_from_krylov
+from experiments.pgd_depth import predict, tuned_gd, whiten
 from experiments.results import read_results
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
@@ -24,33 +27,47 @@ def _law(n_prompts=64, seed=0):
 def test_reference_predictions_equal_the_lsa_constructions():
     dist, batch = _law()
     Sinv = torch.linalg.inv(dist.Sigma)
-    etas = torch.tensor([0.4, 0.7, 1.7], dtype=torch.float64)
-    lsa = preconditioned_gd_lsa(etas[:, None, None] * Sinv)
-    assert torch.allclose(pgd_predictions(batch, Sinv, etas), lsa(batch.Z()), atol=1e-10)
-    # GD++ in Σ⁻¹ geometry = the gdpp LSA with A = ηΣ⁻¹, B = (γ/η)I (Ahn et al. Thm 4's set)
-    gammas = torch.tensor([0.3, 0.2, 0.0], dtype=torch.float64)
-    model = gd_plus_plus_lsa(5, 3, etas, gammas)
-    model.set_weights(etas[:, None, None, None] * Sinv, (gammas / etas)[:, None, None, None] * torch.eye(5))
-    assert torch.allclose(gdpp_predictions(batch, dist.Sigma, etas, gammas), model(batch.Z()), atol=1e-10)
+    etas = [0.4, 0.7, 1.7]
+    lsa = preconditioned_gd_lsa(torch.tensor(etas, dtype=torch.float64)[:, None, None] * Sinv)
+    pgd = predict(ro.preconditioned_gd, batch, 3, {"P": Sinv, "eta": etas})
+    assert torch.allclose(pgd, lsa(batch.Z()), atol=1e-10)
+    # whitened, Σ⁻¹-PGD is plain GD
+    assert torch.allclose(predict(ro.gradient_descent, whiten(batch, dist.Sigma), 3, {"eta": etas}), pgd, atol=1e-10)
+    # GD++ on whitened prompts = the gdpp LSA with A = ηΣ⁻¹, B = (γ/η)I (Ahn et al. Thm 4's set)
+    gammas = [0.3, 0.2, 0.0]
+    model = gd_plus_plus_lsa(5, 3, torch.tensor(etas), torch.tensor(gammas))
+    e, g = torch.tensor(etas, dtype=torch.float64), torch.tensor(gammas, dtype=torch.float64)
+    model.set_weights(e[:, None, None, None] * Sinv, (g / e)[:, None, None, None] * torch.eye(5, dtype=torch.float64))
+    wpp = predict(ro.gd_plus_plus, whiten(batch, dist.Sigma), 3, {"eta": etas, "gamma": gammas})
+    assert torch.allclose(wpp, model(batch.Z()), atol=1e-10)
 
 
-def test_krylov_roots_give_steps_that_attain_the_bound():
+def test_krylov_predictions_are_per_prompt_and_attained_by_tuned_pgd():
     dist, tune = _law(4000, seed=1)
+    _, test = _law(3000, seed=1)
     Sinv = torch.linalg.inv(dist.Sigma)
-    c = krylov_coefficients(tune, Sinv, 3)
-    etas = steps_from_krylov(c)
-    assert etas is not None and np.all(etas > 0)
-    from experiments.pgd_depth import krylov_features
-
-    w_kry = torch.einsum("bkd,k->bd", krylov_features(tune, Sinv, 3), c)
-    pred = pgd_predictions(tune, Sinv, torch.tensor(etas))
-    assert torch.allclose(pred, (w_kry * tune.x_query).sum(-1), atol=1e-8)
+    kb = ro.krylov_bound(tune, test, 3, Sinv)
+    assert kb.test_predictions.shape == (3000, 3)
+    for L in (1, 2, 3):  # the per-prompt predictions are what test_loss averages
+        err = (kb.test_predictions[:, L - 1] - test.y_query).square().mean()
+        assert float(err) == pytest.approx(float(kb.test_loss[L]), rel=1e-12)
+    etas = ro.krylov_steps(kb.coefficients_by_depth[2])
+    assert etas is not None and np.all(etas > 0)  # real roots: PGD with these steps is the fitted polynomial
+    pred = predict(ro.preconditioned_gd, test, 3, {"P": Sinv, "eta": list(etas)})
+    assert torch.allclose(pred, kb.test_predictions[:, 2], atol=1e-8)
+    # the study's tuner (one tuner: reference_optimizers.tune_depths) starts there: it matches the bound on test
+    steps, errs = tuned_gd(tune, test, Sinv, (1, 2, 3), evals=10)
+    for L in (1, 2, 3):
+        assert len(steps[L]) == L
+        assert math.log(errs[L].mean()) == pytest.approx(math.log(kb.test_loss[L]), abs=0.01)
 
 
 def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "pgd_depth", "--profile", "quick", "--out", str(out), "--quiet"]
-    assert main([*args, "--set", "train.steps=60", "--set", "read_every=30", "--set", "tune_prompts=2000"]) == 0
+    sets = ["train.steps=60", "read_every=30", "tune_prompts=2000", "test_prompts=3000", "tolerance=0.7",
+            "gdpp_budget=0.5"]
+    assert main([*args, *(x for s in sets for x in ("--set", s))]) == 0
     assert "log test loss" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["experiment"] == "pgd_depth" and cfg["config"]["profile"] == "quick"
@@ -62,30 +79,52 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     zero = vals[("zero_predictor", 0, "test_loss")]
     assert zero == pytest.approx(5.0, rel=0.15)
     for L in (1, 2):
-        assert vals[("krylov_precond", L, "test_loss")] <= vals[("pgd_tuned", L, "test_loss")] * 1.02
-        for kry in ("krylov_plain", "krylov_precond"):  # the local bound = reference_optimizers.krylov_bound
-            shared = vals[(kry, L, "test_loss_reference_optimizers")]
-            assert vals[(kry, L, "test_loss")] == pytest.approx(shared, rel=1e-6)
+        # tuned PGD attains the Σ⁻¹ Krylov bound (real roots) and beats tuned plain GD
+        assert math.log(vals[("pgd_tuned", L, "test_loss")]) == pytest.approx(
+            math.log(vals[("krylov_precond", L, "test_loss")]), abs=0.01)  # fmt: skip
         assert vals[("pgd_tuned", L, "test_loss")] < vals[("gd_tuned", L, "test_loss")] < zero
-        for mode in ("sparse", "gdpp"):
-            assert math.isfinite(vals[(mode, L, "test_loss")])
+        for mode, ref in (("sparse", "pgd_tuned"), ("gdpp", "gdpp_tuned")):
+            # the gap to the class optimum is the difference of the logged means on the same prompts
+            gap = math.log(vals[(mode, L, "test_loss")]) - math.log(vals[(ref, L, "test_loss")])
+            assert vals[(mode, L, "gap_log")] == pytest.approx(gap, rel=1e-9)
+            assert 0 < vals[(mode, L, "gap_log_se")] < 1
+            # the config's per-layer step cap reached the trainer: depth L trains at most L·train.steps (GD++:
+            # times gdpp_budget, set to 0.5 here)
+            cap = 60 * L * (0.5 if mode == "gdpp" else 1)
+            assert vals[(mode, L, "step_cap")] == cap
+            assert 0 < vals[(mode, L, "train_steps")] <= cap
             assert any(r["method"] == mode and r["depth"] == L and r["metric"] == "dist_sigma" and r["layer"] == 1
                        and r["train_step"] == 0 for r in rows)  # fmt: skip
-    assert vals[("thm1_theory", 1, "test_loss")] < vals[("thm1_zero_predictor", 1, "test_loss")]
-    for stem in ("log_loss_vs_depth", "dist_sparse_L2", "dist_gdpp_L2"):
+        for method in ("sparse", "pgd_tuned", "krylov_plain", "gdpp_tuned"):  # heavy-tail statistics
+            med, mean = vals[(method, L, "median")], vals[(method, L, "test_loss")]
+            assert 0 < med < mean  # right-skewed per-prompt losses
+            lo, hi = vals[(method, L, "log_mean_parts_min")], vals[(method, L, "log_mean_parts_max")]
+            assert lo <= math.log(mean) <= hi
+    assert vals[("thm1_optimum", 1, "test_loss")] < vals[("thm1_zero_predictor", 1, "test_loss")]
+    assert ("thm1_learned", 1, "gap_log") in vals
+    for stem in ("log_loss_vs_depth", "gap_sparse", "gap_gdpp", "dist_sparse_L2", "dist_gdpp_L2"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
     report = (out / "report.md").read_text()
+    assert "gap ± s.e." in report and "3000 held-out test prompts" in report and "profile `quick`" in report
+    assert "L = 2: 120 (halved every 100)" in report  # caps from the config, not hard-coded
+    summary = json.loads((out / "summary.json").read_text())
+    # tolerance=0.7 took effect: a gap between 0.05 and 0.7 is not flagged
+    assert all(g["tolerance"] == 0.7 and g["flagged"] == (g["gap"] > 0.7) for g in summary["gaps"])
+    assert len(summary["gaps"]) == 5 and summary["test_prompts"] == 3000
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
-    assert (out / "report.md").read_text() == report
+    rerendered = (out / "report.md").read_text()
+    assert "Timing (finished.json)" in rerendered  # the re-render reads the run's timing
+    assert rerendered.split("Timing")[0] == report.split("Timing")[0]
     # --resume reloads every finished model (with its read-outs) instead of retraining, reproducing the rows
     (out / "checkpoints" / "sparse-L2-s0.pt").touch()  # still a valid file: mtime only
     assert main(["run", "pgd_depth", "--out", str(out), "--resume", "--quiet"]) == 0
+
     def keyed(rs):
         return {tuple(r[c] for c in ("method", "depth", "metric", "layer", "train_step")): r["value"] for r in rs}
 
     again, before = keyed(read_results(out / "results.csv")), keyed(rows)
-    for key in (("sparse", 2, "test_loss", None, None), ("gdpp", 1, "dist_sigma", 1, 60),
+    for key in (("sparse", 2, "test_loss", None, None), ("gdpp", 2, "dist_sigma", 1, 60),
                 ("pgd_tuned", 2, "test_loss", None, None)):  # fmt: skip
         assert again[key] == pytest.approx(before[key], rel=1e-9)

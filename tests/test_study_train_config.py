@@ -18,7 +18,7 @@ from icl.training import loop
 #: study -> (the TrainConfig section the first trained model uses, extra --set to keep the run small)
 STUDIES = {
     "quickstart": ("train", ["test_prompts=200"]),
-    "pgd_depth": ("train", ["tune_prompts=200", "tune_starts=0", "test_prompts=200", "depths=1"]),
+    "pgd_depth": ("train", ["tune_prompts=200", "tune_evals=1", "test_prompts=200", "depths=1"]),
     "memformer_vs_cgd": ("train", ["test_prompts=200", "tune_prompts=200", "depths=1", "settings=noniso"]),
     "gd_one_layer": ("train", []),
     "noisy_regression": ("train", ["test_prompts=200", "tune_prompts=200", "depths=1"]),

@@ -15,7 +15,7 @@ from icl.runio import load_checkpoint
 
 PGD = [
     "--profile", "quick", "--seeds", "0,1", "--quiet", "--set", "train.steps=60", "--set", "read_every=20",
-    "--set", "tune_prompts=500", "--set", "tune_starts=0", "--set", "test_prompts=1000",
+    "--set", "tune_prompts=500", "--set", "tune_evals=1", "--set", "test_prompts=1000", "--set", "gdpp_budget=0.5",
 ]  # fmt: skip
 TIMES = ("wall_time_s", "train_seconds")
 LEARNED = ("sparse", "gdpp", "thm1_learned")
