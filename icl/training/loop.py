@@ -43,7 +43,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from icl import progress
-from icl.prompts import PromptDistribution
+from icl.prompts import PromptDistribution, sample_tokens, stack_problem
 from icl.runio import find_nonfinite
 from icl.seeding import Streams
 from icl.training import signals
@@ -267,7 +267,7 @@ class Trainer:
                     apply_constraints(m, {name: "stiefel" for name in cfg.stiefel}, st.generator("constraints", "cpu"))
         self.S = len(models)
         if self.S > 1:
-            problem = _batch_problem(models)
+            problem = _batch_problem(models) or stack_problem(dists)
             if problem:
                 raise ValueError(f"{problem}; train the seeds one by one")
         self.cfg = cfg
@@ -490,19 +490,9 @@ class Trainer:
         return context_gram(Z.reshape(S * B, T, e)).reshape(S, B, e, e), Z[:, :, -1]
 
     def _sample(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Each seed's batch from its own generator, written straight into one (S, B, n+1, d+1) token array
-        (the layout of :meth:`icl.prompts.PromptBatch.Z`), and the query targets (S, B)."""
-        batches = [d.sample(self.cfg.batch_size, g) for d, g in zip(self.dists, self.gens)]
-        first = batches[0]
-        B, n, d = first.X.shape
-        Z = first.X.new_empty((self.S, B, n + 1, d + 1))
-        y = first.y_query.new_empty((self.S, B))
-        for s, b in enumerate(batches):
-            Z[s, :, :n, :d] = b.X
-            Z[s, :, :n, d] = b.y
-            Z[s, :, n, :d] = b.x_query
-            y[s] = b.y_query
-        Z[:, :, n, d] = 0
+        """Each seed's batch from its own generator, in one (S, B, n+1, d+1) token array
+        (:func:`icl.prompts.sample_tokens`), and the query targets (S, B)."""
+        Z, y = sample_tokens(self.dists, self.cfg.batch_size, self.gens)
         return y, self._inputs(Z)
 
     def loss(self, Z: torch.Tensor, y_query: torch.Tensor) -> torch.Tensor:
