@@ -322,7 +322,8 @@ def sample_tokens(
     Seed s draws from ``generators[s]`` exactly what ``dists[s].sample(batch_size, generators[s])`` draws, and
     ``Z[s]`` equals that batch's ``Z()`` bit for bit (tests/test_prompts.py): the draws and the per-seed rotation
     are each seed's own, the targets' contractions run once over all seeds (their per-prompt arithmetic does not
-    depend on the batch) and each seed's inputs are copied straight into Z.
+    depend on the batch) and each seed's inputs are copied straight into Z. A law whose class overrides
+    :meth:`PromptDistribution.sample` is sampled through it.
 
     Raises:
         ValueError: the laws differ in n, d, dtype or in having label noise (:func:`stack_problem`).
@@ -336,6 +337,12 @@ def sample_tokens(
     first = dists[0]
     S, n, d = len(dists), first.cfg.n, first.cfg.d
     Z = torch.empty(S, batch_size, n + 1, d + 1, device=generators[0].device, dtype=first.dtype)
+    if any(type(dist).sample is not PromptDistribution.sample for dist in dists):  # a law with its own sample
+        y_query = Z.new_empty((S, batch_size))
+        for s, (dist, gen) in enumerate(zip(dists, generators)):
+            batch = dist.sample(batch_size, gen)
+            Z[s], y_query[s] = batch.Z(), batch.y_query
+        return Z, y_query
     ws, sigmas, xis = [], [], []
     for s, (dist, gen) in enumerate(zip(dists, generators)):
         x, w, sigma, xi = dist.draw(batch_size, gen)
