@@ -102,8 +102,8 @@ def test_module_entry_point_exit_code():
 
 def test_show_config_imports_no_plotting_report_or_sweep_module():
     """``run NAME --show-config`` loads the study's definition and nothing heavier than what it imports: no
-    plotting library, no report module, no sweep machinery (what remains is the definitions' own torch and
-    scipy imports, docs/training.md)."""
+    plotting library, no report module, no sweep machinery (what remains is the definitions' own imports of
+    torch and scipy)."""
     from pathlib import Path
 
     from experiments.registry import STUDIES
