@@ -183,7 +183,10 @@ class Trainer:
         device: where the models and the prompts live.
         quiet: no progress bar (it is also off when stderr is not a terminal).
         compile: run the training loss through :func:`torch.compile`; None reads ``cfg.compile``.
-        callbacks: :class:`~icl.training.callbacks.Callback` objects called at the loop's events.
+        callbacks: :class:`~icl.training.callbacks.Callback` objects called at the loop's events, after the
+            held-out :class:`~icl.training.callbacks.Evaluate` (built from ``cfg.eval_every``);
+            :attr:`divergence` is a :class:`~icl.training.callbacks.Divergence` built from ``cfg``. An
+            ``Evaluate`` or ``Divergence`` among ``callbacks`` replaces the one from the config.
 
     Raises:
         ValueError: an argument of the wrong kind or models that can not be stacked (naming it), before any
