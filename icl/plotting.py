@@ -5,17 +5,37 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def __getattr__(name: str) -> Any:
+    """``plt`` (matplotlib.pyplot on the Agg backend) and ``sns`` (seaborn), imported on first use, so that
+    importing this module (a study definition does) costs no plotting library: ``run --show-config`` stays light."""
+    if name == "plt":
+        return _pyplot()
+    if name == "sns":
+        _pyplot()
+        import seaborn as sns
+
+        return sns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def set_theme() -> None:
     """The framework's plotting style (Garg et al.'s: darkgrid, colour-blind palette)."""
-    sns.set_theme(style="darkgrid", palette="colorblind", context="paper")
+    __getattr__("sns").set_theme(style="darkgrid", palette="colorblind", context="paper")
 
 
 def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
@@ -29,7 +49,7 @@ def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format=ext)
         os.replace(tmp, path)
         paths.append(path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return paths
 
 
@@ -45,7 +65,7 @@ def training_curve(
     """Training and held-out loss against steps (log scale), the theoretical optimum and the zero predictor
     dashed."""
     set_theme()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 3.6))
     if rows:
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, alpha=0.6, label="train batch")
     if evals:

@@ -16,6 +16,7 @@ token is (x_q, 0).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -194,6 +195,30 @@ class PromptDistribution:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> PromptBatch:
         """Draw ``batch_size`` prompts on the generator's device."""
+        x, w, sigma, xi = self.draw(batch_size, generator)
+        X, y, x_query, y_query = targets(x, w, sigma, xi)
+        dev, dt = generator.device, self.dtype
+        return PromptBatch(
+            X=X,
+            y=y,
+            x_query=x_query,
+            y_query=y_query,
+            w_star=w,
+            Sigma=self.Sigma.to(dev, dt),
+            U=self.U.to(dev, dt),
+            sigma=sigma,
+        )
+
+    def draw(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The random part of :meth:`sample`: every draw of one batch from ``generator``, in a fixed order (g, h,
+        σ, ξ), and the inputs and task vectors they give.
+
+        Returns:
+            x: the inputs (B, n+1, d), the query last; w*: (B, d); σ: (B,); ξ: the unit label noise (B, n), None
+            for a noiseless law. :func:`targets` turns them into the prompts' targets.
+        """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         check_generator("generator", generator)
@@ -209,23 +234,10 @@ class PromptDistribution:
         h = torch.randn(B, d, generator=generator, device=dev, dtype=dt)
         w = h if cfg.w_prior == "identity" else einsum(h, self._Lw.to(dev, dt), "b k, i k -> b i")
         sigma = self._sample_sigma(B, generator)
-        X, x_query = x[:, :n], x[:, n]
-        clean = einsum(X, w, "b n i, b i -> b n")
-        y = clean
+        xi = None
         if cfg.noise != "none":
             xi = torch.randn(B, n, generator=generator, device=dev, dtype=dt)
-            y = clean + sigma[:, None] * xi
-        y_query = einsum(x_query, w, "b i, b i -> b")
-        return PromptBatch(
-            X=X,
-            y=y,
-            x_query=x_query,
-            y_query=y_query,
-            w_star=w,
-            Sigma=self.Sigma.to(dev, dt),
-            U=self.U.to(dev, dt),
-            sigma=sigma,
-        )
+        return x, w, sigma, xi
 
     def _check_scale(self, dtype: torch.dtype) -> None:
         """Refuse a law whose values (or their squares, as in losses and XᵀX) overflow ``dtype``.
@@ -269,6 +281,80 @@ class PromptDistribution:
         """Yield batches that together hold ``total`` prompts (for large test sets)."""
         for start in range(0, total, chunk):
             yield self.sample(min(chunk, total - start), generator)
+
+
+def targets(
+    x: torch.Tensor, w: torch.Tensor, sigma: torch.Tensor, xi: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prompts' targets from :meth:`PromptDistribution.draw`'s draws, for any leading batch dimensions
+    (``...``): y_i = ⟨w*, x_i⟩ + σ·ξ_i, y_q = ⟨w*, x_q⟩.
+
+    Args:
+        x: inputs (..., n+1, d), the query last; w: task vectors (..., d); sigma: (...); xi: (..., n) or None.
+
+    Returns:
+        X (..., n, d), y (..., n), x_query (..., d), y_query (...).
+    """
+    n = x.shape[-2] - 1
+    X, x_query = x[..., :n, :], x[..., n, :]
+    y = einsum(X, w, "... n i, ... i -> ... n")
+    if xi is not None:
+        y = y + sigma[..., None] * xi
+    y_query = einsum(x_query, w, "... i, ... i -> ...")
+    return X, y, x_query, y_query
+
+
+def stack_problem(dists: Sequence[PromptDistribution]) -> str | None:
+    """Why the seeds' laws ``dists`` can not share one token array (None: they can)."""
+    if len({(d.cfg.n, d.cfg.d, d.cfg.noise == "none") for d in dists}) > 1:
+        return "the seeds' prompt laws differ in n, d or label noise: their batches can not be stacked"
+    if len({d.dtype for d in dists}) > 1:
+        return "the seeds' prompt laws sample in different dtypes: their batches can not be stacked"
+    return None
+
+
+def sample_tokens(
+    dists: Sequence[PromptDistribution], batch_size: int, generators: Sequence[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch per seed, written into one token array: Z (S, B, n+1, d+1) in :meth:`PromptBatch.Z`'s layout and
+    the query targets (S, B).
+
+    Seed s draws from ``generators[s]`` exactly what ``dists[s].sample(batch_size, generators[s])`` draws, and
+    ``Z[s]`` equals that batch's ``Z()`` bit for bit (tests/test_prompts.py): the draws and the per-seed rotation
+    are each seed's own, the targets' contractions run once over all seeds (their per-prompt arithmetic does not
+    depend on the batch) and each seed's inputs are copied straight into Z. A law whose class overrides
+    :meth:`PromptDistribution.sample` is sampled through it.
+
+    Raises:
+        ValueError: the laws differ in n, d, dtype or in having label noise (:func:`stack_problem`).
+    """
+    dists, generators = list(dists), list(generators)
+    if not dists or len(dists) != len(generators):
+        raise ValueError(f"need one generator per prompt law, got {len(dists)} laws and {len(generators)} generators")
+    problem = stack_problem(dists)
+    if problem:
+        raise ValueError(problem)
+    first = dists[0]
+    S, n, d = len(dists), first.cfg.n, first.cfg.d
+    Z = torch.empty(S, batch_size, n + 1, d + 1, device=generators[0].device, dtype=first.dtype)
+    if any(type(dist).sample is not PromptDistribution.sample for dist in dists):  # a law with its own sample
+        y_query = Z.new_empty((S, batch_size))
+        for s, (dist, gen) in enumerate(zip(dists, generators)):
+            batch = dist.sample(batch_size, gen)
+            Z[s], y_query[s] = batch.Z(), batch.y_query
+        return Z, y_query
+    ws, sigmas, xis = [], [], []
+    for s, (dist, gen) in enumerate(zip(dists, generators)):
+        x, w, sigma, xi = dist.draw(batch_size, gen)
+        Z[s, :, :, :d] = x
+        ws.append(w)
+        sigmas.append(sigma)
+        xis.append(xi)
+    xi = None if xis[0] is None else torch.stack(xis)
+    _, y, _, y_query = targets(Z[..., :d], torch.stack(ws), torch.stack(sigmas), xi)
+    Z[:, :, :n, d] = y
+    Z[:, :, n, d] = 0
+    return Z, y_query
 
 
 def zero_predictor_loss(cfg: PromptConfig) -> float:

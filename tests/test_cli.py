@@ -98,3 +98,23 @@ def test_module_entry_point_exit_code():
         [sys.executable, "-m", "experiments", "run", "nope"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 2 and "unknown experiment 'nope'" in r.stderr
+
+
+def test_show_config_imports_no_plotting_report_or_sweep_module():
+    """``run NAME --show-config`` loads the study's definition and nothing heavier than what it imports: no
+    plotting library, no report module, no sweep machinery (what remains is the definitions' own imports of
+    torch and scipy)."""
+    from pathlib import Path
+
+    from experiments.registry import STUDIES
+
+    code = ("import contextlib, io, sys, experiments.cli as c\n"
+            f"for name in {sorted(STUDIES)!r}:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        assert c.main(['run', name, '--show-config']) == 0, name\n"
+            "    assert out.getvalue().lstrip().startswith('{'), name\n"
+            "heavy = ('matplotlib', 'seaborn', 'experiments.reports', 'experiments.sweep', 'experiments.collect')\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.startswith(heavy)))")  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out

@@ -1,6 +1,7 @@
 """The engine's callbacks and divergence rules: the plateau rule ends a run and says so, read-outs survive a stop
 and resume, trackers see every logged number, an explosion is caught before it overflows, and a rollback in a
-seed batch leaves every seed where its own run would be."""
+seed batch leaves every seed where its own run would be; evaluation, divergence handling and checkpointing are
+callbacks in a fixed order, and the plateau rule of a seed batch waits for every seed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,19 @@ import torch
 from experiments.quickstart import QuickstartConfig
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
-from icl.training import ModelSpec, Plateau, RunStore, Tracker, TrainConfig, Trainer, TrainingDiverged, fit
+from icl.training import (
+    Callback,
+    Divergence,
+    Evaluate,
+    ModelSpec,
+    Plateau,
+    RunStore,
+    Tracker,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    fit,
+)
 from icl.training.signals import TrainingInterrupted
 from learned_optimizers import LinearSelfAttention, LSAConfig
 
@@ -132,3 +145,63 @@ def test_rollback_in_a_seed_batch_leaves_each_seed_where_its_own_run_would_be():
     assert torch.allclose(alone.model.A, both.models[1].A, rtol=1e-5, atol=1e-7)
     for a, b in zip(alone.history.rows, both.histories[1].rows, strict=True):
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_evaluation_comes_first_and_the_checkpoint_last_at_a_read_back():
+    """Read-backs at the log steps (2, 4, 6) and the steps a callback is due (evaluation and checkpoint at 3, 6):
+    the held-out losses reach every callback before their on_step, and the checkpoint saves after all of them."""
+    order = []
+
+    class Spy(Callback):
+        name = "spy"
+
+        def on_eval(self, trainer, losses):
+            order.append(("eval", trainer.step))
+
+        def on_step(self, trainer):
+            order.append(("step", trainer.step))
+
+    cfg = TrainConfig(steps=6, batch_size=16, eval_batch=32, eval_every=3, log_every=2)
+    streams = Streams(0)
+    t = Trainer(SPEC.build(streams.generator("init")), law(streams), cfg, streams, quiet=True, callbacks=[Spy()])
+    t.run(on_checkpoint=lambda tr: order.append(("save", tr.step)), checkpoint_every=3)
+    assert order == [("step", 2), ("eval", 3), ("step", 3), ("save", 3), ("step", 4), ("eval", 6), ("step", 6),
+                     ("save", 6)]  # fmt: skip
+    assert [e["step"] for e in t.history.evals] == [3, 6]
+
+
+def test_divergence_and_evaluation_given_as_callbacks_replace_the_configs():
+    """The config says stop on divergence and evaluate every 100 steps; the callbacks given roll back (lowering
+    the learning rate by their factor) and evaluate every 4 steps (and at the last)."""
+    cfg = TrainConfig(steps=10, batch_size=16, eval_batch=32, eval_every=100, log_every=5, lr=1e-2)
+    streams = Streams(0)
+    dist = Poisoned(PROMPT, generator=streams.generator("rotation"))
+    callbacks = [Divergence("rollback", max_rollbacks=1, lr_factor=0.25), Evaluate(4)]
+    t = Trainer(SPEC.build(streams.generator("init")), dist, cfg, streams, quiet=True, callbacks=callbacks)
+    dist.owner, dist.at = t, 2  # the batch of step 3 is all-NaN, found at the read-back of step 5
+    t.run()
+    (event,) = t.history.events
+    assert event["event"] == "rollback" and event["diverged_at"] == 3 and event["rolled_back_to"] == 0
+    assert event["base_lr"] == pytest.approx(1e-2 * 0.25)
+    assert [e["step"] for e in t.history.evals] == [4, 8, 10] and t.step == 10
+    with pytest.raises(ValueError, match="'stop' or 'rollback'"):
+        Divergence("ignore")
+
+
+def test_a_seed_batch_plateaus_only_when_every_seed_has():
+    """Seed 0 stops improving at once, seed 1 keeps improving: no finish until seed 1 too has waited
+    ``patience`` evaluations (docs/training.md: a seed batch trains on until its last seed plateaus)."""
+
+    class Stub:
+        step, cfg, reasons = 5, TrainConfig(steps=100), []
+
+        def finish(self, reason):
+            self.reasons.append(reason)
+
+    rule, trainer = Plateau(patience=2, tol=0.0), Stub()
+    for losses in ([1.0, 1.0], [1.0, 0.5], [1.0, 0.4]):
+        rule.on_eval(trainer, losses)
+    assert rule.waited == [2, 0] and trainer.reasons == []  # seed 0 has plateaued, seed 1 has not
+    for losses in ([1.0, 0.4], [1.0, 0.4]):
+        rule.on_eval(trainer, losses)
+    assert rule.waited == [4, 2] and len(trainer.reasons) == 1 and trainer.reasons[0].startswith("plateau")

@@ -253,3 +253,45 @@ def test_compile_is_read_from_the_train_config():
     batch = Trainer([model_factory(s) for s in streams], [dist_factory(s) for s in streams],
                     RESUME_CFG.replace(compile=True), streams, compile=False)  # fmt: skip
     assert not batch.compiled
+
+
+LAWS = {
+    "isotropic": PromptConfig(d=3, n=10),
+    "inverse-sigma-fixed-noise": PromptConfig(d=4, n=7, eigenvalues=(4.0, 2.0, 1.0, 0.5), w_prior="inverse_sigma",
+                                              noise="fixed", sigma=0.5),
+    "uniform-inputs-uniform-noise": PromptConfig(d=2, n=5, input_law="uniform", noise="uniform", sigma_max=1.0),
+    "categorical-noise": PromptConfig(d=5, n=20, eigenvalues=(1.0, 2.0, 3.0, 4.0, 5.0), noise="categorical"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("law", list(LAWS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_seed_tokens_equal_each_seeds_own_batch_bit_for_bit(law, dtype, batch):
+    """The S seeds' token array is each seed's own PromptDistribution.sample, bit for bit, and leaves every
+    generator where sampling alone leaves it (so a seed's draws do not depend on the other seeds)."""
+    from icl.prompts import sample_tokens
+
+    streams = [Streams(s) for s in SEEDS]
+    dists = [PromptDistribution(LAWS[law], generator=st.generator("rotation"), dtype=dtype) for st in streams]
+    gens = [st.generator("train") for st in streams]
+    Z, y = sample_tokens(dists, batch, gens)
+    own = [st.generator("train") for st in streams]
+    batches = [d.sample(batch, g) for d, g in zip(dists, own)]
+    assert Z.dtype == dtype and Z.shape == (len(SEEDS), batch, LAWS[law].n + 1, LAWS[law].d + 1)
+    for s, b in enumerate(batches):
+        assert torch.equal(Z[s], b.Z()) and torch.equal(y[s], b.y_query)
+        assert torch.equal(gens[s].get_state(), own[s].get_state())
+
+
+def test_seed_laws_that_can_not_share_a_token_array_are_named():
+    from icl.prompts import sample_tokens
+
+    streams = [Streams(s) for s in SEEDS[:2]]
+    noisy = PromptConfig(d=3, n=10, noise="fixed", sigma=0.1)
+    dists = [PromptDistribution(law, generator=st.generator("rotation")) for law, st in zip((PROMPT, noisy), streams)]
+    with pytest.raises(ValueError, match="label noise"):
+        sample_tokens(dists, 4, [st.generator("train") for st in streams])
+    models = [build_model("lsa", 3, {"layers": 1}, generator=st.generator("init")) for st in streams]
+    with pytest.raises(ValueError, match="differ in n, d or label noise.*train the seeds one by one"):
+        Trainer(models, dists, TrainConfig(steps=1), streams, quiet=True)

@@ -6,7 +6,7 @@ The protocol (every hook is optional; ``trainer`` is the :class:`~icl.training.l
     class Callback:
         name: str                                  # the key of its state in the checkpoint
         def on_start(self, trainer): ...           # each time Trainer.run starts (also after a resume)
-        def on_step(self, trainer): ...            # after each read-back of the losses: the new rows are
+        def on_step(self, trainer): ...            # after each healthy read-back of the losses: the new rows are
                                                    #   trainer.histories[s].rows[-k:], all at steps <= trainer.step
         def on_eval(self, trainer, losses): ...    # after a held-out evaluation: losses[s], at trainer.step
         def on_rollback(self, trainer, step): ...  # every seed went back to ``step`` (drop what came after)
@@ -17,15 +17,27 @@ The protocol (every hook is optional; ``trainer`` is the :class:`~icl.training.l
         def seed_state(self, state, s): ...        # seed s's part of the state (to hand a seed over alone)
         def merge_states(self, states): ...        # the inverse: S one-seed states as one
 
-An experiment tracker (TensorBoard, wandb) is a callback writing ``on_step``/``on_eval``: see :class:`Tracker`.
-What is here: :class:`ReadOut` (named numbers of each seed's model every k steps, kept in the checkpoint so a
-resume never drops a row), :class:`Plateau` (the convergence rule), :class:`Clock` (wall time), and
-:class:`Tracker` (the base of tracker writers). Logging to ``train_log.csv``, held-out evaluation,
-checkpointing and divergence handling are done by :func:`~icl.training.fit` and the loop itself.
+One step of the loop: train every seed; then, every ``train.log_every`` steps and whenever a callback is
+``due`` (or a stop was requested, or the run reached the step it trains to), read the losses back. A read-back
+goes to :class:`Divergence` first (a diverged seed stops the run or rolls every seed back, and nothing else
+sees that read-back); a healthy one is a snapshot for rollback and goes to every callback's ``on_step`` in
+order: :class:`Evaluate` first (its ``on_eval`` reaches every callback before their ``on_step``), the
+callbacks given to the trainer, and :class:`Checkpoint` last (it saves what every other one has recorded).
+
+The engine's own pieces are callbacks of this protocol: :class:`Evaluate` (held-out evaluation),
+:class:`Divergence` (stop or roll back), :class:`Checkpoint` (saving at its steps, before a stop and when a
+convergence rule ends the run); they keep no state of their own in the checkpoint (what they produce is the
+trainer's: histories, best losses, rollbacks, learning rates). Also here: :class:`ReadOut` (named numbers of
+each seed's model every k steps, kept in the checkpoint so a resume never drops a row), :class:`Plateau` (the
+convergence rule), :class:`Clock` (wall time), and :class:`Tracker` (the base of experiment-tracker writers,
+TensorBoard or wandb). The ``train_log.csv`` of each seed is written by :func:`~icl.training.fit` from the
+histories.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,6 +61,138 @@ class Callback:
 
     def merge_states(self, states: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return states[0]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, the gradient or the trained state became non-finite or exploded (and no rollback was left).
+
+    Attributes:
+        step: the step (1-based count of optimizer steps) at which it was detected.
+        last_loss: the last healthy training loss read back (NaN if none).
+        seed: the root seed that diverged.
+    """
+
+    def __init__(self, message: str, *, step: int = -1, last_loss: float = float("nan"), seed: int = -1) -> None:
+        super().__init__(message)
+        self.step = step
+        self.last_loss = last_loss
+        self.seed = seed
+
+
+class Evaluate:
+    """Held-out evaluation: every ``every`` steps and at ``train.steps``, each seed's query MSE on its fixed
+    held-out batch (drawn once from its ``val`` stream) is appended to its history's ``evals`` and sent to every
+    callback's ``on_eval``. The trainer puts it first, so ``on_eval`` comes before the other ``on_step`` hooks.
+    """
+
+    name = "evaluate"
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+
+    def due(self, trainer: Any, step: int) -> bool:
+        return step % self.every == 0 or step == trainer.cfg.steps
+
+    def on_step(self, trainer: Any) -> None:
+        if not self.due(trainer, trainer.step):
+            return
+        values = trainer.evaluate()
+        for hist, value in zip(trainer.histories, values):
+            hist.evals.append({"step": trainer.step, "eval_loss": value})
+        trainer.emit("on_eval", values)
+
+
+class Divergence:
+    """Divergence handling: a seed diverged when a read-back loss or gradient norm is non-finite, a loss exceeds
+    ``explode_factor`` × max(the seed's running best loss, the zero predictor's loss on its held-out batch), or
+    its weights or optimizer state hold a non-finite value after the read-back's last step.
+
+    ``on = "stop"`` raises :class:`TrainingDiverged` naming the seed, the step and its last healthy loss (the last
+    checkpoint is then the last healthy state). ``on = "rollback"`` puts every seed back to the last healthy
+    read-back (weights, optimizer states, generators, histories, callback states), multiplies the learning rate
+    of the seeds that diverged by ``lr_factor`` (the others replay the same steps exactly) and continues, at
+    most ``max_rollbacks`` times per seed; then it stops as ``stop`` does. The running best losses, the rollback
+    counts and the lowered learning rates are the trainer's state (``best_losses``, ``rollbacks``, ``base_lrs``).
+    """
+
+    name = "divergence"
+
+    def __init__(self, on: str = "stop", max_rollbacks: int = 3, lr_factor: float = 0.5,
+                 explode_factor: float = 1e4) -> None:  # fmt: skip
+        if on not in ("stop", "rollback"):
+            raise ValueError(f"on must be 'stop' or 'rollback', got {on!r}")
+        self.on, self.max_rollbacks, self.lr_factor, self.explode_factor = on, max_rollbacks, lr_factor, explode_factor
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Divergence:
+        """From a :class:`~icl.training.config.TrainConfig` (``on_divergence``, ``max_rollbacks``,
+        ``rollback_lr_factor``, ``explode_factor``)."""
+        return cls(cfg.on_divergence, cfg.max_rollbacks, cfg.rollback_lr_factor, cfg.explode_factor)
+
+    def check(self, trainer: Any, s: int, step: int, loss: float, grad_norm: float) -> str | None:
+        """What is wrong with seed ``s``'s loss and gradient norm read back for ``step`` (None: healthy, and the
+        seed's running best is updated)."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            return f"non-finite {what} ({loss if what == 'loss' else grad_norm}) at step {step}"
+        best, zero = trainer.best[s], trainer.zero_losses[s]
+        if loss > self.explode_factor * max(best, zero):
+            return (f"loss {loss:.6g} at step {step} exploded (above {self.explode_factor:g} × max(best {best:.4g}, "
+                    f"zero predictor {zero:.4g}))")  # fmt: skip
+        trainer.best[s] = min(best, loss)
+        return None
+
+    def on_diverged(self, trainer: Any, bad: dict[int, tuple[str, int]]) -> None:
+        """Seeds ``bad`` (index -> (what, step)) diverged: roll every seed back to the trainer's snapshot and lower
+        the learning rate of those seeds, or raise :class:`TrainingDiverged` naming the first."""
+        snap = trainer.snapshot
+        can = self.on == "rollback" and snap is not None
+        if can and all(trainer.rollbacks[s] < self.max_rollbacks for s in bad):
+            trainer.restore_snapshot()
+            for s, (what, step) in bad.items():
+                trainer.rollbacks[s] += 1
+                trainer.base_lrs[s] = [lr * self.lr_factor for lr in trainer.base_lrs[s]]
+                trainer.histories[s].events.append(
+                    {"event": "rollback", "diverged_at": step, "rolled_back_to": snap.step,
+                     "base_lr": trainer.base_lrs[s][0], "rollback": trainer.rollbacks[s]}
+                )  # fmt: skip
+                who = f"seed {trainer.seeds[s]}: " if trainer.S > 1 else ""
+                print(
+                    f"warning: {who}{what}; rolled back to step {snap.step} and lowered the learning rate to "
+                    f"{trainer.base_lrs[s][0]:.3g} (rollback {trainer.rollbacks[s]} of {self.max_rollbacks})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            trainer.emit("on_rollback", snap.step)
+            return
+        s, (what, step) = next(iter(bad.items()))
+        last = trainer.histories[s].last_loss
+        tail = ""
+        if self.on == "rollback":
+            tail = f" after {trainer.rollbacks[s]} rollback(s) (max_rollbacks = {self.max_rollbacks})"
+        who = f"seed {trainer.seeds[s]}: " if trainer.S > 1 else ""
+        raise TrainingDiverged(f"{who}{what}; last healthy loss {last:.6g}{tail}", step=step, last_loss=last,
+                               seed=trainer.seeds[s])  # fmt: skip
+
+
+class Checkpoint:
+    """Saves the run with ``save(trainer)`` every ``every`` steps and at the step the run trains to (``every``
+    None or 0: neither), before a requested stop raises, and when a convergence rule ends the run; always at a
+    healthy read-back and after every other callback has seen the step (the trainer puts it last)."""
+
+    name = "checkpoint"
+
+    def __init__(self, save: Callable[[Any], Any], every: int | None = None) -> None:
+        self.save, self.every = save, every
+
+    def due(self, trainer: Any, step: int) -> bool:
+        return bool(self.every) and (step % self.every == 0 or step == trainer.until)
+
+    def on_step(self, trainer: Any) -> None:
+        if self.due(trainer, trainer.step) or trainer.stopping is not None or trainer.stopped is not None:
+            self.save(trainer)
 
 
 class ReadOut(Callback):

@@ -5,8 +5,11 @@ stream, computes the training loss of every seed (``loss``: the query MSE of the
 al.'s mean over every prefix for models that predict at every prefix), applies the gradient transforms
 (clipping, per seed: :mod:`icl.training.transforms`), sets the learning rate from the schedule and takes one
 step of the outer optimizer. Losses stay on the device and are read back every ``log_every`` steps, so the step
-itself never synchronises with the host. A fixed held-out batch from each seed's ``val`` stream is evaluated
-every ``eval_every`` steps, always on the query MSE.
+itself never synchronises with the host. Everything else the loop does is a callback
+(:mod:`icl.training.callbacks`): held-out evaluation (:class:`~icl.training.callbacks.Evaluate`, every
+``eval_every`` steps on a fixed batch from each seed's ``val`` stream, always the query MSE), divergence
+handling (:class:`~icl.training.callbacks.Divergence`), checkpointing (:class:`~icl.training.callbacks.Checkpoint`),
+read-outs, the plateau rule, timing and trackers.
 
 One seed is the special case S = 1 of the same loop: the model is called directly. For S > 1 the seeds'
 weights are stacked along a leading axis and one :func:`torch.func.vmap` of :func:`torch.func.functional_call`
@@ -26,7 +29,9 @@ The :class:`Trainer` owns everything needed to continue exactly: the step, the m
 seed's ``train`` generator state at the start of the current batch, the histories and the callbacks' state
 (:meth:`state_dict`). Divergence (a non-finite loss, gradient or state, or a loss that explodes far above the
 seed's running best and the zero predictor) stops the run or rolls every seed back to the last healthy read-back,
-lowering the learning rate of the seeds that diverged (the others replay the same steps exactly).
+lowering the learning rate of the seeds that diverged (the others replay the same steps exactly). In a seed
+batch the convergence rule (:class:`~icl.training.callbacks.Plateau`) ends the run only when every seed has
+plateaued; until then every seed trains on (docs/training.md).
 """
 
 from __future__ import annotations
@@ -43,11 +48,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from icl import progress
-from icl.prompts import PromptDistribution
+from icl.prompts import PromptDistribution, sample_tokens, stack_problem
 from icl.runio import find_nonfinite
 from icl.seeding import Streams
 from icl.training import signals
-from icl.training.callbacks import Callback
+from icl.training.callbacks import Callback, Checkpoint, Divergence, Evaluate, TrainingDiverged  # noqa: F401 (re-exported)
 from icl.training.config import TrainConfig
 from icl.training.signals import TrainingInterrupted
 from icl.training.specs import OptimizerSpec
@@ -78,22 +83,6 @@ def prefix_mse(pred: torch.Tensor, y: torch.Tensor, y_query: torch.Tensor) -> to
 def has_prefix_predictions(model: nn.Module) -> bool:
     """Whether ``model`` predicts at every prefix (and so can train on :func:`prefix_mse`)."""
     return callable(getattr(model, "prefix_predictions", None))
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, the gradient or the trained state became non-finite or exploded (and no rollback was left).
-
-    Attributes:
-        step: the step (1-based count of optimizer steps) at which it was detected.
-        last_loss: the last healthy training loss read back (NaN if none).
-        seed: the root seed that diverged.
-    """
-
-    def __init__(self, message: str, *, step: int = -1, last_loss: float = float("nan"), seed: int = -1) -> None:
-        super().__init__(message)
-        self.step = step
-        self.last_loss = last_loss
-        self.seed = seed
 
 
 @dataclass
@@ -131,19 +120,6 @@ class History:
 
 #: keys :meth:`Trainer.load_state_dict` needs
 TRAINER_STATE_KEYS = ("step", "models", "optimizers", "train_generators", "histories")
-
-
-def step_boundaries(
-    cfg: TrainConfig, step: int, until: int, stop: bool, has_checkpoint: bool, checkpoint_every: int | None
-) -> tuple[bool, bool, bool]:
-    """What happens after training step ``step`` of a run going to ``until``: (read the pending losses back,
-    evaluate, checkpoint). Losses are read back every ``log_every`` steps and before anything that needs them
-    (the end, an evaluation, a checkpoint, a stop)."""
-    at_end = step == until
-    evaluate = step % cfg.eval_every == 0 or step == cfg.steps
-    checkpoint = has_checkpoint and (stop or (bool(checkpoint_every) and (step % checkpoint_every == 0 or at_end)))
-    flush = step % cfg.log_every == 0 or at_end or evaluate or checkpoint or stop
-    return flush, evaluate, checkpoint
 
 
 class _Call(nn.Module):
@@ -207,7 +183,10 @@ class Trainer:
         device: where the models and the prompts live.
         quiet: no progress bar (it is also off when stderr is not a terminal).
         compile: run the training loss through :func:`torch.compile`; None reads ``cfg.compile``.
-        callbacks: :class:`~icl.training.callbacks.Callback` objects called at the loop's events.
+        callbacks: :class:`~icl.training.callbacks.Callback` objects called at the loop's events, after the
+            held-out :class:`~icl.training.callbacks.Evaluate` (built from ``cfg.eval_every``);
+            :attr:`divergence` is a :class:`~icl.training.callbacks.Divergence` built from ``cfg``. An
+            ``Evaluate`` or ``Divergence`` among ``callbacks`` replaces the one from the config.
 
     Raises:
         ValueError: an argument of the wrong kind or models that can not be stacked (naming it), before any
@@ -267,7 +246,7 @@ class Trainer:
                     apply_constraints(m, {name: "stiefel" for name in cfg.stiefel}, st.generator("constraints", "cpu"))
         self.S = len(models)
         if self.S > 1:
-            problem = _batch_problem(models)
+            problem = _batch_problem(models) or stack_problem(dists)
             if problem:
                 raise ValueError(f"{problem}; train the seeds one by one")
         self.cfg = cfg
@@ -281,7 +260,14 @@ class Trainer:
         self._build_optimizers(optimizer)
         self.schedule = schedule_from_config(cfg)
         self.transform = transform_from_config(cfg)
-        self.callbacks = list(callbacks)
+        callbacks = list(callbacks)
+        evaluate = next((cb for cb in callbacks if isinstance(cb, Evaluate)), None) or Evaluate(cfg.eval_every)
+        self.callbacks = [evaluate, *(cb for cb in callbacks if cb is not evaluate)]  # evaluation first
+        self.divergence = next((cb for cb in callbacks if isinstance(cb, Divergence)), None) or Divergence.from_config(
+            cfg
+        )
+        self.until = cfg.steps  # the step the current run() trains to
+        self.stopping: signals.StopRequest | None = None  # a stop requested during the current step
         self.step = 0
         self.rollbacks = [0] * self.S
         self.histories = [History() for _ in range(self.S)]
@@ -296,7 +282,6 @@ class Trainer:
         self.best = [math.inf] * self.S
         self._batch: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
         self._stop: signals.StopRequest | None = None
-        self._finish: str | None = None
         self._snapshot: _Snapshot | None = None
         # S > 1: the models whose prediction needs only the context Gram matrix and the query (the LSA family)
         # have those formed once per batch for all seeds, outside autograd and vmap
@@ -490,19 +475,9 @@ class Trainer:
         return context_gram(Z.reshape(S * B, T, e)).reshape(S, B, e, e), Z[:, :, -1]
 
     def _sample(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Each seed's batch from its own generator, written straight into one (S, B, n+1, d+1) token array
-        (the layout of :meth:`icl.prompts.PromptBatch.Z`), and the query targets (S, B)."""
-        batches = [d.sample(self.cfg.batch_size, g) for d, g in zip(self.dists, self.gens)]
-        first = batches[0]
-        B, n, d = first.X.shape
-        Z = first.X.new_empty((self.S, B, n + 1, d + 1))
-        y = first.y_query.new_empty((self.S, B))
-        for s, b in enumerate(batches):
-            Z[s, :, :n, :d] = b.X
-            Z[s, :, :n, d] = b.y
-            Z[s, :, n, :d] = b.x_query
-            y[s] = b.y_query
-        Z[:, :, n, d] = 0
+        """Each seed's batch from its own generator, in one (S, B, n+1, d+1) token array
+        (:func:`icl.prompts.sample_tokens`), and the query targets (S, B)."""
+        Z, y = sample_tokens(self.dists, self.cfg.batch_size, self.gens)
         return y, self._inputs(Z)
 
     def loss(self, Z: torch.Tensor, y_query: torch.Tensor) -> torch.Tensor:
@@ -572,12 +547,16 @@ class Trainer:
         self._stop = signals.StopRequest(reason, signum)
 
     def finish(self, reason: str) -> None:
-        """End the run at the current step as finished (a convergence rule): recorded in every seed's history
-        events and in :attr:`stopped`; :meth:`run` checkpoints and returns."""
-        self._finish = reason
+        """End the run at the current step as finished (a convergence rule, called from a callback): recorded
+        at once in every seed's history events and in :attr:`stopped`; the :class:`Checkpoint` then saves it
+        and :meth:`run` returns after this step."""
+        self.stopped = {"reason": reason, "step": self.step}
+        for hist in self.histories:
+            hist.events.append({"event": "finished", "step": self.step, "reason": reason})
 
     # -- the loop ------------------------------------------------------------------------------------------
-    def _emit(self, event: str, *args: Any) -> None:
+    def emit(self, event: str, *args: Any) -> None:
+        """Call hook ``event`` of every callback, in order."""
         for cb in self.callbacks:
             fn = getattr(cb, event, None)
             if fn is not None:
@@ -589,13 +568,20 @@ class Trainer:
         on_checkpoint: Callable[[Trainer], None] | None = None,
         checkpoint_every: int | None = None,
     ) -> list[History]:
-        """Train until step ``until`` (default ``cfg.steps``), logging and evaluating on the way; returns the
-        per-seed histories.
+        """Train until step ``until`` (default ``cfg.steps``); returns the per-seed histories.
 
-        Losses are read back every ``log_every`` steps, and always before a checkpoint, an evaluation, a stop
-        or a step a callback asks to see (:meth:`Callback.due`), so ``on_checkpoint`` only ever sees a state
-        whose losses, gradients, weights and optimizer state are all healthy. At each such read-back an
-        in-memory snapshot is kept for rollback.
+        Losses are read back every ``log_every`` steps, and always before a stop, at ``until`` and at a step a
+        callback asks to see (:meth:`Callback.due`: an evaluation, a checkpoint, a read-out). Each read-back is
+        checked by :attr:`divergence`; a healthy one is kept in memory for rollback and goes to every
+        callback's ``on_step`` (the order is in :mod:`icl.training.callbacks`), so a checkpoint only ever sees a
+        state whose losses, gradients, weights and optimizer state are all healthy.
+
+        Args:
+            until: the step to train to (at most ``cfg.steps``).
+            on_checkpoint: ``save(trainer)``, called by a :class:`~icl.training.callbacks.Checkpoint` added
+                last for this run: every ``checkpoint_every`` steps and at ``until``, before a stop and when a
+                convergence rule ends the run.
+            checkpoint_every: see ``on_checkpoint``.
 
         SIGINT and SIGTERM stop the run cleanly after the current step (:mod:`icl.training.signals`).
 
@@ -603,10 +589,13 @@ class Trainer:
             TrainingDiverged: a seed's loss, gradient norm or state became NaN or infinite or exploded
                 (naming the step, the seed and its last healthy loss), with ``on_divergence = "stop"`` or no
                 rollback left.
-            TrainingInterrupted: a stop was requested; ``on_checkpoint`` was called first.
+            TrainingInterrupted: a stop was requested; the checkpoint was saved first.
         """
         cfg = self.cfg
-        until = cfg.steps if until is None else min(until, cfg.steps)
+        self.until = until = cfg.steps if until is None else min(until, cfg.steps)
+        callbacks = self.callbacks
+        if on_checkpoint is not None:  # last: it saves what every other callback has recorded
+            self.callbacks = [*callbacks, Checkpoint(on_checkpoint, checkpoint_every)]
         pending: list[tuple[int, list[float], torch.Tensor, torch.Tensor]] = []
         self._stop = None
         desc = "train" if self.S == 1 else f"train ×{self.S}"
@@ -615,18 +604,14 @@ class Trainer:
             with signals.handling():
                 if self._snapshot is None or self._snapshot.step != self.step:
                     self._take_snapshot()
-                self._emit("on_start")
+                self.emit("on_start")
                 while self.step < until and self.stopped is None:
                     losses, gnorms, lrs = self.train_step()
                     pending.append((self.step, lrs, losses, gnorms))
                     bar.update(1)
-                    request = self._stop or signals.pending()
-                    stop = request is not None
-                    flush, evaluate, checkpoint = step_boundaries(
-                        cfg, self.step, until, stop, on_checkpoint is not None, checkpoint_every
-                    )
-                    flush = flush or any(cb.due(self, self.step) for cb in self.callbacks if hasattr(cb, "due"))
-                    if flush:
+                    self.stopping = request = self._stop or signals.pending()
+                    due = any(cb.due(self, self.step) for cb in self.callbacks if hasattr(cb, "due"))
+                    if self.step % cfg.log_every == 0 or self.step == until or request is not None or due:
                         ok = self._flush(pending)
                         pending = []
                         if not ok:  # rolled back to the last snapshot
@@ -634,29 +619,22 @@ class Trainer:
                             bar.update(self.step)
                             continue
                         bar.set_postfix(loss=f"{self.histories[0].last_loss:.4g}")
-                    if evaluate:
-                        values = self.evaluate()
-                        for hist, value in zip(self.histories, values):
-                            hist.evals.append({"step": self.step, "eval_loss": value})
-                        self._emit("on_eval", values)
-                    if flush:
-                        self._emit("on_step")
-                    if self._finish is not None:
-                        self.stopped = {"reason": self._finish, "step": self.step}
-                        for hist in self.histories:
-                            hist.events.append({"event": "finished", "step": self.step, "reason": self._finish})
-                        self._finish = None
-                        checkpoint = on_checkpoint is not None
-                    if checkpoint:
-                        on_checkpoint(self)
-                    if stop:
+                        self.emit("on_step")
+                    if request is not None:
                         raise TrainingInterrupted(f"{request.reason}; stopped at step {self.step}", step=self.step,
                                                   signum=request.signum)  # fmt: skip
                 if self.step >= cfg.steps or self.stopped is not None:
-                    self._emit("on_end")
+                    self.emit("on_end")
         finally:
+            self.callbacks = callbacks
+            self.stopping = None
             bar.close()
         return self.histories
+
+    @property
+    def snapshot(self) -> _Snapshot | None:
+        """The state at the last healthy read-back (what a rollback returns to)."""
+        return self._snapshot
 
     def _take_snapshot(self) -> None:
         self._snapshot = _Snapshot(
@@ -670,7 +648,9 @@ class Trainer:
             callbacks={cb.name: copy.deepcopy(cb.state_dict()) for cb in self.callbacks if hasattr(cb, "state_dict")},
         )
 
-    def _restore_snapshot(self) -> None:
+    def restore_snapshot(self) -> None:
+        """Put every seed back to :attr:`snapshot` (weights, optimizer states, generators, histories, best
+        losses, callback states)."""
         snap = self._snapshot
         assert snap is not None
         for m, sd in zip(self.models, snap.models):
@@ -711,11 +691,10 @@ class Trainer:
         return problems
 
     def _flush(self, pending: list[tuple[int, list[float], torch.Tensor, torch.Tensor]]) -> bool:
-        """Read the pending losses back and check them and the state; True if every seed is healthy.
-
-        On a problem: raise :class:`TrainingDiverged`, or roll back and return False.
-        """
-        cfg = self.cfg
+        """Read the pending losses back, log the healthy rows and have :attr:`divergence` check them and the
+        state; True if every seed is healthy (then a snapshot is taken). On a problem the divergence handler
+        raises :class:`TrainingDiverged` or rolls back (False)."""
+        guard = self.divergence
         if pending:
             values = torch.stack([torch.stack([l.float(), g.float()], dim=1) for _, _, l, g in pending]).tolist()
             bad: dict[int, tuple[str, int]] = {}
@@ -723,59 +702,21 @@ class Trainer:
                 for s, (loss, gnorm) in enumerate(per_seed):
                     if s in bad:
                         continue
-                    if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                        what = "loss" if not math.isfinite(loss) else "gradient norm"
-                        bad[s] = (f"non-finite {what} ({loss if what == 'loss' else gnorm}) at step {step}", step)
+                    problem = guard.check(self, s, step, loss, gnorm)
+                    if problem is not None:
+                        bad[s] = (problem, step)
                         continue
-                    bound = cfg.explode_factor * max(self.best[s], self.zero_losses[s])
-                    if loss > bound:
-                        what = (f"loss {loss:.6g} at step {step} exploded (above {cfg.explode_factor:g} × max(best "
-                                f"{self.best[s]:.4g}, zero predictor {self.zero_losses[s]:.4g}))")  # fmt: skip
-                        bad[s] = (what, step)
-                        continue
-                    self.best[s] = min(self.best[s], loss)
                     self.histories[s].rows.append({"step": step, "loss": loss, "lr": lrs[s], "grad_norm": gnorm})
             if bad:
-                return self._diverged(bad)
+                guard.on_diverged(self, bad)
+                return False
         problems = self._state_problems()
         bad = {s: (f"non-finite {p} after step {self.step}", self.step) for s, p in enumerate(problems) if p}
         if bad:
-            return self._diverged(bad)
+            guard.on_diverged(self, bad)
+            return False
         self._take_snapshot()
         return True
-
-    def _diverged(self, bad: dict[int, tuple[str, int]]) -> bool:
-        """Seeds ``bad`` (index -> (what, step)) diverged: roll every seed back to the snapshot and lower the
-        learning rate of those seeds, or raise :class:`TrainingDiverged` naming the first."""
-        cfg = self.cfg
-        snap = self._snapshot
-        can = cfg.on_divergence == "rollback" and snap is not None
-        if can and all(self.rollbacks[s] < cfg.max_rollbacks for s in bad):
-            self._restore_snapshot()
-            for s, (what, step) in bad.items():
-                self.rollbacks[s] += 1
-                self.base_lrs[s] = [lr * cfg.rollback_lr_factor for lr in self.base_lrs[s]]
-                self.histories[s].events.append(
-                    {"event": "rollback", "diverged_at": step, "rolled_back_to": snap.step,
-                     "base_lr": self.base_lrs[s][0], "rollback": self.rollbacks[s]}
-                )  # fmt: skip
-                who = f"seed {self.seeds[s]}: " if self.S > 1 else ""
-                print(
-                    f"warning: {who}{what}; rolled back to step {snap.step} and lowered the learning rate to "
-                    f"{self.base_lrs[s][0]:.3g} (rollback {self.rollbacks[s]} of {cfg.max_rollbacks})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            self._emit("on_rollback", snap.step)
-            return False
-        s, (what, step) = next(iter(bad.items()))
-        last = self.histories[s].last_loss
-        tail = ""
-        if cfg.on_divergence == "rollback":
-            tail = f" after {self.rollbacks[s]} rollback(s) (max_rollbacks = {cfg.max_rollbacks})"
-        who = f"seed {self.seeds[s]}: " if self.S > 1 else ""
-        raise TrainingDiverged(f"{who}{what}; last healthy loss {last:.6g}{tail}", step=step, last_loss=last,
-                               seed=self.seeds[s])  # fmt: skip
 
 
 def split_optimizer_state(state: dict[str, Any], groups_per_seed: Sequence[int]) -> list[dict[str, Any]]:
