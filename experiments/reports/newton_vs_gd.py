@@ -58,14 +58,12 @@ def heatmap(rows, model: str, ref: str, stem, title: str) -> list:
     ys = np.arange(len(layers)) + 0.5
     ax.scatter(best[ok] + 0.5, ys[ok], marker="*", color="red", s=50,
                label=f"best-matching step (SimE ≥ {MATCH_THRESHOLD:g})")  # fmt: skip
-    ax.scatter(best[~ok] + 0.5, ys[~ok], marker="x", color="white", s=30,
+    ax.scatter(best[~ok] + 0.5, ys[~ok], marker="x", color="darkorange", s=30,
                label=f"argmax, SimE < {MATCH_THRESHOLD:g}: no step matches")  # fmt: skip
     ax.set_xlabel("reference step")
     ax.set_ylabel("layer (0 = input)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.32), ncol=2, frameon=False)
-    fig.text(0.01, 0.0, "cell: mean over seeds of Fu et al.'s SimE (cosine of the error vectors)", fontsize=7,
-             ha="left", va="top")  # fmt: skip
     return save_figure(fig, stem)
 
 
@@ -294,16 +292,24 @@ def report(run_dir) -> dict:
         return (f"until the held-out loss ({tc.eval_batch} prompts, every {tc.eval_every} steps) has not improved by "
                 f"{tc.plateau_tol:g} (relative) for {tc.plateau_patience} evaluations, cap {tc.steps} steps")
 
+    has_gpt = "gpt" in models
+    gpt_line = (f"`gpt` = {cfg.gpt.layers}-layer softmax GPT, width {cfg.gpt.width}, {cfg.gpt.heads} heads, init std "
+                f"{cfg.gpt.init_std:g}, batch {gt.batch_size}, lr {gt.lr:g} ({gt.schedule}, halved every "
+                f"{gt.halve_every} steps), trained on the {_LOSS_WORDS.get(gt.loss, gt.loss)}, {plateau(gt)}; "
+                f"per-layer ridge read-outs fitted on {cfg.probe_prompts} probe prompts.\n" if has_gpt else
+                "The softmax GPT was not run (models: " + ", ".join(cfg.models) + ").\n")  # fmt: skip
+    gpt_bar = (" The softmax GPT is held to the same bar (the best a linear transformer of its depth reaches)."
+               if has_gpt else "")  # fmt: skip
+    depth = max(model_depth(cfg, m) for m in models) if models else cfg.lsa.layers
+    ours = " and ".join(f"a {model_depth(cfg, m)}-layer {MODEL_LABELS.get(m, m)}" for m in models)
+    last = max(newton_loss) if newton_loss else 0
     text = f"""# newton_vs_gd: best-matching Newton and GD steps per layer (Fu et al. 2023; Giannou et al. 2024)
 
 Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, x ~ N(0, I), w* ~ N(0, I), noiseless; seeds {list(cfg.seeds)}.
 Models: `lsa_full` = {cfg.lsa.layers}-layer full LSA (unconstrained P, Q, init std {cfg.lsa.init_std:g}), {grow};
 batch {lt.batch_size}, AdamW lr {lt.lr:g} ({lt.schedule} schedule, halved every {lt.halve_every} steps),
 global clip {lt.clip_value:g}, {lt.dtype}; trained {plateau(lt)}.
-`gpt` = {cfg.gpt.layers}-layer softmax GPT, width {cfg.gpt.width}, {cfg.gpt.heads} heads, init std
-{cfg.gpt.init_std:g}, batch {gt.batch_size}, lr {gt.lr:g} ({gt.schedule}, halved every {gt.halve_every} steps),
-trained on the {_LOSS_WORDS.get(gt.loss, gt.loss)}, {plateau(gt)}; per-layer ridge read-outs fitted on
-{cfg.probe_prompts} probe prompts. Test MSE on {cfg.test_prompts} test prompts per seed; the layer comparisons on
+{gpt_line}Test MSE on {cfg.test_prompts} test prompts per seed; the layer comparisons on
 the first {cfg.compare_prompts} of them.
 Iterative Newton: M₀ = S/‖SSᵀ‖_F (Fu's code). GD: tuned constant η = {fmt(eta)} (mean over seeds; normalised
 gradient; `reference_optimizers.tune` on {cfg.tune_prompts} tune prompts for the best query loss after
@@ -316,8 +322,8 @@ Tuned GD query MSE at steps 1, 2, 4, 8, 16, 32: {gl}.
 
 The class optimum of an L-layer full LSA is tuned L-step GD++ (von Oswald et al.: the full LSA expresses it),
 measured on the same test prompts; a model more than log {math.exp(cfg.class_tolerance):.3g} = {cfg.class_tolerance:.3g}
-above it in log test MSE is flagged as not converged. The softmax GPT is held to the same bar (the best a linear
-transformer of its depth reaches); least squares (≈ 0 here, n > d, noiseless) is out of reach of any finite depth.
+above it in log test MSE is flagged as not converged.{gpt_bar} Least squares (≈ 0 here, n > d, noiseless) is out
+of reach of any finite depth.
 Test MSE per seed with its median, trimmed mean, the spread of log MSE across disjoint parts of the test set and
 the share of the loss carried by the worst 1% of prompts (heavy tails).
 
@@ -331,19 +337,17 @@ the share of the loss carried by the worst 1% of prompts (heavy tails).
 
 Fu et al. (12-layer GPT-2, width 256, d = 20, n ≤ 40, 500k steps): best-matching Newton steps
 {", ".join(map(str, FU_NEWTON))} for layers 1..12 (≈ 3 Newton iterations per middle layer), while GD needs
-exponentially many steps per layer. Ours: a {cfg.lsa.layers}-layer LSA and a {cfg.gpt.layers}-layer GPT at
-d = {cfg.prompt.d}.
+exponentially many steps per layer. Ours: {ours} at d = {cfg.prompt.d}.
 
 - Newton–Schulz converges in about log₂ κ(S)² + log log(1/ε) iterations; at d = {cfg.prompt.d}, n = {cfg.prompt.n}
-  iterative Newton reaches least squares within the {cfg.newton_steps} steps compared (see its losses above), earlier
-  than Fu's 21 at d = 20.
-- A {max(cfg.lsa.layers, cfg.gpt.layers)}-layer model can at most show the first part of Fu's staircase; a
+  iterative Newton's query MSE is {fmt(newton_loss.get(last, math.nan))} at step {last}, the last compared.
+- A {depth}-layer model can at most show the first part of Fu's staircase; a
   best-matching step is read only at layers whose SimE reaches {MATCH_THRESHOLD:g}.
-- The LSA uses its own per-layer read-out (−y-slot of the query); Fu's probes are retrained read-outs, which we
-  use for the GPT. SimE here runs over the n context inputs and the query, not over causal prefixes.
+- The LSA uses its own per-layer read-out (−y-slot of the query); Fu's probes are retrained read-outs (ours for
+  the GPT: ridge on the query position's hidden state). SimE here runs over the n context inputs and the query,
+  not over causal prefixes.
 - The "Newton vs GD" column is a paired comparison over seeds of each layer's best SimE against either method
-  (holds: the layer's error vector is closer to some Newton iterate than to any GD iterate, on every seed's
-  interval).
+  (holds: the 95% interval over seeds of best SimE with Newton minus best SimE with GD lies above 0).
 
 Figures: `figures/heatmap_<model>_<newton|gd>.png` (layer × step SimE), `figures/best_matching_steps.png`.
 """
