@@ -6,7 +6,13 @@ per middle layer) while GD needs exponentially many steps per extra layer; Giann
 attention can emulate Newton–Schulz steps. At CPU scale we train, on d = 10, n = 20, x ~ N(0, I), w* ~ N(0, I):
 
 - ``lsa_full``: an L-layer LSA with unconstrained P, Q (``mode="full"``), read out per layer as −(query y-slot)
-  (von Oswald et al.'s per-layer read-out; trained in float64 with global clipping, see below);
+  (von Oswald et al.'s per-layer read-out), grown depth by depth (``grow``): depth ℓ starts from the trained
+  depth ℓ−1 with its last layer repeated, and each depth trains (float64, AdamW lr 1e-2 halved every 150 steps,
+  global clip 1) until the plateau rule stops it or the cap of 800 steps. Trained from its random initialisation
+  instead, the 4-layer model is far slower: lr 1e-3 cosine over 3000 steps ended at test MSE 1.24 (the committed
+  run this replaces); lr 1e-2 halved every 300 steps reached 0.055 after 2000 steps (seed 1), while grown it
+  reaches ≈ 2e-3 (3 × 800 + 800 steps), within 2× of tuned 4-step GD++, its class optimum, which each run
+  measures on its own test prompts (``class_tolerance``);
 - ``gpt``: the softmax baseline (:class:`learned_optimizers.GPT`, pre-LN, causal, Garg's interleaved tokens),
   trained as Garg et al. and Fu et al. train it, on the mean squared error over every prefix
   (``gpt_train.loss = "prefix"``); per layer a linear read-out of the query position's hidden state is fitted
@@ -21,16 +27,19 @@ version of the probe) and SimW (cosine of induced weights), against
   α = 2/‖SSᵀ‖₂ does not converge along the top eigenvector, see ``reference_optimizers.newton_schulz``), steps
   1..``newton_steps``;
 - GD with the tuned constant step (η minimising the mean query loss after ``gd_tune_steps`` steps on a
-  ``tune`` batch; ``reference_optimizers.tune`` is not on main yet, so this is a local grid search), at
+  ``tune`` batch, :func:`reference_optimizers.tune`), at
   log-spaced steps 1, 2, 4, …, ``gd_max_steps`` plus a linear grid.
 
 The best-matching step of a layer is argmax_t SimE (Fu's p_b^M); heat maps show SimE per layer × step.
 
-Profiles: quick (1 seed, tiny models and budgets, ~15 s: a smoke test, the models barely train),
-standard (3 seeds; LSA 4 layers 3000 steps, GPT 4 layers width 64 8000 steps batch 128; ~21 minutes per seed
-on 2 cores, 1235 s measured: run one seed with ``--seeds 0`` on CPU), paper (Fu's GPT-2 scale is out of reach;
-6-layer GPT width 128, 8 heads, 50k steps batch 64 and 6-layer LSA 20k steps: ~1 GPU-hour with
-``--device cuda``; its GPT settings are not measured).
+Profiles: quick (1 seed, tiny models and budgets: a smoke test, the models barely train), standard (3 seeds, the
+grown 4-layer LSA only; measured wall and CPU time in the run's ``finished.json``), paper (6-layer LSA and a
+6-layer GPT width 128, 8 heads, 50k steps batch 64: GPU scale, ``--device cuda``; its settings are not measured).
+The GPT is not in the standard profile: 3 seeds stacked (width 32, batch 64) had not reached step 1000 after 280 s
+of CPU (> 0.28 s per step), and the width-64 GPT below needs thousands of steps to leave the zero-predictor
+plateau and settle (0.31 after 6000 steps of batch 128, one seed ≈ 0.15 s per step): beyond the 20-minute budget;
+add it with ``--set models=lsa_full,gpt`` (its training then stops by the plateau rule or the cap of
+``gpt_train.steps``; the report gives its gap to tuned GD++ of its depth like the LSA's).
 
 Why the GPT trains this way. Measured on seed 0 with d = 10, n = 20, width 64, 4 layers, 4 heads, AdamW,
 global clip 1, cosine schedule; the number is the held-out query MSE on the 2048 ``val`` prompts, on which the
@@ -53,14 +62,18 @@ on the zero-predictor plateau, and at CPU budgets only some settings leave it:
   loss is dominated by the short prefixes' irreducible error (prefix i < d leaves (d − i) of the d directions
   of w* unseen: a floor of Σ_{i<d} (d − i)/(n+1) = 2.6 on this loss, while the training loss ends near 3.2),
   so a larger batch mostly buys a less noisy gradient for the long prefixes that matter.
-- Budget: a step of batch 128 takes ≈ 0.15 s on one core, so 8000 steps are ≈ 20 minutes.
+- Budget: a step of batch 128 takes ≈ 0.15 s on one core, so 8000 steps are ≈ 20 minutes per seed. The defaults
+  (lr halved every 3000 steps, the plateau rule with patience 8 evaluations of 250 steps, i.e. 2000 steps, longer
+  than the ≈ 1000 steps on the zero-predictor plateau, which must not stop it, and a cap of 12000 steps) are for
+  runs that add the GPT; they are not measured at this width.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -68,17 +81,26 @@ from einops import einsum
 from torch import nn
 
 from experiments.common import RunContext, make_distribution, write_config
+from experiments.convergence import tail_stats
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, evaluate_model, held_out_prompts, train_all_seeds, train_one
+from experiments.study import Rows, StudyConfig, held_out_prompts, train_all_seeds, train_one
 from icl.config import ConfigError, spec
-from icl.prompts import PromptConfig, zero_predictor_loss
+from icl.prompts import PromptBatch, PromptConfig, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
 from icl.training import ModelSpec, TrainConfig, TrainingDiverged
 from learned_optimizers import LSAConfig
 from learned_optimizers.gpt import GPT, GPTConfig
-from learned_optimizers.probes import compare
-from reference_optimizers import iterative_newton, least_squares, mean_query_loss, moments
+from learned_optimizers.probes import compare, fit_reference
+from reference_optimizers import (
+    gd_plus_plus,
+    gradient_descent,
+    iterative_newton,
+    least_squares,
+    mean_query_loss,
+    moments,
+    tune,
+)
 
 NAME = "newton_vs_gd"
 _LOSS_WORDS = {"prefix": "squared error averaged over every prefix, Garg et al.", "query": "query MSE"}
@@ -89,27 +111,43 @@ FU_NEWTON = (1, 1, 3, 5, 8, 10, 14, 17, 20, 21, 21, 21)
 
 @dataclass(frozen=True)
 class NewtonVsGDConfig(StudyConfig):
-    """Layer-by-step comparison of deeper models with iterative Newton and GD (defaults: standard)."""
+    """Layer-by-step comparison of deeper models with iterative Newton and GD (defaults: standard).
+
+    Attributes (beyond the models' and trainings' configs):
+        grow: train the LSA depth by depth (depth ℓ starts from the trained depth ℓ−1 with its last layer
+            repeated), each depth until the plateau rule of ``lsa_train`` stops it (``lsa_train.steps`` is the cap
+            of each depth); off, the L-layer LSA trains from its random initialisation.
+        class_tolerance: how far (in log test MSE) above its class optimum, tuned GD++ of its depth on the same
+            test prompts, a model may end and still count as converged; log 2 = "within 2× in MSE".
+        tune_prompts: prompts of the ``tune`` stream on which GD's and GD++'s steps are tuned.
+        test_prompts: test prompts every test loss and class gap is measured on (cut into ``test_parts``
+            disjoint parts for the spread of log MSE across test sets).
+    """
 
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(d=10, n=20))
     models: tuple[str, ...] = MODELS
     lsa: LSAConfig = field(default_factory=lambda: LSAConfig(layers=4, mode="full", init_std=0.02))
+    grow: bool = True
     lsa_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=3000, batch_size=512, lr=1e-3, clip="global", clip_value=1.0, schedule="cosine",
-            eval_every=100, eval_batch=2048, dtype="float64",
+            steps=800, batch_size=512, lr=1e-2, clip="global", clip_value=1.0, schedule="step", halve_every=150,
+            eval_every=50, eval_batch=2048, dtype="float64", plateau_patience=4, plateau_tol=1e-3,
+            on_divergence="rollback", explode_factor=1e8,
         )
     )  # fmt: skip
     gpt: GPTConfig = field(default_factory=lambda: GPTConfig(layers=4, heads=4, width=64, max_points=20, init_std=0.1))
     gpt_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=8000, batch_size=128, lr=1e-3, clip="global", clip_value=1.0, schedule="cosine",
-            eval_every=500, eval_batch=2048, loss="prefix",
+            steps=12000, batch_size=128, lr=1e-3, clip="global", clip_value=1.0, schedule="step", halve_every=3000,
+            eval_every=250, eval_batch=1024, loss="prefix", plateau_patience=8, plateau_tol=1e-2,
         )
     )  # fmt: skip
+    class_tolerance: float = spec(math.log(2), gt=0)
     compare_prompts: int = spec(256, ge=2)
     probe_prompts: int = spec(4096, ge=16)
-    test_prompts: int = spec(10_000, ge=2)
+    tune_prompts: int = spec(2048, ge=16)
+    test_prompts: int = spec(10_000, ge=10)
+    test_parts: int = spec(5, ge=1)
     newton_steps: int = spec(24, ge=1)
     gd_max_steps: int = spec(4096, ge=1)
     gd_tune_steps: int = spec(100, ge=1)
@@ -121,21 +159,29 @@ class NewtonVsGDConfig(StudyConfig):
             raise ConfigError(f"models {bad} are not among {', '.join(MODELS)}")
         if self.lsa.mode != "full":
             raise ConfigError("lsa.mode must be 'full' (the study's unconstrained LSA)")
+        if self.lsa.tied and self.grow:
+            raise ConfigError("grow needs untied layers (lsa.tied = false)")
         if self.gpt.max_points < self.prompt.n:
             raise ConfigError(f"gpt.max_points = {self.gpt.max_points} < prompt.n = {self.prompt.n}")
+        if self.compare_prompts > self.test_prompts:
+            raise ConfigError(f"compare_prompts = {self.compare_prompts} > test_prompts = {self.test_prompts} (the "
+                              "comparison prompts are the first test prompts)")  # fmt: skip
+        if self.test_parts > self.test_prompts:
+            raise ConfigError(f"test_parts = {self.test_parts} > test_prompts = {self.test_prompts}")
 
 
 PROFILES = {
-    "quick": {"seeds": (0,), "lsa.layers": 3, "lsa_train.steps": 200, "lsa_train.batch_size": 256,
-              "lsa_train.eval_batch": 512, "lsa_train.eval_every": 50, "gpt.layers": 3, "gpt.width": 32,
+    "quick": {"seeds": (0,), "lsa.layers": 3, "lsa_train.steps": 150, "lsa_train.batch_size": 256,
+              "lsa_train.eval_batch": 512, "lsa_train.eval_every": 25, "gpt.layers": 3, "gpt.width": 32,
               "gpt_train.steps": 60, "gpt_train.batch_size": 32, "gpt_train.eval_batch": 256,
               "gpt_train.eval_every": 30, "compare_prompts": 48, "probe_prompts": 512, "test_prompts": 1000,
-              "newton_steps": 12, "gd_max_steps": 512, "checkpoint_every": 200},
-    "standard": {},
-    "paper": {"seeds": (0, 1, 2), "lsa.layers": 6, "lsa_train.steps": 20000, "lsa_train.batch_size": 2048,
-              "lsa_train.lr": 5e-4, "gpt.layers": 6, "gpt.width": 128, "gpt.heads": 8, "gpt_train.steps": 50000,
-              "gpt_train.batch_size": 64, "gpt_train.lr": 3e-4, "compare_prompts": 1024, "probe_prompts": 16384,
-              "test_prompts": 100_000, "checkpoint_every": 5000},
+              "tune_prompts": 512, "newton_steps": 12, "gd_max_steps": 512, "checkpoint_every": 200},
+    "standard": {"models": ("lsa_full",)},
+    "paper": {"seeds": (0, 1, 2), "lsa.layers": 6, "lsa_train.steps": 5000, "lsa_train.batch_size": 2048,
+              "lsa_train.halve_every": 1000, "gpt.layers": 6, "gpt.width": 128, "gpt.heads": 8,
+              "gpt_train.steps": 50000, "gpt_train.batch_size": 64, "gpt_train.lr": 3e-4,
+              "gpt_train.halve_every": 10000, "compare_prompts": 1024, "probe_prompts": 16384,
+              "test_prompts": 100_000, "tune_prompts": 8192, "checkpoint_every": 5000},
 }  # fmt: skip
 
 
@@ -216,45 +262,144 @@ def gd_iterates(X: torch.Tensor, y: torch.Tensor, eta: float, keep: list[int]) -
     return torch.stack(out, dim=1)
 
 
-def tune_gd_step(dist, streams: Streams, steps: int, count: int = 2048) -> float:
-    """The constant η on a grid minimising the mean query loss after ``steps`` GD steps (``tune`` stream)."""
+#: the families :func:`fit_reference` tries on the full LSA: those it can express with a scalar per step, and the
+#: parameter-free ones. Per-step preconditioned GD (a d×d matrix per layer, 400 values at d = 10, L = 4) is left out:
+#: its finite-difference Levenberg–Marquardt fit took minutes of CPU per model, beyond this study's budget.
+FIT_FAMILIES = ("gradient_descent", "gd_plus_plus", "conjugate_gradient", "newton")
+#: the first comparison prompts the family fit runs on (GD++'s fit: ≈ 15 s of CPU on 64 prompts at L = 4)
+FIT_PROMPTS = 32
+
+#: the constant GD step sizes scored before the refinement (normalised gradient: η < 2/λ_max is stable)
+ETA_GRID = tuple(float(v) for v in np.geomspace(0.05, 1.5, 13))
+
+
+def tune_prompt_batch(dist, streams: Streams, count: int) -> PromptBatch:
+    """``count`` float64 prompts of the seed's ``tune`` stream (never trained on, never tested on)."""
     old = dist.dtype
     dist.dtype = torch.float64
-    batch = dist.sample(count, streams.generator("tune"))
-    dist.dtype = old
-    best = (math.inf, 0.0)
-    for eta in np.linspace(0.05, 1.5, 59):
-        w = gd_iterates(batch.X, batch.y, float(eta), [steps])
-        loss = float(mean_query_loss(w, batch.x_query, batch.y_query)[-1])
-        if math.isfinite(loss) and loss < best[0]:
-            best = (loss, float(eta))
-    return best[1]
+    try:
+        return dist.sample(count, streams.generator("tune"))
+    finally:
+        dist.dtype = old
+
+
+def tune_gd_step(train: PromptBatch, steps: int) -> float:
+    """The constant η minimising the mean query loss after ``steps`` GD steps on ``train``
+    (:func:`reference_optimizers.tune`: grid, then Nelder–Mead on log η)."""
+    return float(tune(gradient_descent, train, steps, {"eta": ETA_GRID}).hyperparameters["eta"])
+
+
+def gdpp_starts(steps: int) -> list[dict[str, list[float]]]:
+    """Geometric GD++ schedules η_s = η₀ rˢ, γ_s = γ₀ qˢ, the starting points of the tuner.
+
+    Each transform x ← (I − γ_s H_s) x maps an eigenvalue μ of the preconditioned curvature to μ(1 − γ_s μ)²,
+    which shrinks the top of the spectrum (by up to 4/9 at γ_s = 1/(3μ_max)); the next steps then need a larger
+    γ and a larger η. So good schedules grow geometrically, and a search from a constant schedule stalls far
+    from them (constant starts: 0.025–0.04 query MSE at 4 steps on d = 10, n = 20; from these: ≈ 1.5e-3).
+    """
+    out = []
+    for eta0, r, gamma0, q in itertools.product((0.5, 0.75, 1.0), (1.5, 2.5, 3.5), (0.15, 0.22), (1.5, 2.5, 4.0)):
+        out.append({"eta": [eta0 * r**s for s in range(steps)], "gamma": [gamma0 * q**s for s in range(steps)]})
+    return out
+
+
+def tune_gdpp(train: PromptBatch, steps: int) -> dict[str, list[float]]:
+    """GD++'s per-step (η_s, γ_s) minimising the mean query loss after ``steps`` steps on ``train``
+    (:func:`reference_optimizers.tune` from the constant grid and the geometric :func:`gdpp_starts`)."""
+    res = tune(gd_plus_plus, train, steps, {"eta": ETA_GRID[::3], "gamma": (0.05, 0.15, 0.3)},
+               per_step=("eta", "gamma"), starts=gdpp_starts(steps), maxfev=50 * 2 * steps)  # fmt: skip
+    hp = res.hyperparameters
+    return {"eta": list(map(float, hp["eta"])), "gamma": list(map(float, hp["gamma"]))}
+
+
+def per_prompt_loss(pred: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+    """(ŷ − y_q)² per prompt, float64 on the CPU."""
+    return (pred.detach().double().cpu() - batch.y_query.double().cpu()).square()
+
+
+@torch.no_grad()
+def model_per_prompt(model: nn.Module, batch: PromptBatch, chunk: int = 5000) -> torch.Tensor:
+    """The model's per-prompt query loss on ``batch`` (in the model's dtype, chunked)."""
+    dtype = next(model.parameters()).dtype
+    preds = [model(batch[i : i + chunk].to(dtype=dtype).Z(), check=False) for i in range(0, len(batch), chunk)]
+    return per_prompt_loss(torch.cat(preds), batch)
+
+
+def _train(ctx: RunContext, cfg, tag: str, models, dists, tc: TrainConfig, seed_streams: list[Streams]) -> list:
+    """``train_all_seeds``; when a seed diverges, seed by seed, so that the others keep their models (None where
+    it diverged)."""
+    try:
+        return train_all_seeds(ctx, cfg, tag, models, dists, tc, seed_streams).runs
+    except TrainingDiverged as err:
+        ctx.print(f"{tag}: {err}; training the seeds one by one")
+    if isinstance(models, ModelSpec):
+        models = [models.build(st.generator("init", "cpu")) for st in seed_streams]
+    runs = []
+    for st, dist, model in zip(seed_streams, dists, models):
+        if model is None:
+            runs.append(None)
+            continue
+        try:
+            runs.append(train_one(ctx, cfg, tag, st.seed, model, dist, tc, st))
+        except TrainingDiverged as e:
+            ctx.print(f"seed {st.seed} {tag}: {e}")
+            runs.append(None)
+    return runs
+
+
+def grown_lsa(cfg: NewtonVsGDConfig, layers: int, previous: nn.Module | None, streams: Streams) -> nn.Module:
+    """A ``layers``-layer full LSA: freshly initialised, with the trained layers of ``previous`` (depth
+    ``layers`` − 1) copied in and its last layer repeated as the new last layer."""
+    model = ModelSpec("lsa", cfg.prompt.d, replace(cfg.lsa, layers=layers)).build(streams.generator("init", "cpu"))
+    if previous is not None:
+        with torch.no_grad():
+            for name in ("P", "Q"):
+                old, new = getattr(previous, name), getattr(model, name)
+                new[: layers - 1] = old.to(new)
+                new[layers - 1] = old[-1].to(new)
+    return model
+
+
+def _end(run) -> dict:
+    """How a training run ended: steps taken and whether the plateau rule (not the cap) stopped it."""
+    events = [e for e in run.history.events if e.get("event") == "finished"]
+    reason = str(events[-1].get("reason", "")) if events else ""
+    return {"steps_trained": float(run.step), "plateau_stop": float(reason.startswith("plateau")),
+            "train_seconds": float(run.wall_time)}
 
 
 def train_models(cfg: NewtonVsGDConfig, ctx: RunContext, seed_streams: list[Streams], dists) -> list[dict]:
-    """Per seed, each of ``cfg.models`` trained (None where it diverged): all seeds together; when a seed
-    diverges, seed by seed, so that the others keep their models."""
+    """Per seed, each of ``cfg.models`` trained, as (model or None where it diverged, list of per-stage end
+    records): all seeds together; when a seed diverges, seed by seed. The LSA grows depth by depth
+    (``cfg.grow``): checkpoint ``lsa_full_L{ℓ}`` per depth."""
     out: list[dict] = [{} for _ in seed_streams]
-    ctx.expect_models(len(cfg.models))
+    stages = cfg.lsa.layers if cfg.grow else 1
+    ctx.expect_models(("lsa_full" in cfg.models) * stages + ("gpt" in cfg.models))
     for name in cfg.models:
+        if name == "lsa_full" and cfg.grow:
+            models: list = [None] * len(seed_streams)
+            ends: list[list] = [[] for _ in seed_streams]
+            for depth in range(1, cfg.lsa.layers + 1):
+                alive = [i for i, m in enumerate(models) if depth == 1 or m is not None]
+                built = [grown_lsa(cfg, depth, models[i], seed_streams[i]) for i in alive]
+                runs = _train(ctx, cfg, f"lsa_full_L{depth}", built, [dists[i] for i in alive], cfg.lsa_train,
+                              [seed_streams[i] for i in alive])  # fmt: skip
+                models = [None] * len(seed_streams)
+                for i, run in zip(alive, runs):
+                    models[i] = run.model if run is not None else None
+                    if run is not None:
+                        ends[i].append({"layers": depth, **_end(run)})
+            for o, m, e in zip(out, models, ends):
+                o[name] = (m, e)
+            continue
         if name == "lsa_full":
             spec, tc = ModelSpec("lsa", cfg.prompt.d, cfg.lsa), cfg.lsa_train
         else:
             spec, tc = ModelSpec("gpt", cfg.prompt.d, cfg.gpt), cfg.gpt_train
-        try:
-            runs = train_all_seeds(ctx, cfg, name, spec, dists, tc, seed_streams).runs
-        except TrainingDiverged as err:
-            ctx.print(f"{name}: {err}; training the seeds one by one")
-            runs = []
-            for st, dist in zip(seed_streams, dists):
-                try:
-                    runs.append(train_one(ctx, cfg, name, st.seed, spec.build(st.generator("init", "cpu")), dist, tc,
-                                          st))  # fmt: skip
-                except TrainingDiverged as e:
-                    ctx.print(f"seed {st.seed} {name}: {e}")
-                    runs.append(None)
-        for models, run in zip(out, runs):
-            models[name] = run.model if run is not None else None
+        depth = cfg.lsa.layers if name == "lsa_full" else cfg.gpt.layers
+        runs = _train(ctx, cfg, name, spec, dists, tc, seed_streams)
+        for o, run in zip(out, runs):
+            o[name] = (run.model, [{"layers": depth, **_end(run)}]) if run is not None else (None, [])
     return out
 
 
@@ -266,10 +411,23 @@ def run(cfg: NewtonVsGDConfig, ctx: RunContext) -> dict:
     seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
     dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
     trained = train_models(cfg, ctx, seed_streams, dists)
+    depths = sorted({cfg.lsa.layers if m == "lsa_full" else cfg.gpt.layers for m in cfg.models})
     for seed, streams, dist, models in zip(cfg.seeds, seed_streams, dists, trained):
-        prompts = held_out_prompts(dist, streams, cfg.compare_prompts, torch.float64)
-        eta = tune_gd_step(dist, streams, cfg.gd_tune_steps)
+        test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
+        prompts = test[: cfg.compare_prompts]
+        train = tune_prompt_batch(dist, streams, cfg.tune_prompts)
+        eta = tune_gd_step(train, cfg.gd_tune_steps)
         rows.add("gd", 0, seed, "tuned_eta", eta)
+        for depth in depths:  # the class optimum of an L-layer full LSA: tuned L-step GD++, on the test prompts
+            hp = tune_gdpp(train, depth)
+            it = gd_plus_plus(test.X, test.y, depth, hp["eta"], hp["gamma"])
+            losses = per_prompt_loss(einsum(it[:, -1], test.x_query, "b i, b i -> b"), test)
+            for k, v in tail_stats(losses, cfg.test_parts).as_dict().items():
+                rows.add("gdpp_tuned", depth, seed, f"test_{k}", v)
+            for s, (e, g) in enumerate(zip(hp["eta"], hp["gamma"])):
+                rows.add("gdpp_tuned", depth, seed, "eta", e, k=s + 1)
+                rows.add("gdpp_tuned", depth, seed, "gamma", g, k=s + 1)
+            ctx.print(f"seed {seed}: tuned {depth}-step GD++ test MSE {float(losses.mean()):.4g}")
         refs = {
             "newton": (iterative_newton(prompts.X, prompts.y, cfg.newton_steps, scaling="code"),
                        list(range(cfg.newton_steps + 1))),
@@ -284,13 +442,23 @@ def run(cfg: NewtonVsGDConfig, ctx: RunContext) -> dict:
             "least_squares", 0, seed, "compare_loss", float(mean_query_loss(ols, prompts.x_query, prompts.y_query))
         )
         rows.add("zero_predictor", 0, seed, "test_loss", zero_predictor_loss(cfg.prompt))
-        for name, model in models.items():
+        for name, (model, ends) in models.items():
+            for e in ends:
+                for k, v in e.items():
+                    if k != "layers":
+                        rows.add(name, e["layers"], seed, k, v)
             if model is None:
                 rows.add(name, 0, seed, "diverged", 1.0)
                 continue
             rows.add(name, 0, seed, "diverged", 0.0)
-            rows.add_loss(name, 0, seed, evaluate_model(model, dist, streams, cfg.test_prompts))
+            for k, v in tail_stats(model_per_prompt(model, test), cfg.test_parts).as_dict().items():
+                rows.add(name, 0, seed, f"test_{k}", v)
             probed = model if name == "lsa_full" else fit_probes(model, dist, streams, cfg.probe_prompts)
+            if name == "lsa_full":  # the classical family the LSA's implicit weights follow, if any
+                fit = fit_reference(model, FIT_FAMILIES, prompts[:FIT_PROMPTS])
+                rows.add(name, 0, seed, "fit_matched", float(fit.matched), reference=fit.family)
+                for fam, err in fit.errors.items():
+                    rows.add(name, 0, seed, "fit_relative_error", err, reference=fam)
             for ref, (iters, steps) in refs.items():
                 c = compare(probed, prompts, iters, generator=streams.generator("simw", "cpu"))
                 for layer in range(c.sim_e.shape[0]):

@@ -1,18 +1,33 @@
-"""newton_vs_gd: the quick profile (further reduced) writes heat maps and the report, and re-renders."""
+"""newton_vs_gd: the study's pieces (GD iterates, the grown LSA, the GD++ tuner, how a run ended, the report's
+convergence verdicts) and the quick profile (further reduced) end to end."""
 
 import json
+import math
 
 import torch
 
 from experiments.cli import main
-from experiments.newton_vs_gd import gd_iterates, gd_steps_grid
+from experiments.newton_vs_gd import (
+    NewtonVsGDConfig,
+    _end,
+    gd_iterates,
+    gd_steps_grid,
+    grown_lsa,
+    tune_gd_step,
+    tune_gdpp,
+)
 from experiments.reporting import load_run
-from experiments.reports.newton_vs_gd import steps_to_reach
-from reference_optimizers import gradient_descent
+from experiments.reports.newton_vs_gd import convergence_section, fit_sentence, steps_to_reach
+from icl.prompts import PromptConfig, PromptDistribution
+from icl.seeding import Streams
+from icl.training.loop import History
+from learned_optimizers import LSAConfig
+from reference_optimizers import gd_plus_plus, gradient_descent, mean_query_loss
 
 SMALL = ["--set", "lsa_train.steps=20", "--set", "gpt_train.steps=10", "--set", "compare_prompts=16",
          "--set", "probe_prompts=128", "--set", "test_prompts=200", "--set", "gd_max_steps=64",
-         "--set", "newton_steps=6", "--set", "gpt.layers=2", "--set", "lsa.layers=2"]  # fmt: skip
+         "--set", "newton_steps=6", "--set", "gpt.layers=2", "--set", "lsa.layers=2",
+         "--set", "tune_prompts=128"]  # fmt: skip
 
 
 def test_gd_iterates_match_the_reference(gen):
@@ -24,28 +39,104 @@ def test_gd_iterates_match_the_reference(gen):
     assert torch.allclose(gd_iterates(X, y, 0.3, keep), ref[:, keep], atol=1e-12)
 
 
+def test_grown_lsa_keeps_the_trained_layers_and_repeats_the_last():
+    cfg = NewtonVsGDConfig(lsa=LSAConfig(layers=3, mode="full", init_std=0.3))
+    st = Streams(7, "cpu")
+    one = grown_lsa(cfg, 1, None, st)
+    two = grown_lsa(cfg, 2, one, st)
+    three = grown_lsa(cfg, 3, two, st)
+    assert two.layers == 2 and three.layers == 3
+    for name in ("P", "Q"):
+        a, b, c = getattr(one, name), getattr(two, name), getattr(three, name)
+        assert torch.equal(b[0], a[0]) and torch.equal(b[1], a[0])
+        assert torch.equal(c[:2], b) and torch.equal(c[2], b[1])
+
+
+def test_tuned_gdpp_beats_tuned_gd_at_equal_steps():
+    """GD++ contains GD (γ = 0); its tuned 3-step schedule must reach a lower training loss than tuned GD's."""
+    dist = PromptDistribution(PromptConfig(d=4, n=8), generator=torch.Generator().manual_seed(0))
+    dist.dtype = torch.float64
+    train = dist.sample(256, torch.Generator().manual_seed(1))
+    hp = tune_gdpp(train, 3)
+    assert len(hp["eta"]) == len(hp["gamma"]) == 3
+    gdpp = float(mean_query_loss(gd_plus_plus(train.X, train.y, 3, hp["eta"], hp["gamma"]), train.x_query,
+                                 train.y_query)[-1])  # fmt: skip
+    eta = tune_gd_step(train, 3)
+    gd = float(mean_query_loss(gradient_descent(train.X, train.y, 3, eta), train.x_query, train.y_query)[-1])
+    assert math.isfinite(gdpp) and gdpp < 0.9 * gd
+
+
+class _Run:
+    def __init__(self, events, step):
+        self.history, self.step, self.wall_time = History(events=events), step, 1.5
+
+
+def test_end_tells_a_plateau_stop_from_the_cap():
+    plateau = _end(_Run([{"event": "finished", "step": 300, "reason": "plateau: held-out loss not improved"}], 300))
+    assert plateau == {"steps_trained": 300.0, "plateau_stop": 1.0, "train_seconds": 1.5}
+    assert _end(_Run([], 800))["plateau_stop"] == 0.0
+
+
+def _rows(lsa_mse: dict[int, float], gdpp_mse: dict[int, float]) -> list[dict]:
+    rows = []
+    for method, depth, per_seed in (("lsa_full", 0, lsa_mse), ("gdpp_tuned", 2, gdpp_mse)):
+        for seed, v in per_seed.items():
+            for metric, value in (("test_mean", v), ("test_log_mean", math.log(v)), ("test_median", v / 2),
+                                  ("test_trimmed_mean", v / 1.5), ("test_log_mean_parts_sd", 0.01),
+                                  ("test_top_share", 0.2), ("test_count", 100.0), ("test_parts", 5.0)):  # fmt: skip
+                rows.append({"method": method, "depth": depth, "seed": seed, "metric": metric, "value": value})
+    return rows
+
+
+def test_convergence_section_flags_a_model_far_from_its_class_optimum():
+    cfg = NewtonVsGDConfig(lsa=LSAConfig(layers=2, mode="full"), models=("lsa_full",))
+    close = _rows({0: 1.5e-3, 1: 1.4e-3, 2: 1.6e-3}, {0: 1e-3, 1: 1e-3, 2: 1.1e-3})  # 1.5x: within 2x
+    text, summary = convergence_section(cfg, close, ["lsa_full"])
+    assert summary["lsa_full"]["flagged_seeds"] == [] and summary["lsa_full"]["within_verdict"] == "holds"
+    assert "not converged" not in text and "tuned 2-step GD++" in text
+    far = _rows({0: 3e-3, 1: 1.4e-3, 2: 5e-3}, {0: 1e-3, 1: 1e-3, 2: 1e-3})  # seeds 0 and 2 above 2x
+    text, summary = convergence_section(cfg, far, ["lsa_full"])
+    assert summary["lsa_full"]["flagged_seeds"] == [0, 2] and "not converged" in text
+    assert summary["lsa_full"]["within_verdict"] != "holds"
+
+
+def test_fit_sentence_names_a_family_only_where_it_matches():
+    rows = [{"method": "lsa_full", "seed": seed, "metric": metric, "value": value, "reference": "gd_plus_plus"}
+            for seed, metric, value in ((0, "fit_matched", 0.0), (0, "fit_relative_error", 0.3),
+                                        (1, "fit_matched", 1.0), (1, "fit_relative_error", 0.01))]  # fmt: skip
+    text = fit_sentence(rows, "lsa_full")
+    assert "seed 0: no family fits" in text and "seed 1: `gd_plus_plus`" in text
+
+
 def test_newton_vs_gd_quick(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "newton_vs_gd", "--profile", "quick", "--out", str(out), "--quiet", *SMALL]) == 0
     for name in ("config.json", "results.csv", "summary.json", "report.md"):
         assert (out / name).is_file(), name
+    for tag in ("lsa_full_L1", "lsa_full_L2", "gpt"):  # the LSA grows depth by depth, one checkpoint per depth
+        assert (out / "checkpoints" / f"{tag}-s0.pt").is_file(), tag
     for stem in ("heatmap_lsa_full_newton", "heatmap_lsa_full_gd", "heatmap_gpt_newton", "heatmap_gpt_gd",
                  "best_matching_steps"):  # fmt: skip
-        for ext in ("png", "pdf"):
-            assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 1000, stem
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == {"lsa_full", "gpt"}
     assert summary["zero_predictor_loss"] == 10.0  # tr Σ = d for x ~ N(0, I), w* ~ N(0, I)
     gd = {int(k): v for k, v in summary["gd_loss"].items()}
     assert gd[0] > gd[1] > gd[2] > gd[4] > gd[8]  # tuned GD decreases the query loss
-    assert json.loads((out / "config.json").read_text())["config"]["gpt_train"]["loss"] == "prefix"
-    assert 0 < summary["tuned_gd_eta"] <= 1.5
+    assert 0 < summary["tuned_gd_eta"] <= 2.0
+    lsa = summary["models"]["lsa_full"]
+    assert lsa["class_reference"] == "tuned 2-step GD++" and list(lsa["class_gap"]) == ["0"]
     _, rows = load_run(out)
     sims = [r["value"] for r in rows if r["metric"] == "sim_e" and r["reference"] in ("newton", "gd")]
     assert sims and all(-1 - 1e-9 <= v <= 1 + 1e-9 for v in sims)
+    steps = {r["depth"]: r["value"] for r in rows if r["method"] == "lsa_full" and r["metric"] == "steps_trained"}
+    assert set(steps) == {1, 2} and all(0 < v <= 20 for v in steps.values())
+    count = [r["value"] for r in rows if r["method"] == "lsa_full" and r["metric"] == "test_count"]
+    assert count == [200.0]
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
-    assert "Fu et al." in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "Fu et al." in text and "tuned 2-step GD++" in text and "200 test prompts" in text
 
 
 def test_steps_to_reach_brackets_the_reference_grid():
