@@ -36,13 +36,15 @@ flagged in the report. Heavy tails: every test loss comes with its median, trimm
 spread of its log-mean across disjoint parts of the test set (:func:`experiments.convergence.tail_stats`).
 
 Profiles (seeds 0, 1, 2 unless --seeds). ``quick``: depths 1–2, σ_max ∈ {0, 3}, 60 steps (a smoke test).
-``standard``: depths 2 and 4 (L = 1 is Ahn et al.'s Theorem 1, in the report), σ_max ∈ {0, 5} (the noiseless column holds the paper's Table 1 targets, σ_max = 5
-its adaptive-ridge claims; add settings with ``--set sigma_max=0,1,3,5 --set categorical=1/3``), 256 prompts a
-step, lr 0.02 halved every 600 steps, a cap of 2500 steps; see results/noisy_regression/finished.json for its
-measured wall and CPU time. ``paper``: depths 1–7, σ_max ∈ {0, 1, …, 7} plus {1, 3} and {1, 3, 5}, Adam lr 1e-4,
-200,000 steps of 2048 prompts, 100,000 test prompts, 5 seeds: the paper reports 4–12 H100-hours per model; on this
-framework expect about 1–3 GPU-hours per (mode, depth, noise) triple with --device cuda (a few thousand GPU-hours
-for the full grid; run a slice with --set).
+``standard``: depths 2 and 4 (L = 1 is Ahn et al.'s Theorem 1, in the report), σ_max ∈ {0, 5} (the noiseless
+column holds the paper's Table 1 targets, σ_max = 5 its adaptive-ridge claims; add settings with
+``--set sigma_max=0,1,3,5 --set categorical=1/3``), 256 prompts a step, lr 0.02 halved every 600 steps, a cap of
+2500 steps, float64 (in float32 one rare prompt overflowed a 4-layer FULL model's gradient, and a rollback replays
+the same batch); results/noisy_regression/finished.json holds its measured wall and CPU time. ``paper``: depths
+1–7, σ_max ∈ {0, 1, …, 7} plus {1, 3} and {1, 3, 5}, Adam lr 1e-4, 200,000 steps of 2048 prompts, 100,000 test
+prompts, 5 seeds: the paper reports 4–12 H100-hours per model; on this framework expect about 1–3 GPU-hours per
+(mode, depth, noise) triple with --device cuda (a few thousand GPU-hours for the full grid; run a slice with
+--set).
 """
 
 from __future__ import annotations
@@ -124,10 +126,11 @@ class NoisyRegressionConfig(StudyConfig):
             eval_every=100,
             eval_batch=2000,
             log_every=100,
+            dtype="float64",
             on_divergence="rollback",
             max_rollbacks=4,
             explode_factor=1e12,
-            plateau_patience=5,
+            plateau_patience=10,
             plateau_tol=3e-3,
         )  # fmt: skip
     )

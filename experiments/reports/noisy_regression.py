@@ -98,7 +98,7 @@ def render(run_dir, rows, cfg: dict) -> dict:
                 out["adjusted_loss"].setdefault(noise, {}).setdefault(m, {})[L] = _mean(rows, noise, m, L)[0]
             table.append([noise, LABELS.get(m, m), *cells])
         theory = select(rows, setting=noise, method="theory_1layer_gd", metric="adjusted_loss")
-        if theory:
+        if theory and 1 in depths:
             th = sum(r["value"] for r in theory) / len(theory)
             table.append([noise, "theory: best 1-layer model, any mode (Ahn Thm 1)", f"{th:.4g}",
                           *[""] * (len(depths) - 1)])  # fmt: skip
