@@ -20,12 +20,16 @@ from experiments.baselines import (
     BaselinesConfig,
 )
 from experiments.convergence import class_gap
-from experiments.reporting import distinct_colours, finish_report, fmt, markdown_table, mean_ci, open_report
+from experiments.reporting import coinciding, distinct_colours, finish_report, fmt, markdown_table, mean_ci, open_report
 from icl.plotting import plt, save_figure, set_theme
 
 #: every tuned method, in the order of the tables
 TUNED = ("gd", "gd_schedule", "pgd_sigma_inv", "pgd_schedule_sigma_inv", "pgd_gamma_inv", "gd_plus_plus", "heavy_ball",
          "nesterov")  # fmt: skip
+#: not drawn: below the axis (float64 round-off after one step) or the same as CG Fletcher–Reeves to the eye
+NOT_DRAWN = ("newton", "least_squares", "cg_pr")
+#: curves within this (log-loss) of each other at every T are said to coincide on the figure
+COINCIDE_LOG = 0.02
 #: a per-step schedule within this (log) of its Krylov bound attains it
 ATTAIN_TOL = 0.05
 #: the methods of the heavy-tail table
@@ -56,26 +60,46 @@ def _cell(values: list[float] | None, digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
 
 
+def _groups(pairs: list[tuple[str, str]]) -> list[list[str]]:
+    """The connected groups of coinciding pairs, in the order of ORDER."""
+    groups: list[set[str]] = []
+    for a, b in pairs:
+        hit = [g for g in groups if a in g or b in g]
+        merged = set().union({a, b}, *hit)
+        groups = [g for g in groups if g not in hit] + [merged]
+    return [sorted(g, key=ORDER.index) for g in sorted(groups, key=lambda g: min(ORDER.index(m) for m in g))]
+
+
 def figure(rows, cfg: BaselinesConfig, stem) -> list:
     """Log-loss vs steps, one panel per dataset; bounds, floor, theory and the trivial line dashed."""
     set_theme()
     logs = _by(rows, "log_test_loss")
     datasets = [d for d in cfg.datasets if any(k[0] == d for k in logs)]
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 5.0), squeeze=False)
-    methods = [m for m in ORDER if any(k[1] == m for k in logs)]
-    palette = dict(zip(methods, distinct_colours(len(methods))))
+    methods = [m for m in ORDER if any(k[1] == m for k in logs) and m not in NOT_DRAWN]
+    black = ("cg_fr_19pts", "ahn_thm1")  # drawn in black: the palette keeps at most 13 well-separated colours
+    palette = dict(zip([m for m in methods if m not in black], distinct_colours(len(methods) - len(black))))
+    palette.update({m: "black" for m in black})
     markers = dict(zip(methods, "osD^v<>phX*dP8s^o<>HD"))
     for ax, ds in zip(axes[0], datasets):
+        drawn = {}
         for m in methods:
             Ts = sorted(k[2] for k in logs if k[0] == ds and k[1] == m and k[2] >= 1)
             if not Ts:
                 continue
             stats = [mean_ci(logs[(ds, m, T)]) for T in Ts]
             mean = np.array([s[0] for s in stats])
+            drawn[m] = (Ts, mean)
             style = "--" if m in DASHED else (":" if m == "cg_fr_19pts" else "-")
-            ax.plot(Ts, mean, style, marker=markers[m], ms=4, lw=1.3, color=palette[m], label=LABELS[m])
+            ms = 9 if m == "ahn_thm1" else 4
+            ax.plot(Ts, mean, style, marker=markers[m], ms=ms, lw=1.3, color=palette[m], label=LABELS[m])
             if len(cfg.seeds) > 1:
                 ax.fill_between(Ts, [s[1] for s in stats], [s[2] for s in stats], color=palette[m], alpha=0.2, lw=0)
+        groups = _groups(coinciding({m: c for m, c in drawn.items() if len(c[0]) > 1}, COINCIDE_LOG))
+        if groups:
+            ax.text(0.0, -0.13, f"coincide (|Δ log| ≤ {COINCIDE_LOG:g} at every T):\n"
+                    + "\n".join(" = ".join(LABELS[m] for m in g) for g in groups), transform=ax.transAxes,
+                    fontsize=6.5, va="top", ha="left")  # fmt: skip
         if ds == "ahn_dutta":
             ax.plot(range(1, 5), DUTTA_CGD, "x", color="black", ms=8, mew=2, label="Dutta & Sra notebook CGD (19 pts)")
         p = getattr(cfg, ds)
@@ -91,11 +115,13 @@ def figure(rows, cfg: BaselinesConfig, stem) -> list:
         ax.set_ylim(max(lo, LOG_FLOOR), hi)
     axes[0][-1].legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.text(
-        0.01, -0.02,
+        0.01, -0.17,
         f"log of the mean query MSE over {cfg.test_prompts:,} held-out prompts per seed; line: mean over "
         f"{len(cfg.seeds)} seed(s) (rotations); band: 95% t-interval over seeds. Tuned methods are tuned for each "
-        f"T on {cfg.train_prompts:,} separate prompts. Dashed: bounds, floor, theory, zero predictor. Least squares, "
-        f"Newton and CG at T ≥ d reach float64 round-off (≈ e^−65) below the axis (cut at {LOG_FLOOR:g}).",
+        f"T on {cfg.train_prompts:,} separate prompts (chosen on {cfg.val_prompts:,} validation prompts). Dashed: "
+        "bounds, theory, zero predictor. Least squares and Newton "
+        f"(not drawn) and CG at T ≥ d reach float64 round-off (≈ e^−65) below the axis (cut at {LOG_FLOOR:g}); CG "
+        "Polak–Ribière (not drawn) is in the tables. Curves that coincide are listed in each panel.",
         fontsize=7, ha="left", va="top", wrap=True,
     )  # fmt: skip
     return save_figure(fig, stem)
