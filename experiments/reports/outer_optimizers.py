@@ -136,6 +136,18 @@ def report(run_dir) -> dict:
             verdicts.append(f"- {LABELS.get(e['name'], e['name'])} ends worse than {LABELS.get(top['name'])} by more "
                             f"than {cfg.target_factor:g}×: {vd.text('in log')}")
             summary_verdicts[f"{e['name']}_worse_than_{top['name']}"] = vd.word
+    # does the full run at the selected rate end below its own short tuning run? (paired over seeds, log val loss)
+    longer = []
+    for e in table:
+        name, lr = e["name"], e["lr"]
+        full = {r["seed"]: math.log(r["value"]) for r in rows if r["method"] == name and r["lr"] == lr
+                and r["metric"] == "final_val_loss" and r["value"] > 0 and math.isfinite(r["value"])}  # fmt: skip
+        short = {r["seed"]: math.log(r["value"]) for r in rows if r["method"] == name and r["lr"] == lr
+                 and r["metric"] == "tune_final_val_loss" and r["value"] > 0 and math.isfinite(r["value"])}  # fmt: skip
+        vd = paired_verdict(full, short, "less")
+        longer.append(f"- {LABELS.get(name, name)} at {lr:g}: {cfg.train.steps} steps end below {cfg.tune_steps} "
+                      f"steps: {vd.text('in log val MSE')}")
+        summary_verdicts[f"{name}_full_run_below_tuning_run"] = vd.word
     tuning = markdown_table(["optimizer", "lr", "mean log final val MSE (tuning run)", "per seed", ""],
                             tuning_table(rows, selected))  # fmt: skip
     conv_line = ("every model ends within the tolerance of its class optimum" if not any(flagged.values()) else
@@ -196,6 +208,11 @@ context points, as the model does.
 ## Learning-rate tuning ({cfg.tune_steps}-step runs)
 
 {tuning}
+
+Does the full run at the selected rate end below its own {cfg.tune_steps}-step tuning run (same rate, same held-out
+`val` batch)? Where it does not, the short runs favoured a rate too large for the longer schedule:
+
+{chr(10).join(longer)}
 
 Figures: `figures/loss_vs_steps.png`, `figures/loss_vs_time.png` (the time axis is the mean over seeds of the
 wall-clock seconds at each step, measured on a shared machine: compare ms/step only within one run).
