@@ -76,7 +76,8 @@ class OuterOptimizersConfig(StudyConfig):
         train: the full runs (every optimizer at its selected rate, the same schedule).
         optimizers: ``NAME=BASE_LR`` entries; the rates tried are BASE_LR × ``lr_grid`` × train.lr / 0.01.
         lr_grid: multipliers of the base rates tried by the tuning runs.
-        tune_steps: length of the tuning runs (the schedule of ``train`` compressed to this length).
+        tune_steps: length of the tuning runs (at most ``train.steps``; the schedule of ``train`` compressed to this
+            length).
         target_factor: the target loss is this × the best mean final held-out loss.
         test_prompts: float64 test prompts per seed (stream ``test``) every model and reference is scored on.
         tune_prompts: training-law prompts per seed (stream ``tune``) on which the Σ⁻¹-PGD steps are tuned and the
@@ -137,9 +138,11 @@ class OuterOptimizersConfig(StudyConfig):
         return [(e.partition("=")[0], float(e.partition("=")[2])) for e in self.optimizers]
 
     def tune_train(self) -> TrainConfig:
-        """The tuning runs' training config: ``train`` cut to ``tune_steps`` (its schedule compressed with it)."""
-        return replace(self.train, steps=self.tune_steps, halve_every=max(1, self.train.halve_every
-                                                                          * self.tune_steps // self.train.steps))
+        """The tuning runs' training config: ``train`` cut to ``tune_steps`` (at most ``train.steps``), its schedule
+        compressed with it."""
+        steps = min(self.tune_steps, self.train.steps)
+        return replace(self.train, steps=steps, halve_every=max(1, self.train.halve_every * steps
+                                                                // max(1, self.train.steps)))
 
 
 PROFILES = {
