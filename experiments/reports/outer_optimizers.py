@@ -28,6 +28,13 @@ def _log_per_seed(rows, method: str) -> dict[int, float]:
     return {s: math.log(v) for s, v in per_seed(rows, method=method, metric="test_loss").items() if v > 0}
 
 
+def _diverged(rows, entry) -> str:
+    """`` (diverged: seeds [0])`` for a run some of whose seeds diverged (their test loss is missing), else ``""``."""
+    seeds = sorted(r["seed"] for r in rows if (r["method"], r["lr"]) == entry["method"] and r["metric"] == "diverged"
+                   and r["value"] > 0)  # fmt: skip
+    return f" (diverged: seeds {seeds}; the mean is over the others)" if seeds else ""
+
+
 def tuning_table(rows, selected: dict[str, float]) -> list[list]:
     """One line per (optimizer, lr) of the tuning runs: mean log final held-out loss, per-seed values, chosen."""
     finals: dict[tuple[str, float], dict[int, float]] = defaultdict(dict)
@@ -83,8 +90,19 @@ def report(run_dir) -> dict:
     title = (f"{L}-layer {cfg.model.mode} LSA, d={cfg.prompt.d}, n={cfg.prompt.n}, non-isotropic Σ, "
              f"{cfg.train.schedule} lr")
     methods = {e["name"]: e["method"] for e in table}
-    figs = curve_plot(rows, methods, fig_dir / "loss_vs_steps", hlines=hl, title=title, caption=cap)
-    figs += curve_plot(rows, methods, fig_dir / "loss_vs_time", x="wall", hlines=hl, title=title, caption=cap)
+    # the window: from just below the class optimum to 10x it, so the end of training is readable; early spikes of
+    # single seeds leave it (said in the caption)
+    window = (0.8 * pgd_mean, 10 * pgd_mean) if math.isfinite(pgd_mean) and pgd_mean > 0 else None
+    if window is not None:
+        cap += (f"; y-axis cut at {fmt(window[1])} (10× the class optimum): earlier, higher values of the curves and "
+                "bands are off the axis")
+    diverged = sorted({LABELS.get(r["method"], r["method"]) for r in rows if r["metric"] == "diverged"
+                       and r["value"] > 0 and (r["method"], r["lr"]) in methods.values()})  # fmt: skip
+    if diverged:
+        cap += f"; {', '.join(diverged)}: mean over the seeds that did not diverge (see the table)"
+    figs = curve_plot(rows, methods, fig_dir / "loss_vs_steps", hlines=hl, title=title, caption=cap, ylim=window)
+    figs += curve_plot(rows, methods, fig_dir / "loss_vs_time", x="wall", hlines=hl, title=title, caption=cap,
+                       ylim=window)
 
     def ci(t):
         m, lo, hi = t
@@ -93,7 +111,7 @@ def report(run_dir) -> dict:
     body = markdown_table(
         ["optimizer", "selected lr", "test MSE (mean over seeds)", "log test MSE (95% CI over seeds)",
          f"gap to {ref} per seed (log)", "converged seeds", "steps to target", "ms/step"],
-        [[LABELS.get(e["name"], e["name"]), f"{e['lr']:g}", fmt(e["test"][0]),
+        [[LABELS.get(e["name"], e["name"]) + _diverged(rows, e), f"{e['lr']:g}", fmt(e["test"][0]),
           ci(mean_ci(list(_log_per_seed(rows, e["name"]).values()))),
           ", ".join(f"{g.gap:+.3f}" for g in gaps[e["name"]].values()),
           f"{sum(not g.flagged for g in gaps[e['name']].values())}/{len(gaps[e['name']])}",
