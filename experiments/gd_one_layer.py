@@ -29,8 +29,9 @@ derivation gives 0.206, η ≈ 6.07, 0.417). One layer can not beat one GD step 
 optimal single-layer preconditioner is a multiple of I, so the trained model's target is exactly this GD step.
 
 Profiles (2 CPU cores; measured): ``quick`` 1 seed, 400 steps, batch 512, lr 3e-3 (≈ 20 s); ``standard``
-(default) 3 seeds, 3000 steps, batch 2048 (≈ 4 min); ``paper`` 3 seeds, von Oswald et al.'s 50,000 steps at
-batch 2048 and 10,000 evaluation tasks (≈ 20 min per seed on 2 CPU cores; minutes on a GPU with ``--device cuda``).
+(default) 3 seeds, at most 3000 steps (the plateau rule stopped at 2750), batch 2048 (measured 76 s of CPU time);
+``paper`` 3 seeds, von Oswald et al.'s 50,000 steps at batch 2048 and 10,000 evaluation tasks (≈ 20 min per seed
+on 2 CPU cores; minutes on a GPU with ``--device cuda``).
 """
 
 from __future__ import annotations

@@ -30,8 +30,10 @@ Target: ``target_factor`` × the best mean final held-out loss across optimizers
 wall-clock seconds to reach it are read off the held-out curve (evaluated every ``train.eval_every`` steps).
 
 Profiles: quick (one seed, 2 lrs per optimizer, short runs: ~1 minute), standard (3 seeds, 3 lrs per optimizer
-tuned by 1000-step runs, then 4000 steps at batch 250), paper (Ahn's budget: batch 20000 resampled every 100 steps,
-20000 steps, 5 seeds: ~1 GPU-hour per optimizer on CPU, minutes on a GPU; ``--device cuda``).
+tuned by 1000-step runs, then 4000 steps at batch 250; measured 376 s of CPU time with one thread, i.e. about 6–7
+minutes on 2 quiet cores, 65 minutes of wall time on a machine shared by 7 jobs), paper (Ahn's budget: batch
+20000 resampled every 100 steps, 20000 steps, 5 seeds: ~1 GPU-hour per optimizer on CPU, minutes on a GPU;
+``--device cuda``).
 """
 
 from __future__ import annotations

@@ -64,11 +64,12 @@ def test_baselines_quick(tmp_path):
         for m in SCHEDULES:
             val = [value(f"{ds}/{m}", T, "val_loss") for T in range(1, 9)]
             assert all(b <= a * (1 + 1e-12) for a, b in zip(val, val[1:])), (ds, m, val)
-        # per-step GD starts from the steps attaining the Krylov bound: where those exist it is at the bound
+        # per-step GD starts from the steps attaining the Krylov bound: where those exist it is at the bound, up to
+        # the sampling noise of 1,000 heavy-tailed test prompts (a tuner failure is a gap of 0.3 to 3 at T >= 4)
         for T in range(1, 5):
             if value(f"{ds}/krylov_bound", T, "real_roots") == 1.0:
                 gap = math.log(value(f"{ds}/gd_schedule", T)) - math.log(value(f"{ds}/krylov_bound", T))
-                assert abs(gap) < 0.05, (ds, T, gap)
+                assert abs(gap) < 0.1, (ds, T, gap)
         # heavy tails: the log of the mean lies between the parts' log means (equal parts: the mean of their means)
         for T in (1, 8):
             lm = math.log(value(f"{ds}/cg_fr", T))
