@@ -8,7 +8,8 @@ same held-out prompts (all n context points), in float64,
 - gradient descent with the best constant η (``gd``) and the best per-step schedule η_1..η_T (``gd_schedule``),
 - preconditioned GD with P = Σ⁻¹ (``pgd_sigma_inv``) and with Ahn et al.'s one-layer optimum P = A* = Γ⁻¹
   (``pgd_gamma_inv``; Ahn et al. 2023 Thm 1, for w* ~ N(0, Σ⁻¹) A* = n/(n+d+1)·Σ⁻¹),
-- GD++ (von Oswald et al. 2023, App. A.10; η and γ), heavy ball and Nesterov (η and β),
+  and the per-step Σ⁻¹ schedule (``pgd_schedule_sigma_inv``, Ahn et al.'s Thm 3 family A_ℓ = a_ℓΣ⁻¹),
+- GD++ (von Oswald et al. 2023, App. A.10; η and γ), heavy ball (per-step η_t, β_t) and Nesterov (η and β),
 - conjugate gradient with exact line search, Fletcher–Reeves (``cg_fr``, Dutta & Sra's CGD) and Polak–Ribière
   (``cg_pr``), plus ``cg_fr_19pts``: the same prompts with the last context point dropped, as in the notebooks,
 - Newton (one exact step reaches least squares) and iterative Newton (Newton–Schulz, Fu et al.'s code scaling),
@@ -18,13 +19,20 @@ same held-out prompts (all n context points), in float64,
 - ``least_squares`` (the floor: 0 up to float64 round-off on noiseless prompts), the zero predictor (the trivial
   line), and ``ahn_thm1`` (the one-layer optimum's loss, at step 1).
 
-Every tunable method is tuned *separately for every number of steps T* (objective: the mean query loss after T
-steps, like a T-layer model trained for its depth) with :func:`reference_optimizers.tune` on a separate training
-batch (stream ``tune``), then evaluated on the test prompts (stream ``test``); the Krylov coefficients are fitted
-on their own, larger batch (stream ``krylov``). The per-step GD schedule starts from the Chebyshev step pattern
-scaled by the tuned constant η (the constant step is a saddle of the per-step problem, see
-:func:`gd_scaled_schedule`) and falls back to the constant step if that is better, so on the training batch it is
-never worse than the constant step.
+Every tunable method is tuned *for every number of steps T* (objective: the mean query loss after T steps, like a
+T-layer model trained for its depth) with :func:`reference_optimizers.tune` on a separate training batch (stream
+``tune``), then evaluated on the test prompts (stream ``test``); constant hyperparameters start from the grid and
+from depth T−1's values. The per-step schedules (``gd_schedule``, ``pgd_schedule_sigma_inv``, ``heavy_ball``) are
+tuned by :func:`reference_optimizers.tune_depths`, started from the steps that attain the Krylov bound when its
+polynomial has real roots (:func:`reference_optimizers.krylov_steps`) and from depth T−1's schedule extended by a
+step that does nothing, so on the training batch a schedule is never worse than its own T−1 result. Refined
+schedules can sit at the training batch's edge of stability, so the reported hyperparameters are, per T, the best
+on a separate validation batch (stream ``val``, never the test prompts) among the tuned ones, the bound's steps
+and the ones chosen at T−1 (extended by a zero step): never worse than T−1 there either. The Krylov
+coefficients are fitted on their own, larger batch (stream ``krylov``) and evaluated on the test prompts: the one
+meaning of "Krylov bound" (:mod:`experiments.convergence`). Beside each mean the rows carry the per-prompt
+losses' median, 5%-trimmed mean, the spread of log(mean) over 5 disjoint parts of the test set and the share
+of the worst 1% of prompts (:func:`experiments.convergence.tail_stats`): the deep losses are heavy-tailed.
 
 Datasets: ``ahn_dutta`` (d = 5, n = 20, Σ = U diag(1, 1, 1/4, 1/16, 1) Uᵀ with a Haar U per seed, w* ~ N(0, Σ⁻¹):
 the eigenvalues of the Dutta/Ahn code) and ``isotropic`` (Σ = I, w* ~ N(0, I)); noiseless.
@@ -32,7 +40,8 @@ Loss: plain query MSE; log-loss = natural log of the mean over prompts (Dutta & 
 
 No training is involved, so the profiles only differ in prompts, seeds and tuning budget: ``quick`` (1 seed,
 2,000 test / 512 training prompts, small tuning budget; well under a minute), ``standard`` (3 seeds × 10,000 test
-/ 2,048 training prompts, 50 tuning evaluations per free value; a few minutes on 2 idle cores), ``paper`` (5 seeds,
+/ 2,048 training / 20,000 validation prompts, 50 tuning evaluations per free value; measured 339 s of CPU time with
+one thread, about 6 minutes on 2 quiet cores), ``paper`` (5 seeds,
 as in Dutta & Sra's plots, × 100,000 test / 16,384 training prompts, 100 evaluations per free value; about an hour
 on one CPU core, dominated by tuning; ``--device cuda`` works but gains little at d = 5). ``--resume`` skips the
 (dataset, seed) pairs already finished (``checkpoints/*.pt``).
@@ -49,6 +58,7 @@ import torch
 from einops import einsum
 
 from experiments.common import RunContext, make_distribution, write_config
+from experiments.convergence import tail_stats
 from experiments.registry import Study
 from experiments.study import Rows, StudyConfig, held_out_prompts
 from icl.config import ConfigError, spec
@@ -64,6 +74,7 @@ from reference_optimizers import (
     heavy_ball,
     iterative_newton,
     krylov_bound,
+    krylov_steps,
     least_squares,
     moments,
     nesterov,
@@ -71,8 +82,8 @@ from reference_optimizers import (
     one_layer_optimum,
     preconditioned_gd,
     query_loss,
-    step_schedule,
     tune,
+    tune_depths,
 )
 from reference_optimizers._checks import DivergedError
 
@@ -88,10 +99,17 @@ GAMMA_GRID = (0.0, 0.05, 0.1, 0.2, 0.3)
 
 #: methods with prompt-independent scalar coefficients in the plain Krylov space (capped by krylov_bound)
 PLAIN_KRYLOV = ("gd", "gd_schedule", "heavy_ball", "nesterov")
+#: the same in the Σ⁻¹-preconditioned Krylov space (capped by krylov_bound_sigma_inv)
+SIGMA_KRYLOV = ("pgd_sigma_inv", "pgd_schedule_sigma_inv")
+#: per-step schedules tuned by tune_depths: never worse than depth T−1 on the training prompts
+SCHEDULES = ("gd_schedule", "pgd_schedule_sigma_inv", "heavy_ball")
+#: the test set is cut into this many disjoint parts for the spread of log(mean loss) (tail_stats)
+TAIL_PARTS = 5
 #: drawn dashed: bounds, the floor, the trivial line and theory
 DASHED = ("krylov_bound", "krylov_bound_sigma_inv", "least_squares", "zero_predictor", "ahn_thm1")
 ORDER = (
-    "zero_predictor", "gd", "gd_schedule", "pgd_sigma_inv", "pgd_gamma_inv", "gd_plus_plus", "heavy_ball",
+    "zero_predictor", "gd", "gd_schedule", "pgd_sigma_inv", "pgd_schedule_sigma_inv", "pgd_gamma_inv",
+    "gd_plus_plus", "heavy_ball",
     "nesterov", "cg_fr", "cg_pr", "cg_fr_19pts", "newton", "iterative_newton", "krylov_bound",
     "krylov_bound_sigma_inv", "ahn_thm1", "least_squares",
 )  # fmt: skip
@@ -99,9 +117,10 @@ LABELS = {
     "gd": "GD, tuned constant η",
     "gd_schedule": "GD, tuned per-step η_t",
     "pgd_sigma_inv": "preconditioned GD, P = Σ⁻¹ (tuned η)",
+    "pgd_schedule_sigma_inv": "preconditioned GD, P = Σ⁻¹ (tuned per-step η_t)",
     "pgd_gamma_inv": "preconditioned GD, P = Γ⁻¹ = A* (tuned η)",
     "gd_plus_plus": "GD++ (tuned η, γ)",
-    "heavy_ball": "heavy ball (tuned η, β)",
+    "heavy_ball": "heavy ball (tuned per-step η_t, β_t)",
     "nesterov": "Nesterov (tuned η, β)",
     "cg_fr": "CG Fletcher–Reeves",
     "cg_pr": "CG Polak–Ribière",
@@ -137,6 +156,8 @@ class BaselinesConfig(StudyConfig):
         steps: the largest number of steps T (every T in 1..steps is tuned and reported).
         test_prompts: held-out prompts per seed (stream ``test``).
         train_prompts: prompts per seed on which hyperparameters are tuned (stream ``tune``).
+        val_prompts: prompts per seed on which the tuned candidates are compared (stream ``val``; never the test
+            prompts): the refinement can leave a schedule at the training batch's edge of stability.
         krylov_prompts: prompts per seed on which the Krylov coefficients are fitted (stream ``krylov``; one
             least-squares fit, so cheap: many prompts keep the deep fits from extrapolating badly to test prompts
             whose spectrum leaves the fitted range, see :func:`reference_optimizers.krylov_bound`).
@@ -149,6 +170,7 @@ class BaselinesConfig(StudyConfig):
     steps: int = spec(8, ge=1)
     test_prompts: int = spec(10_000, ge=2)
     train_prompts: int = spec(2048, ge=2)
+    val_prompts: int = spec(20_000, ge=2)
     krylov_prompts: int = spec(100_000, ge=16)
     tune_budget: int = spec(50, ge=0)
 
@@ -162,12 +184,14 @@ class BaselinesConfig(StudyConfig):
 
 
 PROFILES = {
-    "quick": {"seeds": (0,), "test_prompts": 2000, "train_prompts": 512, "krylov_prompts": 20_000, "tune_budget": 20},
+    "quick": {"seeds": (0,), "test_prompts": 2000, "train_prompts": 512, "val_prompts": 5000, "krylov_prompts": 20_000,
+              "tune_budget": 20},
     "standard": {},
     "paper": {
         "seeds": (0, 1, 2, 3, 4),
         "test_prompts": 100_000,
         "train_prompts": 16384,
+        "val_prompts": 100_000,
         "krylov_prompts": 400_000,
         "tune_budget": 100,
     },
@@ -193,30 +217,22 @@ def _tuned_specs(dist, cfg_prompt: PromptConfig) -> dict[str, tuple]:
         # the layer computes A*ᵀ g; A* is symmetric here (Ahn et al. Thm 1), so P = A* is preconditioned GD
         "pgd_gamma_inv": (preconditioned_gd, {"eta": ETA_GRID}, {"P": theory.A}),
         "gd_plus_plus": (gd_plus_plus, {"eta": ETA_GRID, "gamma": GAMMA_GRID}, {}),
-        "heavy_ball": (heavy_ball, {"eta": ETA_GRID, "beta": BETA_GRID}, {}),
         "nesterov": (nesterov, {"eta": ETA_GRID, "beta": BETA_GRID}, {}),
     }
 
 
-def gd_scaled_schedule(X, y, steps: int, eta, base) -> torch.Tensor:
-    """Gradient descent with steps η_t·base_t (the per-step schedule, reparametrised for tuning).
+def _schedule_specs(dist) -> dict[str, tuple]:
+    """name -> (method, grid, fixed, the Krylov bound whose steps start the search) for the per-step schedules."""
+    Sigma_inv = torch.linalg.inv(dist.Sigma.to(torch.float64))
+    return {
+        "gd_schedule": (gradient_descent, {"eta": ETA_GRID}, {}, "krylov_bound"),
+        "pgd_schedule_sigma_inv": (preconditioned_gd, {"eta": ETA_GRID}, {"P": Sigma_inv}, "krylov_bound_sigma_inv"),
+        "heavy_ball": (heavy_ball, {"eta": ETA_GRID, "beta": BETA_GRID}, {}, "krylov_bound"),
+    }
 
-    On a quadratic GD steps commute, so the query loss is symmetric in (η_1, …, η_T) and the best constant step
-    is a stationary point of the per-step problem: Powell's coordinate searches started there do not move. Tuning
-    multipliers of a spread-out base pattern (Chebyshev steps) starts the search off that diagonal.
-    """
-    return gradient_descent(X, y, steps, [float(e) * b for e, b in zip(step_schedule(eta, steps), base)])
 
-
-def chebyshev_pattern(prompts, T: int) -> list[float]:
-    """Chebyshev step sizes 1/λ_t for the nodes λ_t of [a, b] (a, b: 10% quantile of λ_min(H), 90% of λ_max(H)),
-    normalised to geometric mean 1: the shape of the classical optimal T-step schedule."""
-    H, _ = moments(prompts.X, prompts.y)
-    ev = torch.linalg.eigvalsh(H)
-    a, b = float(ev[:, 0].quantile(0.1)), float(ev[:, -1].quantile(0.9))
-    nodes = [(a + b) / 2 + (b - a) / 2 * math.cos(math.pi * (2 * t - 1) / (2 * T)) for t in range(1, T + 1)]
-    steps = np.array([1 / max(v, 1e-12) for v in nodes])
-    return [float(v) for v in steps / np.exp(np.log(steps).mean())]
+def _as_schedule(value, T: int) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * T
 
 
 def _krylov_losses(kb, prompts, P: torch.Tensor, T: int) -> torch.Tensor:
@@ -241,16 +257,21 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
     dist.dtype = torch.float64
     train = dist.sample(cfg.train_prompts, streams.generator("tune", "cpu"))
     kry = dist.sample(cfg.krylov_prompts, streams.generator("krylov", "cpu"))
+    val = dist.sample(cfg.val_prompts, streams.generator("val", "cpu"))
     d, steps = pcfg.d, cfg.steps
 
-    def add_loss(method: str, T: int, losses: torch.Tensor | None) -> None:
-        if losses is None:
+    def add_loss(method: str, T: int, losses: torch.Tensor | None, mean: float | None = None) -> None:
+        if losses is None or not bool(torch.isfinite(losses).all()):
             rows.add(method, T, seed, "diverged", 1.0, setting=dataset)
             return
-        m = float(losses.mean())
+        m = float(losses.mean()) if mean is None else mean
         rows.add(method, T, seed, "test_loss", m, setting=dataset)
         rows.add(method, T, seed, "test_loss_stderr", float(losses.std() / math.sqrt(losses.numel())), setting=dataset)
         rows.add(method, T, seed, "log_test_loss", math.log(max(m, 1e-300)), setting=dataset)
+        tails = tail_stats(losses, parts=TAIL_PARTS)  # how heavy-tailed the per-prompt losses are
+        for key in ("median", "trimmed_mean", "log_mean_parts_min", "log_mean_parts_max", "log_mean_parts_sd",
+                    "top_share"):  # fmt: skip
+            rows.add(method, T, seed, f"tail:{key}", getattr(tails, key), setting=dataset)
 
     # methods without hyperparameters: one trajectory gives every T
     yq, xq = test.y_query, test.x_query
@@ -284,51 +305,78 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
     rows.add("ahn_thm1", 1, seed, "log_test_loss", math.log(theory.loss), setting=dataset)
     rows.add("zero_predictor", 0, seed, "theory_loss", zero_predictor_loss(pcfg), setting=dataset)
 
-    # Krylov bounds, fitted on their own training prompts, evaluated on the test prompts
+    # Krylov bounds, fitted on their own training prompts (stream `krylov`), evaluated on the test prompts
     eye = torch.eye(d, dtype=torch.float64)
-    for name, P in (("krylov_bound", eye), ("krylov_bound_sigma_inv", torch.linalg.inv(dist.Sigma.double()))):
-        kb = krylov_bound(kry, test, steps, preconditioner=P)
+    Sigma_inv = torch.linalg.inv(dist.Sigma.double())
+    bounds = {}
+    for name, P in (("krylov_bound", eye), ("krylov_bound_sigma_inv", Sigma_inv)):
+        kb = bounds[name] = krylov_bound(kry, test, steps, preconditioner=P)
         for T in range(1, steps + 1):
             losses = _krylov_losses(kb, test, P, T)
-            rows.add(name, T, seed, "test_loss", float(kb.test_loss[T]), setting=dataset)
-            se = float(losses.std() / math.sqrt(losses.numel()))
-            rows.add(name, T, seed, "test_loss_stderr", se, setting=dataset)
-            rows.add(name, T, seed, "log_test_loss", math.log(float(kb.test_loss[T])), setting=dataset)
+            add_loss(name, T, losses, mean=float(kb.test_loss[T]))  # the bound's own (Chebyshev-basis) number
             rows.add(name, T, seed, "train_loss", float(kb.train_loss[T]), setting=dataset)
             check = abs(float(losses.mean()) / float(kb.test_loss[T]) - 1)
             rows.add(name, T, seed, "monomial_check", check, setting=dataset)
+            real = krylov_steps(kb.coefficients_by_depth[T - 1]) is not None
+            rows.add(name, T, seed, "real_roots", float(real), setting=dataset)
 
-    # tuned methods, separately for every T
-    specs = _tuned_specs(dist, pcfg)
-    tuning = bar(len(specs) * steps, f"tune {dataset} s{seed}", quiet=ctx.quiet, unit="fit")
+    def scored(method, fixed: dict, hp: dict, T: int, prompts) -> float:
+        losses = _losses(method, prompts, T, **fixed, **hp)
+        return float(losses.mean()) if losses is not None and bool(torch.isfinite(losses).all()) else math.inf
+
+    def choose(method, fixed: dict, T: int, candidates: list[dict]) -> dict:
+        """The candidate with the lowest loss on the validation prompts (stream ``val``, never the test prompts):
+        a schedule refined on the training prompts can sit at the edge of stability and lose on new prompts."""
+        return min(candidates, key=lambda hp: scored(method, fixed, hp, T, val))
+
+    def record(name: str, T: int, method, fixed: dict, hp: dict) -> None:
+        add_loss(name, T, _losses(method, test, T, **fixed, **hp))
+        rows.add(name, T, seed, "train_loss", scored(method, fixed, hp, T, train), setting=dataset)
+        rows.add(name, T, seed, "val_loss", scored(method, fixed, hp, T, val), setting=dataset)
+        for k, v in hp.items():
+            if isinstance(v, list):
+                for t, e in enumerate(v, start=1):
+                    rows.add(name, T, seed, f"hp:{k}", float(e), k=t, setting=dataset)
+            else:
+                rows.add(name, T, seed, f"hp:{k}", float(v), setting=dataset)
+
+    specs, schedules = _tuned_specs(dist, pcfg), _schedule_specs(dist)
+    tuning = bar(len(specs) * steps + len(schedules), f"tune {dataset} s{seed}", quiet=ctx.quiet, unit="fit")
+    # constant hyperparameters, tuned for every T (the previous T's values are a start beside the grid's); the
+    # tuned values or the previous T's, whichever is better on the validation prompts
     for name, (method, grid, fixed) in specs.items():
+        prev: list = []
         for T in range(1, steps + 1):
             tuning.set_postfix_str(f"{name} T={T}", refresh=False)
-            n_free = len(grid)
-            res = tune(method, train, T, grid, fixed=fixed, refine=cfg.tune_budget > 0,
-                       maxfev=max(1, cfg.tune_budget * n_free))  # fmt: skip
-            hp = {k: v for k, v in res.hyperparameters.items() if k in grid}
-            add_loss(name, T, _losses(method, test, T, **fixed, **hp))
-            rows.add(name, T, seed, "train_loss", float(res.train_loss[T]), setting=dataset)
-            for k, v in hp.items():
-                rows.add(name, T, seed, f"hp:{k}", float(v), setting=dataset)
-            if name == "gd":  # the per-step schedule, see gd_scaled_schedule for why it starts off the diagonal
-                base = chebyshev_pattern(train, T)
-                sched = tune(gd_scaled_schedule, train, T, {"eta": [hp["eta"]]}, per_step=("eta",),
-                             fixed={"base": base}, refine=cfg.tune_budget > 0,
-                             maxfev=max(1, cfg.tune_budget * T))  # fmt: skip
-                mult = sched.hyperparameters["eta"]
-                mult = mult if isinstance(mult, list) else [mult] * T
-                etas = [m * b for m, b in zip(mult, base)]
-                train_loss = float(sched.train_loss[T])
-                if not train_loss < float(res.train_loss[T]):  # the constant step is a schedule too
-                    etas, train_loss = [hp["eta"]] * T, float(res.train_loss[T])
-                add_loss("gd_schedule", T, _losses(gradient_descent, test, T, eta=etas))
-                rows.add("gd_schedule", T, seed, "train_loss", train_loss, setting=dataset)
-                for t, e in enumerate(etas, start=1):
-                    rows.add("gd_schedule", T, seed, "hp:eta", float(e), k=t, setting=dataset)
+            res = tune(method, train, T, grid, fixed=fixed, refine=cfg.tune_budget > 0, starts=prev,
+                       maxfev=max(1, cfg.tune_budget * len(grid)))  # fmt: skip
+            hp = choose(method, fixed, T, [{k: res.hyperparameters[k] for k in grid}, *prev])
+            record(name, T, method, fixed, hp)
+            prev = [hp]
             tuning.update(1)
             signals.raise_if_requested(f"tuning the baselines of {dataset}, seed {seed}")
+    # per-step schedules: tune_depths, started from the steps that attain the Krylov bound (when its polynomial has
+    # real roots) and from depth T-1 extended by a step that does nothing (never worse than T-1 on the training
+    # prompts); then, on the validation prompts, the best of that schedule, the bound's steps and the schedule
+    # chosen at T-1 extended by a zero step, so the reported schedule is never worse than its own T-1 result there
+    for name, (method, grid, fixed, bound) in schedules.items():
+        tuning.set_postfix_str(name, refresh=False)
+        starts = {}
+        for T in range(1, steps + 1):
+            etas = krylov_steps(bounds[bound].coefficients_by_depth[T - 1])
+            if etas is not None:
+                start = {"eta": [float(e) for e in etas]}
+                starts[T] = [{**start, **{k: [0.0] * T for k in grid if k != "eta"}}]
+        results = tune_depths(method, train, steps, grid, per_step=tuple(grid), fixed=fixed, starts=starts,
+                              maxfev=max(1, cfg.tune_budget * len(grid) * steps))  # fmt: skip
+        chosen: dict | None = None
+        for T, res in enumerate(results, start=1):
+            tuned = {k: _as_schedule(res.hyperparameters[k], T) for k in grid}
+            extended = [{k: [*chosen[k], 0.0] for k in grid}] if chosen is not None else []
+            chosen = choose(method, fixed, T, [tuned, *starts.get(T, []), *extended])
+            record(name, T, method, fixed, chosen)
+        tuning.update(1)
+        signals.raise_if_requested(f"tuning the baselines of {dataset}, seed {seed}")
     tuning.close()
     return rows.rows
 

@@ -2,11 +2,12 @@
 
 import csv
 import json
+import math
 
 import pytest
 
 from experiments.cli import main
-from experiments.gd_one_layer import theory_loss, theory_optimum
+from experiments.gd_one_layer import CLASS_TOLERANCE, theory_loss, theory_optimum
 from experiments.results import read_results
 
 
@@ -36,6 +37,13 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     assert any(r["method"] == "interpolation" and r["metric"] == "interp_loss" and r["param"] == 0.5 for r in tidy)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eta"]["theory"] == pytest.approx(6.0606, abs=1e-3)
+    # the gap to the class optimum (one tuned GD step on the same prompts) is the log-loss difference, flagged above
+    # the tolerance; the run records the step it stopped at (the cap here: 150 steps is before any plateau)
+    gap = math.log(vals[("lsa_trained", "test_loss")]) - math.log(vals[("gd_tuned", "test_loss")])
+    assert summary["gap_to_class_optimum"]["0"] == pytest.approx(gap, rel=1e-9)
+    assert summary["flagged_seeds"] == ([0] if gap > CLASS_TOLERANCE else [])
+    assert vals[("lsa_trained", "trained_steps")] == 150
+    assert summary["matches_gd_verdict"] == "undecided"  # one seed: no interval
     for stem in ("ood_inputs", "interpolation", "weights"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000

@@ -15,10 +15,26 @@ from experiments.baselines import (
     NAME,
     ORDER,
     PLAIN_KRYLOV,
+    SCHEDULES,
+    SIGMA_KRYLOV,
     BaselinesConfig,
 )
-from experiments.reporting import distinct_colours, finish_report, fmt, markdown_table, mean_ci, open_report
+from experiments.convergence import class_gap
+from experiments.reporting import coinciding, distinct_colours, finish_report, fmt, markdown_table, mean_ci, open_report
 from icl.plotting import plt, save_figure, set_theme
+
+#: every tuned method, in the order of the tables
+TUNED = ("gd", "gd_schedule", "pgd_sigma_inv", "pgd_schedule_sigma_inv", "pgd_gamma_inv", "gd_plus_plus", "heavy_ball",
+         "nesterov")  # fmt: skip
+#: not drawn: below the axis (float64 round-off after one step) or the same as CG Fletcher–Reeves to the eye
+NOT_DRAWN = ("newton", "least_squares", "cg_pr")
+#: curves within this (log-loss) of each other at every T are said to coincide on the figure
+COINCIDE_LOG = 0.02
+#: a per-step schedule within this (log) of its Krylov bound attains it
+ATTAIN_TOL = 0.05
+#: the methods of the heavy-tail table
+TAILS = ("gd_schedule", "pgd_schedule_sigma_inv", "gd_plus_plus", "heavy_ball", "cg_fr", "krylov_bound",
+         "krylov_bound_sigma_inv")
 
 # ----------------------------------------------------------------------------------------------------- report
 
@@ -44,26 +60,46 @@ def _cell(values: list[float] | None, digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
 
 
+def _groups(pairs: list[tuple[str, str]]) -> list[list[str]]:
+    """The connected groups of coinciding pairs, in the order of ORDER."""
+    groups: list[set[str]] = []
+    for a, b in pairs:
+        hit = [g for g in groups if a in g or b in g]
+        merged = set().union({a, b}, *hit)
+        groups = [g for g in groups if g not in hit] + [merged]
+    return [sorted(g, key=ORDER.index) for g in sorted(groups, key=lambda g: min(ORDER.index(m) for m in g))]
+
+
 def figure(rows, cfg: BaselinesConfig, stem) -> list:
     """Log-loss vs steps, one panel per dataset; bounds, floor, theory and the trivial line dashed."""
     set_theme()
     logs = _by(rows, "log_test_loss")
     datasets = [d for d in cfg.datasets if any(k[0] == d for k in logs)]
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 5.0), squeeze=False)
-    methods = [m for m in ORDER if any(k[1] == m for k in logs)]
-    palette = dict(zip(methods, distinct_colours(len(methods))))
-    markers = dict(zip(methods, "osD^v<>phX*dP8s^o"))
+    methods = [m for m in ORDER if any(k[1] == m for k in logs) and m not in NOT_DRAWN]
+    black = ("cg_fr_19pts", "ahn_thm1")  # drawn in black: the palette keeps at most 13 well-separated colours
+    palette = dict(zip([m for m in methods if m not in black], distinct_colours(len(methods) - len(black))))
+    palette.update({m: "black" for m in black})
+    markers = dict(zip(methods, "osD^v<>phX*dP8s^o<>HD"))
     for ax, ds in zip(axes[0], datasets):
+        drawn = {}
         for m in methods:
             Ts = sorted(k[2] for k in logs if k[0] == ds and k[1] == m and k[2] >= 1)
             if not Ts:
                 continue
             stats = [mean_ci(logs[(ds, m, T)]) for T in Ts]
             mean = np.array([s[0] for s in stats])
+            drawn[m] = (Ts, mean)
             style = "--" if m in DASHED else (":" if m == "cg_fr_19pts" else "-")
-            ax.plot(Ts, mean, style, marker=markers[m], ms=4, lw=1.3, color=palette[m], label=LABELS[m])
+            ms = 9 if m == "ahn_thm1" else 4
+            ax.plot(Ts, mean, style, marker=markers[m], ms=ms, lw=1.3, color=palette[m], label=LABELS[m])
             if len(cfg.seeds) > 1:
                 ax.fill_between(Ts, [s[1] for s in stats], [s[2] for s in stats], color=palette[m], alpha=0.2, lw=0)
+        groups = _groups(coinciding({m: c for m, c in drawn.items() if len(c[0]) > 1}, COINCIDE_LOG))
+        if groups:
+            ax.text(0.0, -0.13, f"coincide (|Δ log| ≤ {COINCIDE_LOG:g} at every T):\n"
+                    + "\n".join(" = ".join(LABELS[m] for m in g) for g in groups), transform=ax.transAxes,
+                    fontsize=6.5, va="top", ha="left")  # fmt: skip
         if ds == "ahn_dutta":
             ax.plot(range(1, 5), DUTTA_CGD, "x", color="black", ms=8, mew=2, label="Dutta & Sra notebook CGD (19 pts)")
         p = getattr(cfg, ds)
@@ -79,11 +115,13 @@ def figure(rows, cfg: BaselinesConfig, stem) -> list:
         ax.set_ylim(max(lo, LOG_FLOOR), hi)
     axes[0][-1].legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.text(
-        0.01, -0.02,
+        0.01, -0.17,
         f"log of the mean query MSE over {cfg.test_prompts:,} held-out prompts per seed; line: mean over "
         f"{len(cfg.seeds)} seed(s) (rotations); band: 95% t-interval over seeds. Tuned methods are tuned for each "
-        f"T on {cfg.train_prompts:,} separate prompts. Dashed: bounds, floor, theory, zero predictor. Least squares, "
-        f"Newton and CG at T ≥ d reach float64 round-off (≈ e^−65) below the axis (cut at {LOG_FLOOR:g}).",
+        f"T on {cfg.train_prompts:,} separate prompts (chosen on {cfg.val_prompts:,} validation prompts). Dashed: "
+        "bounds, theory, zero predictor. Least squares and Newton "
+        f"(not drawn) and CG at T ≥ d reach float64 round-off (≈ e^−65) below the axis (cut at {LOG_FLOOR:g}); CG "
+        "Polak–Ribière (not drawn) is in the tables. Curves that coincide are listed in each panel.",
         fontsize=7, ha="left", va="top", wrap=True,
     )  # fmt: skip
     return save_figure(fig, stem)
@@ -94,7 +132,6 @@ def report(run_dir) -> dict:
     run_dir, cfg, rows, seeds = run.run_dir, run.config, run.rows, run.seeds
     figs = figure(rows, cfg, run_dir / "figures" / "log_loss_vs_steps")
     logs, losses, ses = _by(rows, "log_test_loss"), _by(rows, "test_loss"), _by(rows, "test_loss_stderr")
-    trains = _by(rows, "train_loss")
     datasets = [d for d in cfg.datasets if any(k[0] == d for k in logs)]
     steps = list(range(1, cfg.steps + 1))
 
@@ -141,7 +178,7 @@ def report(run_dir) -> dict:
     checks, summary_checks = [], {}
     for ds in datasets:
         viol = []
-        caps = [(m, "krylov_bound") for m in PLAIN_KRYLOV] + [("pgd_sigma_inv", "krylov_bound_sigma_inv")]
+        caps = [(m, "krylov_bound") for m in PLAIN_KRYLOV] + [(m, "krylov_bound_sigma_inv") for m in SIGMA_KRYLOV]
         if ds == "ahn_dutta":
             caps.append(("pgd_gamma_inv", "krylov_bound_sigma_inv"))  # A* ∝ Σ⁻¹ for w* ~ N(0, Σ⁻¹)
         else:
@@ -158,10 +195,26 @@ def report(run_dir) -> dict:
                     viol.append(f"{m} T={T} ({gap:+.2%})")
         cg_vs_bound = [T for T in steps if (ds, "cg_fr", T) in losses and (ds, "krylov_bound", T) in losses
                        and np.mean(losses[(ds, "cg_fr", T)]) < np.mean(losses[(ds, "krylov_bound", T)])]  # fmt: skip
-        sched_ok = all(
-            np.mean(trains[(ds, "gd_schedule", T)]) <= np.mean(trains[(ds, "gd", T)]) * (1 + 1e-12)
-            for T in steps if (ds, "gd", T) in trains
-        )  # fmt: skip
+        # monotone in T: the validation loss (on which the candidates were chosen) and the test log-loss
+        vals = _by(rows, "val_loss")
+        rises_val = {m: [T for T in steps[1:] if (ds, m, T) in vals and np.mean(vals[(ds, m, T)])
+                         > np.mean(vals[(ds, m, T - 1)]) * (1 + 1e-12)] for m in TUNED}  # fmt: skip
+        rises_test = {m: [T for T in steps[1:] if (ds, m, T) in logs and (ds, m, T - 1) in logs
+                          and lg(ds, m, T) > lg(ds, m, T - 1)] for m in TUNED}  # fmt: skip
+        sched_ok = not any(rises_val[m] for m in SCHEDULES)
+        # the per-step schedules against the bound of their class, per T (mean over seeds of the log gap)
+        attain = {}
+        for m, b in (("gd_schedule", "krylov_bound"), ("pgd_schedule_sigma_inv", "krylov_bound_sigma_inv"),
+                     ("heavy_ball", "krylov_bound")):
+            real = _by(rows, "real_roots")
+            g = [(T, class_gap(lg(ds, m, T), lg(ds, b, T), ATTAIN_TOL, LABELS[b]),
+                  bool(np.all(real.get((ds, b, T), [0.0])))) for T in steps if (ds, m, T) in logs]  # fmt: skip
+            attain[m] = g
+        attain_txt = "; ".join(
+            f"{LABELS[m]}: within {ATTAIN_TOL:g} of its bound at T = {[T for T, g, _ in gs if not g.flagged]}, "
+            f"further at T = {[f'{T} ({g.gap:+.2f})' for T, g, _ in gs if g.flagged]} (the bound's polynomial has "
+            f"real roots in every seed at T = {[T for T, _, r in gs if r]})" for m, gs in attain.items())  # fmt: skip
+        rises_txt = ", ".join(f"{LABELS[m]} at T = {v}" for m, v in rises_test.items() if v) or "none"
         cg_err = max((r["value"] for r in rows if r["setting"] == ds and r["method"] == "cg_fr"
                       and r["metric"] == "max_rel_err_vs_least_squares"), default=float("nan"))  # fmt: skip
         nt_err = max((r["value"] for r in rows if r["setting"] == ds and r["method"] == "newton"
@@ -174,14 +227,18 @@ def report(run_dir) -> dict:
             f"prompts is {worst:+.3%} ({'none beyond 0.1%' if not viol else 'above 0.1%: ' + ', '.join(viol)}; "
             f"the bound is fitted on the training prompts, so a tuned method can beat it by sampling noise). "
             f"CG beats the plain Krylov bound at T = {cg_vs_bound}. CG after d = {getattr(cfg, ds).d} steps vs least "
-            f"squares: max relative iterate error {fmt(cg_err)}; Newton after 1 step: {fmt(nt_err)}. Per-step GD "
-            f"≤ constant-η GD on the training batch at every T: {sched_ok}. Step 1: Ahn et al. Thm 1 optimum "
-            f"{fmt(thm1)}, preconditioned GD with A* (tuned η) {fmt(pg1)}, Krylov bound (Σ⁻¹) {fmt(kb1)}."
+            f"squares: max relative iterate error {fmt(cg_err)}; Newton after 1 step: {fmt(nt_err)}. Step 1: Ahn "
+            f"et al. Thm 1 optimum {fmt(thm1)}, preconditioned GD with A* (tuned η) {fmt(pg1)}, Krylov bound (Σ⁻¹) "
+            f"{fmt(kb1)}. Per-step schedules never worse than their T−1 result on the validation prompts: "
+            f"{sched_ok}. Mean test log-loss above the T−1 value: {rises_txt}. Bound attainment (log gap, mean over "
+            f"seeds): {attain_txt}."
         )
         summary_checks[ds] = {"max_gain_over_krylov_bound": worst, "violations": viol,
                               "cg_beats_krylov_at": cg_vs_bound, "cg_vs_least_squares_rel_err": cg_err,
                               "newton_vs_least_squares_rel_err": nt_err,
-                              "schedule_le_constant_on_train": bool(sched_ok), "ahn_thm1_loss": thm1,
+                              "schedules_monotone_on_val": bool(sched_ok), "test_rises": rises_test,
+                              "gap_to_bound": {m: {T: g.gap for T, g, _ in gs} for m, gs in attain.items()},
+                              "ahn_thm1_loss": thm1,
                               "pgd_gamma_inv_step1": pg1}  # fmt: skip
 
     # tuned hyperparameters (mean over seeds)
@@ -205,7 +262,29 @@ def report(run_dir) -> dict:
                  for t in range(1, T + 1)]  # fmt: skip
         if sched and all(math.isfinite(s) for s in sched):
             hp_rows.append([ds, "gd_schedule", T, "η_t = " + ", ".join(f"{s:.3g}" for s in sched)])
+        for m, k in (("pgd_schedule_sigma_inv", "eta"), ("heavy_ball", "eta"), ("heavy_ball", "beta")):
+            sched = [np.mean([r["value"] for r in rows if r["setting"] == ds and r["method"] == m and r["depth"] == T
+                              and r["metric"] == f"hp:{k}" and r["k"] == t]) for t in range(1, T + 1)]  # fmt: skip
+            if sched and all(math.isfinite(v) for v in sched):
+                hp_rows.append([ds, m, T, f"{k}_t = " + ", ".join(f"{v:.3g}" for v in sched)])
     hp_table = markdown_table(["dataset", "method", "T", "tuned (mean over seeds)"], hp_rows)
+
+    # heavy tails: per-prompt statistics beside the mean (means over seeds)
+    tail_rows = []
+    tails = {key: _by(rows, f"tail:{key}") for key in ("median", "trimmed_mean", "log_mean_parts_min",
+                                                        "log_mean_parts_max", "top_share")}  # fmt: skip
+    for ds in datasets:
+        for T in sorted({min(4, cfg.steps), cfg.steps}):
+            for m in TAILS:
+                if (ds, m, T) not in logs or (ds, m, T) not in tails["median"]:
+                    continue
+                t = {k: float(np.mean(v[(ds, m, T)])) for k, v in tails.items()}
+                tail_rows.append([ds, T, LABELS[m], f"{lg(ds, m, T):.2f}", f"{math.log(t['median']):.2f}",
+                                  f"{math.log(t['trimmed_mean']):.2f}",
+                                  f"[{t['log_mean_parts_min']:.2f}, {t['log_mean_parts_max']:.2f}]",
+                                  f"{t['top_share']:.0%}"])  # fmt: skip
+    tail_table = markdown_table(["dataset", "T", "method", "log mean", "log median", "log 5%-trimmed mean",
+                                 "log mean on 5 parts of the test set (range)", "worst 1% share"], tail_rows)
 
     zero_theory = {ds: mean_ci([r["value"] for r in rows if r["setting"] == ds and r["method"] == "zero_predictor"
                                 and r["metric"] == "theory_loss"])[0] for ds in datasets}  # fmt: skip
@@ -236,8 +315,11 @@ def report(run_dir) -> dict:
 Setting: d = 5, n = 20, noiseless; datasets {", ".join(datasets)}; seeds {seeds} (each its own Haar rotation U
 and prompts); {cfg.test_prompts:,} held-out test prompts per seed (stream `test`) and {cfg.train_prompts:,}
 separate training prompts per seed (stream `tune`) on which every tunable method is tuned **for each T
-separately** (`reference_optimizers.tune`: grid, then Nelder–Mead/Powell with {cfg.tune_budget} evaluations per
-free value, objective: query MSE after T steps) and the Krylov bounds are fitted. All computations in float64, all
+separately** (`reference_optimizers.tune`, the per-step schedules by `reference_optimizers.tune_depths` started from
+the Krylov bound's steps: grid, then Nelder–Mead/Powell with {cfg.tune_budget} evaluations per free value, objective:
+query MSE after T steps), then chosen per T on {cfg.val_prompts:,} validation prompts (stream `val`) among the tuned
+values and the previous T's; the Krylov bounds are fitted on {cfg.krylov_prompts:,} prompts (stream `krylov`) and
+evaluated on the test prompts. All computations in float64, all
 baselines on exactly the n = 20 context points the models see, except the `cg_fr_19pts` line. Loss: plain query
 MSE (not ½·MSE); log-loss = natural log of the mean over prompts. Zero predictor (theory): {zero_line}.
 
@@ -264,6 +346,10 @@ on the first 19 (the notebooks' protocol), against the published 0.75, 0.18, −
 
 {hp_table}
 
+## Heavy tails ({cfg.test_prompts:,} test prompts per seed, cut into 5 disjoint parts; means over seeds)
+
+{tail_table}
+
 ## Discussion
 
 {offbyone}
@@ -276,15 +362,15 @@ on the first 19 (the notebooks' protocol), against the published 0.75, 0.18, −
   as in GD++; per-token Γ).
 - **Newton and least squares reach the floor in 1 step** (float64 round-off, below the figure's axis); CG reaches it
   after d = 5 steps (finite termination), iterative Newton after its linear phase of ≈ log₂ κ(S)² iterations.
-- Tuned per-step GD is the shared-coefficient method closest to the bound (its polynomial has real roots 1/η_t; the
-  bound's may not); heavy ball and Nesterov with constant η, β lie between constant-η GD and the bound.
-- On the Ahn/Dutta data Σ⁻¹-preconditioning removes the conditioning problem altogether (and there A* ∝ Σ⁻¹, so
-  `pgd_gamma_inv` and `pgd_sigma_inv` coincide after tuning η); at T = 1 both equal Ahn et al.'s optimum
-  d(d+1)/(n+d+1) = 1.154 up to sampling noise. On isotropic data Σ⁻¹ = I, so these coincide with GD.
-- **Tuning to the edge of stability does not generalise perfectly.** The tuned steps (per-step schedules, heavy
-  ball) sit near the stability edge of the training batch; a rare test prompt with a larger λ_max(H) then grows
-  instead of converging, and the log of the mean loss follows that one prompt. This is what the wide intervals of
-  the tuned methods at T ≥ 6 are (one seed of three); the Krylov bound, fitted on many more prompts, does not show it.
+- **Per-step schedules and the Krylov bound.** When the bound's residual polynomial has real roots, GD with the
+  steps 1/root reproduces it exactly (`reference_optimizers.krylov_steps`), so the per-step schedules start there; the
+  bound attainment above is measured, per T, on the test prompts. Where the roots are complex no GD schedule attains
+  the bound, and heavy ball (per-step η_t, β_t) may come closer.
+- **Tuning to the edge of stability does not generalise perfectly.** A schedule refined on {cfg.train_prompts:,}
+  training prompts can sit at their edge of stability; a rare test prompt with a larger λ_max(H) then grows instead
+  of converging, and the log of the mean loss follows that one prompt. The reported hyperparameters are therefore
+  chosen per T on {cfg.val_prompts:,} separate validation prompts among the refined ones, the bound's steps and the
+  previous T's (extended by a zero step); the heavy-tail table shows how much the worst prompts still carry.
 - Dutta & Sra's momentum/NAG baselines (η = 0.005 or 0.03, β = 0.9 on the unnormalised gradient, 19 points) are
   untuned; the tuned ones here are the fair comparison.
 """

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import torch
 
+from experiments.convergence import class_gap
 from experiments.gd_one_layer import (
+    CLASS_TOLERANCE,
+    COSINE_THRESHOLD,
     NAME,
+    PROFILES,
     PUBLISHED,
     GDOneLayerConfig,
     products,
@@ -25,6 +29,8 @@ from experiments.reporting import (
     markdown_table,
     mean_ci,
     open_report,
+    paired_verdict,
+    per_seed,
 )
 from icl.plotting import plt, save_figure, set_theme
 from learned_optimizers import load_model
@@ -110,19 +116,43 @@ def report(run_dir: str | Path) -> dict:
         for a in a_vals
     ]  # fmt: skip
     rel = tf[0] / gd[0] - 1 if gd[0] == gd[0] else float("nan")
+    # convergence: each seed's model against its class optimum (one tuned GD step) on the same test prompts
+    tf_logs = per_seed(rows, math.log, method="lsa_trained", metric="test_loss")
+    gd_logs = per_seed(rows, math.log, method="gd_tuned", metric="test_loss")
+    gaps = {s: class_gap(tf_logs[s], gd_logs[s], CLASS_TOLERANCE, "one tuned GD step") for s in tf_logs if s in gd_logs}
+    gap_lines = "\n".join(f"- seed {s}: log test MSE {fmt(g.learned)} vs {fmt(g.optimum)}: gap {g.text()}"
+                           for s, g in gaps.items())  # fmt: skip
+    steps_run = per_seed(rows, method="lsa_trained", metric="trained_steps")
+    match = paired_verdict(tf_logs, gd_logs, "within", CLASS_TOLERANCE)
+    cos = per_seed(rows, method="lsa_trained", metric="model_cosine")
+    cos_ok = bool(cos) and all(v >= COSINE_THRESHOLD for v in cos.values())
+    cos_line = (f"the implicit models' cosine similarity is ≥ {COSINE_THRESHOLD:g} in every seed (min "
+                f"{fmt(min(cos.values()))}): the trained layer computes the GD step" if cos_ok else
+                f"the implicit models' cosine similarity is below {COSINE_THRESHOLD:g} in some seed (min "
+                f"{fmt(min(cos.values(), default=math.nan))}): no GD step matches")  # fmt: skip
+    paper_steps = PROFILES["paper"].get("train.steps", cfg.train.steps)
     ood_rel = [abs(r[1] / r[2] - 1) for r in ood_table if r[2] and math.isfinite(r[1] / r[2])]
     ood_max = max(ood_rel) if ood_rel else float("nan")
     text = f"""# gd_one_layer: one trained LSA layer vs one step of gradient descent (von Oswald et al. 2023)
 
 Setting: d = N = {d}, x ~ U(−{a0}, {a0})^{d}, w* ~ N(0, I), noiseless; one factorised LSA layer (W_K, W_Q, W_V, W_P,
-key size {d + 1}), {cfg.train.optimizer} lr {cfg.train.lr}, batch {cfg.train.batch_size}, {cfg.train.steps} steps,
-profile `{cfg.profile}`, seeds {seeds}. Test: {cfg.test_prompts} held-out prompts per seed (never trained on); η tuned
-by `scipy.optimize.minimize_scalar` on {cfg.tune_prompts} training-law prompts (the `tune` stream). Numbers are means
-over seeds with 95% t-intervals over seeds in brackets. Losses: MSE = mean (ŷ − y_q)²; von Oswald et al. report ½·MSE.
+key size {d + 1}), {cfg.train.optimizer} lr {cfg.train.lr}, batch {cfg.train.batch_size}, profile `{cfg.profile}`,
+seeds {seeds}; training stopped at step {", ".join(str(int(v)) for v in steps_run.values())} (cap {cfg.train.steps};
+plateau rule: patience {cfg.train.plateau_patience} evaluations every {cfg.train.eval_every} steps, relative
+tolerance {cfg.train.plateau_tol:g}; patience 0 = off). Test: {cfg.test_prompts} held-out prompts per seed (never
+trained on); η tuned by `reference_optimizers.tune` on {cfg.tune_prompts} training-law prompts (the `tune` stream).
+Numbers are means over seeds with 95% t-intervals over seeds in brackets. Losses: MSE = mean (ŷ − y_q)²; von Oswald
+et al. report ½·MSE.
 
 {markdown_table(("quantity", "ours", "paper", "theory", "95% CI over seeds"), table)}
 
-The trained model's loss is {fmt(rel * 100, 3)}% off the tuned GD step's on the same test prompts.
+**Convergence.** The class optimum of one LSA layer on this law is one GD step (theory below); each seed's trained
+layer against one tuned GD step on the same test prompts (tolerance {CLASS_TOLERANCE:g} in log):
+
+{gap_lines}
+
+**Verdicts** (paired over seeds): the trained layer's loss matches one tuned GD step's (|Δ log MSE| ≤
+{CLASS_TOLERANCE:g}): {match.text("in log")}; {cos_line}.
 
 **Theory column.** Exact for this law (module docstring): one GD step of size η has MSE d·(s² − 2ηs⁴ + η²s²c),
 s² = a²/3, c = ((n−1)/n)s⁴ + (a⁴/5 + (d−1)s⁴)/n, so η* = {eta_th:.4f} and ½·MSE* = {mse_th / 2:.4f} at a = {a0}. By the
@@ -135,8 +165,8 @@ text's U(−1, 1).
 so our W_P = η·I (same function). (2) Interpolation acts on the products W_KQ = W_KᵀW_Q and W_PV = W_P W_V after the
 β-alignment: interpolating the four factors separately is not meaningful because W_K → M W_K, W_Q → M⁻ᵀW_Q leaves the
 model unchanged for any invertible M. (3) Initialisation N(0, {cfg.model.init_std}²) per entry instead of Haiku's
-truncated normal with std 0.002/K; no token clipping (one layer). (4) {cfg.train.steps} training steps ({cfg.profile}
-profile) instead of their 50,000; the `paper` profile runs 50,000.
+truncated normal with std 0.002/K; no token clipping (one layer). (4) At most {cfg.train.steps} training steps
+(`{cfg.profile}` profile) instead of their 50,000; the `paper` profile's cap is {paper_steps:,}.
 
 ## Out-of-distribution inputs x ~ U(−a, a) (½·MSE; trained at a = {a0}; η fixed at its a = {a0} value)
 
@@ -167,6 +197,11 @@ seeds; dashed lines: theory and the zero predictor).
         "prediction_l2": m("lsa_trained", "prediction_l2")[0],
         "interpolation_midpoint_half_mse": m("interpolation", "test_loss_midpoint")[0] / 2,
         "relative_loss_difference_vs_gd": rel,
+        "gap_to_class_optimum": {s: g.gap for s, g in gaps.items()},
+        "flagged_seeds": [s for s, g in gaps.items() if g.flagged],
+        "matches_gd_verdict": match.word,
+        "cosine_above_threshold": cos_ok,
+        "trained_steps": steps_run,
         "figures": [str(Path(p).relative_to(run_dir)) for p in figs],
     }
     return finish_report(run, text, summary)

@@ -119,9 +119,11 @@ def curve_plot(
     hlines: Mapping[str, float] | None = None,
     logy: bool = True,
     caption: str = "mean over seeds; band: 95% t-interval over seeds",
+    ylim: tuple[float, float] | None = None,
 ) -> list[Path]:
     """``metric`` against the training step (``x="step"``) or the mean elapsed seconds (``x="wall"``) for the
-    given {label: (method, lr)}; dashed horizontal reference lines from ``hlines``."""
+    given {label: (method, lr)}; dashed horizontal reference lines from ``hlines``; ``ylim`` overrides the y-axis
+    window (the caption must say what it leaves out)."""
     set_theme()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     refs = list((hlines or {}).items())
@@ -152,6 +154,8 @@ def curve_plot(
     if logy:
         ax.set_yscale("log")
     finish_axes(ax, plotted, logy=logy, integer_x=x == "step")
+    if ylim is not None:  # the caller's window (e.g. the end of training), said in its caption
+        ax.set_ylim(*ylim)
     ax.set_xlabel("training step" if x == "step" else "wall-clock seconds (mean over seeds)")
     ax.set_ylabel(ylabel)
     if title:
