@@ -118,7 +118,7 @@ class ManifoldAdam(GlobalSectionOptimizer):
         # is exactly skew, its diagonal −η·0/(0 + ε) = 0, unless ε = 0 (0/0)
         return group["eps"] > 0
 
-    def _velocity(self, state, C, step, group, uniform, step_views, out):
+    def _velocity(self, state, C, step, group, uniform, step_views, work):
         """W = −η·m̂ ⊘ (√v̂ + ε) for a bucket, the moments updated in place, as one fused Adam update.
 
         torch's fused Adam kernel applied to a zero "parameter" W with "gradient" C leaves W = −η·m̂/(√v̂ + ε)
@@ -126,10 +126,15 @@ class ManifoldAdam(GlobalSectionOptimizer):
         """
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        W = torch.zeros_like(C) if out is None else out.zero_()
+        W = torch.zeros_like(C) if work is None else work["W"].zero_()
         if C.device.type in _FUSED_DEVICES:
             if uniform:
-                Ws, Cs, ms, vs, steps = [W], [C], [m], [v], step_views[:1]
+                if work is None:
+                    Ws, Cs, ms, vs, steps = [W], [C], [m], [v], step_views[:1]
+                else:  # (the lists are made once per bucket)
+                    if "adam" not in work or work["adam"][1][0] is not C or work["adam"][2][0] is not m:
+                        work["adam"] = [W], [C], [m], [v], step_views[:1]
+                    Ws, Cs, ms, vs, steps = work["adam"]
             else:
                 Ws, Cs, ms, vs = (list(t.unbind(0)) for t in (W, C, m, v))
                 steps = step_views

@@ -21,10 +21,11 @@ version counter (a host integer), and shapes are static.  Float32 section produc
 Subclasses supply two rules:
 
 * ``_euclidean_step(group, params)``: the unconstrained case (must equal the torch optimizer);
-* ``_velocity(state, C, step, group, uniform, step_views, out)``: the velocity W ∈ 𝔤^hor for a bucket, from
+* ``_velocity(state, C, step, group, uniform, step_views, work)``: the velocity W ∈ 𝔤^hor for a bucket, from
   the batched coordinates C and the batched state named by ``_coord_state_keys`` (``uniform``: every member
-  has the same step count; ``step_views``: the members' step counts as 0-dim views of ``step``; ``out``: a
-  buffer for W, or None), and ``_skew_exact(group)``, whether W's A block is exactly skew when C's is.
+  has the same step count; ``step_views``: the members' step counts as 0-dim views of ``step``; ``work``: the
+  bucket's scratch buffers, W to be written into ``work["W"]``, or None), and ``_skew_exact(group)``, whether
+  W's A block is exactly skew when C's is.
 
 A step allocates nothing of the parameters' size: the coordinates, the velocity and the retraction's
 temporaries live in buffers made once per bucket (:meth:`icl.optim.manifolds.Manifold.workspace`).
@@ -154,6 +155,7 @@ class _Bucket:
         self.all = list(range(self.k))
         self.G = None  # gradient buffer (k, N, p), made at the first step that needs it
         self.work = None  # scratch buffers of the step (Manifold.workspace), made at the first full step
+        self._grad = self._G = None  # the last single gradient and its (1, N, p) view
         self.versions = [p._version for p in params]
 
     def intact(self, opt: GlobalSectionOptimizer) -> bool:
@@ -219,7 +221,9 @@ class _Bucket:
         (the bucket's own tensors, with ``work`` its scratch buffers, or gathered copies and ``work`` None)."""
         m, p, k, gd = self.m, self.p, len(idx), L.dtype
         if k == 1 and grads[0].dtype == gd:
-            G = grads[0].unsqueeze(0)
+            if grads[0] is not self._grad:  # (the same gradient tensor as last step: its view is kept)
+                self._grad, self._G = grads[0], grads[0].unsqueeze(0)
+            G = self._G
             if group["maximize"]:
                 G = -G
         else:
@@ -241,7 +245,7 @@ class _Bucket:
         for i in idx:
             steps[i] += 1
             uniform = uniform and steps[i] == s
-        W = opt._velocity(state, C, step, group, uniform, step_views, None if work is None else work["W"])
+        W = opt._velocity(state, C, step, group, uniform, step_views, work)
         m.retract_batch_(L, W, p, group["retraction"], work=work, skew_exact=opt._skew_exact(group))
         full, point = opt._reorth_every(group, gd, m)
         if uniform:  # (the usual case: one test for the whole batch)
@@ -437,7 +441,7 @@ class GlobalSectionOptimizer(Optimizer):
         group: dict,
         uniform: bool,
         step_views: list[torch.Tensor],
-        out: torch.Tensor | None,
+        work: dict | None,
     ) -> torch.Tensor:
         raise NotImplementedError
 

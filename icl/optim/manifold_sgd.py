@@ -79,9 +79,9 @@ class ManifoldSGD(GlobalSectionOptimizer):
     def _skew_exact(self, group: dict) -> bool:
         return True  # W = −η·b is linear in the exactly skew coordinates
 
-    def _velocity(self, state, C, step, group, uniform, step_views, out):
+    def _velocity(self, state, C, step, group, uniform, step_views, work):
         """W = −η·b with b ← μb + C (b starts at 0, so its first value is C, as torch's SGD)."""
         mu = group["momentum"]
         if mu != 0:
             C = state["momentum_buffer"].mul_(mu).add_(C)
-        return torch.mul(C, -group["lr"], out=out) if out is not None else C * (-group["lr"])
+        return C * (-group["lr"]) if work is None else torch.mul(C, -group["lr"], out=work["W"])

@@ -41,6 +41,8 @@ import math
 
 import torch
 
+from icl.optim import manifold_kernels
+
 __all__ = [
     "Manifold",
     "Euclidean",
@@ -448,7 +450,8 @@ class Stiefel(Manifold):
         work = super().workspace(L, p)
         k, N = L.shape[0], L.shape[-1]
         work.update(K=L.new_empty(k, N, p), D=L.new_empty(k, N, p), A=L.new_empty(k, p, p))
-        work["info"] = torch.empty(k, dtype=torch.int32, device=L.device)
+        work.update(info=torch.empty(k, dtype=torch.int32, device=L.device), I=_eye(p, L.dtype, L.device))
+        work["solve_scratch"] = torch.empty(2 * p * p, dtype=L.dtype)  # (manifold_kernels, CPU only)
         return self._views(work, L, work["W"], p)
 
     def _views(self, work: dict, L: torch.Tensor, W: torch.Tensor, p: int) -> dict:
@@ -495,11 +498,10 @@ class Stiefel(Manifold):
         if method not in ("cayley", "exp"):
             raise ValueError(f"retraction must be 'cayley' or 'exp', got {method!r}")
         k = L.shape[0]
-        I = _eye(p, L.dtype, L.device)
         if method == "cayley":
             if work is None or work["L"] is not L or work["W"] is not W:
                 work = self._views(self.workspace(L, p), L, W, p)
-            Bt, BtT, S2, K_top = work["Bt"], work["BtT"], work["A"], work["K_top"]
+            Bt, BtT, S2, K_top, I = work["Bt"], work["BtT"], work["A"], work["K_top"], work["I"]
             # S2 = 2(I − Σ⁻¹) = A − ½BᵀB, Σ⁻¹ = I − ½S2; 2(Σ − I) = Σ·S2 = (Σ⁻¹)⁻¹S2, solved directly: formed
             # from Σ it would carry an absolute error of one ulp of 1 into 2Y(Σ − I), which drifts Y off the
             # manifold by ~1e-6 per float32 step at p = 64.  The _ex forms do not read the LAPACK status back
@@ -509,9 +511,13 @@ class Stiefel(Manifold):
                 if not skew_exact:
                     WA.diagonal(dim1=-2, dim2=-1).zero_()
                 torch.baddbmm(WA, Bt, BtT, alpha=-0.5, out=S2)
-                torch.linalg.solve_ex(torch.sub(I, S2, alpha=0.5), S2, out=(K_top, work["info"]))
             else:
                 torch.baddbmm(S2, Bt, BtT, beta=0.0, alpha=-0.5, out=S2)
+            if manifold_kernels.usable(S2):  # one C call (see manifold_kernels: LAPACK's path costs far more here)
+                manifold_kernels.cayley_solve_(S2, K_top, work["solve_scratch"])
+            elif self.has_skew:
+                torch.linalg.solve_ex(torch.sub(I, S2, alpha=0.5), S2, out=(K_top, work["info"]))
+            else:
                 torch.cholesky_solve(S2, torch.linalg.cholesky_ex(torch.sub(I, S2, alpha=0.5))[0], out=K_top)
             torch.baddbmm(BtT, BtT, K_top, alpha=0.5, out=work["K_bottom"])  # BΣ = B + ½B·2(Σ − I)
             D = torch.bmm(L, work["K"], out=work["D"])
@@ -533,6 +539,7 @@ class Stiefel(Manifold):
             return
         Y, Yp = L[..., :p], L[..., p:]
         Bt = W[..., p:] if self.has_skew else W  # Bᵀ, (k, p, N−p)
+        I = _eye(p, L.dtype, L.device)
         A = None
         if self.has_skew:  # exactly skew from the strict lower triangle (the diagonal may be 0/0 if eps = 0)
             A = W[..., :p].tril(-1)
