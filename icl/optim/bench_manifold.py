@@ -93,7 +93,14 @@ def gemm_floor(L: torch.Tensor, G: torch.Tensor, Bt: torch.Tensor, H: torch.Tens
     """The three O(N²p) products of an exact global-section Stiefel step, and nothing else, on a batch:
     the coordinates GᵀΛ of the gradient, the tangent Y_⊥B of the velocity and the rank-p update
     Y_⊥ ← Y_⊥ − H·Bᵀ of the section (Brantner 2023, §4), with nonzero operands and alpha = −1 (BLAS skips a
-    product whose alpha is 0).  L: (k, N, N), G and H: (k, N, p), Bt: (k, p, N−p)."""
+    product whose alpha is 0).  L: (k, N, N), G and H: (k, N, p), Bt: (k, p, N−p).
+
+    Why three and not two: Adam acts elementwise on the (N−p)·p coordinates Y_⊥ᵀG in the carried frame Y_⊥
+    (a generic orthonormal frame after a few steps), so they need one product with a new G every step; the
+    point moves by Y_⊥B, B a nonlinear (elementwise) function of them, so a second; and the frame must be
+    carried, Y_⊥ ← Y_⊥ − H·Bᵀ, N(N−p)p multiply-adds — deferring it (Y_⊥ = Y_⊥⁰ − Σ H_sB_sᵀ) corrects
+    the next steps' products cheaply but the deferred rank-jp update costs the same N(N−p)p per step when it
+    is applied.  The closed-form Cayley step removes the 2p×2p kernel, not a product."""
     p = G.shape[-1]
     Yp = L[..., p:]
     if L.shape[0] == 1:  # plain GEMMs for one matrix (the fastest form on CPU BLAS)

@@ -113,7 +113,12 @@ class ManifoldAdam(GlobalSectionOptimizer):
             eps=group["eps"], maximize=group["maximize"],
         )  # fmt: skip
 
-    def _velocity(self, state: dict, C: torch.Tensor, step: torch.Tensor, group: dict, uniform: bool):
+    def _skew_exact(self, group: dict) -> bool:
+        # C's A block is exactly skew, so m's is and v's is symmetric, and the update is odd in m: W's A block
+        # is exactly skew, its diagonal −η·0/(0 + ε) = 0, unless ε = 0 (0/0)
+        return group["eps"] > 0
+
+    def _velocity(self, state, C, step, group, uniform, step_views, work):
         """W = −η·m̂ ⊘ (√v̂ + ε) for a bucket, the moments updated in place, as one fused Adam update.
 
         torch's fused Adam kernel applied to a zero "parameter" W with "gradient" C leaves W = −η·m̂/(√v̂ + ε)
@@ -121,13 +126,18 @@ class ManifoldAdam(GlobalSectionOptimizer):
         """
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        W = torch.zeros_like(C)
+        W = torch.zeros_like(C) if work is None else work["W"].zero_()
         if C.device.type in _FUSED_DEVICES:
             if uniform:
-                lists = [W], [C], [m], [v], [step[0]]
+                if work is None:
+                    Ws, Cs, ms, vs, steps = [W], [C], [m], [v], step_views[:1]
+                else:  # (the lists are made once per bucket)
+                    if "adam" not in work or work["adam"][1][0] is not C or work["adam"][2][0] is not m:
+                        work["adam"] = [W], [C], [m], [v], step_views[:1]
+                    Ws, Cs, ms, vs, steps = work["adam"]
             else:
-                lists = W.unbind(0), C.unbind(0), m.unbind(0), v.unbind(0), step.unbind(0)
-            Ws, Cs, ms, vs, steps = (list(t) for t in lists)
+                Ws, Cs, ms, vs = (list(t.unbind(0)) for t in (W, C, m, v))
+                steps = step_views
             torch._fused_adam_(
                 Ws, Cs, ms, vs, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps,
                 amsgrad=False, maximize=False,

@@ -21,9 +21,14 @@ version counter (a host integer), and shapes are static.  Float32 section produc
 Subclasses supply two rules:
 
 * ``_euclidean_step(group, params)``: the unconstrained case (must equal the torch optimizer);
-* ``_velocity(state, C, step, group, uniform)``: the velocity W ∈ 𝔤^hor for a bucket, from the batched
-  coordinates C and the batched state named by ``_coord_state_keys`` (``uniform``: every member has the
-  same step count).
+* ``_velocity(state, C, step, group, uniform, step_views, work)``: the velocity W ∈ 𝔤^hor for a bucket, from
+  the batched coordinates C and the batched state named by ``_coord_state_keys`` (``uniform``: every member
+  has the same step count; ``step_views``: the members' step counts as 0-dim views of ``step``; ``work``: the
+  bucket's scratch buffers, W to be written into ``work["W"]``, or None), and ``_skew_exact(group)``, whether
+  W's A block is exactly skew when C's is.
+
+A step allocates nothing of the parameters' size: the coordinates, the velocity and the retraction's
+temporaries live in buffers made once per bucket (:meth:`icl.optim.manifolds.Manifold.workspace`).
 """
 
 from __future__ import annotations
@@ -146,7 +151,11 @@ class _Bucket:
                 st[key] = self.views[key][i]
             st["step"] = self.count_views[i]
         self.points = list(m.point(L, self.p).unbind(0)) if m.point_is_view else None
+        self.state = {key: self.bufs[key] for key in keys}
+        self.all = list(range(self.k))
         self.G = None  # gradient buffer (k, N, p), made at the first step that needs it
+        self.work = None  # scratch buffers of the step (Manifold.workspace), made at the first full step
+        self._grad = self._G = None  # the last single gradient and its (1, N, p) view
         self.versions = [p._version for p in params]
 
     def intact(self, opt: GlobalSectionOptimizer) -> bool:
@@ -172,42 +181,53 @@ class _Bucket:
         self.versions[i] = p._version
 
     def step(self, opt: GlobalSectionOptimizer, group: dict) -> None:
-        grads = [p.grad for p in self.params]
-        idx = [i for i, g in enumerate(grads) if g is not None]
-        if not idx:
-            return
+        params = self.params
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            idx = [i for i, g in enumerate(grads) if g is not None]
+            if not idx:
+                return
+        else:
+            idx = self.all
         L = self.bufs["section"]
         for i in idx:
             if grads[i].is_sparse:
                 raise RuntimeError(f"{type(opt).__name__} does not support sparse gradients")
-            if self.params[i]._version != self.versions[i]:
+            if params[i]._version != self.versions[i]:
                 self._reanchor(i, L.dtype)
-        if len(idx) == self.k:
-            self._advance(opt, group, L, {k: self.bufs[k] for k in self.keys}, self.count, grads, idx)
-        else:  # some parameters have no gradient: step the others on gathered copies
-            t = torch.tensor(idx, device=L.device)
-            Ls, step = L.index_select(0, t), self.count.index_select(0, t)
-            state = {k: self.bufs[k].index_select(0, t) for k in self.keys}
-            self._advance(opt, group, Ls, state, step, [grads[i] for i in idx], idx)
-            L.index_copy_(0, t, Ls)
-            self.count.index_copy_(0, t, step)
-            for k in self.keys:
-                self.bufs[k].index_copy_(0, t, state[k])
-        points = self.points if self.points is not None else list(self.m.point(L, self.p).unbind(0))
-        params = [self.params[i] for i in idx]
-        torch._foreach_copy_(params, [points[i] for i in idx])
+        if idx is self.all:
+            if self.work is None:
+                self.work = self.m.workspace(L, self.p)
+            self._advance(opt, group, L, self.state, self.count, self.count_views, grads, idx, self.work)
+            torch._foreach_copy_(params, self.points or list(self.m.point(L, self.p).unbind(0)))
+            self.versions = [p._version for p in params]
+            return
+        # some parameters have no gradient: step the others on gathered copies
+        t = torch.tensor(idx, device=L.device)
+        Ls, step = L.index_select(0, t), self.count.index_select(0, t)
+        state = {k: self.bufs[k].index_select(0, t) for k in self.keys}
+        self._advance(opt, group, Ls, state, step, list(step.unbind(0)), [grads[i] for i in idx], idx, None)
+        L.index_copy_(0, t, Ls)
+        self.count.index_copy_(0, t, step)
+        for k in self.keys:
+            self.bufs[k].index_copy_(0, t, state[k])
+        points = self.points or list(self.m.point(L, self.p).unbind(0))
+        torch._foreach_copy_([params[i] for i in idx], [points[i] for i in idx])
         for i in idx:
-            self.versions[i] = self.params[i]._version
+            self.versions[i] = params[i]._version
 
-    def _advance(self, opt, group, L, state, step, grads, idx) -> None:
+    def _advance(self, opt, group, L, state, step, step_views, grads, idx, work) -> None:
+        """One step of the members ``idx`` whose sections, state and step counts are ``L``, ``state``, ``step``
+        (the bucket's own tensors, with ``work`` its scratch buffers, or gathered copies and ``work`` None)."""
         m, p, k, gd = self.m, self.p, len(idx), L.dtype
-        full = k == self.k
         if k == 1 and grads[0].dtype == gd:
-            G = grads[0].unsqueeze(0)
+            if grads[0] is not self._grad:  # (the same gradient tensor as last step: its view is kept)
+                self._grad, self._G = grads[0], grads[0].unsqueeze(0)
+            G = self._G
             if group["maximize"]:
                 G = -G
         else:
-            if not full:
+            if work is None:
                 G = torch.stack(grads).to(gd)
             else:
                 if self.G is None:
@@ -217,21 +237,25 @@ class _Bucket:
                 G = self.G
             if group["maximize"]:
                 G.neg_()
-        C = m.grad_coords(L, G)
+        C = m.grad_coords(L, G, work=work)
         step.add_(1)
+        steps = self.steps
+        s = steps[idx[0]] + 1
+        uniform = True
         for i in idx:
-            self.steps[i] += 1
-        uniform = all(self.steps[i] == self.steps[idx[0]] for i in idx)
-        W = opt._velocity(state, C, step, group, uniform)
-        m.retract_batch_(L, W, p, group["retraction"])
+            steps[i] += 1
+            uniform = uniform and steps[i] == s
+        W = opt._velocity(state, C, step, group, uniform, step_views, work)
+        m.retract_batch_(L, W, p, group["retraction"], work=work, skew_exact=opt._skew_exact(group))
         full, point = opt._reorth_every(group, gd, m)
         if uniform:  # (the usual case: one test for the whole batch)
-            s = self.steps[idx[0]]
-            due_full = list(range(k)) if full and s % full == 0 else []
-            due_point = list(range(k)) if point and s % point == 0 and not due_full else []
-        else:
-            due_full = [j for j, i in enumerate(idx) if full and self.steps[i] % full == 0]
-            due_point = [j for j, i in enumerate(idx) if point and self.steps[i] % point == 0 and j not in due_full]
+            if full and s % full == 0:
+                m.reorthonormalize_(L, p)
+            elif point and s % point == 0:
+                m.reorthonormalize_point_(L, p)
+            return
+        due_full = [j for j, i in enumerate(idx) if full and steps[i] % full == 0]
+        due_point = [j for j, i in enumerate(idx) if point and steps[i] % point == 0 and j not in due_full]
         for due, fix in ((due_full, m.reorthonormalize_), (due_point, getattr(m, "reorthonormalize_point_", None))):
             if len(due) == k:
                 fix(L, p)
@@ -409,8 +433,21 @@ class GlobalSectionOptimizer(Optimizer):
                 state["step"] = torch.tensor(0.0)
             self._euclidean_update(p, grad, state, group)
 
-    def _velocity(self, state: dict, C: torch.Tensor, step: torch.Tensor, group: dict, uniform: bool):
+    def _velocity(
+        self,
+        state: dict,
+        C: torch.Tensor,
+        step: torch.Tensor,
+        group: dict,
+        uniform: bool,
+        step_views: list[torch.Tensor],
+        work: dict | None,
+    ) -> torch.Tensor:
         raise NotImplementedError
+
+    def _skew_exact(self, group: dict) -> bool:
+        """Whether ``_velocity`` maps an exactly skew A block to an exactly skew one (zero diagonal)."""
+        return False
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):

@@ -76,9 +76,12 @@ class ManifoldSGD(GlobalSectionOptimizer):
             grad = buf
         p.add_(grad, alpha=-group["lr"])
 
-    def _velocity(self, state: dict, C: torch.Tensor, step: torch.Tensor, group: dict, uniform: bool):
+    def _skew_exact(self, group: dict) -> bool:
+        return True  # W = −η·b is linear in the exactly skew coordinates
+
+    def _velocity(self, state, C, step, group, uniform, step_views, work):
         """W = −η·b with b ← μb + C (b starts at 0, so its first value is C, as torch's SGD)."""
         mu = group["momentum"]
         if mu != 0:
             C = state["momentum_buffer"].mul_(mu).add_(C)
-        return C * (-group["lr"])
+        return C * (-group["lr"]) if work is None else torch.mul(C, -group["lr"], out=work["W"])

@@ -41,6 +41,8 @@ import math
 
 import torch
 
+from icl.optim import manifold_kernels
+
 __all__ = [
     "Manifold",
     "Euclidean",
@@ -234,6 +236,13 @@ class Manifold:
     def dim(self, shape) -> int:
         return math.prod(shape)
 
+    def workspace(self, L: torch.Tensor, p: int) -> dict[str, torch.Tensor]:
+        """Scratch buffers of one batched step of the sections ``L`` (k, N, N) of parameters with p columns: the
+        coordinates ``C`` and the velocity ``W`` (k, *coord_shape), made once per batch so that a step
+        allocates nothing of the parameters' size."""
+        coords = (L.shape[0], *self.coord_shape((L.shape[-1], p)))
+        return {"C": L.new_empty(coords), "W": L.new_empty(coords)}
+
 
 class Euclidean(Manifold):
     """ℝ^shape; the optimizers treat it with the plain (torch-identical) update."""
@@ -411,13 +420,21 @@ class Stiefel(Manifold):
             return C.T.reshape(-1)
         return torch.cat([self.skew_coords(C[:, :p]), C[:, p:].T.reshape(-1)])
 
-    def grad_coords(self, L: torch.Tensor, G: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def grad_coords(
+        self, L: torch.Tensor, G: torch.Tensor, out: torch.Tensor | None = None, work: dict | None = None
+    ) -> torch.Tensor:
         """Coordinates of global_rep(Λ, rgrad(Y, G)) for a batch Λ (k, N, N), G (k, N, p), as [A | Bᵀ].
 
         One batched product C = GᵀΛ = [GᵀY | GᵀY_⊥] (the second block is Bᵀ = (Y_⊥ᵀG)ᵀ, using Y_⊥ᵀY = 0);
         the first block GᵀY becomes A = YᵀG − GᵀY (its transpose minus itself) in place.  Grassmann:
-        C = GᵀY_⊥ only.
+        C = GᵀY_⊥ only.  With ``work`` (:meth:`workspace` of this Λ) C is its buffer ``C``.
         """
+        if work is not None:
+            C = torch.bmm(G.mT, work["Lc"], out=work["C"])
+            if self.has_skew:
+                Ct = work["Ct"]
+                Ct.copy_(torch.sub(work["CtT"], Ct, out=work["A"]))
+            return C
         p = G.shape[-1]
         if not self.has_skew:
             return torch.bmm(G.mT, L[..., p:], out=out)
@@ -426,19 +443,54 @@ class Stiefel(Manifold):
         Ct.copy_(Ct.mT - Ct)
         return C
 
-    def retract_batch_(self, L: torch.Tensor, W: torch.Tensor, p: int, method: str = "cayley") -> None:
+    def workspace(self, L: torch.Tensor, p: int) -> dict[str, torch.Tensor]:
+        """The base's ``C`` and ``W``, the temporaries of the Cayley retraction (``K`` and ``D`` (k, N, p), a
+        p×p buffer ``A``, LAPACK's ``info``) and the views of Λ, C, W and K that a step uses (made once: a step
+        builds no view)."""
+        work = super().workspace(L, p)
+        k, N = L.shape[0], L.shape[-1]
+        work.update(K=L.new_empty(k, N, p), D=L.new_empty(k, N, p), A=L.new_empty(k, p, p))
+        work.update(info=torch.empty(k, dtype=torch.int32, device=L.device), I=_eye(p, L.dtype, L.device))
+        work["solve_scratch"] = torch.empty(2 * p * p, dtype=L.dtype)  # (manifold_kernels, CPU only)
+        return self._views(work, L, work["W"], p)
+
+    def _views(self, work: dict, L: torch.Tensor, W: torch.Tensor, p: int) -> dict:
+        K, C = work["K"], work["C"]
+        Bt = W[..., p:] if self.has_skew else W
+        work.update(L=L, W=W, Y=L[..., :p], Bt=Bt, BtT=Bt.mT, K_top=K[..., :p, :], K_bottom=K[..., p:, :])
+        work["Lc"] = L if self.has_skew else L[..., p:]
+        if self.has_skew:
+            work.update(Ct=C[..., :p], CtT=C[..., :p].mT, WA=W[..., :p])
+        if L.shape[0] == 1:
+            work.update(Yp0=L[0, :, p:], Bt0=Bt[0], H0=K[0])  # (H is written into K)
+        return work
+
+    def retract_batch_(
+        self,
+        L: torch.Tensor,
+        W: torch.Tensor,
+        p: int,
+        method: str = "cayley",
+        *,
+        work: dict[str, torch.Tensor] | None = None,
+        skew_exact: bool = False,
+    ) -> None:
         """Λ ← Λ·Retraction(W̄) in place for a batch Λ (k, N, N) and velocities W (k, p, N) = [A | Bᵀ].
 
-        W is scratch: its A block may be overwritten.
+        W is scratch: its A block may be overwritten.  ``work`` (:meth:`workspace` of this Λ, with W its
+        buffer ``W``) holds the temporaries and views; ``skew_exact=True`` says that W's A block is exactly
+        skew (its diagonal exactly 0, as Adam's update with ε > 0 and SGD's make it), otherwise the diagonal is
+        zeroed (Adam with ε = 0 leaves 0/0 there).
 
         **Cayley, closed form.**  With Σ = (I − ½A + ¼BᵀB)⁻¹ (p×p), block elimination of
-        (I − ½W̄)X = W̄ gives Cayley(W̄) − I = [[2(Σ − I), −ΣBᵀ], [BΣ, −½BΣBᵀ]], so with Z = Y_⊥B:
+        (I − ½W̄)X = W̄ gives Cayley(W̄) − I = [[2(Σ − I), −ΣBᵀ], [BΣ, −½BΣBᵀ]], so
 
-            D = ZΣ + 2Y(Σ − I),   Y_⊥ ← Y_⊥ − (Y + ½D)Bᵀ,   Y ← Y + D.
+            D = Y_⊥BΣ + 2Y(Σ − I) = Λ·K,  K = [2(Σ − I); BΣ] (N×p),   Y_⊥ ← Y_⊥ − (Y + ½D)Bᵀ,   Y ← Y + D.
 
         Σ⁻¹'s symmetric part is I + ¼BᵀB ≻ 0, so Σ always exists (Grassmann, A = 0: Σ⁻¹ is SPD, Cholesky).
-        Σ − I = Σ(½A − ¼BᵀB) comes from one p×p solve.  Two O(N²p) products (Y_⊥B, the rank-p update of
-        Y_⊥) and O(Np²) work; no 2p×2p kernel.
+        2(Σ − I) = Σ·(A − ½BᵀB) comes from one p×p solve, accurate relative to its size O(η), and
+        BΣ = B + ½B·2(Σ − I); D is small and computed as such (Y + D rounds once).  Two O(N²p) products
+        (Λ·K and the rank-p update of Y_⊥), O(Np²) work and three passes over N×p numbers; no 2p×2p kernel.
 
         **exp**: Λ ← Λ + (ΛB′)·K·B″ᵀ with K = :func:`exp_kernel` of X (2p×2p), the ½A factors folded into K:
         (ΛB′K)B″ᵀ = [P₁ + ½P₂A, −P₂Bᵀ] with P = [Y_⊥B, Y]-products of N×p by p×2p.
@@ -446,40 +498,48 @@ class Stiefel(Manifold):
         if method not in ("cayley", "exp"):
             raise ValueError(f"retraction must be 'cayley' or 'exp', got {method!r}")
         k = L.shape[0]
+        if method == "cayley":
+            if work is None or work["L"] is not L or work["W"] is not W:
+                work = self._views(self.workspace(L, p), L, W, p)
+            Bt, BtT, S2, K_top, I = work["Bt"], work["BtT"], work["A"], work["K_top"], work["I"]
+            # S2 = 2(I − Σ⁻¹) = A − ½BᵀB, Σ⁻¹ = I − ½S2; 2(Σ − I) = Σ·S2 = (Σ⁻¹)⁻¹S2, solved directly: formed
+            # from Σ it would carry an absolute error of one ulp of 1 into 2Y(Σ − I), which drifts Y off the
+            # manifold by ~1e-6 per float32 step at p = 64.  The _ex forms do not read the LAPACK status back
+            # to the host (Σ⁻¹ is never singular, see above).
+            if self.has_skew:
+                WA = work["WA"]
+                if not skew_exact:
+                    WA.diagonal(dim1=-2, dim2=-1).zero_()
+                torch.baddbmm(WA, Bt, BtT, alpha=-0.5, out=S2)
+            else:
+                torch.baddbmm(S2, Bt, BtT, beta=0.0, alpha=-0.5, out=S2)
+            if manifold_kernels.usable(S2):  # one C call (see manifold_kernels: LAPACK's path costs far more here)
+                manifold_kernels.cayley_solve_(S2, K_top, work["solve_scratch"])
+            elif self.has_skew:
+                torch.linalg.solve_ex(torch.sub(I, S2, alpha=0.5), S2, out=(K_top, work["info"]))
+            else:
+                torch.cholesky_solve(S2, torch.linalg.cholesky_ex(torch.sub(I, S2, alpha=0.5))[0], out=K_top)
+            torch.baddbmm(BtT, BtT, K_top, alpha=0.5, out=work["K_bottom"])  # BΣ = B + ½B·2(Σ − I)
+            D = torch.bmm(L, work["K"], out=work["D"])
+            H = torch.add(work["Y"], D, alpha=0.5, out=work["K"])  # (K is free again)
+            if k == 1:
+                # one matrix: BLAS updates the strided block Y_⊥ in place (N(N − p)p multiply-adds)
+                work["Yp0"].addmm_(work["H0"], work["Bt0"], alpha=-1.0)
+            else:
+                # Y_⊥ ← Y_⊥ − H·Bᵀ as an update of the whole (contiguous) Λ by H·[0 | Bᵀ]: the Y columns get
+                # exactly 0, and an in-place batched product on the strided block Y_⊥ would copy it (4× slower
+                # for many small matrices)
+                if self.has_skew:
+                    Wz = W
+                    work["WA"].zero_()
+                else:
+                    Wz = torch.cat([W.new_zeros(k, p, p), W], -1)
+                L.baddbmm_(H, Wz, alpha=-1.0)
+            work["Y"].add_(D)
+            return
         Y, Yp = L[..., :p], L[..., p:]
         Bt = W[..., p:] if self.has_skew else W  # Bᵀ, (k, p, N−p)
         I = _eye(p, L.dtype, L.device)
-        if method == "cayley":
-            if self.has_skew:
-                # W's A block is skew off the diagonal (Adam's and SGD's updates are odd in the gradient); its
-                # diagonal is 0, or 0/0 when eps = 0, so it is zeroed
-                W.diagonal(dim1=-2, dim2=-1).zero_()
-                S = torch.baddbmm(W[..., :p], Bt, Bt.mT, beta=0.5, alpha=-0.25)  # I − Σ⁻¹ = ½A − ¼BᵀB
-            else:
-                S = torch.bmm(Bt, Bt.mT).mul_(-0.25)
-            T = I - S  # Σ⁻¹ = I − ½A + ¼BᵀB
-            # Σ − I = Σ·(I − Σ⁻¹) = T⁻¹S, solved directly: accurate relative to its size O(η) (Σ − I formed from
-            # Σ carries an absolute error of one ulp of 1 into 2Y(Σ − I), which drifts Y off the manifold
-            # by ~1e-6 per float32 step at p = 64); the _ex forms do not read the LAPACK status back to the host
-            # (T is never singular, see above)
-            if self.has_skew:
-                Sm = torch.linalg.solve_ex(T, S)[0]
-            else:
-                Sm = torch.cholesky_solve(S, torch.linalg.cholesky_ex(T)[0])
-            Z = torch.bmm(Yp, Bt.mT)
-            D = torch.baddbmm(Z, torch.add(Z, Y, alpha=2.0), Sm)  # ZΣ + 2Y(Σ − I) = Z + (Z + 2Y)(Σ − I)
-            H = torch.add(Y, D, alpha=0.5)
-            # Y_⊥ ← Y_⊥ − H·Bᵀ as an update of the whole (contiguous) Λ by H·[0 | Bᵀ]: the Y columns get
-            # exactly 0, and an in-place batched product on the strided block Y_⊥ would copy it (4× slower
-            # for many small matrices)
-            if self.has_skew:
-                Wz = W
-                Wz[..., :p] = 0.0
-            else:
-                Wz = torch.cat([W.new_zeros(k, p, p), W], -1)
-            L.baddbmm_(H, Wz, alpha=-1.0)
-            Y.add_(D)
-            return
         A = None
         if self.has_skew:  # exactly skew from the strict lower triangle (the diagonal may be 0/0 if eps = 0)
             A = W[..., :p].tril(-1)
@@ -765,13 +825,17 @@ class SymplecticStiefel(Manifold):
     def to_flat(self, C: torch.Tensor, shape) -> torch.Tensor:
         return C
 
-    def grad_coords(self, L: torch.Tensor, G: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def grad_coords(
+        self, L: torch.Tensor, G: torch.Tensor, out: torch.Tensor | None = None, work: dict | None = None
+    ) -> torch.Tensor:
         """:meth:`grad_rep` for a batch (a loop: the symplectic case has no performance target)."""
+        if work is not None:
+            out = work["C"]
         C = torch.stack([self.grad_rep(Li, Gi) for Li, Gi in zip(L, G)])
         return C if out is None else out.copy_(C)
 
-    def retract_batch_(self, L: torch.Tensor, W: torch.Tensor, p: int, method: str = "cayley") -> None:
-        """:meth:`retract_` for a batch (a loop)."""
+    def retract_batch_(self, L: torch.Tensor, W: torch.Tensor, p: int, method: str = "cayley", **_) -> None:
+        """:meth:`retract_` for a batch (a loop; ``work`` and ``skew_exact`` are not used)."""
         for Li, Wi in zip(L, W):
             self.retract_(Li, Wi, p, method)
 
