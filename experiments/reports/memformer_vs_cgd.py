@@ -337,7 +337,8 @@ def _findings(rows, depths, cfg) -> list[str]:
     out += [
         "",
         "Differences from the paper: (1) baselines use all 20 context points (the authors' code used 19: see the "
-        "CG row); (2) training is a resampled-batch AdamW run ended by the plateau rule, not 10 steps plus 1000 "
+        "CG row); (2) training is a resampled-batch AdamW run ended by the plateau rule or the step cap (the "
+        "steps column above), not 10 steps plus 1000 "
         "steps on one fixed batch, and the test prompts are never trained on; (3) the baselines are tuned per step "
         "for every L on training prompts (the authors used fixed η = 0.005/0.03, β = 0.9); (4) values are means over "
         "seeds with intervals, not read off a figure; figure readings are ±0.1–0.3.",
