@@ -78,7 +78,8 @@ def render(run_dir, rows, cfg: dict) -> dict:
     from pathlib import Path
 
     run_dir = Path(run_dir)
-    depths = sorted({r["depth"] for r in rows if r["depth"] > 0 and r["metric"] == "test_loss"})
+    depths = sorted({r["depth"] for r in rows if r["depth"] > 0 and r["metric"] == "test_loss"
+                     and r["method"] != "theory_ahn_thm1"})  # fmt: skip
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]
     seeds = sorted({r["seed"] for r in rows})
     tr = cfg["train"]
@@ -280,7 +281,7 @@ def _findings(rows, depths, cfg) -> list[str]:
 
     out = ["## Claims checked", ""]
     if have("cg_n19", "cg"):
-        ds = [L for L in depths if L in PAPER_CG_LOG]
+        ds = [L for L in depths if L in PAPER_CG_LOG and select(rows, setting="noniso", method="cg_n19", depth=L)]
         gap = max(abs(v("cg_n19", L) - PAPER_CG_LOG[L]) for L in ds)
         se = max(  # s.e. of a log-loss estimated from 1000 prompts, as the authors' printed values were
             select(rows, setting="noniso", method="cg_n19", depth=L, metric="test_loss_stderr")[0]["value"]
