@@ -70,6 +70,8 @@ of ``depths`` (the figures' curves). The recipe (measured on the full-A LT at L 
 0.1 halved every 400 steps, fresh batches of 2000 prompts every step (at 1000 prompts the heavy-tailed L = 4
 gradients left the LT 0.05–0.10 above the Σ⁻¹ Krylov bound after 4000 steps; at 2000–3000 prompts 0.01–0.05),
 per-matrix clipping 0.01 as in the authors' code, plateau patience 8 evaluations of 100 steps, cap 2400 steps.
+The cap is tight for the LT: on seed 11 (never used in development) the full-A LT at L = 4 ended 0.105 above
+tuned Σ⁻¹-PGD at the cap (the CGD-like Memformer 0.043); a longer cap for it is the next step.
 
 Profiles (seeds 0, 1, 2 unless --seeds): ``quick`` (depths 1–2, a smoke test, about a minute); ``standard``
 (the non-isotropic setting; the full-A LT at L = 1–4, every other model at L = 4; 40,000
