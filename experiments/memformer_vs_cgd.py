@@ -9,7 +9,7 @@ Data. d = 5, n = 20, x = U·diag(√λ)·g with a Haar U per seed and λ = (1, 1
 paper's text writes Σ = UᵀDU with D = diag(1, 1, ½, ¼, 1), but its code draws x = U D g, so its Σ has
 eigenvalues D² = (1, 1, 0.25, 0.0625, 1) (κ = 16): those are the values used here.
 
-Models (all trained, one per depth L = 1…4, sparse parametrisation B_ℓ = 0):
+Models (sparse parametrisation B_ℓ = 0; which depths: see below):
 
 - ``lt_scalar`` / ``lt_full``: the plain linear transformer (Ahn et al. eq. 8) with A_ℓ = a_ℓ·I ("no
   preconditioning", the paper's Q = q·I) or a full A_ℓ ("LT (Pre)").
@@ -33,20 +33,31 @@ Baselines, computed on the same held-out test prompts of each seed:
 
 - ``cg``: Fletcher–Reeves CG with exact line search per prompt on the 20 context points (``cg_n19``: on the
   first 19 only, the authors' off-by-one, to explain the published numbers).
-- ``gd_tuned`` (one η), ``heavy_ball_tuned`` and ``nesterov_tuned`` (one (η, β)), and ``pgd_tuned``
-  (preconditioner Σ⁻¹, one η_ℓ per step: the Ahn et al. Thm 3 family A_ℓ = a_ℓ Σ⁻¹), each tuned for every
-  depth with ``reference_optimizers.tune`` on ``tune_prompts`` prompts of the training law (the ``tune``
-  stream, never the test prompts).
-- ``krylov`` (``reference_optimizers.krylov_bound`` fitted in-sample): min over shared coefficients c of
-  mean (Σ_{k<L} c_k x_qᵀH^k g − y_q)² on the test prompts, with H = XᵀX/n, g = Xᵀy/n: a lower bound for every
-  model whose output is one polynomial p(H)g shared by all prompts, i.e. ``lt_scalar``, ``cgd_scalar``,
-  ``lfom_scalar(_h5)``, GD, heavy ball (any shared schedule). ``krylov_pre``: the same with the
-  Σ⁻¹-preconditioned Krylov space x_qᵀ(Σ⁻¹H)^kΣ⁻¹g, which contains ``pgd_tuned``. Full-A models are in neither
-  space (their A_ℓ differ per layer and need not be functions of Σ).
-- ``lfom_shared_class``: the best member (coefficients tuned on the training-law prompts) of the weight-space
-  family the scalar LFOM Memformer with shared Γ_j^ℓ = Γ_j computes, w_{ℓ+1} = w_ℓ − Σ_{j≤ℓ} c_j ∇R(w_j): the
-  floor of ``lfom_scalar(_h5)``'s function class, which is strictly smaller than the Krylov class.
+- ``gd_tuned`` (one η_ℓ per step: the exact class of ``lt_scalar``), ``heavy_ball_tuned`` (one (η_ℓ, β_ℓ) per
+  step: the exact class of ``cgd_scalar``) and ``pgd_tuned`` (preconditioner Σ⁻¹, one η_ℓ per step: the Ahn et
+  al. Thm 3 family A_ℓ = a_ℓ Σ⁻¹, inside the class of every full-A model), tuned for every depth by
+  ``reference_optimizers.tune_depths`` (never worse than depth T−1 on the tuning prompts) started from
+  ``krylov_steps`` (the per-step sizes that attain the Krylov fit when its polynomial has real roots), on
+  ``tune_prompts`` prompts of the training law (the ``tune`` stream, never the test prompts).
+- ``krylov`` and ``krylov_pre`` (``reference_optimizers.krylov_bound``, the one meaning used in every study):
+  coefficients fitted on the ``tune_prompts`` training-law prompts, the loss evaluated on the test prompts: the
+  best shared polynomial x_qᵀ p(MH) M g of degree < L (M = I, or M = Σ⁻¹), which per-step GD / heavy ball
+  (M = I) and Σ⁻¹-PGD (M = Σ⁻¹) attain when its roots are real.
+- ``lfom_shared_class``: the best member (coefficients tuned on the training-law prompts with
+  ``reference_optimizers.tune``) of the weight-space family the scalar LFOM Memformer with shared Γ_j^ℓ = Γ_j
+  computes, w_{ℓ+1} = w_ℓ − Σ_{j≤ℓ} c_j ∇R(w_j): the floor of ``lfom_scalar(_h5)``'s class, strictly smaller
+  than the Krylov class (depth T−1 is not inside depth T's class, so it is tuned per depth).
 - ``theory_ahn_thm1`` (L = 1): the optimal single full-A layer, d(d+1)/(n+d+1) for w* ~ N(0, Σ⁻¹).
+
+Convergence. Every model is trained until its held-out loss stops improving (the engine's plateau rule:
+``train.plateau_patience`` evaluations without a relative improvement of ``train.plateau_tol``; ``train.steps``
+is the cap), and its test loss is reported beside its class optimum on the same test prompts
+(:func:`experiments.convergence.class_gap`, flagged beyond ``gap_tolerance``): ``lt_full``: tuned Σ⁻¹-PGD;
+``lt_scalar``: tuned per-step GD; ``cgd_scalar``: tuned per-step heavy ball; ``lfom_scalar(_h5)``: the shared-Γ
+class floor; ``cgd_full`` and ``lfom_full``: the best tuned linear first-order method (per seed the best of
+tuned per-step GD, heavy ball and Σ⁻¹-PGD; the report names which). Per-prompt losses are heavy-tailed at
+L = 4, so every test loss comes with :func:`experiments.convergence.tail_stats` (median, trimmed mean, log-mean
+on five disjoint parts of the test set).
 
 The loss is the plain query MSE (Dutta & Sra plot log(MSE), no ½), reported as log(test loss) as in the paper.
 
@@ -54,16 +65,19 @@ Heads. With P = [[0, 0], [0, 1]] and Q_h = −a_h·I per head the heads' outputs
 so ``lfom_scalar_h5`` has exactly the function class of ``lfom_scalar``; the study checks this by collapsing the
 trained 5-head model into one head (metric ``collapse_max_abs_diff``) and compares the two trained losses.
 
-Profiles (seeds 0, 1, 2 unless --seeds): ``quick`` (depths 1–2, 60 steps, a smoke test, about a minute);
-``standard`` (depths 1–4, both data settings, 800 AdamW steps of 500 prompts each at lr 0.03, cosine schedule: Adam
-moves an entry by at most ≈ lr per step and the optimal A ≈ 0.77·Σ⁻¹ has an eigenvalue ≈ 12, so lr 0.01 left the
-full-A LT at log-loss +0.47 instead of +0.23 at L = 1; measured ≈ 6–7 minutes per seed on one core at load ≈ 3,
-about 20 minutes for three seeds, 17 minutes for one seed under load ≈ 10 at nice 10); ``paper`` (B = 1000
-resampled every 100 steps, lr 0.01 halved every 4000 steps, per-matrix clipping 0.01 as in the authors' code, but
-20,000 steps instead of their 10 steps plus 1000 fine-tuning steps on one fixed batch; 5 seeds, 100,000 test
-prompts; about 40 trainings × 20k steps per seed: roughly 1–2 GPU-hours with --device cuda, days on a CPU).
-Each setting's baselines are computed per seed, then each (kind, depth) is trained for all seeds at once
-(``vectorise_seeds``, :func:`experiments.study.train_all_seeds`); the timings above are of one-by-one runs.
+Which models at which depth. ``models`` are trained at the deepest L; those also in ``sweep_models`` at every L
+of ``depths`` (the figures' curves). The recipe (measured on the full-A LT at L = 4, three seeds): AdamW at lr
+0.1 halved every 400 steps, fresh batches of 2000 prompts every step (at 1000 prompts the heavy-tailed L = 4
+gradients left the LT 0.05–0.10 above the Σ⁻¹ Krylov bound after 4000 steps; at 2000–3000 prompts 0.01–0.05),
+per-matrix clipping 0.01 as in the authors' code, plateau patience 8 evaluations of 100 steps, cap 2400 steps.
+The cap is tight for the LT: on seed 11 (never used in development) the full-A LT at L = 4 ended 0.105 above
+tuned Σ⁻¹-PGD at the cap (the CGD-like Memformer 0.043); a longer cap for it is the next step.
+
+Profiles (seeds 0, 1, 2 unless --seeds): ``quick`` (depths 1–2, a smoke test, about a minute); ``standard``
+(the non-isotropic setting; the full-A LT at L = 1–4, every other model at L = 4; 40,000
+test prompts per seed); ``paper`` (every model at every depth in both settings, 5 seeds, 100,000 test prompts,
+a cap of 20,000 steps). Each (kind, depth) is trained for all seeds at once (``vectorise_seeds``,
+:func:`experiments.study.train_all_seeds`).
 """
 
 from __future__ import annotations
@@ -78,8 +92,9 @@ from einops import einsum
 from torch import nn
 
 from experiments.common import RunContext, make_distribution, write_config
+from experiments.convergence import tail_stats
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_all_seeds
+from experiments.study import Rows, StudyConfig, held_out_prompts, train_all_seeds
 from icl.config import ConfigError, spec
 from icl.prompts import PromptBatch, PromptConfig, PromptDistribution, zero_predictor_loss
 from icl.runio import write_json
@@ -92,17 +107,30 @@ from reference_optimizers import (
     gradient_descent,
     heavy_ball,
     krylov_bound,
+    krylov_steps,
     moments,
-    nesterov,
     one_layer_optimum,
     preconditioned_gd,
     tune,
+    tune_depths,
 )
 
 NAME = "memformer_vs_cgd"
 MODEL_KINDS = ("lt_scalar", "lt_full", "cgd_scalar", "cgd_full", "lfom_scalar", "lfom_scalar_h5", "lfom_full")
 SETTINGS = ("noniso", "iso")
 PAPER_EIGENVALUES = (1.0, 1.0, 0.25, 0.0625, 1.0)
+#: The tuned baselines (per-step schedules, tune_depths) and the class floor of the scalar LFOM.
+TUNED = ("gd_tuned", "heavy_ball_tuned", "pgd_tuned")
+#: Each model's class optimum on the same test prompts: the candidates (per seed the best one is used).
+CLASS_OPTIMUM = {
+    "lt_scalar": ("gd_tuned",),
+    "cgd_scalar": ("heavy_ball_tuned",),
+    "lfom_scalar": ("lfom_shared_class",),
+    "lfom_scalar_h5": ("lfom_shared_class",),
+    "lt_full": ("pgd_tuned",),
+    "cgd_full": TUNED,  # the best tuned linear first-order method
+    "lfom_full": TUNED,
+}
 
 #: Dutta & Sra's printed CGD log-losses (notebook output, 19 context points, B = 1000 test prompts).
 PAPER_CG_LOG = {1: 0.75, 2: 0.18, 3: -0.74, 4: -1.62}
@@ -131,41 +159,48 @@ class MemformerVsCGDConfig(StudyConfig):
         eigenvalues: the spectrum of Σ in the non-isotropic setting (the code's D², see the module docstring).
         depths: the numbers of layers / steps L.
         settings: ``noniso`` and/or ``iso``.
-        models: the trained models in the non-isotropic setting.
-        iso_models: the trained models in the isotropic setting.
+        models: the trained models in the non-isotropic setting (at the deepest L).
+        iso_models: the trained models in the isotropic setting (at the deepest L).
+        sweep_models: the models (of either setting) also trained at every other L of ``depths``.
         heads: heads of ``lfom_scalar_h5``.
         init_std: std of the initial attention weights (scalar blocks: of a_ℓ).
-        train: the outer training (AdamW, per-matrix clipping as in the authors' code).
+        train: the outer training (AdamW, per-matrix clipping as in the authors' code, plateau rule and cap).
         test_prompts: held-out prompts per seed (models and every baseline see the same ones).
-        tune_prompts: prompts of the training law used to tune the baselines' step sizes.
+        tune_prompts: prompts of the training law on which the baselines are tuned and the Krylov bounds fitted.
+        gap_tolerance: a model further than this (log units) above its class optimum is flagged as not converged.
     """
 
     d: int = spec(5, ge=1)
     n: int = spec(20, ge=2)
     eigenvalues: tuple[float, ...] = spec(PAPER_EIGENVALUES, gt=0, allow_repeats=True)
     depths: tuple[int, ...] = spec((1, 2, 3, 4), ge=1)
-    settings: tuple[str, ...] = SETTINGS
+    settings: tuple[str, ...] = ("noniso",)
     models: tuple[str, ...] = MODEL_KINDS
-    iso_models: tuple[str, ...] = ("lt_full", "cgd_scalar", "lfom_full")
+    iso_models: tuple[str, ...] = ("lt_full", "lfom_full")
+    sweep_models: tuple[str, ...] = ("lt_full",)
     heads: int = spec(5, ge=2)
     init_std: float = spec(0.01, gt=0)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=800,
-            batch_size=500,
-            lr=0.03,
+            steps=2400,
+            batch_size=2000,
+            lr=0.1,
             weight_decay=0.0,
             clip="per_matrix",
             clip_value=0.01,
-            resample_every=10,
-            schedule="cosine",
-            eval_every=200,
-            eval_batch=1000,
+            resample_every=1,
+            schedule="step",
+            halve_every=400,
+            eval_every=100,
+            eval_batch=2000,
             log_every=100,
+            plateau_patience=8,
+            plateau_tol=1e-3,
         )  # fmt: skip
     )
-    test_prompts: int = spec(20_000, ge=100)
-    tune_prompts: int = spec(4_000, ge=100)
+    test_prompts: int = spec(40_000, ge=100)
+    tune_prompts: int = spec(8_000, ge=100)
+    gap_tolerance: float = spec(0.1, gt=0)
 
     def check(self) -> None:
         super().check()
@@ -175,6 +210,7 @@ class MemformerVsCGDConfig(StudyConfig):
             ("settings", self.settings, SETTINGS),
             ("models", self.models, MODEL_KINDS),
             ("iso_models", self.iso_models, MODEL_KINDS),
+            ("sweep_models", self.sweep_models, MODEL_KINDS),
         ):
             bad = [v for v in values if v not in allowed]
             if bad:
@@ -184,16 +220,25 @@ class MemformerVsCGDConfig(StudyConfig):
         eig = self.eigenvalues if setting == "noniso" else None
         return PromptConfig(d=self.d, n=self.n, eigenvalues=eig, w_prior="inverse_sigma")
 
+    def kinds(self, setting: str) -> tuple[str, ...]:
+        return self.models if setting == "noniso" else self.iso_models
+
+    def model_depths(self, kind: str) -> tuple[int, ...]:
+        """The depths ``kind`` is trained at: every L of ``depths`` for a sweep model, else the deepest."""
+        return tuple(sorted(self.depths)) if kind in self.sweep_models else (max(self.depths),)
+
 
 PROFILES = {
     "quick": {
         "depths": (1, 2),
-        "models": ("lt_scalar", "lt_full", "cgd_scalar", "lfom_scalar", "lfom_scalar_h5", "lfom_full"),
-        "iso_models": ("lt_full",),
+        "models": ("lt_scalar", "lt_full", "cgd_scalar", "cgd_full", "lfom_scalar", "lfom_scalar_h5", "lfom_full"),
+        "sweep_models": ("lt_full", "cgd_full"),
         "train.steps": 60,
         "train.batch_size": 200,
-        "train.eval_every": 60,
+        "train.eval_every": 20,
         "train.eval_batch": 200,
+        "train.halve_every": 20,
+        "train.plateau_patience": 2,
         "test_prompts": 2000,
         "tune_prompts": 500,
         "checkpoint_every": 60,
@@ -201,14 +246,13 @@ PROFILES = {
     "standard": {},
     "paper": {
         "seeds": (0, 1, 2, 3, 4),
+        "settings": SETTINGS,
         "iso_models": MODEL_KINDS,
+        "sweep_models": MODEL_KINDS,
         "train.steps": 20_000,
-        "train.batch_size": 1000,
-        "train.resample_every": 100,
-        "train.schedule": "step",
-        "train.halve_every": 4000,
-        "train.betas": (0.99, 0.9),
-        "train.eval_every": 1000,
+        "train.halve_every": 2000,
+        "train.plateau_patience": 30,
+        "train.eval_every": 200,
         "test_prompts": 100_000,
         "tune_prompts": 20_000,
         "checkpoint_every": 1000,
@@ -273,17 +317,6 @@ def collapse_heads(model: Memformer, d: int, generator: torch.Generator) -> Memf
 # -- baselines -----------------------------------------------------------------------------------------------
 
 
-def krylov(test: PromptBatch, depth: int, M: torch.Tensor | None = None) -> list[float]:
-    """In-sample Krylov bounds on ``test`` for depths 1…``depth`` (``reference_optimizers.krylov_bound``).
-
-    The coefficients are fitted on the test prompts themselves, so the value is the smallest loss on exactly
-    these prompts that any prediction x_qᵀ p(MH) M g with one polynomial p of degree < L shared by all prompts can
-    reach: a strict lower bound for the measured losses of scalar-A LSAs and Memformers, GD and heavy ball with
-    any shared schedule (M = I), and of preconditioned GD with P = Σ⁻¹ (M = Σ⁻¹).
-    """
-    return [float(v) for v in krylov_bound(test, test, depth, preconditioner=M).test_loss[1:]]
-
-
 def lfom_shared(X: torch.Tensor, y: torch.Tensor, steps: int, c: list[float] | float = 1.0) -> torch.Tensor:
     """The weight-space iteration of the scalar LFOM Memformer with Γ shared across layers (Γ_j^ℓ = Γ_j).
 
@@ -301,23 +334,42 @@ def lfom_shared(X: torch.Tensor, y: torch.Tensor, steps: int, c: list[float] | f
     return torch.stack(out, dim=1)
 
 
-def tuned_baselines(tune_batch: PromptBatch, Sinv: torch.Tensor, L: int) -> dict[str, dict]:
-    """GD (one η), heavy ball and Nesterov (one (η, β)) and Σ⁻¹-preconditioned GD (one η_ℓ per step), each
-    tuned for L steps on ``tune_batch`` with ``reference_optimizers.tune`` (grid, then scipy refinement)."""
-    etas = np.geomspace(0.02, 3.0, 30).tolist()
-    pair = {"eta": np.geomspace(0.02, 3.0, 20).tolist(), "beta": np.linspace(0.0, 0.95, 20).tolist()}
+def _krylov_starts(fit, depth: int, extra: dict | None = None) -> dict[int, list[dict]]:
+    """Per depth T, the per-step sizes that attain the Krylov fit (``krylov_steps``), where its roots are real."""
+    starts = {}
+    for T in range(1, depth + 1):
+        eta = krylov_steps(fit.coefficients_by_depth[T - 1])
+        if eta is not None and np.all(eta > 0):
+            starts[T] = [{"eta": eta.tolist(), **{k: [v] * T for k, v in (extra or {}).items()}}]
+    return starts
+
+
+def tuned_baselines(tune_batch: PromptBatch, Sinv: torch.Tensor, depth: int, lfom_depths=()) -> dict[str, list]:
+    """Per-step GD, heavy ball and Σ⁻¹-preconditioned GD tuned for T = 1…``depth`` by ``tune_depths`` (started
+    from ``krylov_steps`` of the Krylov fits on ``tune_batch``), and the shared-Γ LFOM floor at ``lfom_depths``.
+
+    Returns: name -> one hyperparameter dict per depth T = 1…``depth`` (None where not tuned).
+    """
+    plain = krylov_bound(tune_batch, tune_batch, depth)
+    pre = krylov_bound(tune_batch, tune_batch, depth, preconditioner=Sinv)
+    etas = np.geomspace(0.02, 3.0, 24).tolist()
     out = {
-        "gd_tuned": tune(gradient_descent, tune_batch, L, {"eta": etas}).hyperparameters,
-        "heavy_ball_tuned": tune(heavy_ball, tune_batch, L, pair).hyperparameters,
-        "nesterov_tuned": tune(nesterov, tune_batch, L, pair).hyperparameters,
-        "pgd_tuned": tune(
-            preconditioned_gd, tune_batch, L, {"eta": etas}, per_step=("eta",), fixed={"P": Sinv}
-        ).hyperparameters,
-        "lfom_shared_class": tune(
-            lfom_shared, tune_batch, L, {"c": [-0.2, 0.1, 0.3, 0.6, 1.0]}, per_step=("c",), maxfev=3000
-        ).hyperparameters,
-    }
-    return {k: {h: v for h, v in hp.items() if h != "P"} for k, hp in out.items()}
+        "gd_tuned": tune_depths(gradient_descent, tune_batch, depth, {"eta": etas}, per_step=("eta",),
+                                starts=_krylov_starts(plain, depth)),
+        "heavy_ball_tuned": tune_depths(
+            heavy_ball, tune_batch, depth,
+            {"eta": np.geomspace(0.02, 3.0, 12).tolist(), "beta": np.linspace(0.0, 0.9, 10).tolist()},
+            per_step=("eta", "beta"), starts=_krylov_starts(plain, depth, {"beta": 0.0}), maxfev=800),
+        "pgd_tuned": tune_depths(preconditioned_gd, tune_batch, depth, {"eta": etas}, per_step=("eta",),
+                                 fixed={"P": Sinv}, starts=_krylov_starts(pre, depth)),
+    }  # fmt: skip
+    hp = {k: [{h: v for h, v in r.hyperparameters.items() if h != "P"} for r in res] for k, res in out.items()}
+    hp["lfom_shared_class"] = [
+        {"c": tune(lfom_shared, tune_batch, T, {"c": [-0.2, 0.1, 0.3, 0.6, 1.0]}, per_step=("c",),
+                   maxfev=1500).hyperparameters["c"]} if T in lfom_depths else None
+        for T in range(1, depth + 1)
+    ]  # fmt: skip
+    return hp
 
 
 def baseline_iterates(name: str, batch: PromptBatch, L: int, hp: dict, Sinv: torch.Tensor) -> torch.Tensor:
@@ -325,8 +377,6 @@ def baseline_iterates(name: str, batch: PromptBatch, L: int, hp: dict, Sinv: tor
         return gradient_descent(batch.X, batch.y, L, eta=hp["eta"])
     if name == "heavy_ball_tuned":
         return heavy_ball(batch.X, batch.y, L, eta=hp["eta"], beta=hp["beta"])
-    if name == "nesterov_tuned":
-        return nesterov(batch.X, batch.y, L, eta=hp["eta"], beta=hp["beta"])
     if name == "lfom_shared_class":
         return lfom_shared(batch.X, batch.y, L, c=hp["c"])
     return preconditioned_gd(batch.X, batch.y, L, P=Sinv, eta=hp["eta"])
@@ -335,12 +385,29 @@ def baseline_iterates(name: str, batch: PromptBatch, L: int, hp: dict, Sinv: tor
 # -- the study -----------------------------------------------------------------------------------------------
 
 
+def add_losses(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, setting: str) -> None:
+    """Per-prompt squared errors -> rows: ``test_loss`` (mean), its standard error, and the heavy-tail statistics
+    (median, 5% trimmed mean, log(mean) on five disjoint parts of the test set: min, max, sd; top-1% share)."""
+    err = err.detach().double().cpu().reshape(-1)
+    rows.add(method, L, seed, "test_loss", float(err.mean()), setting=setting)
+    rows.add(method, L, seed, "test_loss_stderr", float(err.std() / err.numel() ** 0.5), setting=setting)
+    t = tail_stats(err)
+    for metric, value in (("test_loss_median", t.median), ("test_loss_trimmed", t.trimmed_mean),
+                          ("log_loss_parts_min", t.log_mean_parts_min), ("log_loss_parts_max", t.log_mean_parts_max),
+                          ("log_loss_parts_sd", t.log_mean_parts_sd), ("top1_share", t.top_share)):  # fmt: skip
+        rows.add(method, L, seed, metric, value, setting=setting)
+
+
+def _query_err(w: torch.Tensor, test: PromptBatch) -> torch.Tensor:
+    return (einsum(w, test.x_query, "b d, b d -> b") - test.y_query).square()
+
+
 def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
     hparams: dict = {}
-    ctx.expect_models(sum(len(cfg.models if s == "noniso" else cfg.iso_models) for s in cfg.settings) * len(cfg.depths))
+    ctx.expect_models(sum(len(cfg.model_depths(k)) for s in cfg.settings for k in cfg.kinds(s)))
     for setting in cfg.settings:
         pcfg = cfg.prompt(setting)
         streams, dists, tests = [], [], []
@@ -353,28 +420,30 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
             )
             Sinv = torch.linalg.inv(dist.Sigma)
             signals.raise_if_requested("computing the baselines")
-            _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist)
+            lfom_depths = {L for k in cfg.kinds(setting) if k.startswith("lfom_scalar") for L in cfg.model_depths(k)}
+            _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist, lfom_depths)
             streams.append(st)
             dists.append(dist)
             tests.append(test)
         rows.write(ctx)
-        kinds = cfg.models if setting == "noniso" else cfg.iso_models
-        for kind in kinds:
-            for L in cfg.depths:  # each model trained for all seeds at once (when vectorise_seeds allows)
+        for kind in cfg.kinds(setting):
+            for L in cfg.model_depths(kind):  # each model trained for all seeds at once
                 models = [build(kind, cfg.d, cfg.n, L, cfg, st.generator("init", "cpu")) for st in streams]
                 runs = train_all_seeds(ctx, cfg, f"{setting}-{kind}-L{L}", models, dists, cfg.train, streams)
                 for st, trainer, test in zip(streams, runs.runs, tests):
                     seed, model = st.seed, trainer.model
                     with torch.no_grad():
                         pred = model(test.Z().to(device=ctx.device, dtype=model.dtype))
-                    est = query_losses(pred, test)
-                    method = kind
-                    rows.add_loss(method, L, seed, est, setting=setting)
-                    rows.add(method, L, seed, "final_train_loss", trainer.history.last_loss, setting=setting)
-                    rows.add(method, L, seed, "train_seconds", getattr(trainer, "wall_time", float("nan")),
-                             setting=setting)  # fmt: skip
-                    _model_diagnostics(rows, setting, method, L, seed, kind, model, test, ctx, cfg, st)
-                    ctx.print(f"seed {seed} {method:<24} L={L}  log test loss {math.log(est.mean):+.3f}")
+                    err = (pred.detach().double().cpu() - test.y_query.double()).square()
+                    add_losses(rows, kind, L, seed, err, setting)
+                    rows.add(kind, L, seed, "final_train_loss", trainer.history.last_loss, setting=setting)
+                    rows.add(kind, L, seed, "train_seconds", trainer.wall_time, setting=setting)
+                    rows.add(kind, L, seed, "train_steps", trainer.step, setting=setting)
+                    plateau = any(e.get("event") == "finished" for e in trainer.history.events)
+                    rows.add(kind, L, seed, "stopped_by_plateau", float(plateau), setting=setting)
+                    _model_diagnostics(rows, setting, kind, L, seed, kind, model, test, ctx, cfg, st)
+                    ctx.print(f"seed {seed} {kind:<16} L={L}  log test loss {math.log(float(err.mean())):+.3f} "
+                              f"after {trainer.step} steps")  # fmt: skip
                 rows.write(ctx)
     rows.write(ctx)
     summary = {"experiment": NAME, "seeds": list(cfg.seeds), "profile": cfg.profile, "hyperparameters": hparams,
@@ -387,26 +456,28 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
     return summary
 
 
-def _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist) -> None:
+def _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist, lfom_depths) -> None:
+    """Every baseline's rows for one seed."""
     zero = zero_predictor_loss(cfg.prompt(setting))
-    plain, pre = krylov(test, max(cfg.depths)), krylov(test, max(cfg.depths), Sinv)
+    depth = max(cfg.depths)
+    plain = krylov_bound(tune_batch, test, depth).test_loss[1:].tolist()
+    pre = krylov_bound(tune_batch, test, depth, preconditioner=Sinv).test_loss[1:].tolist()
+    hp = tuned_baselines(tune_batch, Sinv, depth, lfom_depths)
     for L in cfg.depths:
         rows.add("zero_predictor", L, seed, "test_loss", zero, setting=setting)
-        cg = conjugate_gradient(test.X, test.y, L)[:, -1]
-        rows.add_loss("cg", L, seed, query_losses(einsum(cg, test.x_query, "b d, b d -> b"), test),
-                      setting=setting)  # fmt: skip
+        add_losses(rows, "cg", L, seed, _query_err(conjugate_gradient(test.X, test.y, L)[:, -1], test), setting)
         n1 = cfg.n - 1
         cg19 = conjugate_gradient(test.X[:, :n1], test.y[:, :n1], L)[:, -1]
-        rows.add_loss("cg_n19", L, seed, query_losses(einsum(cg19, test.x_query, "b d, b d -> b"), test),
-                      setting=setting)  # fmt: skip
+        add_losses(rows, "cg_n19", L, seed, _query_err(cg19, test), setting)
         rows.add("krylov", L, seed, "test_loss", plain[L - 1], setting=setting)
         rows.add("krylov_pre", L, seed, "test_loss", pre[L - 1], setting=setting)
-        hp = tuned_baselines(tune_batch, Sinv, L)
-        hparams[f"{setting}/s{seed}/L{L}"] = hp
-        for name, h in hp.items():
-            w = baseline_iterates(name, test, L, h, Sinv)[:, -1]
-            rows.add_loss(name, L, seed, query_losses(einsum(w, test.x_query, "b d, b d -> b"), test),
-                          setting=setting)  # fmt: skip
+        for name, per_depth in hp.items():
+            h = per_depth[L - 1]
+            if h is None:
+                continue
+            hparams[f"{setting}/s{seed}/L{L}/{name}"] = h
+            err = _query_err(baseline_iterates(name, test, L, h, Sinv)[:, -1], test)
+            add_losses(rows, name, L, seed, err, setting)
     opt = one_layer_optimum(dist.Sigma, cfg.n, "inverse_sigma")
     rows.add("theory_ahn_thm1", 1, seed, "test_loss", opt.loss, setting=setting)
 
