@@ -1,4 +1,4 @@
-"""Shared pieces of the outer-optimizer studies (``outer_optimizers``, ``manifold_adam``).
+"""Shared pieces of the outer-optimizer studies (``outer_optimizers``, ``manifold_icl``).
 
 - :class:`~learned_optimizers.constraints.BlockParams` (from the library): an LSA weight of shape (L, H, a, b)
   stored as L·H separate 2-D parameters. Stiefel parameters of :class:`icl.optim.ManifoldAdam` must be tall

@@ -1,4 +1,4 @@
-"""The report side of the outer-optimizer sweeps (``outer_optimizers``, ``manifold_adam``)."""
+"""The report side of the outer-optimizer sweeps (``outer_optimizers``)."""
 
 from __future__ import annotations
 
