@@ -86,42 +86,56 @@ def _cpu_id() -> str:
     return info
 
 
+def build_library(source: str, name: str, flags: tuple[str, ...], libs: tuple[str, ...] = ()
+                  ) -> tuple[ctypes.CDLL | None, str]:  # fmt: skip
+    """Compile C ``source`` into a shared library with the system compiler, cached; the one build routine of the
+    project's kernels (these LSA kernels, ManifoldAdam's Cayley solve).
+
+    The cache file's name carries a hash of the source, the compiler, ``flags`` and the CPU (``-march=native``
+    code never runs on another CPU); it is written atomically, so concurrent processes see the whole file or none.
+    Without ``-march=native`` where the compiler refuses it.
+
+    Returns:
+        ``(library, "")``, or ``(None, why)`` where no compiler is found or building or loading fails.
+    """
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return None, "no C compiler (cc) found"
+    key = hashlib.sha256((source + " ".join([cc, *flags, *libs]) + _cpu_id()).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"{name}_{key}.so"
+    with _lock:
+        if not path.exists():
+            errors = []
+            for attempt in (flags, tuple(f for f in flags if f != "-march=native")):
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                        src, out = Path(tmp) / f"{name}.c", Path(tmp) / path.name
+                        src.write_text(source)
+                        subprocess.run([cc, *attempt, "-o", str(out), str(src), *libs], check=True,
+                                       capture_output=True, text=True, timeout=120)  # fmt: skip
+                        os.replace(out, path)
+                    break
+                except (OSError, subprocess.SubprocessError) as err:
+                    errors.append(str(getattr(err, "stderr", "") or err).strip()[:300])
+            else:
+                return None, f"building {name} failed: {errors[-1]}"
+        try:
+            return ctypes.CDLL(str(path)), ""
+        except OSError as err:
+            return None, f"loading {path} failed: {err}"
+
+
 @functools.cache
 def library(e: int, dtype: torch.dtype) -> ctypes.CDLL | None:
     """The kernel for tokens of width e = d+1 in ``dtype``, built on first use; None where it can not be built."""
     if dtype not in _CTYPES or not 2 <= e <= 64:
         return None
     real = "float" if dtype == torch.float32 else "double"
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        _warn("no C compiler (cc) found")
+    lib, why = build_library(SOURCE.read_text(), f"gram_space_e{e}_{real}", (*FLAGS, f"-DE={e}", f"-DREAL={real}"))
+    if lib is None:
+        _warn(why)
         return None
-    flags = [*FLAGS, f"-DE={e}", f"-DREAL={real}"]
-    key = hashlib.sha256((SOURCE.read_text() + " ".join([cc, *flags]) + _cpu_id()).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"gram_space_e{e}_{real}_{key}.so"
-    with _lock:
-        if not path.exists():
-            errors = []
-            # -march=native where the compiler takes it (not every clang on arm64 does), else portable code
-            for attempt in (flags, [f for f in flags if f != "-march=native"]):
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                        out = Path(tmp) / path.name
-                        subprocess.run([cc, *attempt, "-o", str(out), str(SOURCE)], check=True, capture_output=True,
-                                       text=True, timeout=120)  # fmt: skip
-                        os.replace(out, path)  # atomic: a concurrent process sees the whole file or none
-                    break
-                except (OSError, subprocess.SubprocessError) as err:
-                    errors.append(str(getattr(err, "stderr", "") or err).strip()[:300])
-            else:
-                _warn(f"building {SOURCE.name} failed: {errors[-1]}")
-                return None
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as err:
-            _warn(f"loading {path} failed: {err}")
-            return None
     real_t, ptr, i64, i32 = _CTYPES[dtype], ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     lib.context_gram.argtypes = [i64, i64, ptr, ptr, ptr, i32]
     lib.gram_space_forward.argtypes = [i64, i64, i32, ptr, ptr, ptr, ptr, ptr, real_t, ptr, i32]

@@ -290,3 +290,15 @@ def test_step_without_the_fused_kernel_equals_the_step_with_it(name):
         runs.append(traj)
     assert max(float((a - b).abs().max()) for a, b in zip(*runs)) <= 1e-12
     assert float((runs[0][-1] - runs[0][0]).abs().max()) > 0.05
+
+
+def test_cayley_kernel_that_can_not_be_built_falls_back_with_a_warning(monkeypatch, tmp_path):
+    """The one build routine (learned_optimizers.fused.build_library) reports a failing compiler: a warning that
+    names the fallback, no library, nothing left in the cache."""
+    from icl.optim import manifold_kernels
+
+    monkeypatch.setenv("ICL_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    with pytest.warns(UserWarning, match="solve_ex is used"):
+        assert manifold_kernels._library.__wrapped__() is None
+    assert not list(tmp_path.rglob("*.so"))

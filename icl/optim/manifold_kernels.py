@@ -20,14 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -95,41 +88,17 @@ SOLVE(cayley_solve_f64, double, axpy_f64)
 """
 
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
-_lock = threading.Lock()
 _ENTRY = {torch.float32: "cayley_solve_f32", torch.float64: "cayley_solve_f64"}
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The kernel, built on first use; None (with a warning) where it can not be built."""
-    from learned_optimizers.fused import _cache_dir, _cpu_id  # (lazy: learned_optimizers imports icl.optim)
+    from learned_optimizers.fused import build_library  # (lazy: learned_optimizers imports icl.optim)
 
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        return _unavailable("no C compiler (cc) found")
-    key = hashlib.sha256((SOURCE + " ".join([cc, *FLAGS]) + _cpu_id()).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"cayley_solve_{key}.so"
-    with _lock:
-        if not path.exists():
-            errors = []
-            for flags in (FLAGS, tuple(f for f in FLAGS if f != "-march=native")):
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                        src, out = Path(tmp) / "cayley_solve.c", Path(tmp) / path.name
-                        src.write_text(SOURCE)
-                        subprocess.run([cc, *flags, "-o", str(out), str(src), "-lm"], check=True,
-                                       capture_output=True, text=True, timeout=120)  # fmt: skip
-                        os.replace(out, path)  # atomic: a concurrent process sees the whole file or none
-                    break
-                except (OSError, subprocess.SubprocessError) as err:
-                    errors.append(str(getattr(err, "stderr", "") or err).strip()[:300])
-            else:
-                return _unavailable(f"building the kernel failed: {errors[-1]}")
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as err:
-            return _unavailable(f"loading {path} failed: {err}")
+    lib, why = build_library(SOURCE, "cayley_solve", FLAGS, libs=("-lm",))
+    if lib is None:
+        return _unavailable(why)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for name in _ENTRY.values():
         getattr(lib, name).argtypes = [i64, i64, ptr, i64, i64, ptr, i64, i64, ptr]
