@@ -126,7 +126,8 @@ def render(run_dir, rows, cfg: dict) -> dict:
             xlabel="layers", logy=True, dashed_methods=("gdpp_tuned", "const_rr", "ada_rr"), title=f"noise {noise}",
             labels=LABELS,
             points={"one optimal GD step (theory), L = 1": (1, theory_1)} if theory_1 > 0 and 1 in depths else None,
-            caption=f"mean over seeds {seeds}; band: 95% t-interval over seeds; dashed: tuned GD++"
+            caption=f"mean over seeds {seeds}" + _missing_seeds(sub, seeds) + "; band: 95% t-interval over seeds; "
+            "dashed: tuned GD++"
             + (" (ridge is exact without noise: not drawn)" if noise == "U(0,0)" else
                " and the ridge baselines (depth-independent)") + ("; star: the optimal one-step GD (Ahn et al. Thm 1)"
                                               if theory_1 > 0 and 1 in depths else ""),
@@ -306,3 +307,13 @@ def _findings(rows, noises, modes, depths) -> list[str]:
 def report(run_dir) -> dict:
     run = open_report(run_dir)
     return render(run.run_dir, run.rows, run.config)
+
+
+def _missing_seeds(rows, seeds) -> str:
+    """`` (FULL LSA L = 4: seeds [0, 2] only)`` for every curve point with fewer seeds than the run (diverged)."""
+    have: dict[tuple, set] = {}
+    for r in rows:
+        have.setdefault((r["method"], r["depth"]), set()).add(r["seed"])
+    short = [f"{LABELS.get(m, m)} L = {L}: seeds {sorted(s)} only" for (m, L), s in sorted(have.items())
+             if len(s) < len(seeds)]  # fmt: skip
+    return f" ({'; '.join(short)})" if short else ""
