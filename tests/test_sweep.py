@@ -295,8 +295,10 @@ def test_git_state_records_commit_and_dirty(tmp_path):
 def test_only_live_submitit_processes_count_as_running_jobs():
     from experiments.sweep import _is_job_process
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "submitit"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)", "submitit"],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
+        assert child.stdout.readline() == "up\n"  # it has exec'd: before that its cmdline is still pytest's
         assert _is_job_process(child.pid)
         assert not _is_job_process(os.getpid()) or "submitit" in " ".join(sys.argv)  # pytest itself is no job
     finally:
