@@ -101,8 +101,9 @@ def report(run_dir) -> dict:
     if diverged:
         cap += f"; {', '.join(diverged)}: mean over the seeds that did not diverge (see the table)"
     figs = curve_plot(rows, methods, fig_dir / "loss_vs_steps", hlines=hl, title=title, caption=cap, ylim=window)
-    figs += curve_plot(rows, methods, fig_dir / "loss_vs_time", x="wall", hlines=hl, title=title, caption=cap,
-                       ylim=window)
+    figs += curve_plot(rows, methods, fig_dir / "loss_vs_time", x="wall", hlines=hl, title=title,
+                       caption=cap + "; wall clock of a run that shared its machine: the optimizers' seconds are "
+                       "comparable only if the load was even (finished.json records it)", ylim=window)  # fmt: skip
 
     def ci(t):
         m, lo, hi = t
