@@ -16,8 +16,9 @@ from experiments.memformer_vs_cgd import (
     lfom_shared,
     tuned_baselines,
 )
-from experiments.reports.memformer_vs_cgd import class_gaps
+from experiments.reports.memformer_vs_cgd import _batch_exceptions, class_gaps
 from experiments.results import read_results
+from icl.config import ConfigError
 from icl.prompts import PromptConfig, PromptDistribution
 from reference_optimizers import gradient_descent, krylov_bound
 
@@ -155,3 +156,16 @@ def test_class_gap_uses_the_best_candidate_of_the_seed_and_flags_beyond_toleranc
     assert gaps[0].reference == "tuned Σ⁻¹-PGD" and gaps[0].gap == pytest.approx(0.5) and gaps[0].flagged
     assert gaps[1].gap == pytest.approx(0.05) and not gaps[1].flagged
     assert class_gaps(rows, "noniso", "lt_scalar", 4, 0.1) == {}  # a model that was not run has no gap
+
+
+def test_big_batch_models_train_on_the_big_batch_and_the_report_names_them():
+    cfg = MemformerVsCGDConfig(big_batch_models=("lt_full",), big_batch_size=6000)
+    assert cfg.train_for("lt_full").batch_size == 6000
+    assert cfg.train_for("lt_full").replace(batch_size=cfg.train.batch_size) == cfg.train  # only the batch differs
+    assert cfg.train_for("lfom_full") == cfg.train
+    with pytest.raises(ConfigError, match="big_batch_models"):
+        MemformerVsCGDConfig(big_batch_models=("lt_wide",))
+    rows = [{"method": "lt_full", "metric": "batch_size", "value": 6000.0},
+            {"method": "cgd_full", "metric": "batch_size", "value": 2000.0}]  # fmt: skip
+    assert _batch_exceptions(rows, 2000) == " (lt_full: 6000)"
+    assert _batch_exceptions(rows[1:], 2000) == ""

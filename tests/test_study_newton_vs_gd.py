@@ -8,6 +8,7 @@ import torch
 
 from experiments.cli import main
 from experiments.newton_vs_gd import (
+    GPT_MEASURED,
     NewtonVsGDConfig,
     _end,
     gd_iterates,
@@ -17,7 +18,7 @@ from experiments.newton_vs_gd import (
     tune_gdpp,
 )
 from experiments.reporting import load_run
-from experiments.reports.newton_vs_gd import convergence_section, fit_sentence, steps_to_reach
+from experiments.reports.newton_vs_gd import convergence_section, fit_sentence, gpt_cost, steps_to_reach
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
 from icl.training.loop import History
@@ -146,3 +147,12 @@ def test_steps_to_reach_brackets_the_reference_grid():
     assert steps_to_reach(11.0, losses) == "≤ 0"
     assert steps_to_reach(0.1, losses) == "> 8"
     assert steps_to_reach(float("nan"), losses) == "–"
+
+
+def test_the_report_says_why_the_gpt_is_left_out_from_the_measured_cost():
+    m = GPT_MEASURED
+    text = gpt_cost(3)
+    minutes = m["steps"] * m["cpu_s_per_step"] * 3 / 60
+    assert f"{m['steps']} steps × 3 seeds × {m['cpu_s_per_step']:g} s = {minutes:.0f} min of CPU" in text
+    assert f"query MSE {m['query_mse']:g}" in text and "--set models=lsa_full,gpt" in text
+    assert f"= {m['steps'] * m['cpu_s_per_step'] / 60:.0f} min" in gpt_cost(1)

@@ -92,7 +92,8 @@ def render(run_dir, rows, cfg: dict) -> dict:
         f"same n = {cfg['n']} context points and the same {cfg['test_prompts']:,} held-out test prompts per seed. "
         "Values are log(query MSE), mean over seeds [95% t-interval over seeds]. Non-isotropic: Σ eigenvalues "
         f"{tuple(cfg['eigenvalues'])} (the authors' code's D²), w* ~ N(0, Σ⁻¹). Training: AdamW, fresh batches of "
-        f"{tr['batch_size']} prompts every {tr['resample_every']} step(s), lr {tr['lr']} ({tr['schedule']}"
+        f"{tr['batch_size']} prompts{_batch_exceptions(rows, tr['batch_size'])} every {tr['resample_every']} step(s), "
+        f"lr {tr['lr']} ({tr['schedule']}"
         + (f", halved every {tr['halve_every']} steps" if tr["schedule"] == "step" else "")
         + f"), {tr['clip']} clip {tr['clip_value']}; until the held-out loss ({tr['eval_batch']} prompts, every "
         f"{tr['eval_every']} steps) has not improved by a relative {tr['plateau_tol']:g} for "
@@ -159,6 +160,14 @@ def render(run_dir, rows, cfg: dict) -> dict:
     lines += _findings(rows, depths, cfg)
     write_report(run_dir, "\n".join(lines))
     return out
+
+
+def _batch_exceptions(rows, default: int) -> str:
+    """The clause naming the trained models whose batch (row ``batch_size``) differs from ``default``, e.g.
+    ``" (lt_full: 6000)"``; empty when none does."""
+    other = sorted({(r["method"], int(r["value"])) for r in rows if r["metric"] == "batch_size"
+                    and int(r["value"]) != default})  # fmt: skip
+    return f" ({', '.join(f'{m}: {b}' for m, b in other)})" if other else ""
 
 
 def _convergence_section(rows, settings, cfg, out) -> list[str]:

@@ -12,6 +12,7 @@ from experiments.convergence import TRIM, class_gap
 from experiments.newton_vs_gd import (
     _LOSS_WORDS,
     FU_NEWTON,
+    GPT_MEASURED,
     NAME,
     NewtonVsGDConfig,
 )
@@ -188,6 +189,18 @@ def fit_sentence(rows, model: str) -> str:
             f"{FIT_THRESHOLD:g}): " + "; ".join(out) + ".")  # fmt: skip
 
 
+def gpt_cost(seeds: int) -> str:
+    """Why a CPU profile leaves the GPT out: its measured cost (``GPT_MEASURED``) for ``seeds`` seeds."""
+    m = GPT_MEASURED
+    minutes = m["steps"] * m["cpu_s_per_step"] * seeds / 60
+    return (f"Measured on one CPU core at this d and n, a {m['layers']}-layer width-{m['width']} GPT (batch "
+            f"{m['batch']}) takes {m['cpu_s_per_step']:g} s per step and seed and was still descending at step "
+            f"{m['steps']} (held-out query MSE {m['query_mse']:g}, zero predictor {m['zero_mse']:g}), so training it "
+            f"to its plateau takes more than {m['steps']} steps × {seeds} seeds × {m['cpu_s_per_step']:g} s = "
+            f"{minutes:.0f} min of CPU, beyond a 20-minute profile; `--set models=lsa_full,gpt` adds it (stopped by "
+            f"the plateau rule or the cap of `gpt_train.steps`).")
+
+
 def report(run_dir) -> dict:
     run = open_report(run_dir, NewtonVsGDConfig)
     run_dir, cfg, rows, fig_dir = run.run_dir, run.config, run.rows, run.figures
@@ -297,7 +310,7 @@ def report(run_dir) -> dict:
                 f"{cfg.gpt.init_std:g}, batch {gt.batch_size}, lr {gt.lr:g} ({gt.schedule}, halved every "
                 f"{gt.halve_every} steps), trained on the {_LOSS_WORDS.get(gt.loss, gt.loss)}, {plateau(gt)}; "
                 f"per-layer ridge read-outs fitted on {cfg.probe_prompts} probe prompts.\n" if has_gpt else
-                "The softmax GPT was not run (models: " + ", ".join(cfg.models) + ").\n")  # fmt: skip
+                "The softmax GPT was not run (models: " + ", ".join(cfg.models) + f"). {gpt_cost(len(cfg.seeds))}\n")
     gpt_bar = (" The softmax GPT is held to the same bar (the best a linear transformer of its depth reaches)."
                if has_gpt else "")  # fmt: skip
     depth = max(model_depth(cfg, m) for m in models) if models else cfg.lsa.layers
