@@ -53,11 +53,13 @@ from icl.runio import find_nonfinite
 from icl.seeding import Streams
 from icl.training import signals
 from icl.training.callbacks import Callback, Checkpoint, Divergence, Evaluate, TrainingDiverged  # noqa: F401 (re-exported)
-from icl.training.config import TrainConfig
+from icl.training.config import DTYPE_NAMES, TrainConfig
 from icl.training.signals import TrainingInterrupted
 from icl.training.specs import OptimizerSpec
 from icl.training.transforms import schedule_from_config, seed_grad_norms, transform_from_config
 from learned_optimizers.constraints import apply_constraints
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # TrainConfig.dtype -> torch dtype
 
 
 def query_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
