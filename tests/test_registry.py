@@ -41,3 +41,21 @@ def test_unknown_names_get_the_nearest_ones():
         get_experiment("pgd_dept")
     with pytest.raises(ConfigError, match="has no report"):
         get_report("quickstart")
+
+
+def test_study_configs_load_without_torch_or_scipy():
+    code = ("import sys\nfrom experiments.registry import STUDIES\nimport importlib\n"
+            "for name in STUDIES:\n    importlib.import_module('experiments.configs.' + name)\n"
+            "print('LOADED', sorted(m for m in ('torch', 'scipy') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_the_study_re_exports_its_config_and_profiles(name):
+    import importlib
+
+    configs = importlib.import_module(f"experiments.configs.{name}")
+    study = load(STUDIES[name].definition)
+    assert study.config_cls is getattr(configs, study.config_cls.__name__)
+    assert dict(study.profiles) == dict(getattr(configs, "PROFILES", {}))
