@@ -91,6 +91,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -298,6 +299,11 @@ def build(cfg: ManifoldICLConfig, method: str, L: int, lr: float, streams: Strea
     return model, spectral_optimizer(cfg, method, model, lr, streams), None
 
 
+def _fresh(cfg: ManifoldICLConfig, method: str, L: int, lr: float, device: Any, streams: Streams):
+    """A freshly built model of one seed (the engine's seed batch builds, and on divergence rebuilds, them)."""
+    return build(cfg, method, L, lr, streams, device)[0]
+
+
 def spectral_optimizer(cfg: ManifoldICLConfig, method: str, model, lr: float, streams: Streams):
     """The outer optimizer of a spectral model: U (its own learning rate) on Stiefel, the rest Euclidean."""
     groups = model.param_groups(lr=lr * cfg.basis_lr_factor)
@@ -321,27 +327,41 @@ def spectral_monitor(model, dist) -> dict[str, float]:
     return out
 
 
-def fit(ctx: RunContext, cfg: ManifoldICLConfig, tag: str, seed: int, model, dist, train_cfg: TrainConfig,
-        streams: Streams, optimizer, monitor) -> dict[str, Any]:  # fmt: skip
-    """The one place a model is trained: the engine (:func:`experiments.optimizer_sweep.train_timed`: checkpointed,
-    resumable, timed by its clock) for this one seed; ``monitor()`` is sampled every ``monitor_every`` steps.
-    Returns the trained run (``trainer``; None if it diverged), the held-out evaluations, the elapsed seconds per
-    step and the monitor samples [(step, {name: value})]."""
-    samples: list[dict[str, float]] = []
+def fit(ctx: RunContext, cfg: ManifoldICLConfig, tag: str, make, dists, train_cfg: TrainConfig,
+        streams: list[Streams], optimizer, monitors) -> list[dict[str, Any]]:  # fmt: skip
+    """The one place models are trained: the engine (:func:`experiments.optimizer_sweep.train_timed`:
+    checkpointed, resumable, timed by its clock) for the seeds of ``streams`` together (one stacked run; a seed
+    batch that diverges is retrained seed by seed); ``make(streams)`` builds a seed's model, ``monitors[i](model)``
+    is sampled every ``monitor_every`` steps. Returns per seed the trained run (``trainer``; None if it diverged),
+    the held-out evaluations, the elapsed seconds per step (the seed's share of the batch) and the monitor samples
+    [(step, {name: value})] with ``cpu_s``, the process's CPU seconds since step 0 (the seed's share of them when
+    the seeds trained together)."""
+    samples: dict[int, list[dict[str, float]]] = {}  # id(model) -> its samples
+    index = {st.seed: i for i, st in enumerate(streams)}
+    built: dict[int, int] = {}  # id(model) -> the seed's index
 
-    def sample(_model) -> float:
-        samples.append({**monitor(), "cpu_s": time.process_time()})
-        return samples[-1].get("violation", float("nan"))
+    def build(st: Streams):
+        model = make(st)
+        built[id(model)] = index[st.seed]
+        return model
 
-    (res,) = train_timed(ctx, cfg, tag, lambda _st: model, [dist], train_cfg, [streams], optimizer, monitor=sample,
-                         monitor_every=cfg.monitor_every)  # fmt: skip
-    steps = [s for s, _ in res["samples"]]
-    res["monitor"] = list(zip(steps, samples)) if len(samples) == len(steps) else []  # a resumed run keeps none
-    if res["monitor"]:  # the process's CPU seconds since the first read-out (step 0): load-independent time
-        cpu0 = res["monitor"][0][1]["cpu_s"]
-        for _, rec in res["monitor"]:
-            rec["cpu_s"] -= cpu0
-    return res
+    def sample(model) -> float:
+        rec = {**monitors[built[id(model)]](model), "cpu_s": time.process_time()}
+        samples.setdefault(id(model), []).append(rec)
+        return rec.get("violation", float("nan"))
+
+    results = train_timed(ctx, cfg, tag, build, dists, train_cfg, streams, optimizer, monitor=sample,
+                          monitor_every=cfg.monitor_every)  # fmt: skip
+    together = len(results) if all(r["elapsed"] is results[0]["elapsed"] for r in results) else 1
+    for res in results:
+        steps = [s for s, _ in res["samples"]]
+        recs = samples.get(id(res["trainer"].model), []) if res["trainer"] is not None else []
+        res["monitor"] = list(zip(steps, recs)) if len(recs) == len(steps) else []  # a resumed run keeps none
+        if res["monitor"]:  # CPU seconds since the first read-out (step 0): load-independent time
+            cpu0 = res["monitor"][0][1]["cpu_s"]
+            for _, rec in res["monitor"]:
+                rec["cpu_s"] = (rec["cpu_s"] - cpu0) / together
+    return results
 
 
 # -- the reference and the gaps ------------------------------------------------------------------------------------
@@ -400,7 +420,9 @@ def run(cfg: ManifoldICLConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
-    ctx.expect_models(len(cfg.seeds) * sum(len(method_lrs(cfg, m)) for L in cfg.depths for m in methods_at(cfg, L)))
+    ctx.expect_models(sum(len(method_lrs(cfg, m)) * (1 if m in REFERENCES else len(cfg.seeds))
+                          for L in cfg.depths for m in methods_at(cfg, L)))  # fmt: skip
+    seeds = []  # per seed: streams, law, tune and test prompts
     for seed in cfg.seeds:
         streams = Streams(seed, ctx.device)
         dist = make_distribution(cfg.prompt, streams)
@@ -408,41 +430,53 @@ def run(cfg: ManifoldICLConfig, ctx: RunContext) -> dict:
         dist.dtype = torch.float64
         tune_prompts = dist.sample(cfg.tune_prompts, streams.generator("tune", "cpu"))
         dist.dtype = old
-        test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
-        for L in cfg.depths:
+        seeds.append((seed, streams, dist, tune_prompts, held_out_prompts(dist, streams, cfg.test_prompts,
+                                                                          torch.float64)))  # fmt: skip
+    for L in cfg.depths:
+        pgd: dict[int, tuple[float, torch.Tensor]] = {}  # seed -> (val MSE, per-prompt test errors) of tuned PGD
+        for seed, streams, dist, tune_prompts, test in seeds:
             etas, krylov = tuned_pgd(tune_prompts, test, dist.Sigma, L)
             old = dist.dtype
             dist.dtype = cfg.train.torch_dtype
             val = dist.sample(cfg.train.eval_batch, streams.generator("val", ctx.device)).to("cpu", torch.float64)
             dist.dtype = old
-            pgd_val = float(pgd_errors(val, dist.Sigma, etas).mean())
-            pgd_err = pgd_errors(test, dist.Sigma, etas)
-            rows.add("pgd_tuned", L, seed, "test_loss", float(pgd_err.mean()))
-            rows.add("pgd_tuned", L, seed, "val_loss", pgd_val)
+            pgd[seed] = (float(pgd_errors(val, dist.Sigma, etas).mean()), pgd_errors(test, dist.Sigma, etas))
+            rows.add("pgd_tuned", L, seed, "test_loss", float(pgd[seed][1].mean()))
+            rows.add("pgd_tuned", L, seed, "val_loss", pgd[seed][0])
             rows.add("krylov_bound_sigma_inv", L, seed, "test_loss", krylov)
             for k, e in enumerate(sorted(etas.tolist())):
                 rows.add("pgd_tuned", L, seed, "step_sorted", e, k=k + 1)
-            errs: dict[tuple[str, float], torch.Tensor] = {}
-            for method in methods_at(cfg, L):
-                for lr in method_lrs(cfg, method):
-                    tag = f"{method}@{lr:g}"
-                    model, opt, monitor = build(cfg, method, L, lr, streams, ctx.device)
-                    if monitor is None:
-                        monitor = lambda m=model, law=dist: spectral_monitor(m, law)
-                    res = fit(ctx, cfg, f"{tag}-L{L}", seed, model, dist, method_train_config(cfg, method, lr, L),
-                              streams, opt, monitor)  # fmt: skip
-                    err = add_run(rows, method, lr, L, seed, res, test, pgd_val, pgd_err)
-                    if err is not None:
-                        errs[(method, lr)] = err
-                    last = rows.rows[-1]
-                    ctx.print(f"seed {seed} L{L} {tag:<34} {last['metric']} {last['value']:.4g}  {res['status'][:40]}")
-            for (method, lr), err in errs.items():  # paired with the unconstrained model on the same test prompts
-                for (ref, ref_lr), ref_err in errs.items():
+        errs: dict[int, dict[tuple[str, float], torch.Tensor]] = {seed: {} for seed, *_ in seeds}
+        for method in methods_at(cfg, L):
+            for lr in method_lrs(cfg, method):
+                tag = f"{method}@{lr:g}"
+                # the unconstrained model trains every seed in one stacked run (the engine's seed batch); the
+                # spectral ones, each with its own optimizer object, one seed at a time
+                groups = [seeds] if method in REFERENCES else [[one] for one in seeds]
+                for group in groups:
+                    built = [build(cfg, method, L, lr, st, ctx.device) for _, st, *_ in group]
+                    monitors = [(lambda _m, f=mon: f()) if mon else (lambda m, law=dist: spectral_monitor(m, law))
+                                for (_, _, mon), (_, _, dist, *_) in zip(built, group)]  # fmt: skip
+                    make = partial(_fresh, cfg, method, L, lr, ctx.device) if len(group) > 1 \
+                        else (lambda _st, m=built[0][0]: m)  # fmt: skip
+                    results = fit(ctx, cfg, f"{tag}-L{L}", make, [d for _, _, d, *_ in group],
+                                  method_train_config(cfg, method, lr, L), [st for _, st, *_ in group],
+                                  built[0][1], monitors)  # fmt: skip
+                    for (seed, *_, test), res in zip(group, results):
+                        err = add_run(rows, method, lr, L, seed, res, test, *pgd[seed])
+                        if err is not None:
+                            errs[seed][(method, lr)] = err
+                        last = rows.rows[-1]
+                        ctx.print(f"seed {seed} L{L} {tag:<34} {last['metric']} {last['value']:.4g}  "
+                                  f"{res['status'][:40]}")  # fmt: skip
+        for seed, by_method in errs.items():  # paired with the unconstrained model on the same test prompts
+            for (method, lr), err in by_method.items():
+                for (ref, ref_lr), ref_err in by_method.items():
                     if ref in REFERENCES and (method, lr) != (ref, ref_lr):
                         diff, se = log_gap(err, ref_err)
                         for metric, value in (("gap_vs", diff), ("gap_vs_stderr", se)):
                             rows.add(method, L, seed, metric, value, lr=lr, reference=ref, param=ref_lr)
-            rows.write(ctx)
+        rows.write(ctx)
     from experiments.reports.manifold_icl import report  # the report module imports matplotlib
 
     summary = report(ctx.out_dir)
