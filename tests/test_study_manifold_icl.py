@@ -4,12 +4,22 @@ manifold and re-renders; the gap, first-reach and verdict helpers on hand-made n
 import json
 import math
 
+import pytest
 import torch
 
 from experiments.cli import main
-from experiments.manifold_icl import METHODS, REFERENCES, first_reach, log_gap, settled
+from experiments.manifold_icl import (
+    METHODS,
+    REFERENCES,
+    ManifoldICLConfig,
+    first_reach,
+    log_gap,
+    method_train_config,
+    settled,
+)
 from experiments.reporting import load_run
 from experiments.reports.manifold_icl import no_worse_word, paired, sign_test, verdict
+from icl.config import ConfigError
 
 SMALL = ["--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.batch_size=64",
          "--set", "train.eval_batch=128", "--set", "test_prompts=300", "--set", "tune_prompts=300",
@@ -133,3 +143,36 @@ def test_no_worse_is_the_upper_end_of_the_paired_interval_against_the_margin():
     assert p["higher"].word == "holds" and no_worse_word(p) == "holds"  # higher, but by less than the margin
     assert no_worse_word(paired(tab, "c@1", "ref@1", 3, 0.05, no_worse_margin=0.0)) == "does not hold"
     assert no_worse_word(paired(tab, "f@1", "ref@1", 3, 0.05, no_worse_margin=0.01)) == "does not hold"
+
+
+def test_the_unconstrained_recipe_is_per_layer_with_its_patience_in_steps():
+    cfg = ManifoldICLConfig().replace(halve_every=500, reference_steps=2000, reference_patience=1000,
+                                      reference_betas=(0.9, 0.999))  # fmt: skip
+    t = method_train_config(cfg, "unconstrained_adam", 0.05, 4)
+    assert (t.steps, t.halve_every, t.betas, t.clip, t.clip_value) == (8000, 2000, (0.9, 0.999), "per_matrix", 0.01)
+    assert t.plateau_patience * cfg.train.eval_every == 4000  # 1000 steps per layer, counted in evaluations of 100
+    assert method_train_config(cfg.replace(reference_patience=0), "unconstrained_adam", 0.05, 3).plateau_patience == 0
+    s = method_train_config(cfg, "spectral_manifold_adam", 0.03, 4)  # the constrained recipe is not per layer
+    assert (s.steps, s.halve_every, s.plateau_patience) == (cfg.train.steps, cfg.constrained_halve_every,
+                                                            cfg.train.plateau_patience)  # fmt: skip
+
+
+def test_side_seeds_must_be_among_the_seeds():
+    with pytest.raises(ConfigError, match="side_seeds"):
+        ManifoldICLConfig(seeds=(0, 1), side_seeds=(2,)).check()
+
+
+def test_the_unconstrained_seeds_train_together_and_side_methods_run_on_side_seeds(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "manifold_icl", "--profile", "quick", "--out", str(out), "--quiet", *SMALL,
+                 "--set", "seeds=(0,1)", "--set", "side_seeds=(1,)",
+                 "--set", "methods=(spectral_manifold_adam,unconstrained_adam,spectral_projected_adam)"]) == 0
+    _, rows = load_run(out)
+    seeds = lambda m: {r["seed"] for r in rows if r["method"] == m and r["metric"] == "final_gap"}  # noqa: E731
+    assert seeds("spectral_manifold_adam") == seeds("unconstrained_adam") == {0, 1}
+    assert seeds("spectral_projected_adam") == {1}
+    cpu = {s: [r["value"] for r in rows if r["method"] == "unconstrained_adam" and r["metric"] == "cpu_s"
+               and r["seed"] == s and r["train_step"] == 20] for s in (0, 1)}  # fmt: skip
+    # one stacked run: both seeds read the same clock at the same step, each its half of it
+    assert cpu[0] and cpu[1] and 0 < cpu[0][0] and abs(cpu[0][0] - cpu[1][0]) < 0.1 * cpu[0][0]
+    assert (out / "checkpoints" / "unconstrained_adam@0.05-L2-s1.pt").is_file()
