@@ -17,7 +17,7 @@ The source is ``learned_optimizers/csrc/manifold_step.c``.
   about fifteen torch operations per step.
 
 The kernels are compiled on first use with the system C compiler by :func:`learned_optimizers.fused.build_library`
-(``cc -O3 -march=native``, retried without ``-march=native``; cached under ``$ICL_KERNEL_CACHE`` or
+(``cc -O3 -march=native -fno-math-errno``, retried without ``-march=native``; cached under ``$ICL_KERNEL_CACHE`` or
 ``~/.cache/icl-optimizers``) and loaded with ctypes.  Where there is no compiler, the tensors are not
 float32/float64 CPU tensors, while ``torch.compile`` traces, or the fused kernels are switched off (``ICL_FUSED=0``,
 :func:`learned_optimizers.fused.disabled`), :func:`usable` is False and the step runs its torch code (the solve by
@@ -37,7 +37,7 @@ import torch
 
 __all__ = ["usable", "step_usable", "cayley_solve_", "adam_step_", "layouts_fit", "step_scratch_size"]
 
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")  # (no errno: sqrt vectorises)
 _SOLVE = {torch.float32: "cayley_solve_f32", torch.float64: "cayley_solve_f64"}
 _STEP = {torch.float32: "adam_step_f32", torch.float64: "adam_step_f64"}
 

@@ -97,6 +97,54 @@ void NAME(int64_t k, int64_t p, const REAL *S, int64_t s_bs, int64_t s_rs, REAL 
 SOLVE(cayley_solve_f32, float, solve1_f32)
 SOLVE(cayley_solve_f64, double, solve1_f64)
 
+/* Adam's update of n coordinates g (flat): m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, and the velocity
+   w = -step_size m / (sqrt(v) / bc2_sqrt + eps). */
+#define ADAM(NAME, REAL, SQRT)                                                                               \
+static void NAME(int64_t n, const REAL *restrict g, REAL *restrict m, REAL *restrict v, REAL *restrict w,    \
+                 REAL b1, REAL b2, REAL step_size, REAL bc2_sqrt, REAL e) {                                  \
+    const REAL one_b1 = 1 - b1, one_b2 = 1 - b2;                                                             \
+    for (int64_t j = 0; j < n; j++) {                                                                        \
+        const REAL gj = g[j], mm = b1 * m[j] + one_b1 * gj, vv = b2 * v[j] + one_b2 * gj * gj;               \
+        m[j] = mm;                                                                                           \
+        v[j] = vv;                                                                                           \
+        w[j] = -step_size * mm / (SQRT(vv) / bc2_sqrt + e);                                                  \
+    }                                                                                                        \
+}
+ADAM(adam_f32, float, sqrtf)
+ADAM(adam_f64, double, sqrt)
+
+/* The new point, one row at a time: H = Y + D/2, Y <- Y + D (n numbers). */
+#define MOVE(NAME, REAL)                                                                                     \
+static void NAME(int64_t n, REAL *restrict y, const REAL *restrict d, REAL *restrict h) {                    \
+    for (int64_t j = 0; j < n; j++) {                                                                        \
+        const REAL yj = y[j], dj = d[j];                                                                     \
+        h[j] = yj + (REAL)0.5 * dj;                                                                          \
+        y[j] = yj + dj;                                                                                      \
+    }                                                                                                        \
+}
+MOVE(move_f32, float)
+MOVE(move_f64, double)
+
+/* P (N x p, strides rs, cs) = Y (N x p, row stride ld): row by row where P is row-major, in 16 x 16 tiles
+   where it is column-major, element by element otherwise. */
+#define PUT(NAME, REAL)                                                                                      \
+static void NAME(int64_t N, int64_t p, const REAL *restrict Y, int64_t ld, REAL *restrict P, int64_t rs,     \
+                 int64_t cs) {                                                                               \
+    if (cs == 1) {                                                                                           \
+        for (int64_t r = 0; r < N; r++) memcpy(P + r * rs, Y + r * ld, p * sizeof(REAL));                    \
+    } else if (rs == 1) {                                                                                    \
+        for (int64_t r0 = 0; r0 < N; r0 += 16)                                                               \
+            for (int64_t j0 = 0; j0 < p; j0 += 16)                                                           \
+                for (int64_t j = j0; j < j0 + 16 && j < p; j++)                                              \
+                    for (int64_t r = r0; r < r0 + 16 && r < N; r++) P[j * cs + r] = Y[r * ld + j];           \
+    } else {                                                                                                 \
+        for (int64_t r = 0; r < N; r++)                                                                      \
+            for (int64_t j = 0; j < p; j++) P[r * rs + j * cs] = Y[r * ld + j];                              \
+    }                                                                                                        \
+}
+PUT(put_f32, float)
+PUT(put_f64, double)
+
 /* One ManifoldAdam step of k parameters Y (N x p) with sections L (k x N x N, row-major, contiguous):
 
      C = G^T Lc            Lc = L (Stiefel, c = N columns) or Y_perp = L[:, p:] (Grassmann, c = N - p)
@@ -109,13 +157,13 @@ SOLVE(cayley_solve_f64, double, solve1_f64)
    (icl.optim.manifolds.Stiefel.retract_batch_ derives it.)  grads / params: k pointers to N x p matrices with
    strides (g_rs, g_cs) / (p_rs, p_cs), the gradients row-major (g_cs = 1) or column-major (g_rs = 1);
    m, v: k x p x c; work: 2pc + 2p^2 + 2Np numbers (C, W, S2, solve scratch (2p^2), K, D). */
-#define STEP(NAME, REAL, GEMM, ONE, SQRT)                                                                         \
+#define STEP(NAME, REAL, GEMM, ONE, ADAMF, MOVEF, PUTF)                                                      \
 void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *grads, int64_t g_rs, int64_t g_cs, \
           const int64_t *params, int64_t p_rs, int64_t p_cs, REAL *m, REAL *v, float *count, double lr,        \
           double beta1, double beta2, double eps, int maximize, REAL *work) {                                 \
     const int64_t c = skew ? N : N - p, off = skew ? p : 0, q = N - p;                                       \
     REAL *C = work, *W = C + p * c, *S = W + p * c, *sw = S + p * p, *K = sw + 2 * p * p, *D = K + N * p;    \
-    const REAL b1 = (REAL)beta1, b2 = (REAL)beta2, one_b1 = (REAL)(1 - beta1), one_b2 = (REAL)(1 - beta2);  \
+    const REAL b1 = (REAL)beta1, b2 = (REAL)beta2;                                                           \
     for (int64_t b = 0; b < k; b++) {                                                                        \
         REAL *Lb = L + b * N * N, *mb = m + b * p * c, *vb = v + b * p * c;                                   \
         const REAL *G = (const REAL *)(intptr_t)grads[b];                                                     \
@@ -128,51 +176,35 @@ void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *gra
         count[b] += 1.0f;                                                                                    \
         const double t = count[b];                                                                           \
         const REAL step_size = (REAL)(lr / (1 - pow(beta1, t)));                                             \
-        const REAL bc2_sqrt = (REAL)sqrt(1 - pow(beta2, t)), e = (REAL)eps;                                  \
-        for (int64_t i = 0; i < p; i++) {                                                                    \
-            const REAL *Ci = C + i * c;                                                                      \
-            REAL *mi = mb + i * c, *vi = vb + i * c, *Wi = W + i * c;                                        \
-            int64_t j = 0;                                                                                   \
-            if (skew) {                                                                                      \
-                for (; j < p; j++) {                                                                         \
-                    if (j == i) { Wi[j] = 0; continue; }                                                     \
-                    const REAL g = C[j * c + i] - Ci[j];                                                     \
-                    const REAL mm = b1 * mi[j] + one_b1 * g, vv = b2 * vi[j] + one_b2 * g * g;               \
-                    mi[j] = mm; vi[j] = vv;                                                                  \
-                    Wi[j] = -step_size * mm / (SQRT(vv) / bc2_sqrt + e);                                     \
+        const REAL bc2_sqrt = (REAL)sqrt(1 - pow(beta2, t));                                                 \
+        if (skew) /* C's first p columns: G^T Y -> A = Y^T G - G^T Y */                                       \
+            for (int64_t i = 0; i < p; i++) {                                                                \
+                C[i * c + i] = 0;                                                                            \
+                for (int64_t j = i + 1; j < p; j++) {                                                        \
+                    const REAL a = C[j * c + i] - C[i * c + j];                                              \
+                    C[i * c + j] = a;                                                                        \
+                    C[j * c + i] = -a;                                                                       \
                 }                                                                                            \
             }                                                                                                \
-            for (; j < c; j++) {                                                                             \
-                const REAL g = Ci[j];                                                                        \
-                const REAL mm = b1 * mi[j] + one_b1 * g, vv = b2 * vi[j] + one_b2 * g * g;                   \
-                mi[j] = mm; vi[j] = vv;                                                                      \
-                Wi[j] = -step_size * mm / (SQRT(vv) / bc2_sqrt + e);                                         \
-            }                                                                                                \
-        }                                                                                                    \
+        ADAMF(p * c, C, mb, vb, W, b1, b2, step_size, bc2_sqrt, (REAL)eps);                                  \
+        if (skew) /* exactly 0 on the diagonal, also where eps = 0 made it 0/0 */                              \
+            for (int64_t i = 0; i < p; i++) W[i * c + i] = 0;                                                \
         /* S2 = A_W - Bt Bt^T / 2 (row-major p x p; Bt = W[:, off:], p x q): column-major S2^T = ... */       \
         for (int64_t i = 0; i < p; i++)                                                                      \
             for (int64_t j = 0; j < p; j++) S[i * p + j] = skew ? W[i * c + j] : 0;                          \
         GEMM('T', 'N', p, p, q, (REAL)-0.5, W + off, c, W + off, c, 1, S, p);                                \
         ONE(p, S, p, K, p, sw); /* K_top = (I - S2/2)^{-1} S2 */                                            \
-        REAL *Kb = K + p * p; /* K_bottom (q x p) = Bt^T + Bt^T K_top / 2 */                                  \
-        for (int64_t r = 0; r < q; r++)                                                                      \
-            for (int64_t i = 0; i < p; i++) Kb[r * p + i] = W[i * c + off + r];                              \
-        GEMM('N', 'T', p, q, p, (REAL)0.5, K, p, W + off, c, 1, Kb, p);                                      \
+        REAL *Kb = K + p * p, *M = S; /* K_bottom (q x p) = Bt^T (I + K_top / 2) = B Sigma (S2 is free) */        \
+        for (int64_t i = 0; i < p * p; i++) M[i] = (REAL)0.5 * K[i];                                        \
+        for (int64_t i = 0; i < p; i++) M[i * p + i] += 1;                                                   \
+        GEMM('N', 'T', p, q, p, 1, M, p, W + off, c, 0, Kb, p);                                              \
         GEMM('N', 'N', p, N, N, 1, K, p, Lb, N, 0, D, p); /* D = L K (N x p) */                               \
         REAL *H = K; /* (K is free again) */                                                                 \
-        for (int64_t r = 0; r < N; r++) {                                                                    \
-            REAL *Y = Lb + r * N;                                                                            \
-            const REAL *Dr = D + r * p;                                                                      \
-            for (int64_t j = 0; j < p; j++) {                                                                \
-                const REAL y = Y[j], d = Dr[j];                                                              \
-                H[r * p + j] = y + (REAL)0.5 * d;                                                            \
-                Y[j] = y + d;                                                                                \
-                P[r * p_rs + j * p_cs] = y + d;                                                              \
-            }                                                                                                \
-        }                                                                                                    \
+        for (int64_t r = 0; r < N; r++) MOVEF(p, Lb + r * N, D + r * p, H + r * p);                          \
+        PUTF(N, p, Lb, N, P, p_rs, p_cs);                                                                    \
         /* Y_perp (N x q, row-major, row stride N) -= H Bt: column-major Y_perp^T -= Bt^T H^T */              \
         GEMM('N', 'N', q, N, p, -1, W + off, c, H, p, 1, Lb + p, N);                                         \
     }                                                                                                        \
 }
-STEP(adam_step_f32, float, gemm_f, solve1_f32, sqrtf)
-STEP(adam_step_f64, double, gemm_d, solve1_f64, sqrt)
+STEP(adam_step_f32, float, gemm_f, solve1_f32, adam_f32, move_f32, put_f32)
+STEP(adam_step_f64, double, gemm_d, solve1_f64, adam_f64, move_f64, put_f64)
