@@ -208,3 +208,22 @@ void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *gra
 }
 STEP(adam_step_f32, float, gemm_f, solve1_f32, adam_f32, move_f32, put_f32)
 STEP(adam_step_f64, double, gemm_d, solve1_f64, adam_f64, move_f64, put_f64)
+
+/* Y <- Y (3I - Y^T Y) / 2 = 1.5 Y - 0.5 Y (Y^T Y) in double precision for the Y blocks (first p columns) of k
+   sections L (k x N x N, row-major): one Newton-Schulz step to the polar factor (Stiefel.reorthonormalize_point_);
+   w: 2Np + p^2 doubles. */
+#define POLAR(NAME, REAL)                                                                                    \
+void NAME(int64_t k, int64_t N, int64_t p, REAL *L, double *w) {                                             \
+    double *Y = w, *O = w + N * p, *S = O + N * p;                                                           \
+    for (int64_t b = 0; b < k; b++) {                                                                        \
+        REAL *Lb = L + b * N * N;                                                                            \
+        for (int64_t r = 0; r < N; r++)                                                                      \
+            for (int64_t j = 0; j < p; j++) Y[r * p + j] = O[r * p + j] = (double)Lb[r * N + j];             \
+        gemm_d('N', 'T', p, p, N, 1, Y, p, Y, p, 0, S, p); /* S = Y^T Y */                                   \
+        gemm_d('N', 'N', p, N, p, -0.5, S, p, Y, p, 1.5, O, p); /* O = 1.5 Y - 0.5 Y S */                    \
+        for (int64_t r = 0; r < N; r++)                                                                      \
+            for (int64_t j = 0; j < p; j++) Lb[r * N + j] = (REAL)O[r * p + j];                              \
+    }                                                                                                        \
+}
+POLAR(polar_point_f32, float)
+POLAR(polar_point_f64, double)
