@@ -25,7 +25,9 @@ Subclasses supply two rules:
   the batched coordinates C and the batched state named by ``_coord_state_keys`` (``uniform``: every member
   has the same step count; ``step_views``: the members' step counts as 0-dim views of ``step``; ``work``: the
   bucket's scratch buffers, W to be written into ``work["W"]``, or None), and ``_skew_exact(group)``, whether
-  W's A block is exactly skew when C's is.
+  W's A block is exactly skew when C's is;
+* optionally ``_whole_step(...)``: the whole step of a bucket in one fused kernel (ManifoldAdam's C kernel on
+  CPU), returning False where it can not run, so that the step above runs instead.
 
 A step allocates nothing of the parameters' size: the coordinates, the velocity and the retraction's
 temporaries live in buffers made once per bucket (:meth:`icl.optim.manifolds.Manifold.workspace`).
