@@ -359,9 +359,10 @@ def test_whole_step_kernel_equals_the_torch_step(name, maximize, monkeypatch):
 
 
 def test_whole_step_kernel_is_skipped_where_it_can_not_run(monkeypatch):
-    """float32 parameters with float64 geometry, a gradient that is neither row- nor column-major and the exp
-    retraction take the torch step (the kernel would read the wrong numbers); the float64 Stiefel/Grassmann Cayley
-    step takes the kernel, for a row-major parameter with a column-major gradient and the reverse."""
+    """float32 parameters with float64 geometry, a gradient that is neither row- nor column-major, the exp
+    retraction and a square parameter take the torch step (the kernel would read the wrong numbers); the float64
+    Stiefel/Grassmann Cayley step takes the kernel, for a row-major parameter with a column-major gradient and the
+    reverse."""
     from icl.optim import manifold_kernels
     from learned_optimizers.fused import disabled
 
@@ -377,6 +378,7 @@ def test_whole_step_kernel_is_skipped_where_it_can_not_run(monkeypatch):
     Yk = torch.nn.Parameter(manifold_point("grassmann", (9, 3), generator=g, dtype=DT).contiguous())
     Yc = torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g, dtype=DT))
     assert Yc.stride() == (1, 9)  # (a QR factor: column-major)
+    Ysq = torch.nn.Parameter(manifold_point("stiefel", (3, 3), generator=g, dtype=DT))  # square: no Y_⊥
     opt = ManifoldAdam(
         [
             {"params": [Y32], "manifold": "stiefel", "geometry_dtype": DT},
@@ -384,6 +386,7 @@ def test_whole_step_kernel_is_skipped_where_it_can_not_run(monkeypatch):
             {"params": [Ye], "manifold": "grassmann", "retraction": "exp"},
             {"params": [Yk], "manifold": "grassmann"},
             {"params": [Yc], "manifold": "stiefel"},
+            {"params": [Ysq], "manifold": "stiefel"},
         ],
         lr=1e-2,
         seed=0,
@@ -393,17 +396,18 @@ def test_whole_step_kernel_is_skipped_where_it_can_not_run(monkeypatch):
     Ye.grad = torch.randn(9, 3, generator=g, dtype=DT)
     Yk.grad = torch.randn(3, 9, generator=g, dtype=DT).T  # column-major
     Yc.grad = torch.randn(9, 3, generator=g, dtype=DT)
+    Ysq.grad = torch.randn(3, 3, generator=g, dtype=DT)
     ref = ManifoldAdam([{"params": [Yr := torch.nn.Parameter(Yk.detach().clone())], "manifold": "grassmann"}],
                        lr=1e-2, seed=0)  # fmt: skip
     ref.state[Yr]["section"].copy_(opt.state[Yk]["section"])
     Yr.grad = Yk.grad.contiguous()
     with disabled():
         ref.step()
-    before = [Y.detach().clone() for Y in (Y32, Yt, Ye, Yk, Yc)]
+    before = [Y.detach().clone() for Y in (Y32, Yt, Ye, Yk, Yc, Ysq)]
     opt.step()
     assert len(calls) == 2  # Yk's and Yc's buckets
     assert float((Yk.detach() - Yr.detach()).abs().max()) <= 1e-15
-    for Y, Y0 in zip((Y32, Yt, Ye, Yk, Yc), before):
+    for Y, Y0 in zip((Y32, Yt, Ye, Yk, Yc, Ysq), before):
         assert not torch.equal(Y, Y0)
         assert torch.equal(Y, opt.state[Y]["section"][:, :3].to(Y.dtype))  # the parameter is ΛE
 

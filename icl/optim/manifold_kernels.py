@@ -131,10 +131,12 @@ def step_scratch_size(N: int, p: int, skew: bool) -> int:
 
 
 def layouts_fit(grads, params, dtype: torch.dtype) -> bool:
-    """Whether :func:`adam_step_` can read ``grads`` and write ``params`` (N×p tensors of ``dtype``): the
+    """Whether :func:`adam_step_` can read ``grads`` and write ``params`` (N×p tensors of ``dtype``, N > p): the
     gradients all row-major or all column-major (dense), the parameters all with one set of strides."""
     N, p = params[0].shape
     gs, ps = grads[0].stride(), params[0].stride()
+    if N == p:  # (square: no Y_⊥; BLAS refuses the empty operands' leading dimensions)
+        return False
     if not ((gs[1] == 1 and gs[0] >= p) or (gs[0] == 1 and gs[1] >= N)) or min(ps) < 1:
         return False
     for g, x in zip(grads, params):
