@@ -119,7 +119,8 @@ def figure(rows, cfg: BaselinesConfig, stem) -> list:
         0.01, -0.17,
         f"log of the mean query MSE over {cfg.test_prompts:,} held-out prompts per seed; line: mean over "
         f"{len(cfg.seeds)} seed(s) (rotations); band: 95% t-interval over seeds. Tuned methods are tuned for each "
-        f"T on {cfg.train_prompts:,} separate prompts (chosen on {cfg.val_prompts:,} validation prompts). Dashed: "
+        f"T on {cfg.train_prompts:,} separate tail-weighted prompts (chosen on {cfg.val_prompts:,} tail-weighted "
+        "validation prompts; the Krylov bounds are fitted on tail-weighted prompts too). Dashed: "
         "bounds, theory, zero predictor. Least squares and Newton "
         f"(not drawn) and CG at T ≥ d reach float64 round-off (≈ e^−65) below the axis (cut at {LOG_FLOOR:g}); CG "
         "Polak–Ribière (not drawn) is in the tables. Curves that coincide are listed in each panel.",
