@@ -45,8 +45,8 @@ Loss: plain query MSE; log-loss = natural log of the mean over prompts (Dutta & 
 
 No training is involved, so the profiles only differ in prompts, seeds and tuning budget: ``quick`` (1 seed,
 2,000 test / 512 training prompts, small tuning budget; well under a minute), ``standard`` (3 seeds × 10,000 test
-/ 2,048 training / 20,000 validation prompts, 50 tuning evaluations per free value; measured 339 s of CPU time with
-one thread, about 6 minutes on 2 quiet cores), ``paper`` (5 seeds,
+/ 2,048 training / 20,000 validation prompts, 50 tuning evaluations per free value; measured 237 s of CPU time with
+one thread, 475 s of wall time on a shared machine), ``paper`` (5 seeds,
 as in Dutta & Sra's plots, × 100,000 test / 16,384 training prompts, 100 evaluations per free value; about an hour
 on one CPU core, dominated by tuning; ``--device cuda`` works but gains little at d = 5). ``--resume`` skips the
 (dataset, seed) pairs already finished (``checkpoints/*.pt``).

@@ -34,9 +34,9 @@ here. The root-free methods get ``batch_size`` = the training batch (their Fishe
 Target: ``target_factor`` × the best mean final held-out loss across optimizers (default 1.1×); steps and
 wall-clock seconds to reach it are read off the held-out curve (evaluated every ``train.eval_every`` steps).
 
-Profiles: quick (one seed, 2 lrs per optimizer, short runs: ~1 minute), standard (3 seeds, 3 lrs per optimizer
-tuned by 1000-step runs, then 4000 steps at batch 250; measured 376 s of CPU time with one thread, i.e. about 6–7
-minutes on 2 quiet cores, 65 minutes of wall time on a machine shared by 7 jobs), paper (Ahn's budget: batch
+Profiles: quick (one seed, 2 lrs per optimizer, short runs: ~1 minute), standard (3 seeds, 3 lrs per optimizer and up
+to 2 extensions, every rate run for the full 4000 steps at batch 250; measured 459 s of CPU time with one thread,
+851 s of wall time on a shared machine), paper (Ahn's budget: batch
 20000 resampled every 100 steps, 20000 steps, 5 seeds: ~1 GPU-hour per optimizer on CPU, minutes on a GPU;
 ``--device cuda``).
 """
@@ -244,9 +244,10 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
     dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
     tests = [held_out_prompts(dist, st, cfg.test_prompts, torch.float64) for dist, st in zip(dists, seed_streams)]
-    ctx.expect_models(len(cfg.base_lrs()) * (len(cfg.lr_grid) + (0 if cfg.tune_steps >= cfg.train.steps else 1)))
     tune_train = cfg.tune_train()
     full = tune_train.steps >= cfg.train.steps  # the selection runs are the final runs: one length ranks them
+    # at most: the grid, the extensions and (with shorter tuning runs) the final run, per optimizer
+    ctx.expect_models(len(cfg.base_lrs()) * (len(cfg.lr_grid) + LR_EXTENSIONS + (0 if full else 1)))
     for name, base in cfg.base_lrs():  # every run trains all seeds together
         finals: dict[float, list[float]] = {}
         trials: dict[float, list[dict]] = {}
