@@ -320,10 +320,6 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
 
 
 def run(cfg: BaselinesConfig, ctx: RunContext) -> dict:
-    laws = [d for d in cfg.datasets if getattr(cfg, d).input_law != "gaussian"]
-    if laws:  # the tail weights are the Gaussian density ratio
-        raise ConfigError(f"datasets {laws} need input_law 'gaussian': the tuning batches are tail-weighted with the "
-                          "Gaussian density ratio (reference_optimizers.tail_weighted)")
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(ctx.name)
