@@ -8,9 +8,14 @@ inverse-free Kronecker method SIRFShampoo (Lin et al., ICML 2024) and ManifoldAd
 default), so that they are compared at their converged losses and not at the noise floors of a constant rate.
 
 Learning rates: each optimizer's rate is tuned on a grid (``NAME=BASE_LR`` entries of ``optimizers`` times
-``lr_grid``) by short runs of ``tune_steps`` steps with the same schedule compressed to that length; the rate
-with the lowest mean log final loss on the held-out ``val`` batch (never the test prompts) is selected, and the
-optimizer is trained with it for ``train.steps`` steps. Every run trains all seeds together (stacked).
+``lr_grid``); the rate with the lowest mean log final loss on the held-out ``val`` batch (never the test prompts;
+a rate that diverged on any seed is out) is selected. With ``tune_steps`` ≥ ``train.steps`` (the standard profile)
+every rate is run for the full length with the full schedule and the selected run is the reported one, so rates are
+ranked at the length they are reported at (short runs favour rates too large for the long schedule); with a
+shorter ``tune_steps`` the rates are tried by runs of that length, the schedule compressed, and the selected rate is
+trained for ``train.steps``. While the selected rate is the smallest or largest tried, one more rate past that edge
+(by the grid's ratio there) is run, at most ``LR_EXTENSIONS`` per optimizer; a rate still at an edge is named in the
+report. Every run trains all seeds together (stacked).
 
 Every model is reported on ``test_prompts`` float64 test prompts per seed that neither training nor selection saw,
 beside its class optimum on the *same* prompts (:func:`experiments.convergence.class_gap`): the tuned
@@ -29,9 +34,9 @@ here. The root-free methods get ``batch_size`` = the training batch (their Fishe
 Target: ``target_factor`` × the best mean final held-out loss across optimizers (default 1.1×); steps and
 wall-clock seconds to reach it are read off the held-out curve (evaluated every ``train.eval_every`` steps).
 
-Profiles: quick (one seed, 2 lrs per optimizer, short runs: ~1 minute), standard (3 seeds, 3 lrs per optimizer
-tuned by 1000-step runs, then 4000 steps at batch 250; measured 376 s of CPU time with one thread, i.e. about 6–7
-minutes on 2 quiet cores, 65 minutes of wall time on a machine shared by 7 jobs), paper (Ahn's budget: batch
+Profiles: quick (one seed, 2 lrs per optimizer, short runs: ~1 minute), standard (3 seeds, 3 lrs per optimizer and up
+to 2 extensions, every rate run for the full 4000 steps at batch 250; measured 459 s of CPU time with one thread,
+851 s of wall time on a shared machine), paper (Ahn's budget: batch
 20000 resampled every 100 steps, 20000 steps, 5 seeds: ~1 GPU-hour per optimizer on CPU, minutes on a GPU;
 ``--device cuda``).
 """
@@ -41,120 +46,31 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from experiments.common import RunContext, make_distribution, write_config
+from experiments.configs.outer_optimizers import OPTIMIZER_NAMES, PROFILES, REFERENCE_LR, OuterOptimizersConfig  # noqa: F401  (re-exported)
 from experiments.optimizer_sweep import add_run_rows, split_blocks, train_timed
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, held_out_prompts
-from icl.config import ConfigError, spec
-from icl.prompts import PromptBatch, PromptConfig, zero_predictor_loss
+from experiments.study import Rows, held_out_prompts
+from icl.prompts import PromptBatch, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import OptimizerSpec, TrainConfig, signals
-from learned_optimizers import LinearSelfAttention, LSAConfig
+from icl.training import OptimizerSpec, signals
+from learned_optimizers import LinearSelfAttention
 from reference_optimizers import krylov_bound, krylov_steps, preconditioned_gd, query_loss, tune
 
 NAME = "outer_optimizers"
-REFERENCE_LR = 1e-2  # the train.lr the base rates of `optimizers` are given for
-OPTIMIZER_NAMES = ("adam", "adamw", "fadam", "rf_rmsprop", "rf_adamw", "sirfshampoo", "manifold_adam")
 ROOT_FREE = ("rf_rmsprop", "rf_adamw", "sirfshampoo")
 ROOT_BASED = ("adam", "adamw", "fadam", "manifold_adam")
 #: the step-size grid of the tuned Σ⁻¹-PGD reference (refined per step by reference_optimizers.tune)
 ETA_GRID = tuple(float(v) for v in np.geomspace(0.1, 3.0, 9))
 #: the class optimum's name in rows and reports
 OPTIMUM = "tuned_pgd_sigma_inv"
-
-
-@dataclass(frozen=True)
-class OuterOptimizersConfig(StudyConfig):
-    """The outer-optimizer comparison (defaults: the standard profile).
-
-    Attributes:
-        prompt, model: the data law and the sparse LSA trained.
-        train: the full runs (every optimizer at its selected rate, the same schedule).
-        optimizers: ``NAME=BASE_LR`` entries; the rates tried are BASE_LR × ``lr_grid`` × train.lr / 0.01.
-        lr_grid: multipliers of the base rates tried by the tuning runs.
-        tune_steps: length of the tuning runs (at most ``train.steps``; the schedule of ``train`` compressed to this
-            length).
-        target_factor: the target loss is this × the best mean final held-out loss.
-        test_prompts: float64 test prompts per seed (stream ``test``) every model and reference is scored on.
-        tune_prompts: training-law prompts per seed (stream ``tune``) on which the Σ⁻¹-PGD steps are tuned and the
-            Σ⁻¹ Krylov bound is fitted.
-        class_tolerance: how far (log test loss) above the tuned Σ⁻¹-PGD a model may end and count as converged.
-    """
-
-    prompt: PromptConfig = field(
-        default_factory=lambda: PromptConfig(
-            d=5, n=20, eigenvalues=(1.0, 1.0, 0.25, 0.0625, 1.0), w_prior="inverse_sigma"
-        )
-    )
-    model: LSAConfig = field(default_factory=lambda: LSAConfig(layers=3, mode="sparse", init_std=0.01))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=4000, batch_size=250, lr=1e-2, schedule="cosine", eval_every=100, eval_batch=4096, log_every=100
-        )
-    )
-    optimizers: tuple[str, ...] = (
-        "adam=0.1", "adamw=0.1", "fadam=0.1", "rf_rmsprop=0.1", "rf_adamw=0.1", "sirfshampoo=0.03",
-        "manifold_adam=0.1",
-    )  # fmt: skip
-    lr_grid: tuple[float, ...] = spec((0.3, 1.0, 3.0), gt=0)
-    tune_steps: int = spec(1000, ge=1)
-    target_factor: float = spec(1.1, gt=1)
-    test_prompts: int = spec(20_000, ge=10)
-    tune_prompts: int = spec(20_000, ge=2)
-    class_tolerance: float = spec(0.05, gt=0)
-
-    def check(self) -> None:
-        super().check()
-        for entry in self.optimizers:
-            name, _, lr = entry.partition("=")
-            if name not in OPTIMIZER_NAMES:
-                raise ConfigError(f"optimizers: {name!r} is not among {', '.join(OPTIMIZER_NAMES)}")
-            try:
-                ok = float(lr) > 0
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ConfigError(f"optimizers: {entry!r} must be NAME=BASE_LR with BASE_LR > 0")
-        names = [e.partition("=")[0] for e in self.optimizers]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"optimizers: each optimizer may appear once, got {names}")
-        if self.train.optimizer != TrainConfig.optimizer:
-            raise ConfigError(f"train.optimizer = {self.train.optimizer!r} is not used by this study, which trains "
-                              "every optimizer of `optimizers` (set optimizers=NAME=BASE_LR,... to choose them)")
-        if self.model.mode != "sparse":
-            raise ConfigError("model.mode must be 'sparse' (Ahn et al. eq. 8): the class optimum reported beside "
-                              "every model, tuned Σ⁻¹-preconditioned GD, is the sparse LSA's")  # fmt: skip
-
-    def lr_scale(self) -> float:
-        """``train.lr`` scales every base rate: the base rates are those for ``train.lr`` = 0.01."""
-        return self.train.lr / REFERENCE_LR
-
-    def base_lrs(self) -> list[tuple[str, float]]:
-        """(optimizer, base learning rate) pairs; the grid is base × lr_grid."""
-        return [(e.partition("=")[0], float(e.partition("=")[2])) for e in self.optimizers]
-
-    def tune_train(self) -> TrainConfig:
-        """The tuning runs' training config: ``train`` cut to ``tune_steps`` (at most ``train.steps``), its schedule
-        compressed with it."""
-        steps = min(self.tune_steps, self.train.steps)
-        return replace(self.train, steps=steps, halve_every=max(1, self.train.halve_every * steps
-                                                                // max(1, self.train.steps)))
-
-
-PROFILES = {
-    "quick": {"seeds": (0,), "train.steps": 300, "tune_steps": 100, "train.batch_size": 128, "train.eval_every": 25,
-              "train.eval_batch": 1024, "lr_grid": (1.0, 3.0), "test_prompts": 4000, "tune_prompts": 4000,
-              "checkpoint_every": 300},
-    "standard": {},
-    "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 20000, "tune_steps": 2000, "train.batch_size": 20000,
-              "train.resample_every": 100, "train.eval_every": 200, "checkpoint_every": 2000},
-}  # fmt: skip
+#: how many rates past the grid's edge are tried, one at a time, while the selected rate sits on an edge
+LR_EXTENSIONS = 2
 
 
 def class_optimum(dist, streams: Streams, layers: int, tune_count: int, test: PromptBatch) -> dict:
@@ -211,6 +127,25 @@ def select_lr(finals: dict[float, list[float]]) -> float:
     return best if math.isfinite(scored[best]) else min(finals)
 
 
+def next_rate(finals: dict[float, list[float]]) -> float | None:
+    """The rate to try next so that the selected one is bracketed, or None when it is.
+
+    The selected rate (:func:`select_lr`) is bracketed when a smaller and a larger rate were tried (a rate that
+    diverged on some seed brackets from above). At the largest rate tried the next one is that rate times the
+    grid's ratio at that end (3 for a one-rate grid), at the smallest it is divided by it. Every rate diverged:
+    None (the grid's smallest is reported; lower the base rate).
+    """
+    lrs = sorted(finals)
+    best = select_lr(finals)
+    if not all(math.isfinite(v) for v in finals[best]):
+        return None
+    if best == lrs[-1]:
+        return best * (lrs[-1] / lrs[-2] if len(lrs) > 1 else 3.0)
+    if best == lrs[0]:
+        return best / (lrs[1] / lrs[0])
+    return None
+
+
 def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
@@ -218,20 +153,30 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
     dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
     tests = [held_out_prompts(dist, st, cfg.test_prompts, torch.float64) for dist, st in zip(dists, seed_streams)]
-    ctx.expect_models(len(cfg.base_lrs()) * (len(cfg.lr_grid) + 1))
     tune_train = cfg.tune_train()
+    full = tune_train.steps >= cfg.train.steps  # the selection runs are the final runs: one length ranks them
+    # at most: the grid, the extensions and (with shorter tuning runs) the final run, per optimizer
+    ctx.expect_models(len(cfg.base_lrs()) * (len(cfg.lr_grid) + LR_EXTENSIONS + (0 if full else 1)))
     for name, base in cfg.base_lrs():  # every run trains all seeds together
         finals: dict[float, list[float]] = {}
-        for mult in cfg.lr_grid:  # short tuning runs, scored on the held-out `val` batch
-            lr = base * mult * cfg.lr_scale()
-            runs = train_timed(ctx, cfg, f"tune-{name}@{lr:g}", lambda st: build_model(cfg, st), dists, tune_train,
-                               seed_streams, optimizer_spec(name, lr, cfg))  # fmt: skip
+        trials: dict[float, list[dict]] = {}
+        pending, extensions = [base * mult * cfg.lr_scale() for mult in cfg.lr_grid], 0
+        while pending:  # one run per rate (all seeds), scored by its final loss on the held-out `val` batch
+            lr = pending.pop(0)
+            tag = f"{name}@{lr:g}" if full else f"tune-{name}@{lr:g}"
+            runs = train_timed(ctx, cfg, tag, lambda st: build_model(cfg, st), dists, tune_train, seed_streams,
+                               optimizer_spec(name, lr, cfg))  # fmt: skip
+            trials[lr] = runs
             finals[lr] = [r["evals"][-1]["eval_loss"] if r["evals"] and r["trainer"] else math.inf for r in runs]
             for seed, v in zip(cfg.seeds, finals[lr]):
                 rows.add(name, 0, seed, "tune_final_val_loss", v, lr=lr)
+            beyond = next_rate(finals) if not pending and extensions < LR_EXTENSIONS else None
+            if beyond is not None:  # bracket the selected rate: one more rate past the edge it sits on
+                pending, extensions = [beyond], extensions + 1
         lr = select_lr(finals)
-        runs = train_timed(ctx, cfg, f"{name}@{lr:g}", lambda st: build_model(cfg, st), dists, cfg.train,
-                           seed_streams, optimizer_spec(name, lr, cfg))  # fmt: skip
+        runs = trials[lr] if full else train_timed(
+            ctx, cfg, f"{name}@{lr:g}", lambda st: build_model(cfg, st), dists, cfg.train, seed_streams,
+            optimizer_spec(name, lr, cfg))  # fmt: skip
         for seed, test, res in zip(cfg.seeds, tests, runs):
             losses = per_prompt_losses(res["trainer"].model, test) if res["trainer"] else None
             add_run_rows(rows, name, lr, seed, res)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch.optim.adam import adam
 
+from icl.optim import manifold_kernels
 from icl.optim.manifold_optimizer import GlobalSectionOptimizer, check_betas, check_nonneg
+from icl.optim.manifolds import Stiefel
 
 __all__ = ["ManifoldAdam"]
 
@@ -44,7 +46,9 @@ class ManifoldAdam(GlobalSectionOptimizer):
 
     The manifold parameters of a group that share shape, dtype and device are stepped as one batch (one
     product GᵀΛ, one fused Adam update, batched p×p inverses; see
-    :mod:`icl.optim.manifold_optimizer`); the Euclidean ones go through ``torch.optim.adam.adam``, i.e.
+    :mod:`icl.optim.manifold_optimizer`); on CPU the whole Cayley step of a Stiefel or Grassmann batch is one C
+    call (:func:`icl.optim.manifold_kernels.adam_step_`, the same update to rounding); the Euclidean ones go
+    through ``torch.optim.adam.adam``, i.e.
     torch's own single-tensor, foreach or fused path as ``torch.optim.Adam`` would choose it.
 
     Note that the B-block coordinates are coordinates in the random basis Y_⊥ of the section, so results
@@ -117,6 +121,24 @@ class ManifoldAdam(GlobalSectionOptimizer):
         # C's A block is exactly skew, so m's is and v's is symmetric, and the update is odd in m: W's A block
         # is exactly skew, its diagonal −η·0/(0 + ε) = 0, unless ε = 0 (0/0)
         return group["eps"] > 0
+
+    def _whole_step(self, m, L, state, count, grads, params, group, work) -> bool:
+        """The whole Cayley step of a Stiefel or Grassmann bucket in one C call (:func:`manifold_kernels.adam_step_`)
+        where it can run: CPU, float32/float64, gradients and parameters of the geometry dtype in a layout it reads."""
+        if group["retraction"] != "cayley" or not isinstance(m, Stiefel) or not manifold_kernels.step_usable(L):
+            return False
+        if not manifold_kernels.layouts_fit(grads, params, L.dtype):
+            return False
+        scratch = work.get("step_scratch")
+        if scratch is None:
+            N, p = params[0].shape
+            scratch = work["step_scratch"] = L.new_empty(manifold_kernels.step_scratch_size(N, p, m.has_skew))
+        manifold_kernels.adam_step_(
+            L, grads, params, state["exp_avg"], state["exp_avg_sq"], count, lr=group["lr"], betas=group["betas"],
+            eps=group["eps"], maximize=group["maximize"], skew=m.has_skew, scratch=scratch,
+        )  # fmt: skip
+        torch.autograd.graph.increment_version(params)  # (written in place, as torch's optimizers do)
+        return True
 
     def _velocity(self, state, C, step, group, uniform, step_views, work):
         """W = −η·m̂ ⊘ (√v̂ + ε) for a bucket, the moments updated in place, as one fused Adam update.
