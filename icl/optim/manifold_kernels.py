@@ -37,7 +37,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["usable", "step_usable", "cayley_solve_", "adam_step_", "layouts_fit", "step_scratch_size", "polar_point_"]
+__all__ = [
+    "usable", "step_usable", "cayley_solve_", "adam_step_", "AdamStep", "layouts_fit", "step_scratch_size",
+    "polar_point_",
+]  # fmt: skip
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")  # (no errno: sqrt vectorises)
 _SOLVE = {torch.float32: "cayley_solve_f32", torch.float64: "cayley_solve_f64"}
@@ -145,6 +148,35 @@ def layouts_fit(grads, params, dtype: torch.dtype) -> bool:
     return True
 
 
+class AdamStep:
+    """:func:`adam_step_` bound to one bucket: its sections, moments, step counts and scratch are converted to
+    the C call's arguments once, so that a step converts only the gradients' and parameters' addresses and the
+    hyperparameters (which a schedule may change).  Check :func:`step_usable` first; the bound tensors must
+    keep their storage (the optimizer's bucket buffers do); ``scratch`` is made here if not given."""
+
+    def __init__(self, L, exp_avg, exp_avg_sq, count, *, p: int, skew: bool, scratch=None) -> None:
+        k, N = L.shape[0], L.shape[-1]
+        if scratch is None:
+            scratch = L.new_empty(step_scratch_size(N, p, skew))
+        if scratch.numel() < step_scratch_size(N, p, skew) or scratch.dtype != L.dtype:
+            raise ValueError("adam_step_: scratch too small or of another dtype")
+        self.fn = getattr(_library(), _STEP[L.dtype])
+        self.ptrs = ctypes.c_int64 * k
+        self.head = (k, N, p, int(skew), L.data_ptr())
+        self.state = (exp_avg.data_ptr(), exp_avg_sq.data_ptr(), count.data_ptr())
+        self.scratch = scratch  # (kept alive with its address)
+        self.tail = scratch.data_ptr()
+
+    def __call__(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> None:
+        """One step: ``grads`` and ``params`` as :func:`layouts_fit` accepts them."""
+        ptrs = self.ptrs
+        self.fn(
+            *self.head, ptrs(*[g.data_ptr() for g in grads]), *grads[0].stride(),
+            ptrs(*[x.data_ptr() for x in params]), *params[0].stride(), *self.state, lr, betas[0], betas[1], eps,
+            maximize, self.tail,
+        )  # fmt: skip
+
+
 def adam_step_(L, grads, params, exp_avg, exp_avg_sq, count, *, lr, betas, eps, maximize, skew, scratch) -> None:
     """One ManifoldAdam step (closed-form Cayley) of k Stiefel (``skew``) or Grassmann parameters, in place.
 
@@ -153,19 +185,11 @@ def adam_step_(L, grads, params, exp_avg, exp_avg_sq, count, *, lr, betas, eps, 
     (k, p, c) with c = N (Stiefel, [A | Bᵀ]) or N − p (Grassmann, Bᵀ); ``count`` the float32 step counts (k,),
     incremented (the bias corrections use the incremented count); ``scratch`` ≥ :func:`step_scratch_size`
     numbers.  The update is :class:`icl.optim.ManifoldAdam`'s (its docstring and
-    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`); check :func:`step_usable` first.
+    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`); check :func:`step_usable` first.  (The optimizer
+    binds the fixed arguments once per bucket: :class:`AdamStep`.)
     """
-    k, N = L.shape[0], L.shape[-1]
-    p = grads[0].shape[-1]
-    if scratch.numel() < step_scratch_size(N, p, skew) or scratch.dtype != L.dtype:
-        raise ValueError("adam_step_: scratch too small or of another dtype")
-    ptrs = ctypes.c_int64 * k
-    beta1, beta2 = betas
-    getattr(_library(), _STEP[L.dtype])(
-        k, N, p, int(skew), L.data_ptr(), ptrs(*[g.data_ptr() for g in grads]), *grads[0].stride(),
-        ptrs(*[x.data_ptr() for x in params]), *params[0].stride(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
-        count.data_ptr(), lr, beta1, beta2, eps, int(maximize), scratch.data_ptr(),
-    )  # fmt: skip
+    call = AdamStep(L, exp_avg, exp_avg_sq, count, p=grads[0].shape[-1], skew=skew, scratch=scratch)
+    call(grads, params, lr, betas, eps, maximize)
 
 
 def polar_point_(L: torch.Tensor, p: int) -> torch.Tensor:
