@@ -414,8 +414,9 @@ def test_whole_step_kernel_is_skipped_where_it_can_not_run(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_polar_step_kernel_equals_the_torch_polar_step(dtype):
-    """Stiefel.reorthonormalize_point_ by the C kernel (float64 inside) equals its torch code to one rounding of
-    the dtype, touches only the Y blocks, and shrinks ‖YᵀY − I‖ of a drifted batch quadratically."""
+    """Stiefel.reorthonormalize_point_ by the C kernel (Y + YE: YᵀY in float64, YE in the dtype) equals its torch
+    code to one rounding of the dtype, touches only the Y blocks, and shrinks ‖YᵀY − I‖ of a drifted batch
+    quadratically."""
     from icl.optim import manifold_kernels
     from learned_optimizers.fused import disabled
 

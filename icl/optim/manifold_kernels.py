@@ -8,8 +8,9 @@ The source is ``learned_optimizers/csrc/manifold_step.c``.
   that reads back to the host); inside the optimizer step that costs about a third of one N×N×p product at
   p = 64 (measured by replacing it, 2026-12-02).  Here the same solve — Gaussian elimination with partial
   pivoting on [T | S₂], then back substitution, in the data's precision as LAPACK — is one C call on the batch.
-* :func:`polar_point_`: the float64 polar step on Y of :meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_`
-  with no float64 temporaries of torch's (about half its cost through torch at N = 512, p = 64).
+* :func:`polar_point_`: the polar step on Y of :meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_` as
+  Y ← Y + YE, E = (I − YᵀY)/2: YᵀY in float64 (its distance from I is what the step corrects), YE — as small as
+  that distance — in the data's precision, no float64 temporaries of torch's.
 * :func:`adam_step_`: a whole ManifoldAdam step of a bucket of Stiefel or Grassmann parameters in one C call —
   the gradient's coordinates GᵀΛ, their skew part, Adam's moments and the scaled step fused into one pass, the
   p×p solve, the products D = Λ·K and Y_⊥ −= H·Bᵀ, and Y + D written into the section and the parameter in one
@@ -193,9 +194,10 @@ def adam_step_(L, grads, params, exp_avg, exp_avg_sq, count, *, lr, betas, eps, 
 
 
 def polar_point_(L: torch.Tensor, p: int) -> torch.Tensor:
-    """Y ← Y(3I − YᵀY)/2 in float64 for the Y blocks (first ``p`` columns) of the sections ``L`` (k, N, N), one C
-    call (:meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_`; check :func:`step_usable`)."""
+    """Y ← Y(3I − YᵀY)/2 = Y + YE, E = (I − YᵀY)/2 with YᵀY in float64, for the Y blocks (first ``p`` columns) of
+    the sections ``L`` (k, N, N), one C call (:meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_`; check
+    :func:`step_usable`)."""
     k, N = L.shape[0], L.shape[-1]
-    work = torch.empty(2 * N * p + p * p, dtype=torch.float64)
+    work = torch.empty(2 * N * p + 2 * p * p, dtype=torch.float64)
     getattr(_library(), _POLAR[L.dtype])(k, N, p, L.data_ptr(), work.data_ptr())
     return L
