@@ -13,6 +13,7 @@ from torch.optim.adam import adam
 from icl.optim import manifold_kernels
 from icl.optim.manifold_optimizer import GlobalSectionOptimizer, check_betas, check_nonneg
 from icl.optim.manifolds import Stiefel
+from learned_optimizers.fused import enabled as fused_enabled
 
 __all__ = ["ManifoldAdam"]
 
@@ -123,20 +124,25 @@ class ManifoldAdam(GlobalSectionOptimizer):
         return group["eps"] > 0
 
     def _whole_step(self, m, L, state, count, grads, params, group, work) -> bool:
-        """The whole Cayley step of a Stiefel or Grassmann bucket in one C call (:func:`manifold_kernels.adam_step_`)
-        where it can run: CPU, float32/float64, gradients and parameters of the geometry dtype in a layout it reads."""
-        if group["retraction"] != "cayley" or not isinstance(m, Stiefel) or not manifold_kernels.step_usable(L):
+        """The whole Cayley step of a Stiefel or Grassmann bucket in one C call (:class:`manifold_kernels.AdamStep`,
+        bound to the bucket at its first step) where it can run: CPU, float32/float64, gradients and parameters
+        of the geometry dtype in a layout it reads, fused kernels on and no ``torch.compile`` tracing."""
+        call = work.get("adam_step")
+        if call is None:  # (the bucket's first full step: what can not change while the bucket lives)
+            call = work["adam_step"] = isinstance(m, Stiefel) and manifold_kernels.step_usable(L) and (
+                manifold_kernels.AdamStep(
+                    L, state["exp_avg"], state["exp_avg_sq"], count, p=params[0].shape[1], skew=m.has_skew
+                )
+            )
+        if (
+            not call
+            or group["retraction"] != "cayley"
+            or torch.compiler.is_compiling()
+            or not fused_enabled()
+            or not manifold_kernels.layouts_fit(grads, params, L.dtype)
+        ):
             return False
-        if not manifold_kernels.layouts_fit(grads, params, L.dtype):
-            return False
-        scratch = work.get("step_scratch")
-        if scratch is None:
-            N, p = params[0].shape
-            scratch = work["step_scratch"] = L.new_empty(manifold_kernels.step_scratch_size(N, p, m.has_skew))
-        manifold_kernels.adam_step_(
-            L, grads, params, state["exp_avg"], state["exp_avg_sq"], count, lr=group["lr"], betas=group["betas"],
-            eps=group["eps"], maximize=group["maximize"], skew=m.has_skew, scratch=scratch,
-        )  # fmt: skip
+        call(grads, params, group["lr"], group["betas"], group["eps"], group["maximize"])
         torch.autograd.graph.increment_version(params)  # (written in place, as torch's optimizers do)
         return True
 

@@ -8,8 +8,9 @@ The source is ``learned_optimizers/csrc/manifold_step.c``.
   that reads back to the host); inside the optimizer step that costs about a third of one N×N×p product at
   p = 64 (measured by replacing it, 2026-12-02).  Here the same solve — Gaussian elimination with partial
   pivoting on [T | S₂], then back substitution, in the data's precision as LAPACK — is one C call on the batch.
-* :func:`polar_point_`: the float64 polar step on Y of :meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_`
-  with no float64 temporaries of torch's (about half its cost through torch at N = 512, p = 64).
+* :func:`polar_point_`: the polar step on Y of :meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_` as
+  Y ← Y + YE, E = (I − YᵀY)/2: YᵀY in float64 (its distance from I is what the step corrects), YE — as small as
+  that distance — in the data's precision, no float64 temporaries of torch's.
 * :func:`adam_step_`: a whole ManifoldAdam step of a bucket of Stiefel or Grassmann parameters in one C call —
   the gradient's coordinates GᵀΛ, their skew part, Adam's moments and the scaled step fused into one pass, the
   p×p solve, the products D = Λ·K and Y_⊥ −= H·Bᵀ, and Y + D written into the section and the parameter in one
@@ -37,7 +38,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["usable", "step_usable", "cayley_solve_", "adam_step_", "layouts_fit", "step_scratch_size", "polar_point_"]
+__all__ = [
+    "usable", "step_usable", "cayley_solve_", "adam_step_", "AdamStep", "layouts_fit", "step_scratch_size",
+    "polar_point_",
+]  # fmt: skip
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")  # (no errno: sqrt vectorises)
 _SOLVE = {torch.float32: "cayley_solve_f32", torch.float64: "cayley_solve_f64"}
@@ -145,6 +149,35 @@ def layouts_fit(grads, params, dtype: torch.dtype) -> bool:
     return True
 
 
+class AdamStep:
+    """:func:`adam_step_` bound to one bucket: its sections, moments, step counts and scratch are converted to
+    the C call's arguments once, so that a step converts only the gradients' and parameters' addresses and the
+    hyperparameters (which a schedule may change).  Check :func:`step_usable` first; the bound tensors must
+    keep their storage (the optimizer's bucket buffers do); ``scratch`` is made here if not given."""
+
+    def __init__(self, L, exp_avg, exp_avg_sq, count, *, p: int, skew: bool, scratch=None) -> None:
+        k, N = L.shape[0], L.shape[-1]
+        if scratch is None:
+            scratch = L.new_empty(step_scratch_size(N, p, skew))
+        if scratch.numel() < step_scratch_size(N, p, skew) or scratch.dtype != L.dtype:
+            raise ValueError("adam_step_: scratch too small or of another dtype")
+        self.fn = getattr(_library(), _STEP[L.dtype])
+        self.ptrs = ctypes.c_int64 * k
+        self.head = (k, N, p, int(skew), L.data_ptr())
+        self.state = (exp_avg.data_ptr(), exp_avg_sq.data_ptr(), count.data_ptr())
+        self.scratch = scratch  # (kept alive with its address)
+        self.tail = scratch.data_ptr()
+
+    def __call__(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> None:
+        """One step: ``grads`` and ``params`` as :func:`layouts_fit` accepts them."""
+        ptrs = self.ptrs
+        self.fn(
+            *self.head, ptrs(*[g.data_ptr() for g in grads]), *grads[0].stride(),
+            ptrs(*[x.data_ptr() for x in params]), *params[0].stride(), *self.state, lr, betas[0], betas[1], eps,
+            maximize, self.tail,
+        )  # fmt: skip
+
+
 def adam_step_(L, grads, params, exp_avg, exp_avg_sq, count, *, lr, betas, eps, maximize, skew, scratch) -> None:
     """One ManifoldAdam step (closed-form Cayley) of k Stiefel (``skew``) or Grassmann parameters, in place.
 
@@ -153,25 +186,18 @@ def adam_step_(L, grads, params, exp_avg, exp_avg_sq, count, *, lr, betas, eps, 
     (k, p, c) with c = N (Stiefel, [A | Bᵀ]) or N − p (Grassmann, Bᵀ); ``count`` the float32 step counts (k,),
     incremented (the bias corrections use the incremented count); ``scratch`` ≥ :func:`step_scratch_size`
     numbers.  The update is :class:`icl.optim.ManifoldAdam`'s (its docstring and
-    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`); check :func:`step_usable` first.
+    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`); check :func:`step_usable` first.  (The optimizer
+    binds the fixed arguments once per bucket: :class:`AdamStep`.)
     """
-    k, N = L.shape[0], L.shape[-1]
-    p = grads[0].shape[-1]
-    if scratch.numel() < step_scratch_size(N, p, skew) or scratch.dtype != L.dtype:
-        raise ValueError("adam_step_: scratch too small or of another dtype")
-    ptrs = ctypes.c_int64 * k
-    beta1, beta2 = betas
-    getattr(_library(), _STEP[L.dtype])(
-        k, N, p, int(skew), L.data_ptr(), ptrs(*[g.data_ptr() for g in grads]), *grads[0].stride(),
-        ptrs(*[x.data_ptr() for x in params]), *params[0].stride(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
-        count.data_ptr(), lr, beta1, beta2, eps, int(maximize), scratch.data_ptr(),
-    )  # fmt: skip
+    call = AdamStep(L, exp_avg, exp_avg_sq, count, p=grads[0].shape[-1], skew=skew, scratch=scratch)
+    call(grads, params, lr, betas, eps, maximize)
 
 
 def polar_point_(L: torch.Tensor, p: int) -> torch.Tensor:
-    """Y ← Y(3I − YᵀY)/2 in float64 for the Y blocks (first ``p`` columns) of the sections ``L`` (k, N, N), one C
-    call (:meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_`; check :func:`step_usable`)."""
+    """Y ← Y(3I − YᵀY)/2 = Y + YE, E = (I − YᵀY)/2 with YᵀY in float64, for the Y blocks (first ``p`` columns) of
+    the sections ``L`` (k, N, N), one C call (:meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_`; check
+    :func:`step_usable`)."""
     k, N = L.shape[0], L.shape[-1]
-    work = torch.empty(2 * N * p + p * p, dtype=torch.float64)
+    work = torch.empty(2 * N * p + 2 * p * p, dtype=torch.float64)
     getattr(_library(), _POLAR[L.dtype])(k, N, p, L.data_ptr(), work.data_ptr())
     return L

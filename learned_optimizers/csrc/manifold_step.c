@@ -102,25 +102,33 @@ SOLVE(cayley_solve_f64, double, solve1_f64)
 #define ADAM(NAME, REAL, SQRT)                                                                               \
 static void NAME(int64_t n, const REAL *restrict g, REAL *restrict m, REAL *restrict v, REAL *restrict w,    \
                  REAL b1, REAL b2, REAL step_size, REAL bc2_sqrt, REAL e) {                                  \
-    const REAL one_b1 = 1 - b1, one_b2 = 1 - b2;                                                             \
+    const REAL one_b1 = 1 - b1, one_b2 = 1 - b2, inv_bc2 = 1 / bc2_sqrt; /* (one division per number) */    \
     for (int64_t j = 0; j < n; j++) {                                                                        \
         const REAL gj = g[j], mm = b1 * m[j] + one_b1 * gj, vv = b2 * v[j] + one_b2 * gj * gj;               \
         m[j] = mm;                                                                                           \
         v[j] = vv;                                                                                           \
-        w[j] = -step_size * mm / (SQRT(vv) / bc2_sqrt + e);                                                  \
+        w[j] = -step_size * mm / (SQRT(vv) * inv_bc2 + e);                                                   \
     }                                                                                                        \
 }
 ADAM(adam_f32, float, sqrtf)
 ADAM(adam_f64, double, sqrt)
 
-/* The new point, one row at a time: H = Y + D/2, Y <- Y + D (n numbers). */
+/* The new point, one row at a time: H = Y + D/2, Y <- Y + D, and the parameter's row P <- Y where P is given
+   (a row-major parameter; n numbers). */
 #define MOVE(NAME, REAL)                                                                                     \
-static void NAME(int64_t n, REAL *restrict y, const REAL *restrict d, REAL *restrict h) {                    \
-    for (int64_t j = 0; j < n; j++) {                                                                        \
-        const REAL yj = y[j], dj = d[j];                                                                     \
-        h[j] = yj + (REAL)0.5 * dj;                                                                          \
-        y[j] = yj + dj;                                                                                      \
-    }                                                                                                        \
+static void NAME(int64_t n, REAL *restrict y, const REAL *restrict d, REAL *restrict h, REAL *restrict P) {  \
+    if (P)                                                                                                   \
+        for (int64_t j = 0; j < n; j++) {                                                                    \
+            const REAL yj = y[j], dj = d[j];                                                                 \
+            h[j] = yj + (REAL)0.5 * dj;                                                                      \
+            y[j] = P[j] = yj + dj;                                                                           \
+        }                                                                                                    \
+    else                                                                                                     \
+        for (int64_t j = 0; j < n; j++) {                                                                    \
+            const REAL yj = y[j], dj = d[j];                                                                 \
+            h[j] = yj + (REAL)0.5 * dj;                                                                      \
+            y[j] = yj + dj;                                                                                  \
+        }                                                                                                    \
 }
 MOVE(move_f32, float)
 MOVE(move_f64, double)
@@ -200,8 +208,12 @@ void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *gra
         GEMM('N', 'T', p, q, p, 1, M, p, W + off, c, 0, Kb, p);                                              \
         GEMM('N', 'N', p, N, N, 1, K, p, Lb, N, 0, D, p); /* D = L K (N x p) */                               \
         REAL *H = K; /* (K is free again) */                                                                 \
-        for (int64_t r = 0; r < N; r++) MOVEF(p, Lb + r * N, D + r * p, H + r * p);                          \
-        PUTF(N, p, Lb, N, P, p_rs, p_cs);                                                                    \
+        if (p_cs == 1) /* row-major parameter: written in the same pass */                                  \
+            for (int64_t r = 0; r < N; r++) MOVEF(p, Lb + r * N, D + r * p, H + r * p, P + r * p_rs);        \
+        else {                                                                                               \
+            for (int64_t r = 0; r < N; r++) MOVEF(p, Lb + r * N, D + r * p, H + r * p, NULL);                \
+            PUTF(N, p, Lb, N, P, p_rs, p_cs);                                                                \
+        }                                                                                                    \
         /* Y_perp (N x q, row-major, row stride N) -= H Bt: column-major Y_perp^T -= Bt^T H^T */              \
         GEMM('N', 'N', q, N, p, -1, W + off, c, H, p, 1, Lb + p, N);                                         \
     }                                                                                                        \
@@ -209,21 +221,26 @@ void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *gra
 STEP(adam_step_f32, float, gemm_f, solve1_f32, adam_f32, move_f32, put_f32)
 STEP(adam_step_f64, double, gemm_d, solve1_f64, adam_f64, move_f64, put_f64)
 
-/* Y <- Y (3I - Y^T Y) / 2 = 1.5 Y - 0.5 Y (Y^T Y) in double precision for the Y blocks (first p columns) of k
-   sections L (k x N x N, row-major): one Newton-Schulz step to the polar factor (Stiefel.reorthonormalize_point_);
-   w: 2Np + p^2 doubles. */
-#define POLAR(NAME, REAL)                                                                                    \
+/* Y <- Y (3I - Y^T Y) / 2 = Y + Y E, E = (I - Y^T Y) / 2, for the Y blocks (first p columns) of k sections L
+   (k x N x N, row-major): one Newton-Schulz step to the polar factor (Stiefel.reorthonormalize_point_).  Y^T Y
+   is formed in double precision (its distance from I is what the step corrects); E is as small as that distance,
+   so Y E is formed in the data's precision and added to Y (one rounding, as the double formula rounded once).
+   w: 2Np + 2p^2 doubles. */
+#define POLAR(NAME, REAL, GEMM)                                                                              \
 void NAME(int64_t k, int64_t N, int64_t p, REAL *L, double *w) {                                             \
-    double *Y = w, *O = w + N * p, *S = O + N * p;                                                           \
+    double *Y = w, *S = w + N * p;                                                                           \
+    REAL *E = (REAL *)(S + p * p), *Z = E + p * p;                                                           \
     for (int64_t b = 0; b < k; b++) {                                                                        \
         REAL *Lb = L + b * N * N;                                                                            \
         for (int64_t r = 0; r < N; r++)                                                                      \
-            for (int64_t j = 0; j < p; j++) Y[r * p + j] = O[r * p + j] = (double)Lb[r * N + j];             \
+            for (int64_t j = 0; j < p; j++) Y[r * p + j] = (double)Lb[r * N + j];                            \
         gemm_d('N', 'T', p, p, N, 1, Y, p, Y, p, 0, S, p); /* S = Y^T Y */                                   \
-        gemm_d('N', 'N', p, N, p, -0.5, S, p, Y, p, 1.5, O, p); /* O = 1.5 Y - 0.5 Y S */                    \
+        for (int64_t i = 0; i < p; i++)                                                                      \
+            for (int64_t j = 0; j < p; j++) E[i * p + j] = (REAL)(0.5 * ((double)(i == j) - S[i * p + j]));   \
+        GEMM('N', 'N', p, N, p, 1, E, p, Lb, N, 0, Z, p); /* Z = Y E (N x p, row-major) */                   \
         for (int64_t r = 0; r < N; r++)                                                                      \
-            for (int64_t j = 0; j < p; j++) Lb[r * N + j] = (REAL)O[r * p + j];                              \
+            for (int64_t j = 0; j < p; j++) Lb[r * N + j] += Z[r * p + j];                                   \
     }                                                                                                        \
 }
-POLAR(polar_point_f32, float)
-POLAR(polar_point_f64, double)
+POLAR(polar_point_f32, float, gemm_f)
+POLAR(polar_point_f64, double, gemm_d)
