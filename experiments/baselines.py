@@ -24,15 +24,20 @@ T-layer model trained for its depth) with :func:`reference_optimizers.tune` on a
 ``tune``), then evaluated on the test prompts (stream ``test``); constant hyperparameters start from the grid and
 from depth T−1's values. The per-step schedules (``gd_schedule``, ``pgd_schedule_sigma_inv``, ``heavy_ball``) are
 tuned by :func:`reference_optimizers.tune_depths`, started from the steps that attain the Krylov bound when its
-polynomial has real roots (:func:`reference_optimizers.krylov_steps`) and from depth T−1's schedule extended by a
-step that does nothing, so on the training batch a schedule is never worse than its own T−1 result. Refined
-schedules can sit at the training batch's edge of stability, so the reported hyperparameters are, per T, the best
-on a separate validation batch (stream ``val``, never the test prompts) among the tuned ones, the bound's steps
-and the ones chosen at T−1 (extended by a zero step): never worse than T−1 there either. The Krylov
-coefficients are fitted on their own, larger batch (stream ``krylov``) and evaluated on the test prompts: the one
-meaning of "Krylov bound" (:mod:`experiments.convergence`). Beside each mean the rows carry the per-prompt
-losses' median, 5%-trimmed mean, the spread of log(mean) over 5 disjoint parts of the test set and the share
-of the worst 1% of prompts (:func:`experiments.convergence.tail_stats`): the deep losses are heavy-tailed.
+polynomial has real roots (:func:`reference_optimizers.krylov_steps`) and from depth T−1's result extended by a
+step that does nothing. The deep losses are heavy-tailed: a schedule's residual polynomial grows like λ^{2T} past
+its roots, so rare prompts with an extreme λ_max(H) carry its mean, and a schedule refined on a few thousand
+prompts without them sits at their edge of stability (isotropic seed 7: log-loss −6.2 on the validation prompts,
+−1.8 on the test prompts at T = 8). The training and validation batches are therefore tail-weighted
+(:func:`reference_optimizers.tail_weighted`: half of each with its inputs stretched by √2, every prompt carrying
+its importance weight, so the weighted mean estimates the plain law's mean while the stretched half samples the
+tail), and the reported hyperparameters are, per T, those among the refined ones, the starts and depth T−1's
+extended by a zero step that are best on the validation batch (stream ``val``, never the test prompts): never
+worse than T−1 there. The Krylov coefficients are fitted by weighted least squares on their own, larger
+tail-weighted batch (stream ``krylov``) and evaluated on the test prompts: the one meaning of "Krylov bound"
+(:mod:`experiments.convergence`), on a fit that sees the tail. Beside each mean the rows carry the per-prompt
+losses' median, 5%-trimmed mean, the spread of log(mean) over 5 disjoint parts of the test set and the share of
+the worst 1% of prompts (:func:`experiments.convergence.tail_stats`).
 
 Datasets: ``ahn_dutta`` (d = 5, n = 20, Σ = U diag(1, 1, 1/4, 1/16, 1) Uᵀ with a Haar U per seed, w* ~ N(0, Σ⁻¹):
 the eigenvalues of the Dutta/Ahn code) and ``isotropic`` (Σ = I, w* ~ N(0, I)); noiseless.
@@ -40,8 +45,8 @@ Loss: plain query MSE; log-loss = natural log of the mean over prompts (Dutta & 
 
 No training is involved, so the profiles only differ in prompts, seeds and tuning budget: ``quick`` (1 seed,
 2,000 test / 512 training prompts, small tuning budget; well under a minute), ``standard`` (3 seeds × 10,000 test
-/ 2,048 training / 20,000 validation prompts, 50 tuning evaluations per free value; measured 339 s of CPU time with
-one thread, about 6 minutes on 2 quiet cores), ``paper`` (5 seeds,
+/ 2,048 training / 20,000 validation prompts, 50 tuning evaluations per free value; measured 237 s of CPU time with
+one thread, 475 s of wall time on a shared machine), ``paper`` (5 seeds,
 as in Dutta & Sra's plots, × 100,000 test / 16,384 training prompts, 100 evaluations per free value; about an hour
 on one CPU core, dominated by tuning; ``--device cuda`` works but gains little at d = 5). ``--resume`` skips the
 (dataset, seed) pairs already finished (``checkpoints/*.pt``).
@@ -81,6 +86,7 @@ from reference_optimizers import (
     one_layer_optimum,
     preconditioned_gd,
     query_loss,
+    tail_weighted,
     tune,
     tune_depths,
 )
@@ -101,6 +107,10 @@ PLAIN_KRYLOV = ("gd", "gd_schedule", "heavy_ball", "nesterov")
 SIGMA_KRYLOV = ("pgd_sigma_inv", "pgd_schedule_sigma_inv")
 #: per-step schedules tuned by tune_depths: never worse than depth T−1 on the training prompts
 SCHEDULES = ("gd_schedule", "pgd_schedule_sigma_inv", "heavy_ball")
+#: the input stretch s of the tail-weighted tuning and validation batches (reference_optimizers.tail_weighted): the
+#: stretched half has λ_max(H) at s² = 2 times the plain half's, where the rare prompts that carry a deep
+#: schedule's mean loss live (at n = 20, d = 5, λ_max beyond 3.5 has probability about 1e-4 under Σ = I)
+TAIL_STRETCH = math.sqrt(2.0)
 #: the test set is cut into this many disjoint parts for the spread of log(mean loss) (tail_stats)
 TAIL_PARTS = 5
 #: drawn dashed: bounds, the floor, the trivial line and theory
@@ -168,8 +178,9 @@ def _schedule_specs(dist) -> dict[str, tuple]:
     }
 
 
-def _as_schedule(value, T: int) -> list[float]:
-    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * T
+def _finite(value) -> float:
+    value = float(value)
+    return value if math.isfinite(value) else math.inf
 
 
 def _krylov_losses(kb, prompts, P: torch.Tensor, T: int) -> torch.Tensor:
@@ -192,9 +203,12 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
     dist = make_distribution(pcfg, streams)
     test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
     dist.dtype = torch.float64
-    train = dist.sample(cfg.train_prompts, streams.generator("tune", "cpu"))
-    kry = dist.sample(cfg.krylov_prompts, streams.generator("krylov", "cpu"))
-    val = dist.sample(cfg.val_prompts, streams.generator("val", "cpu"))
+    # tuning, validation and Krylov batches are tail-weighted (reference_optimizers.tail_weighted): half of each has its
+    # inputs stretched and every prompt carries its importance weight, so the rare prompts with an extreme λ_max(H)
+    # that carry a deep schedule's loss are in the objective
+    train = tail_weighted(dist.sample(cfg.train_prompts, streams.generator("tune", "cpu")), TAIL_STRETCH)
+    kry = tail_weighted(dist.sample(cfg.krylov_prompts, streams.generator("krylov", "cpu")), TAIL_STRETCH)
+    val = tail_weighted(dist.sample(cfg.val_prompts, streams.generator("val", "cpu")), TAIL_STRETCH)
     d, steps = pcfg.d, cfg.steps
 
     def add_loss(method: str, T: int, losses: torch.Tensor | None, mean: float | None = None) -> None:
@@ -257,45 +271,36 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
             real = krylov_steps(kb.coefficients_by_depth[T - 1]) is not None
             rows.add(name, T, seed, "real_roots", float(real), setting=dataset)
 
-    def scored(method, fixed: dict, hp: dict, T: int, prompts) -> float:
-        losses = _losses(method, prompts, T, **fixed, **hp)
-        return float(losses.mean()) if losses is not None and bool(torch.isfinite(losses).all()) else math.inf
-
-    def choose(method, fixed: dict, T: int, candidates: list[dict]) -> dict:
-        """The candidate with the lowest loss on the validation prompts (stream ``val``, never the test prompts):
-        a schedule refined on the training prompts can sit at the edge of stability and lose on new prompts."""
-        return min(candidates, key=lambda hp: scored(method, fixed, hp, T, val))
-
-    def record(name: str, T: int, method, fixed: dict, hp: dict) -> None:
+    def record(name: str, T: int, method, fixed: dict, res) -> dict:
+        hp = {k: v for k, v in res.hyperparameters.items() if k not in fixed}
         add_loss(name, T, _losses(method, test, T, **fixed, **hp))
-        rows.add(name, T, seed, "train_loss", scored(method, fixed, hp, T, train), setting=dataset)
-        rows.add(name, T, seed, "val_loss", scored(method, fixed, hp, T, val), setting=dataset)
+        rows.add(name, T, seed, "train_loss", _finite(res.train_loss[T]), setting=dataset)
+        rows.add(name, T, seed, "val_loss", _finite(res.val_loss[T]), setting=dataset)
         for k, v in hp.items():
             if isinstance(v, list):
                 for t, e in enumerate(v, start=1):
                     rows.add(name, T, seed, f"hp:{k}", float(e), k=t, setting=dataset)
             else:
                 rows.add(name, T, seed, f"hp:{k}", float(v), setting=dataset)
+        return hp
 
     specs, schedules = _tuned_specs(dist, pcfg), _schedule_specs(dist)
     tuning = bar(len(specs) * steps + len(schedules), f"tune {dataset} s{seed}", quiet=ctx.quiet, unit="fit")
-    # constant hyperparameters, tuned for every T (the previous T's values are a start beside the grid's); the
-    # tuned values or the previous T's, whichever is better on the validation prompts
+    # constant hyperparameters, tuned for every T on the tail-weighted training prompts; the previous T's values are
+    # a start beside the grid's, and tune keeps whichever of the refined point and that start is better on the
+    # tail-weighted validation prompts
     for name, (method, grid, fixed) in specs.items():
         prev: list = []
         for T in range(1, steps + 1):
             tuning.set_postfix_str(f"{name} T={T}", refresh=False)
-            res = tune(method, train, T, grid, fixed=fixed, refine=cfg.tune_budget > 0, starts=prev,
+            res = tune(method, train, T, grid, fixed=fixed, refine=cfg.tune_budget > 0, starts=prev, val_prompts=val,
                        maxfev=max(1, cfg.tune_budget * len(grid)))  # fmt: skip
-            hp = choose(method, fixed, T, [{k: res.hyperparameters[k] for k in grid}, *prev])
-            record(name, T, method, fixed, hp)
-            prev = [hp]
+            prev = [record(name, T, method, fixed, res)]
             tuning.update(1)
             signals.raise_if_requested(f"tuning the baselines of {dataset}, seed {seed}")
     # per-step schedules: tune_depths, started from the steps that attain the Krylov bound (when its polynomial has
-    # real roots) and from depth T-1 extended by a step that does nothing (never worse than T-1 on the training
-    # prompts); then, on the validation prompts, the best of that schedule, the bound's steps and the schedule
-    # chosen at T-1 extended by a zero step, so the reported schedule is never worse than its own T-1 result there
+    # real roots) and from depth T-1's result extended by a step that does nothing; the result at each T is the best
+    # of these and the refined schedule on the validation prompts, so it is never worse than its own T-1 result there
     for name, (method, grid, fixed, bound) in schedules.items():
         tuning.set_postfix_str(name, refresh=False)
         starts = {}
@@ -305,13 +310,9 @@ def run_dataset(cfg: BaselinesConfig, ctx: RunContext, dataset: str, seed: int) 
                 start = {"eta": [float(e) for e in etas]}
                 starts[T] = [{**start, **{k: [0.0] * T for k in grid if k != "eta"}}]
         results = tune_depths(method, train, steps, grid, per_step=tuple(grid), fixed=fixed, starts=starts,
-                              maxfev=max(1, cfg.tune_budget * len(grid) * steps))  # fmt: skip
-        chosen: dict | None = None
+                              maxfev=max(1, cfg.tune_budget * len(grid) * steps), val_prompts=val)  # fmt: skip
         for T, res in enumerate(results, start=1):
-            tuned = {k: _as_schedule(res.hyperparameters[k], T) for k in grid}
-            extended = [{k: [*chosen[k], 0.0] for k in grid}] if chosen is not None else []
-            chosen = choose(method, fixed, T, [tuned, *starts.get(T, []), *extended])
-            record(name, T, method, fixed, chosen)
+            record(name, T, method, fixed, res)
         tuning.update(1)
         signals.raise_if_requested(f"tuning the baselines of {dataset}, seed {seed}")
     tuning.close()

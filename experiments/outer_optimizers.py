@@ -8,9 +8,14 @@ inverse-free Kronecker method SIRFShampoo (Lin et al., ICML 2024) and ManifoldAd
 default), so that they are compared at their converged losses and not at the noise floors of a constant rate.
 
 Learning rates: each optimizer's rate is tuned on a grid (``NAME=BASE_LR`` entries of ``optimizers`` times
-``lr_grid``) by short runs of ``tune_steps`` steps with the same schedule compressed to that length; the rate
-with the lowest mean log final loss on the held-out ``val`` batch (never the test prompts) is selected, and the
-optimizer is trained with it for ``train.steps`` steps. Every run trains all seeds together (stacked).
+``lr_grid``); the rate with the lowest mean log final loss on the held-out ``val`` batch (never the test prompts;
+a rate that diverged on any seed is out) is selected. With ``tune_steps`` ≥ ``train.steps`` (the standard profile)
+every rate is run for the full length with the full schedule and the selected run is the reported one, so rates are
+ranked at the length they are reported at (short runs favour rates too large for the long schedule); with a
+shorter ``tune_steps`` the rates are tried by runs of that length, the schedule compressed, and the selected rate is
+trained for ``train.steps``. While the selected rate is the smallest or largest tried, one more rate past that edge
+(by the grid's ratio there) is run, at most ``LR_EXTENSIONS`` per optimizer; a rate still at an edge is named in the
+report. Every run trains all seeds together (stacked).
 
 Every model is reported on ``test_prompts`` float64 test prompts per seed that neither training nor selection saw,
 beside its class optimum on the *same* prompts (:func:`experiments.convergence.class_gap`): the tuned
@@ -29,9 +34,9 @@ here. The root-free methods get ``batch_size`` = the training batch (their Fishe
 Target: ``target_factor`` × the best mean final held-out loss across optimizers (default 1.1×); steps and
 wall-clock seconds to reach it are read off the held-out curve (evaluated every ``train.eval_every`` steps).
 
-Profiles: quick (one seed, 2 lrs per optimizer, short runs: ~1 minute), standard (3 seeds, 3 lrs per optimizer
-tuned by 1000-step runs, then 4000 steps at batch 250; measured 376 s of CPU time with one thread, i.e. about 6–7
-minutes on 2 quiet cores, 65 minutes of wall time on a machine shared by 7 jobs), paper (Ahn's budget: batch
+Profiles: quick (one seed, 2 lrs per optimizer, short runs: ~1 minute), standard (3 seeds, 3 lrs per optimizer and up
+to 2 extensions, every rate run for the full 4000 steps at batch 250; measured 459 s of CPU time with one thread,
+851 s of wall time on a shared machine), paper (Ahn's budget: batch
 20000 resampled every 100 steps, 20000 steps, 5 seeds: ~1 GPU-hour per optimizer on CPU, minutes on a GPU;
 ``--device cuda``).
 """
@@ -64,6 +69,8 @@ ROOT_BASED = ("adam", "adamw", "fadam", "manifold_adam")
 ETA_GRID = tuple(float(v) for v in np.geomspace(0.1, 3.0, 9))
 #: the class optimum's name in rows and reports
 OPTIMUM = "tuned_pgd_sigma_inv"
+#: how many rates past the grid's edge are tried, one at a time, while the selected rate sits on an edge
+LR_EXTENSIONS = 2
 
 
 def class_optimum(dist, streams: Streams, layers: int, tune_count: int, test: PromptBatch) -> dict:
@@ -120,6 +127,25 @@ def select_lr(finals: dict[float, list[float]]) -> float:
     return best if math.isfinite(scored[best]) else min(finals)
 
 
+def next_rate(finals: dict[float, list[float]]) -> float | None:
+    """The rate to try next so that the selected one is bracketed, or None when it is.
+
+    The selected rate (:func:`select_lr`) is bracketed when a smaller and a larger rate were tried (a rate that
+    diverged on some seed brackets from above). At the largest rate tried the next one is that rate times the
+    grid's ratio at that end (3 for a one-rate grid), at the smallest it is divided by it. Every rate diverged:
+    None (the grid's smallest is reported; lower the base rate).
+    """
+    lrs = sorted(finals)
+    best = select_lr(finals)
+    if not all(math.isfinite(v) for v in finals[best]):
+        return None
+    if best == lrs[-1]:
+        return best * (lrs[-1] / lrs[-2] if len(lrs) > 1 else 3.0)
+    if best == lrs[0]:
+        return best / (lrs[1] / lrs[0])
+    return None
+
+
 def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     t0 = time.time()
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
@@ -127,20 +153,30 @@ def run(cfg: OuterOptimizersConfig, ctx: RunContext) -> dict:
     seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
     dists = [make_distribution(cfg.prompt, st) for st in seed_streams]
     tests = [held_out_prompts(dist, st, cfg.test_prompts, torch.float64) for dist, st in zip(dists, seed_streams)]
-    ctx.expect_models(len(cfg.base_lrs()) * (len(cfg.lr_grid) + 1))
     tune_train = cfg.tune_train()
+    full = tune_train.steps >= cfg.train.steps  # the selection runs are the final runs: one length ranks them
+    # at most: the grid, the extensions and (with shorter tuning runs) the final run, per optimizer
+    ctx.expect_models(len(cfg.base_lrs()) * (len(cfg.lr_grid) + LR_EXTENSIONS + (0 if full else 1)))
     for name, base in cfg.base_lrs():  # every run trains all seeds together
         finals: dict[float, list[float]] = {}
-        for mult in cfg.lr_grid:  # short tuning runs, scored on the held-out `val` batch
-            lr = base * mult * cfg.lr_scale()
-            runs = train_timed(ctx, cfg, f"tune-{name}@{lr:g}", lambda st: build_model(cfg, st), dists, tune_train,
-                               seed_streams, optimizer_spec(name, lr, cfg))  # fmt: skip
+        trials: dict[float, list[dict]] = {}
+        pending, extensions = [base * mult * cfg.lr_scale() for mult in cfg.lr_grid], 0
+        while pending:  # one run per rate (all seeds), scored by its final loss on the held-out `val` batch
+            lr = pending.pop(0)
+            tag = f"{name}@{lr:g}" if full else f"tune-{name}@{lr:g}"
+            runs = train_timed(ctx, cfg, tag, lambda st: build_model(cfg, st), dists, tune_train, seed_streams,
+                               optimizer_spec(name, lr, cfg))  # fmt: skip
+            trials[lr] = runs
             finals[lr] = [r["evals"][-1]["eval_loss"] if r["evals"] and r["trainer"] else math.inf for r in runs]
             for seed, v in zip(cfg.seeds, finals[lr]):
                 rows.add(name, 0, seed, "tune_final_val_loss", v, lr=lr)
+            beyond = next_rate(finals) if not pending and extensions < LR_EXTENSIONS else None
+            if beyond is not None:  # bracket the selected rate: one more rate past the edge it sits on
+                pending, extensions = [beyond], extensions + 1
         lr = select_lr(finals)
-        runs = train_timed(ctx, cfg, f"{name}@{lr:g}", lambda st: build_model(cfg, st), dists, cfg.train,
-                           seed_streams, optimizer_spec(name, lr, cfg))  # fmt: skip
+        runs = trials[lr] if full else train_timed(
+            ctx, cfg, f"{name}@{lr:g}", lambda st: build_model(cfg, st), dists, cfg.train, seed_streams,
+            optimizer_spec(name, lr, cfg))  # fmt: skip
         for seed, test, res in zip(cfg.seeds, tests, runs):
             losses = per_prompt_losses(res["trainer"].model, test) if res["trainer"] else None
             add_run_rows(rows, name, lr, seed, res)

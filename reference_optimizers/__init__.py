@@ -15,7 +15,7 @@ from reference_optimizers.losses import mean_query_loss, query_loss
 from reference_optimizers.momentum import heavy_ball, nesterov
 from reference_optimizers.newton import iterative_newton, newton, newton_schulz
 from reference_optimizers.theory import OneLayerOptimum, one_layer_optimum
-from reference_optimizers.tuning import TuneResult, tune, tune_depths
+from reference_optimizers.tuning import TuneResult, WeightedPrompts, tail_weighted, tune, tune_depths
 
 __all__ = [
     "gradient_descent",
@@ -41,4 +41,6 @@ __all__ = [
     "tune",
     "tune_depths",
     "TuneResult",
+    "WeightedPrompts",
+    "tail_weighted",
 ]

@@ -88,3 +88,15 @@ def check_prompts(prompts: Any, name: str = "prompts") -> tuple[torch.Tensor, ..
     yq = check_tensor(f"{name}.y_query", prompts.y_query, shape=(B,))
     check_same(["X", "x_query", "y_query"], [X, xq, yq])
     return X, y, xq, yq
+
+
+def prompt_weights(prompts: Any, name: str = "prompts") -> torch.Tensor | None:
+    """The importance weights (B,) float64 of a prompt batch that has a ``weights`` attribute (e.g.
+    :func:`reference_optimizers.tail_weighted`), validated; None for a plain batch."""
+    w = getattr(prompts, "weights", None)
+    if w is None:
+        return None
+    B = prompts.X.shape[0]
+    if not isinstance(w, torch.Tensor) or w.shape != (B,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"{name}.weights must be a finite non-negative tensor of shape ({B},)")
+    return w.detach().to(torch.float64)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from einops import einsum
 
-from reference_optimizers._checks import check_prompts
+from reference_optimizers._checks import check_prompts, prompt_weights
 from reference_optimizers.gradient_descent import moments
 
 
@@ -59,7 +59,9 @@ def krylov_bound(
 
     The train loss decreases with depth; the test loss need not: a deep fit (large coefficients) can
     extrapolate badly to test prompts whose spectrum of PH leaves the training range, so fit deep bounds on
-    many prompts and read ``test_loss`` as the bound.
+    many prompts (or tail-weighted ones) and read ``test_loss`` as the bound. A batch with importance ``weights``
+    (:func:`reference_optimizers.tail_weighted`) is fitted by weighted least squares, and its train loss is the
+    weighted mean.
 
     Args:
         train_prompts: anything with X (B, n, d), y (B, n), x_query (B, d), y_query (B,).
@@ -86,12 +88,16 @@ def krylov_bound(
             raise ValueError("preconditioner contains NaN or infinite values")
         P = preconditioner.detach().to(torch.float64).to(train[0].device)
 
+    w_tr = prompt_weights(train_prompts, "train_prompts")
     H_tr, g_tr = moments(train[0], train[1])
     L = _spectral_scale(P, H_tr)
     F_tr = _chebyshev_features(P, H_tr, g_tr, train[2], depth, L)
     H_te, g_te = moments(test[0], test[1])
     F_te = _chebyshev_features(P, H_te, g_te.to(train[0].device), test[2].to(train[0].device), depth, L)
     y_tr, y_te = train[3], test[3].to(train[0].device)
+    if w_tr is not None:  # importance weights: the weighted least squares of the rows scaled by √w
+        root = w_tr.to(y_tr.device).sqrt()
+        F_tr, y_tr = F_tr * root[:, None], y_tr * root
 
     train_loss = [float((y_tr**2).mean())]
     test_loss = [float((y_te**2).mean())]

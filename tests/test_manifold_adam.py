@@ -322,3 +322,57 @@ def test_state_dict_loads_into_fresh_optimizer_and_is_weights_only_safe():
     assert set(sd["state"][2]) == {"step", "section", "exp_avg", "exp_avg_sq"}
     assert sd["state"][2]["exp_avg"].shape == (3, 8)  # [A | Bᵀ]: A ∈ 𝔰𝔬(3), B ∈ ℝ^{5×3}
     assert sd["param_groups"][1]["manifold"] == "stiefel"
+
+
+@pytest.mark.parametrize("cls", [ManifoldAdam, ManifoldSGD])
+def test_step_hooks_profiler_and_schedulers_still_run(cls, monkeypatch):
+    """The step skips torch's step wrapper only when it has nothing to do: per-optimizer and global pre/post
+    hooks run (a pre hook's returned arguments are used), the profiler records ``Optimizer.step#…``, an LR
+    scheduler sees the step, and every path makes the same iterates as the plain step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    def run(with_hooks: bool):
+        Y = torch.nn.Parameter(manifold_point("stiefel", (8, 3), generator=torch.Generator().manual_seed(3)))
+        opt = cls([{"params": [Y], "manifold": "stiefel"}], lr=1e-2, seed=0)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        seen, handles = [], []
+        if with_hooks:
+            handles += [opt.register_step_pre_hook(lambda o, a, k: seen.append("pre")),
+                        opt.register_step_post_hook(lambda o, a, k: seen.append("post")),
+                        register_optimizer_step_pre_hook(lambda o, a, k: seen.append("global pre")),
+                        register_optimizer_step_post_hook(lambda o, a, k: seen.append("global post"))]  # fmt: skip
+        losses = []
+        try:
+            for t in range(4):
+                Y.grad = torch.cos(torch.arange(24.0).view(8, 3) + t)
+                if with_hooks and t == 3:
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                        losses.append(opt.step(lambda: 1.0))
+                    assert any(e.name == f"Optimizer.step#{cls.__name__}.step" for e in prof.events())
+                else:
+                    losses.append(opt.step(lambda: 1.0))
+                sched.step()
+        finally:
+            for h in handles:
+                h.remove()
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.25)  # (the scheduler ran: no warning path)
+        return Y.detach().clone(), seen, losses
+
+    Y_plain, seen_plain, losses = run(False)
+    Y_hooked, seen, losses_hooked = run(True)
+    assert seen_plain == [] and seen == ["global pre", "pre", "post", "global post"] * 4
+    assert losses == losses_hooked == [1.0] * 4
+    assert torch.equal(Y_plain, Y_hooked)
+    # torch's wrapper (its record_function) runs with a hook and is skipped without one
+    entered = []
+    record = torch.autograd.profiler.record_function
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", lambda name: entered.append(name) or record(name))
+    Y = torch.nn.Parameter(manifold_point("stiefel", (8, 3), generator=torch.Generator().manual_seed(3)))
+    opt = cls([{"params": [Y], "manifold": "stiefel"}], lr=1e-2, seed=0)
+    Y.grad = torch.ones(8, 3)
+    opt.step()
+    assert entered == []
+    handle = opt.register_step_post_hook(lambda o, a, k: None)
+    opt.step()
+    handle.remove()
+    assert entered == [f"Optimizer.step#{cls.__name__}.step"]

@@ -302,3 +302,141 @@ def test_cayley_kernel_that_can_not_be_built_falls_back_with_a_warning(monkeypat
     with pytest.warns(UserWarning, match="solve_ex is used"):
         assert manifold_kernels._library.__wrapped__() is None
     assert not list(tmp_path.rglob("*.so"))
+
+
+def _trajectories(name, shape, dtype, steps, maximize, mode, monkeypatch, k=3):
+    """Iterates, moments and step counts of k parameters in one batch, stepped by the whole-step kernel
+    ("whole"), by torch with the kernel solve ("solve") or by torch alone ("torch")."""
+    from icl.optim import manifold_kernels
+    from learned_optimizers.fused import disabled
+
+    calls = []
+    whole = manifold_kernels.AdamStep.__call__
+    monkeypatch.setattr(manifold_kernels.AdamStep, "__call__", lambda *a, **kw: calls.append(1) or whole(*a, **kw))
+    if mode == "solve":
+        monkeypatch.setattr(manifold_kernels, "step_usable", lambda L: False)
+    Ys = [torch.nn.Parameter(manifold_point(name, shape, generator=_gen(i), dtype=dtype)) for i in range(k)]
+    fns = [_problem(shape, 60 + i) for i in range(k)]
+    opt = ManifoldAdam([{"params": Ys, "manifold": name}], lr=1e-2, maximize=maximize, seed=0)
+    traj = []
+    for t in range(steps):
+        for Y, fn in zip(Ys, fns):
+            Y.grad = fn(Y.detach().double(), t).to(dtype)
+        if mode == "torch":
+            with disabled():
+                opt.step()
+        else:
+            opt.step()
+        traj.append(torch.stack([Y.detach().clone() for Y in Ys]))
+    monkeypatch.undo()
+    st = [opt.state[Y] for Y in Ys]
+    return traj, [torch.stack([s[key] for s in st]) for key in ("exp_avg", "exp_avg_sq", "step")], len(calls)
+
+
+@pytest.mark.parametrize("name", ["stiefel", "grassmann"])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_whole_step_kernel_equals_the_torch_step(name, maximize, monkeypatch):
+    """The one-call step (manifold_kernels.adam_step_: coordinates, their skew part and Adam's update fused, the
+    p×p solve, the products through torch's BLAS, Y + D written into section and parameter) makes the iterates,
+    moments and step counts of the torch step — with the kernel solve and with every kernel off — to 1e-12 over
+    200 float64 steps of a batch of three (maximize too), and to float32 rounding over 20 float32 steps."""
+    from icl.optim import manifold_kernels
+
+    shape = SHAPES[name]
+    probe = torch.zeros(1, shape[0], shape[0], dtype=DT)
+    if not manifold_kernels.step_usable(probe):
+        pytest.skip("no C compiler or no BLAS entry in libtorch_cpu: the step runs its torch code")
+    for dtype, steps, tol in ((DT, 200, 1e-12), (torch.float32, 20, 2e-5)):
+        runs = {mode: _trajectories(name, shape, dtype, steps, maximize, mode, monkeypatch)
+                for mode in ("whole", "solve", "torch")}  # fmt: skip
+        assert runs["whole"][2] == steps and runs["solve"][2] == runs["torch"][2] == 0
+        for mode in ("solve", "torch"):
+            err = max(float((a - b).abs().max()) for a, b in zip(runs["whole"][0], runs[mode][0]))
+            assert err <= tol, (mode, dtype, err)
+            for a, b in zip(runs["whole"][1], runs[mode][1]):
+                assert float((a - b).abs().max()) <= tol * max(1.0, float(b.abs().max()))
+        assert float((runs["whole"][0][-1] - runs["whole"][0][0]).abs().max()) > 0.05  # the iterates moved
+
+
+def test_whole_step_kernel_is_skipped_where_it_can_not_run(monkeypatch):
+    """float32 parameters with float64 geometry, a gradient that is neither row- nor column-major, the exp
+    retraction and a square parameter take the torch step (the kernel would read the wrong numbers); the float64
+    Stiefel/Grassmann Cayley step takes the kernel, for a row-major parameter with a column-major gradient and the
+    reverse."""
+    from icl.optim import manifold_kernels
+    from learned_optimizers.fused import disabled
+
+    if not manifold_kernels.step_usable(torch.zeros(1, 4, 4, dtype=DT)):
+        pytest.skip("no C compiler or no BLAS entry in libtorch_cpu: the step runs its torch code")
+    calls = []
+    whole = manifold_kernels.AdamStep.__call__
+    monkeypatch.setattr(manifold_kernels.AdamStep, "__call__", lambda *a, **kw: calls.append(1) or whole(*a, **kw))
+    g = _gen(4)
+    Y32 = torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g))
+    Yt = torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g, dtype=DT))
+    Ye = torch.nn.Parameter(manifold_point("grassmann", (9, 3), generator=g, dtype=DT))
+    Yk = torch.nn.Parameter(manifold_point("grassmann", (9, 3), generator=g, dtype=DT).contiguous())
+    Yc = torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g, dtype=DT))
+    assert Yc.stride() == (1, 9)  # (a QR factor: column-major)
+    Ysq = torch.nn.Parameter(manifold_point("stiefel", (3, 3), generator=g, dtype=DT))  # square: no Y_⊥
+    opt = ManifoldAdam(
+        [
+            {"params": [Y32], "manifold": "stiefel", "geometry_dtype": DT},
+            {"params": [Yt], "manifold": "stiefel"},
+            {"params": [Ye], "manifold": "grassmann", "retraction": "exp"},
+            {"params": [Yk], "manifold": "grassmann"},
+            {"params": [Yc], "manifold": "stiefel"},
+            {"params": [Ysq], "manifold": "stiefel"},
+        ],
+        lr=1e-2,
+        seed=0,
+    )
+    Y32.grad = torch.randn(9, 3, generator=g)
+    Yt.grad = torch.randn(9, 6, generator=g, dtype=DT)[:, ::2]  # strides (6, 2)
+    Ye.grad = torch.randn(9, 3, generator=g, dtype=DT)
+    Yk.grad = torch.randn(3, 9, generator=g, dtype=DT).T  # column-major
+    Yc.grad = torch.randn(9, 3, generator=g, dtype=DT)
+    Ysq.grad = torch.randn(3, 3, generator=g, dtype=DT)
+    ref = ManifoldAdam([{"params": [Yr := torch.nn.Parameter(Yk.detach().clone())], "manifold": "grassmann"}],
+                       lr=1e-2, seed=0)  # fmt: skip
+    ref.state[Yr]["section"].copy_(opt.state[Yk]["section"])
+    Yr.grad = Yk.grad.contiguous()
+    with disabled():
+        ref.step()
+    before = [Y.detach().clone() for Y in (Y32, Yt, Ye, Yk, Yc, Ysq)]
+    opt.step()
+    assert len(calls) == 2  # Yk's and Yc's buckets
+    assert float((Yk.detach() - Yr.detach()).abs().max()) <= 1e-15
+    for Y, Y0 in zip((Y32, Yt, Ye, Yk, Yc, Ysq), before):
+        assert not torch.equal(Y, Y0)
+        assert torch.equal(Y, opt.state[Y]["section"][:, :3].to(Y.dtype))  # the parameter is ΛE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_polar_step_kernel_equals_the_torch_polar_step(dtype):
+    """Stiefel.reorthonormalize_point_ by the C kernel (Y + YE: YᵀY in float64, YE in the dtype) equals its torch
+    code to one rounding of the dtype, touches only the Y blocks, and shrinks ‖YᵀY − I‖ of a drifted batch
+    quadratically."""
+    from icl.optim import manifold_kernels
+    from learned_optimizers.fused import disabled
+
+    m = get_manifold("stiefel")
+    g = _gen(8)
+    L = torch.linalg.qr(torch.randn(3, 11, 11, generator=g, dtype=DT))[0]
+    L[..., :4] += 1e-4 * torch.randn(3, 11, 4, generator=g, dtype=DT)  # drift Y off the manifold
+    L = L.to(dtype).contiguous()
+    if not manifold_kernels.step_usable(L):
+        pytest.skip("no C compiler or no BLAS entry in libtorch_cpu: the torch code runs")
+    ours, ref = L.clone(), L.clone()
+    m.reorthonormalize_point_(ours, 4)
+    with disabled():
+        m.reorthonormalize_point_(ref, 4)
+    tol = 1e-15 if dtype == DT else 1e-7
+    assert float((ours - ref).abs().max()) <= tol
+    assert torch.equal(ours[..., 4:], L[..., 4:])
+    def drift(X):
+        Y = X[..., :4].double()
+        return float(torch.linalg.matrix_norm(Y.mT @ Y - torch.eye(4, dtype=DT)).max())
+
+    before, after = drift(L), drift(ours)
+    assert before > 1e-4 and after <= max(10 * before**2, 1e-14 if dtype == DT else 1e-6)  # (quadratic)

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from experiments.cli import main
-from experiments.outer_optimizers import OPTIMUM, class_optimum, per_prompt_losses, select_lr
+from experiments.outer_optimizers import LR_EXTENSIONS, OPTIMUM, class_optimum, next_rate, per_prompt_losses, select_lr
 from experiments.reporting import load_run
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
 from learned_optimizers.constructions import preconditioned_gd_lsa
 from reference_optimizers import krylov_bound, preconditioned_gd, query_loss
 
-SMALL = ["--seeds", "0,1", "--set", "train.steps=40", "--set", "tune_steps=20", "--set", "train.eval_every=10",
+SMALL = ["--seeds", "0,1", "--set", "train.steps=40", "--set", "tune_steps=40", "--set", "train.eval_every=10",
          "--set", "train.batch_size=64", "--set", "train.eval_batch=256", "--set", "test_prompts=500",
          "--set", "tune_prompts=2000", "--set", "optimizers=adam=0.1,rf_rmsprop=0.1,sirfshampoo=0.03",
          "--set", "lr_grid=0.3,1"]  # fmt: skip
@@ -27,6 +27,15 @@ def test_select_lr_takes_the_lowest_mean_log_loss_and_drops_rates_that_diverged(
     assert select_lr({0.1: [0.2, 0.2], 0.3: [0.01, 0.5], 1.0: [0.001, math.inf]}) == 0.3
     assert select_lr({0.1: [0.2, 0.3], 0.3: [0.1, 0.1], 1.0: [0.01, math.inf]}) == 0.3
     assert select_lr({0.1: [math.nan], 0.3: [math.inf]}) == 0.1  # nothing finite: the smallest rate
+
+
+def test_next_rate_steps_past_the_edge_the_selected_rate_sits_on_until_it_is_bracketed():
+    assert next_rate({0.1: [0.3], 0.3: [0.2], 1.0: [0.1]}) == pytest.approx(10 / 3)  # best at the top: ×3.33
+    assert next_rate({0.1: [0.1], 0.3: [0.2]}) == pytest.approx(0.1 / 3)  # best at the bottom: ÷3
+    assert next_rate({0.1: [0.3], 0.3: [0.1], 1.0: [0.2]}) is None  # bracketed
+    assert next_rate({0.1: [0.3], 0.3: [0.1], 1.0: [0.01, math.inf]}) is None  # a diverged rate brackets from above
+    assert next_rate({0.1: [math.inf], 0.3: [math.nan]}) is None  # every rate diverged: nothing to extend
+    assert next_rate({0.2: [0.1]}) == pytest.approx(0.6)  # one rate: ×3
 
 
 def test_per_prompt_losses_of_the_pgd_construction_equal_the_reference_iteration(gen):
@@ -74,14 +83,18 @@ def test_outer_optimizers_quick(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["selected"]) == {"adam", "rf_rmsprop", "sirfshampoo"}
     _, rows = load_run(out)
-    # the selected rate is the tuning runs' best on the held-out criterion, and only it is trained in full
+    # the selected rate is the full-length runs' best on the held-out criterion, bracketed by a smaller and a larger
+    # rate unless the extensions ran out or every rate diverged; only it is reported
     for name, sel in summary["selected"].items():
         tuned = {}
         for r in rows:
             if r["method"] == name and r["metric"] == "tune_final_val_loss":
                 tuned.setdefault(r["lr"], []).append(r["value"])
-        assert len(tuned) == 2 and all(len(v) == 2 for v in tuned.values())
+        assert 2 <= len(tuned) <= 2 + LR_EXTENSIONS and all(len(v) == 2 for v in tuned.values())
         assert sel["lr"] == select_lr(tuned)
+        if len(tuned) < 2 + LR_EXTENSIONS and all(math.isfinite(v) for v in tuned[sel["lr"]]):
+            assert min(tuned) < sel["lr"] < max(tuned)
+        assert (name in summary["selected_at_edge"]) == (sel["lr"] in (min(tuned), max(tuned)))
         full = {r["lr"] for r in rows if r["method"] == name and r["metric"] == "test_loss"}
         assert full == {sel["lr"]}
         # every seed's gap to the class optimum is its log test loss minus the optimum's, on the same seed

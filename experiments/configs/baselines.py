@@ -30,12 +30,13 @@ class BaselinesConfig(StudyConfig):
         isotropic: the isotropic prompt law (w* ~ N(0, I)).
         steps: the largest number of steps T (every T in 1..steps is tuned and reported).
         test_prompts: held-out prompts per seed (stream ``test``).
-        train_prompts: prompts per seed on which hyperparameters are tuned (stream ``tune``).
-        val_prompts: prompts per seed on which the tuned candidates are compared (stream ``val``; never the test
-            prompts): the refinement can leave a schedule at the training batch's edge of stability.
-        krylov_prompts: prompts per seed on which the Krylov coefficients are fitted (stream ``krylov``; one
-            least-squares fit, so cheap: many prompts keep the deep fits from extrapolating badly to test prompts
-            whose spectrum leaves the fitted range, see :func:`reference_optimizers.krylov_bound`).
+        train_prompts: prompts per seed on which hyperparameters are tuned (stream ``tune``, tail-weighted).
+        val_prompts: prompts per seed on which the tuned candidates are compared (stream ``val``, tail-weighted;
+            never the test prompts): the refinement can leave a schedule at the training batch's edge of stability.
+        krylov_prompts: prompts per seed on which the Krylov coefficients are fitted (stream ``krylov``,
+            tail-weighted; one weighted least-squares fit, so cheap: many prompts keep the deep fits from
+            extrapolating badly to test prompts whose spectrum leaves the fitted range, see
+            :func:`reference_optimizers.krylov_bound`).
         tune_budget: method evaluations per free hyperparameter in the scipy refinement of :func:`tune`.
     """
 
@@ -56,6 +57,10 @@ class BaselinesConfig(StudyConfig):
             raise ConfigError(f"datasets {list(self.datasets)} must be a non-empty subset of {', '.join(DATASETS)}")
         if any(getattr(self, d).n < 2 for d in self.datasets):
             raise ConfigError("every dataset needs n >= 2 (cg_fr_19pts drops one context point)")
+        laws = [d for d in self.datasets if getattr(self, d).input_law != "gaussian"]
+        if laws:
+            raise ConfigError(f"datasets {laws} need input_law 'gaussian': the tuning batches are tail-weighted with "
+                              "the Gaussian density ratio (reference_optimizers.tail_weighted)")
 
 
 PROFILES = {

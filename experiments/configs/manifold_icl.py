@@ -50,10 +50,19 @@ class ManifoldICLConfig(StudyConfig):
         spectrum_init: the spectra's starting value (``log``: s = spectrum_init; ``linear``: see
             :class:`~learned_optimizers.spectral.SpectralLSAConfig`).
         init_std: the unconstrained A_ℓ ~ N(0, init_std²); the spectra's relative jitter.
-        halve_every: the unconstrained recipe's lr halving period.
+        halve_every: the unconstrained recipe's lr halving period per layer (halved every L·halve_every steps at
+            depth L, as in pgd_depth).
         reference_steps: the unconstrained models' step cap per layer (L·reference_steps at depth L; pgd_depth's
-            converged runs take 10,000 at L = 3 and 20,000 at L = 4 with a batch reused for 100 steps); None:
-            ``train.steps`` like every other method.
+            converged runs take up to 15,000 at L = 3 and 20,000 at L = 4 with a batch reused for 100 steps);
+            None: ``train.steps`` like every other method.
+        reference_betas: the unconstrained recipe's AdamW β (pgd_depth's standard profile: (0.9, 0.999), which
+            ends closer to PGD there than Ahn et al.'s (0.99, 0.9)).
+        reference_patience: the unconstrained models' plateau patience in steps per layer: they stop when the
+            held-out loss has not improved by ``train.plateau_tol`` (relative) for L·reference_patience steps
+            (0: no plateau rule, the cap only).
+        side_seeds: the seeds on which the methods other than the headline pair run (None: every seed).
+        no_worse_margin: "no worse" final gap: the upper end of the paired 95% interval of (method −
+            unconstrained) log test MSE is ≤ this.
         factorised_key_size: k of the factorised St(k, d+1) row.
         gap_target: the gap in log MSE to Σ⁻¹-PGD that counts as reached.
         monitor_every: steps between constraint/angle read-outs.
@@ -81,8 +90,12 @@ class ManifoldICLConfig(StudyConfig):
     spectrum: str = spec("log", choices=("linear", "log"))
     spectrum_init: float = spec(0.3, ge=0)
     init_std: float = spec(0.01, gt=0)
-    halve_every: int = spec(600, ge=1)
-    reference_steps: int | None = spec(1000, ge=1)
+    halve_every: int = spec(500, ge=1)
+    reference_steps: int | None = spec(2000, ge=1)
+    reference_betas: tuple[float, float] = spec((0.9, 0.999), ge=0, lt=1)
+    reference_patience: int = spec(1000, ge=0)
+    side_seeds: tuple[int, ...] | None = spec(None, ge=0)
+    no_worse_margin: float = spec(0.01, ge=0)
     factorised_key_size: int = spec(5, ge=1)
     gap_target: float = spec(0.05, gt=0)
     monitor_every: int = spec(100, ge=1)
@@ -98,16 +111,20 @@ class ManifoldICLConfig(StudyConfig):
             raise ConfigError(f"factorised_key_size = {self.factorised_key_size} must be <= d+1 = {self.prompt.d + 1}")
         if self.spectrum == "log" and self.spectrum_init <= 0:
             raise ConfigError("spectrum = 'log' needs spectrum_init > 0")
+        if len(self.reference_betas) != 2:
+            raise ConfigError(f"reference_betas = {self.reference_betas} must be two numbers (β1, β2)")
+        if self.side_seeds is not None and not set(self.side_seeds) <= set(self.seeds):
+            raise ConfigError(f"side_seeds {list(self.side_seeds)} must be among seeds {list(self.seeds)}")
 
 
 PROFILES = {
     "quick": {"seeds": (0,), "depths": (2,), "reference_steps": 30, "train.steps": 60, "train.batch_size": 256,
               "train.eval_every": 20, "train.eval_batch": 512, "train.log_every": 20, "monitor_every": 20,
-              "test_prompts": 2000, "tune_prompts": 2000, "halve_every": 30, "constrained_halve_every": 20,
+              "test_prompts": 2000, "tune_prompts": 2000, "halve_every": 15, "constrained_halve_every": 20,
               "checkpoint_every": 60},
-    "standard": {"seeds": (0, 1, 2), "side_depths": (3,), "methods": STANDARD_METHODS, "test_prompts": 20_000,
-                 "tune_prompts": 10_000},
+    "standard": {"seeds": (0, 1, 2, 3, 4), "side_seeds": (0, 1, 2), "side_depths": (3,), "methods": STANDARD_METHODS,
+                 "test_prompts": 20_000, "tune_prompts": 10_000},
     "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 3000, "constrained_halve_every": 500,
-              "reference_steps": 5000, "halve_every": 1000, "checkpoint_every": 2000,
+              "reference_steps": 5000, "halve_every": 500, "reference_patience": 2500, "checkpoint_every": 2000,
               "adam_lrs": (0.01, 0.03, 0.1), "unconstrained_lrs": (0.02, 0.05, 0.1), "sgd_lrs": (0.01, 0.03, 0.1, 0.3)},
 }  # fmt: skip

@@ -24,10 +24,13 @@ class OuterOptimizersConfig(StudyConfig):
     Attributes:
         prompt, model: the data law and the sparse LSA trained.
         train: the full runs (every optimizer at its selected rate, the same schedule).
-        optimizers: ``NAME=BASE_LR`` entries; the rates tried are BASE_LR × ``lr_grid`` × train.lr / 0.01.
+        optimizers: ``NAME=BASE_LR`` entries; the rates tried are BASE_LR × ``lr_grid`` × train.lr / 0.01 (the
+            bases centre each grid on the rate the 4000-step runs selected for seeds 0–2), plus up to
+            ``LR_EXTENSIONS`` rates past the edge the selected rate sits on.
         lr_grid: multipliers of the base rates tried by the tuning runs.
         tune_steps: length of the tuning runs (at most ``train.steps``; the schedule of ``train`` compressed to this
-            length).
+            length). At ``train.steps`` (the default) the tuning runs are the reported runs: the rates are ranked at
+            the length they are reported at.
         target_factor: the target loss is this × the best mean final held-out loss.
         test_prompts: float64 test prompts per seed (stream ``test``) every model and reference is scored on.
         tune_prompts: training-law prompts per seed (stream ``tune``) on which the Σ⁻¹-PGD steps are tuned and the
@@ -47,11 +50,11 @@ class OuterOptimizersConfig(StudyConfig):
         )
     )
     optimizers: tuple[str, ...] = (
-        "adam=0.1", "adamw=0.1", "fadam=0.1", "rf_rmsprop=0.1", "rf_adamw=0.1", "sirfshampoo=0.03",
-        "manifold_adam=0.1",
+        "adam=0.1", "adamw=0.1", "fadam=1.0", "rf_rmsprop=0.3", "rf_adamw=1.0", "sirfshampoo=0.01",
+        "manifold_adam=0.3",
     )  # fmt: skip
     lr_grid: tuple[float, ...] = spec((0.3, 1.0, 3.0), gt=0)
-    tune_steps: int = spec(1000, ge=1)
+    tune_steps: int = spec(4000, ge=1)
     target_factor: float = spec(1.1, gt=1)
     test_prompts: int = spec(20_000, ge=10)
     tune_prompts: int = spec(20_000, ge=2)
@@ -96,7 +99,7 @@ class OuterOptimizersConfig(StudyConfig):
 
 
 PROFILES = {
-    "quick": {"seeds": (0,), "train.steps": 300, "tune_steps": 100, "train.batch_size": 128, "train.eval_every": 25,
+    "quick": {"seeds": (0,), "train.steps": 300, "tune_steps": 300, "train.batch_size": 128, "train.eval_every": 25,
               "train.eval_batch": 1024, "lr_grid": (1.0, 3.0), "test_prompts": 4000, "tune_prompts": 4000,
               "checkpoint_every": 300},
     "standard": {},

@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 
 from experiments.convergence import class_gap
-from experiments.outer_optimizers import NAME, OPTIMUM, ROOT_BASED, ROOT_FREE, OuterOptimizersConfig
+from experiments.outer_optimizers import LR_EXTENSIONS, NAME, OPTIMUM, ROOT_BASED, ROOT_FREE, OuterOptimizersConfig
 from experiments.reporting import (
     finish_report,
     fmt,
@@ -156,8 +156,9 @@ def report(run_dir) -> dict:
                             f"than {cfg.target_factor:g}×: {vd.text('in log')}")
             summary_verdicts[f"{e['name']}_worse_than_{top['name']}"] = vd.word
     # does the full run at the selected rate end below its own short tuning run? (paired over seeds, log val loss)
+    full = cfg.tune_steps >= cfg.train.steps
     longer = []
-    for e in table:
+    for e in table if not full else []:
         name, lr = e["name"], e["lr"]
         full = {r["seed"]: math.log(r["value"]) for r in rows if r["method"] == name and r["lr"] == lr
                 and r["metric"] == "final_val_loss" and r["value"] > 0 and math.isfinite(r["value"])}  # fmt: skip
@@ -169,6 +170,27 @@ def report(run_dir) -> dict:
         summary_verdicts[f"{name}_full_run_below_tuning_run"] = vd.word
     tuning = markdown_table(["optimizer", "lr", "mean log final val MSE (tuning run)", "per seed", ""],
                             tuning_table(rows, selected))  # fmt: skip
+    tried: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == "tune_final_val_loss" and r["lr"] not in tried[r["method"]]:
+            tried[r["method"]].append(r["lr"])
+    edges = [n for n, lr in selected.items() if len(tried[n]) > 1 and lr in (min(tried[n]), max(tried[n]))]
+    edge_line = ("every selected rate lies inside the rates tried (a smaller and a larger one were run)" if not edges
+                 else "selected at the edge of the rates tried (not bracketed within the extensions): "
+                 + ", ".join(LABELS.get(n, n) for n in edges))  # fmt: skip
+    tuning_len = f"{cfg.train.steps}-step runs, the reported ones" if full else f"{cfg.tune_steps}-step runs"
+    if full:
+        how = (f"each tried by a full {cfg.train.steps}-step run with the same schedule (the selection runs are the "
+               "reported runs, so the rates are ranked at the length they are reported at)")
+    else:
+        how = (f"each tried by a {cfg.tune_steps}-step run with the same schedule compressed to that length, then "
+               f"the selected rate trained for {cfg.train.steps} steps")
+    longer_text = ("" if full else f"""Does the full run at the selected rate end below its own {cfg.tune_steps}-step
+tuning run (same rate, same held-out `val` batch)? Where it does not, the short runs favoured a rate too large for
+the longer schedule:
+
+{chr(10).join(longer)}
+""")
     conv_line = ("every model ends within the tolerance of its class optimum" if not any(flagged.values()) else
                  "flagged (further than the tolerance above the class optimum): " +
                  "; ".join(f"{LABELS.get(n, n)} seeds {v}" for n, v in flagged.items() if v))  # fmt: skip
@@ -184,11 +206,12 @@ def report(run_dir) -> dict:
 Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, Σ eigenvalues {cfg.prompt.eigenvalues} (the code's Σ = U D² Uᵀ of
 Ahn/Dutta, κ = 16), w* ~ N(0, Σ⁻¹), {L}-layer `{cfg.model.mode}` LSA (init std {cfg.model.init_std}), batch
 {cfg.train.batch_size} (resampled every {cfg.train.resample_every} step(s)), {cfg.train.steps} steps with a
-`{cfg.train.schedule}` learning-rate schedule for every optimizer, no clipping, seeds {list(cfg.seeds)} (each seed: its
-own U, initialisation and data), all seeds trained together. Loss: query MSE (not ½·MSE). Learning rate per
-optimizer: the grid base × {list(cfg.lr_grid)}, each tried by a {cfg.tune_steps}-step run with the same schedule, the
-rate with the lowest mean log final loss on the held-out `val` batch ({cfg.train.eval_batch} prompts) selected. Test
-MSE on {cfg.test_prompts} float64 `test` prompts per seed, which neither training nor selection saw; the class
+`{cfg.train.schedule}` learning-rate schedule for every optimizer, clipping `{cfg.train.clip}`, seeds {list(cfg.seeds)}
+(each seed: its own U, initialisation and data), all seeds trained together. Loss: query MSE (not ½·MSE). Learning
+rate per optimizer: the grid base × {list(cfg.lr_grid)}, {how}; the rate with the lowest mean log final loss on the
+held-out `val` batch ({cfg.train.eval_batch} prompts) is selected, and while it is the smallest or largest rate tried,
+one more rate past that edge (by the grid's ratio there) is run, at most {LR_EXTENSIONS} per optimizer: {edge_line}.
+Test MSE on {cfg.test_prompts} float64 `test` prompts per seed, which neither training nor selection saw; the class
 optimum on the same prompts. Target = {cfg.target_factor:g} × best mean final val MSE = **{fmt(target)}**.
 
 ## Results (selected learning rates)
@@ -224,15 +247,11 @@ Differences: Ahn et al. train with batch 20000 resampled every 100 steps, per-ma
 schedule (the `paper` profile follows the batch and the resampling); the baselines use all n = {cfg.prompt.n}
 context points, as the model does.
 
-## Learning-rate tuning ({cfg.tune_steps}-step runs)
+## Learning-rate tuning ({tuning_len})
 
 {tuning}
 
-Does the full run at the selected rate end below its own {cfg.tune_steps}-step tuning run (same rate, same held-out
-`val` batch)? Where it does not, the short runs favoured a rate too large for the longer schedule:
-
-{chr(10).join(longer)}
-
+{longer_text}
 Figures: `figures/loss_vs_steps.png`, `figures/loss_vs_time.png` (the time axis is the mean over seeds of the
 wall-clock seconds at each step, measured on a shared machine: compare ms/step only within one run).
 Rows: results.csv (columns `method` and `lr` name a run; curve metrics carry the step in `train_step`).
@@ -249,6 +268,7 @@ Rows: results.csv (columns `method` and `lr` name a run; curve metrics carry the
                                  "flagged_seeds": flagged[e["name"]]}
                      for e in table},
         "verdicts": summary_verdicts,
+        "selected_at_edge": edges,
         "root_free_vs_root_based": rf_text,
         "figures": [str(p.relative_to(run_dir)) for p in figs],
     })  # fmt: skip

@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch.optim.adam import adam
 
+from icl.optim import manifold_kernels
 from icl.optim.manifold_optimizer import GlobalSectionOptimizer, check_betas, check_nonneg
+from icl.optim.manifolds import Stiefel
+from learned_optimizers.fused import enabled as fused_enabled
 
 __all__ = ["ManifoldAdam"]
 
@@ -44,7 +47,9 @@ class ManifoldAdam(GlobalSectionOptimizer):
 
     The manifold parameters of a group that share shape, dtype and device are stepped as one batch (one
     product GᵀΛ, one fused Adam update, batched p×p inverses; see
-    :mod:`icl.optim.manifold_optimizer`); the Euclidean ones go through ``torch.optim.adam.adam``, i.e.
+    :mod:`icl.optim.manifold_optimizer`); on CPU the whole Cayley step of a Stiefel or Grassmann batch is one C
+    call (:func:`icl.optim.manifold_kernels.adam_step_`, the same update to rounding); the Euclidean ones go
+    through ``torch.optim.adam.adam``, i.e.
     torch's own single-tensor, foreach or fused path as ``torch.optim.Adam`` would choose it.
 
     Note that the B-block coordinates are coordinates in the random basis Y_⊥ of the section, so results
@@ -117,6 +122,29 @@ class ManifoldAdam(GlobalSectionOptimizer):
         # C's A block is exactly skew, so m's is and v's is symmetric, and the update is odd in m: W's A block
         # is exactly skew, its diagonal −η·0/(0 + ε) = 0, unless ε = 0 (0/0)
         return group["eps"] > 0
+
+    def _whole_step(self, m, L, state, count, grads, params, group, work) -> bool:
+        """The whole Cayley step of a Stiefel or Grassmann bucket in one C call (:class:`manifold_kernels.AdamStep`,
+        bound to the bucket at its first step) where it can run: CPU, float32/float64, gradients and parameters
+        of the geometry dtype in a layout it reads, fused kernels on and no ``torch.compile`` tracing."""
+        call = work.get("adam_step")
+        if call is None:  # (the bucket's first full step: what can not change while the bucket lives)
+            call = work["adam_step"] = isinstance(m, Stiefel) and manifold_kernels.step_usable(L) and (
+                manifold_kernels.AdamStep(
+                    L, state["exp_avg"], state["exp_avg_sq"], count, p=params[0].shape[1], skew=m.has_skew
+                )
+            )
+        if (
+            not call
+            or group["retraction"] != "cayley"
+            or torch.compiler.is_compiling()
+            or not fused_enabled()
+            or not manifold_kernels.layouts_fit(grads, params, L.dtype)
+        ):
+            return False
+        call(grads, params, group["lr"], group["betas"], group["eps"], group["maximize"])
+        torch.autograd.graph.increment_version(params)  # (written in place, as torch's optimizers do)
+        return True
 
     def _velocity(self, state, C, step, group, uniform, step_views, work):
         """W = −η·m̂ ⊘ (√v̂ + ε) for a bucket, the moments updated in place, as one fused Adam update.

@@ -1,109 +1,95 @@
-"""A fused CPU kernel for the p×p solve of ManifoldAdam's closed-form Cayley step (issue 16).
+"""Fused CPU kernels of ManifoldAdam's closed-form Cayley step (issue 16); C source: ``manifold_step.c``.
 
-The step needs K_top = T⁻¹S₂ with T = I − ½S₂ (p×p, p = the parameter's columns; see
-:meth:`icl.optim.manifolds.Stiefel.retract_batch_`).  Through torch this is LAPACK's getrf + getrs behind
-``torch.linalg.solve_ex``, whose CPU path adds a dozen small tensor operations (layout copies, a pivot check
-that reads back to the host); inside the optimizer step, between the large products, that costs about a
-third of one N×N×p product at p = 64 (measured by replacing it, 2026-12-02).  Here the same solve — Gaussian
-elimination with partial pivoting on [T | S₂], then back substitution, in the data's precision as LAPACK — is
-one C call on the batch.
+The source is ``learned_optimizers/csrc/manifold_step.c``.
 
-The kernel is compiled on first use with the system C compiler (``cc -O3 -march=native``, retried without
-``-march=native``; cached under ``$ICL_KERNEL_CACHE`` or ``~/.cache/icl-optimizers``, as the LSA kernels of
-:mod:`learned_optimizers.fused`) and loaded with ctypes.  Where there is no compiler, the tensors are not
-float32/float64 CPU tensors, while ``torch.compile`` traces, or the fused kernels are switched off
-(``ICL_FUSED=0``, :func:`learned_optimizers.fused.disabled`), :func:`usable` is False and the step calls
-``torch.linalg.solve_ex`` (the same numbers up to rounding; ``tests/test_manifold_batched.py`` checks both).
+* :func:`cayley_solve_`: K_top = T⁻¹S₂ with T = I − ½S₂ (p×p, p = the parameter's columns; see
+  :meth:`icl.optim.manifolds.Stiefel.retract_batch_`).  Through torch this is LAPACK's getrf + getrs behind
+  ``torch.linalg.solve_ex``, whose CPU path adds a dozen small tensor operations (layout copies, a pivot check
+  that reads back to the host); inside the optimizer step that costs about a third of one N×N×p product at
+  p = 64 (measured by replacing it, 2026-12-02).  Here the same solve — Gaussian elimination with partial
+  pivoting on [T | S₂], then back substitution, in the data's precision as LAPACK — is one C call on the batch.
+* :func:`polar_point_`: the polar step on Y of :meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_` as
+  Y ← Y + YE, E = (I − YᵀY)/2: YᵀY in float64 (its distance from I is what the step corrects), YE — as small as
+  that distance — in the data's precision, no float64 temporaries of torch's.
+* :func:`adam_step_`: a whole ManifoldAdam step of a bucket of Stiefel or Grassmann parameters in one C call —
+  the gradient's coordinates GᵀΛ, their skew part, Adam's moments and the scaled step fused into one pass, the
+  p×p solve, the products D = Λ·K and Y_⊥ −= H·Bᵀ, and Y + D written into the section and the parameter in one
+  pass.  Its four products call the BLAS ``sgemm_``/``dgemm_`` that torch is linked against (MKL in torch's CPU
+  wheels; found in ``libtorch_cpu``), so they are the same GEMMs that ``torch.bmm`` makes; what the kernel
+  removes is every intermediate tensor, every elementwise pass but two, and the Python and dispatch cost of
+  about fifteen torch operations per step.
+
+The kernels are compiled on first use with the system C compiler by :func:`learned_optimizers.fused.build_library`
+(``cc -O3 -march=native -fno-math-errno``, retried without ``-march=native``; cached under ``$ICL_KERNEL_CACHE`` or
+``~/.cache/icl-optimizers``) and loaded with ctypes.  Where there is no compiler, the tensors are not
+float32/float64 CPU tensors, while ``torch.compile`` traces, or the fused kernels are switched off (``ICL_FUSED=0``,
+:func:`learned_optimizers.fused.disabled`), :func:`usable` is False and the step runs its torch code (the solve by
+``torch.linalg.solve_ex``); where torch's BLAS entry is not found, :func:`step_usable` is False and only the
+whole-step kernel is skipped.  Both give the same numbers up to rounding (``tests/test_manifold_batched.py``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import warnings
+from pathlib import Path
 
 import torch
 
-__all__ = ["usable", "cayley_solve_"]
+__all__ = [
+    "usable", "step_usable", "cayley_solve_", "adam_step_", "AdamStep", "layouts_fit", "step_scratch_size",
+    "polar_point_",
+]  # fmt: skip
 
-SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")  # (no errno: sqrt vectorises)
+_SOLVE = {torch.float32: "cayley_solve_f32", torch.float64: "cayley_solve_f64"}
+_STEP = {torch.float32: "adam_step_f32", torch.float64: "adam_step_f64"}
+_POLAR = {torch.float32: "polar_point_f32", torch.float64: "polar_point_f64"}
 
-/* For each of k systems: X = T^{-1} S with T = I - S/2 (p x p, row-major, rows `rs` apart, matrices `bs`
-   apart), written into X (same strides).  Gaussian elimination with partial pivoting on [T | S], then back
-   substitution, in the data's precision (as LAPACK's getrf + getrs); `w` is scratch of 2 p^2 numbers. */
-static inline void axpy_f32(float *restrict y, const float *restrict x, float a, int64_t n) {
-    for (int64_t j = 0; j < n; j++) y[j] -= a * x[j];
-}
-static inline void axpy_f64(double *restrict y, const double *restrict x, double a, int64_t n) {
-    for (int64_t j = 0; j < n; j++) y[j] -= a * x[j];
-}
 
-#define SOLVE(NAME, REAL, AXPY)                                                                              \
-void NAME(int64_t k, int64_t p, const REAL *S, int64_t s_bs, int64_t s_rs, REAL *X, int64_t x_bs,            \
-          int64_t x_rs, REAL *w) {                                                                           \
-    REAL *T = w, *B = w + p * p;                                                                             \
-    for (int64_t b = 0; b < k; b++) {                                                                        \
-        const REAL *Sb = S + b * s_bs;                                                                       \
-        for (int64_t i = 0; i < p; i++)                                                                      \
-            for (int64_t j = 0; j < p; j++) {                                                                \
-                REAL s = Sb[i * s_rs + j];                                                                   \
-                B[i * p + j] = s;                                                                            \
-                T[i * p + j] = (REAL)(i == j) - (REAL)0.5 * s;                                               \
-            }                                                                                                \
-        for (int64_t c = 0; c < p; c++) {                                                                    \
-            int64_t piv = c;                                                                                 \
-            REAL best = fabs(T[c * p + c]);                                                                  \
-            for (int64_t i = c + 1; i < p; i++)                                                              \
-                if (fabs(T[i * p + c]) > best) { best = fabs(T[i * p + c]); piv = i; }                       \
-            if (piv != c)                                                                                    \
-                for (int64_t j = 0; j < p; j++) {                                                            \
-                    REAL t = T[c * p + j]; T[c * p + j] = T[piv * p + j]; T[piv * p + j] = t;                \
-                    t = B[c * p + j]; B[c * p + j] = B[piv * p + j]; B[piv * p + j] = t;                     \
-                }                                                                                            \
-            const REAL inv = (REAL)1 / T[c * p + c];                                                         \
-            const REAL *Tc = T + c * p, *Bc = B + c * p;                                                     \
-            for (int64_t i = c + 1; i < p; i++) {                                                            \
-                REAL *Ti = T + i * p, *Bi = B + i * p;                                                       \
-                const REAL f = Ti[c] * inv;                                                                  \
-                if (f == 0) continue;                                                                        \
-                AXPY(Ti + c + 1, Tc + c + 1, f, p - c - 1);                                                  \
-                AXPY(Bi, Bc, f, p);                                                                          \
-            }                                                                                                \
-        }                                                                                                    \
-        for (int64_t i = p - 1; i >= 0; i--) {                                                               \
-            REAL *Bi = B + i * p;                                                                            \
-            const REAL *Ti = T + i * p;                                                                      \
-            for (int64_t l = i + 1; l < p; l++) AXPY(Bi, B + l * p, Ti[l], p);                               \
-            const REAL inv = (REAL)1 / Ti[i];                                                                \
-            REAL *Xi = X + b * x_bs + i * x_rs;                                                              \
-            for (int64_t j = 0; j < p; j++) { Bi[j] *= inv; Xi[j] = Bi[j]; }                                 \
-        }                                                                                                    \
-    }                                                                                                        \
-}
-SOLVE(cayley_solve_f32, float, axpy_f32)
-SOLVE(cayley_solve_f64, double, axpy_f64)
-"""
+def _source() -> str:
+    import learned_optimizers  # (lazy: learned_optimizers imports icl.optim)
 
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
-_ENTRY = {torch.float32: "cayley_solve_f32", torch.float64: "cayley_solve_f64"}
+    return (Path(learned_optimizers.__file__).parent / "csrc" / "manifold_step.c").read_text()
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """The kernel, built on first use; None (with a warning) where it can not be built."""
-    from learned_optimizers.fused import build_library  # (lazy: learned_optimizers imports icl.optim)
+    """The kernels, built on first use; None (with a warning) where they can not be built."""
+    from learned_optimizers.fused import build_library
 
-    lib, why = build_library(SOURCE, "cayley_solve", FLAGS, libs=("-lm",))
+    lib, why = build_library(_source(), "manifold_step", FLAGS, libs=("-lm",))
     if lib is None:
         return _unavailable(why)
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    for name in _ENTRY.values():
+    i64, ptr, f64, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
+    for name in _SOLVE.values():
         getattr(lib, name).argtypes = [i64, i64, ptr, i64, i64, ptr, i64, i64, ptr]
         getattr(lib, name).restype = None
+    for name in _STEP.values():
+        getattr(lib, name).argtypes = [
+            i64, i64, i64, i32, ptr, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, f64, f64, f64, f64, i32, ptr
+        ]  # fmt: skip
+        getattr(lib, name).restype = None
+    for name in _POLAR.values():
+        getattr(lib, name).argtypes = [i64, i64, i64, ptr, ptr]
+        getattr(lib, name).restype = None
+    lib.set_blas.argtypes = [ptr, ptr]
+    lib.set_blas.restype = None
+    lib.blas_found = _set_blas(lib)
     return lib
+
+
+def _set_blas(lib: ctypes.CDLL) -> bool:
+    """Hand torch's own Fortran gemm entries to the kernels; False where libtorch_cpu exports none."""
+    try:
+        torch_cpu = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        s, d = (ctypes.cast(getattr(torch_cpu, f), ctypes.c_void_p).value for f in ("sgemm_", "dgemm_"))
+    except (OSError, AttributeError):
+        return False
+    lib.set_blas(s, d)
+    return True
 
 
 def _unavailable(why: str) -> None:
@@ -117,9 +103,15 @@ def usable(S: torch.Tensor) -> bool:
     torch.compile traces, fused kernels switched on, and the kernel builds."""
     from learned_optimizers.fused import enabled
 
-    if S.device.type != "cpu" or S.dtype not in _ENTRY or not enabled() or torch.compiler.is_compiling():
+    if S.device.type != "cpu" or S.dtype not in _SOLVE or not enabled() or torch.compiler.is_compiling():
         return False
     return _library() is not None
+
+
+def step_usable(L: torch.Tensor) -> bool:
+    """Whether :func:`adam_step_` can run on sections ``L``: :func:`usable`, a contiguous ``L`` and torch's BLAS
+    entry found."""
+    return usable(L) and L.is_contiguous() and _library().blas_found
 
 
 def cayley_solve_(S: torch.Tensor, X: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
@@ -130,7 +122,82 @@ def cayley_solve_(S: torch.Tensor, X: torch.Tensor, scratch: torch.Tensor) -> to
     k, p = S.shape[0], S.shape[-1]
     if S.stride(-1) != 1 or X.stride(-1) != 1 or scratch.dtype != S.dtype or scratch.numel() < 2 * p * p:
         raise ValueError("cayley_solve_: S and X need unit column stride, scratch 2p^2 numbers of their dtype")
-    getattr(_library(), _ENTRY[S.dtype])(
+    getattr(_library(), _SOLVE[S.dtype])(
         k, p, S.data_ptr(), S.stride(0), S.stride(1), X.data_ptr(), X.stride(0), X.stride(1), scratch.data_ptr()
     )
     return X
+
+
+def step_scratch_size(N: int, p: int, skew: bool) -> int:
+    """Numbers of scratch :func:`adam_step_` needs for one N×p parameter (C and W, S₂ and the solve's, K and D)."""
+    c = N if skew else N - p
+    return 2 * p * c + 3 * p * p + 2 * N * p
+
+
+def layouts_fit(grads, params, dtype: torch.dtype) -> bool:
+    """Whether :func:`adam_step_` can read ``grads`` and write ``params`` (N×p tensors of ``dtype``, N > p): the
+    gradients all row-major or all column-major (dense), the parameters all with one set of strides."""
+    N, p = params[0].shape
+    gs, ps = grads[0].stride(), params[0].stride()
+    if N == p:  # (square: no Y_⊥; BLAS refuses the empty operands' leading dimensions)
+        return False
+    if not ((gs[1] == 1 and gs[0] >= p) or (gs[0] == 1 and gs[1] >= N)) or min(ps) < 1:
+        return False
+    for g, x in zip(grads, params):
+        if g.dtype != dtype or x.dtype != dtype or g.stride() != gs or x.stride() != ps or g.shape != x.shape:
+            return False
+    return True
+
+
+class AdamStep:
+    """:func:`adam_step_` bound to one bucket: its sections, moments, step counts and scratch are converted to
+    the C call's arguments once, so that a step converts only the gradients' and parameters' addresses and the
+    hyperparameters (which a schedule may change).  Check :func:`step_usable` first; the bound tensors must
+    keep their storage (the optimizer's bucket buffers do); ``scratch`` is made here if not given."""
+
+    def __init__(self, L, exp_avg, exp_avg_sq, count, *, p: int, skew: bool, scratch=None) -> None:
+        k, N = L.shape[0], L.shape[-1]
+        if scratch is None:
+            scratch = L.new_empty(step_scratch_size(N, p, skew))
+        if scratch.numel() < step_scratch_size(N, p, skew) or scratch.dtype != L.dtype:
+            raise ValueError("adam_step_: scratch too small or of another dtype")
+        self.fn = getattr(_library(), _STEP[L.dtype])
+        self.ptrs = ctypes.c_int64 * k
+        self.head = (k, N, p, int(skew), L.data_ptr())
+        self.state = (exp_avg.data_ptr(), exp_avg_sq.data_ptr(), count.data_ptr())
+        self.scratch = scratch  # (kept alive with its address)
+        self.tail = scratch.data_ptr()
+
+    def __call__(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> None:
+        """One step: ``grads`` and ``params`` as :func:`layouts_fit` accepts them."""
+        ptrs = self.ptrs
+        self.fn(
+            *self.head, ptrs(*[g.data_ptr() for g in grads]), *grads[0].stride(),
+            ptrs(*[x.data_ptr() for x in params]), *params[0].stride(), *self.state, lr, betas[0], betas[1], eps,
+            maximize, self.tail,
+        )  # fmt: skip
+
+
+def adam_step_(L, grads, params, exp_avg, exp_avg_sq, count, *, lr, betas, eps, maximize, skew, scratch) -> None:
+    """One ManifoldAdam step (closed-form Cayley) of k Stiefel (``skew``) or Grassmann parameters, in place.
+
+    ``L`` (k, N, N) the contiguous sections; ``grads`` and ``params`` k N×p tensors of ``L``'s dtype that pass
+    :func:`layouts_fit` (the parameters receive Y = ΛE); ``exp_avg``/``exp_avg_sq`` the contiguous moments
+    (k, p, c) with c = N (Stiefel, [A | Bᵀ]) or N − p (Grassmann, Bᵀ); ``count`` the float32 step counts (k,),
+    incremented (the bias corrections use the incremented count); ``scratch`` ≥ :func:`step_scratch_size`
+    numbers.  The update is :class:`icl.optim.ManifoldAdam`'s (its docstring and
+    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`); check :func:`step_usable` first.  (The optimizer
+    binds the fixed arguments once per bucket: :class:`AdamStep`.)
+    """
+    call = AdamStep(L, exp_avg, exp_avg_sq, count, p=grads[0].shape[-1], skew=skew, scratch=scratch)
+    call(grads, params, lr, betas, eps, maximize)
+
+
+def polar_point_(L: torch.Tensor, p: int) -> torch.Tensor:
+    """Y ← Y(3I − YᵀY)/2 = Y + YE, E = (I − YᵀY)/2 with YᵀY in float64, for the Y blocks (first ``p`` columns) of
+    the sections ``L`` (k, N, N), one C call (:meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_`; check
+    :func:`step_usable`)."""
+    k, N = L.shape[0], L.shape[-1]
+    work = torch.empty(2 * N * p + 2 * p * p, dtype=torch.float64)
+    getattr(_library(), _POLAR[L.dtype])(k, N, p, L.data_ptr(), work.data_ptr())
+    return L

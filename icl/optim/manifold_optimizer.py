@@ -25,7 +25,9 @@ Subclasses supply two rules:
   the batched coordinates C and the batched state named by ``_coord_state_keys`` (``uniform``: every member
   has the same step count; ``step_views``: the members' step counts as 0-dim views of ``step``; ``work``: the
   bucket's scratch buffers, W to be written into ``work["W"]``, or None), and ``_skew_exact(group)``, whether
-  W's A block is exactly skew when C's is.
+  W's A block is exactly skew when C's is;
+* optionally ``_whole_step(...)``: the whole step of a bucket in one fused kernel (ManifoldAdam's C kernel on
+  CPU), returning False where it can not run, so that the step above runs instead.
 
 A step allocates nothing of the parameters' size: the coordinates, the velocity and the retraction's
 temporaries live in buffers made once per bucket (:meth:`icl.optim.manifolds.Manifold.workspace`).
@@ -39,6 +41,7 @@ from collections.abc import Callable
 
 import torch
 from torch.optim import Optimizer
+from torch.optim import optimizer as _torch_optimizer
 
 from icl.optim._common import check_loaded_groups
 from icl.optim.manifolds import Manifold, get_manifold
@@ -198,8 +201,8 @@ class _Bucket:
         if idx is self.all:
             if self.work is None:
                 self.work = self.m.workspace(L, self.p)
-            self._advance(opt, group, L, self.state, self.count, self.count_views, grads, idx, self.work)
-            torch._foreach_copy_(params, self.points or list(self.m.point(L, self.p).unbind(0)))
+            if not self._advance(opt, group, L, self.state, self.count, self.count_views, grads, idx, self.work):
+                torch._foreach_copy_(params, self.points or list(self.m.point(L, self.p).unbind(0)))
             self.versions = [p._version for p in params]
             return
         # some parameters have no gradient: step the others on gathered copies
@@ -216,10 +219,45 @@ class _Bucket:
         for i in idx:
             self.versions[i] = params[i]._version
 
-    def _advance(self, opt, group, L, state, step, step_views, grads, idx, work) -> None:
+    def _advance(self, opt, group, L, state, step, step_views, grads, idx, work) -> bool:
         """One step of the members ``idx`` whose sections, state and step counts are ``L``, ``state``, ``step``
-        (the bucket's own tensors, with ``work`` its scratch buffers, or gathered copies and ``work`` None)."""
+        (the bucket's own tensors, with ``work`` its scratch buffers, or gathered copies and ``work`` None).
+
+        Returns whether the parameters already hold the new points (the subclass's :meth:`_whole_step` wrote
+        them and no re-orthonormalisation followed)."""
         m, p, k, gd = self.m, self.p, len(idx), L.dtype
+        steps = self.steps
+        s = steps[idx[0]] + 1
+        uniform = True
+        for i in idx:
+            steps[i] += 1
+            uniform = uniform and steps[i] == s
+        whole = work is not None and opt._whole_step(m, L, state, step, grads, self.params, group, work)
+        if not whole:
+            self._velocity_and_retract(opt, group, L, state, step, step_views, grads, uniform, work)
+        full, point = opt._reorth_every(group, gd, m)
+        if uniform:  # (the usual case: one test for the whole batch)
+            if full and s % full == 0:
+                m.reorthonormalize_(L, p)
+            elif point and s % point == 0:
+                m.reorthonormalize_point_(L, p)
+            else:
+                return whole
+            return False
+        due_full = [j for j, i in enumerate(idx) if full and steps[i] % full == 0]
+        due_point = [j for j, i in enumerate(idx) if point and steps[i] % point == 0 and j not in due_full]
+        for due, fix in ((due_full, m.reorthonormalize_), (due_point, getattr(m, "reorthonormalize_point_", None))):
+            if len(due) == k:
+                fix(L, p)
+            elif due:
+                sub = L[due]
+                fix(sub, p)
+                L[due] = sub
+        return whole and not due_full and not due_point
+
+    def _velocity_and_retract(self, opt, group, L, state, step, step_views, grads, uniform, work) -> None:
+        """The step through torch: the gradient's coordinates, the subclass's velocity, the retraction."""
+        m, p, k, gd = self.m, self.p, len(grads), L.dtype
         if k == 1 and grads[0].dtype == gd:
             if grads[0] is not self._grad:  # (the same gradient tensor as last step: its view is kept)
                 self._grad, self._G = grads[0], grads[0].unsqueeze(0)
@@ -239,30 +277,8 @@ class _Bucket:
                 G.neg_()
         C = m.grad_coords(L, G, work=work)
         step.add_(1)
-        steps = self.steps
-        s = steps[idx[0]] + 1
-        uniform = True
-        for i in idx:
-            steps[i] += 1
-            uniform = uniform and steps[i] == s
         W = opt._velocity(state, C, step, group, uniform, step_views, work)
         m.retract_batch_(L, W, p, group["retraction"], work=work, skew_exact=opt._skew_exact(group))
-        full, point = opt._reorth_every(group, gd, m)
-        if uniform:  # (the usual case: one test for the whole batch)
-            if full and s % full == 0:
-                m.reorthonormalize_(L, p)
-            elif point and s % point == 0:
-                m.reorthonormalize_point_(L, p)
-            return
-        due_full = [j for j, i in enumerate(idx) if full and steps[i] % full == 0]
-        due_point = [j for j, i in enumerate(idx) if point and steps[i] % point == 0 and j not in due_full]
-        for due, fix in ((due_full, m.reorthonormalize_), (due_point, getattr(m, "reorthonormalize_point_", None))):
-            if len(due) == k:
-                fix(L, p)
-            elif due:
-                sub = L[due]
-                fix(sub, p)
-                L[due] = sub
 
 
 class GlobalSectionOptimizer(Optimizer):
@@ -449,9 +465,18 @@ class GlobalSectionOptimizer(Optimizer):
         """Whether ``_velocity`` maps an exactly skew A block to an exactly skew one (zero diagonal)."""
         return False
 
-    @torch.no_grad()
+    def _whole_step(self, m, L, state, count, grads, params, group, work) -> bool:
+        """Subclass hook: make the whole step of a bucket (coordinates, velocity, retraction, the step counts
+        ``count`` incremented and Y written into ``params``) in one fused kernel and return True, or return
+        False (nothing done) for the step through torch."""
+        return False
+
     def step(self, closure: Callable[[], float] | None = None):
         """One optimizer step; parameters whose ``grad`` is None are skipped.
+
+        torch.optim's step wrapper (step pre/post hooks, global and per-optimizer, and the profiler's
+        ``record_function``) runs exactly when it has something to do: when a hook is registered or a profiler
+        is on; otherwise the step skips it (its record_function alone costs about 1% of a St(512, 64) step).
 
         Args:
             closure: re-evaluates the model and returns the loss (evaluated with grad enabled).
@@ -459,6 +484,24 @@ class GlobalSectionOptimizer(Optimizer):
         Returns:
             The closure's loss, or None.
         """
+        if (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or _torch_optimizer._global_optimizer_pre_hooks
+            or _torch_optimizer._global_optimizer_post_hooks
+            or torch.autograd._profiler_enabled()
+        ):
+            return self._hooked_step(closure)
+        grad_on = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # (torch.no_grad() without its context-manager object)
+        try:
+            return self._step(closure)
+        finally:
+            torch._C._set_grad_enabled(grad_on)
+
+    step.hooked = True  # (torch's Optimizer wraps a step without this mark; ours calls the wrapper itself)
+
+    def _step(self, closure: Callable[[], float] | None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -484,6 +527,8 @@ class GlobalSectionOptimizer(Optimizer):
                 else:
                     b.step(self, group)
         return loss
+
+    _hooked_step = Optimizer.profile_hook_step(torch.no_grad()(_step))
 
     # ---------------------------------------------------------------------------------------------------
     # monitoring and checkpoints

@@ -368,6 +368,8 @@ class Stiefel(Manifold):
         random walk (~1e-7·√steps at p = 64), which this removes to second order; the span of Y (the
         Grassmann point) is unchanged.  ``L`` is a batch (k, N, N).
         """
+        if manifold_kernels.step_usable(L):  # (one C call, see manifold_kernels)
+            return manifold_kernels.polar_point_(L, p)
         Y = L[..., :p].to(torch.float64)
         L[..., :p] = torch.baddbmm(Y, Y, torch.bmm(Y.mT, Y), beta=1.5, alpha=-0.5)
         return L
