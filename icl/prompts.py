@@ -170,6 +170,7 @@ class PromptDistribution:
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_generator("generator", generator)  # before its device is read
         x = torch.empty(batch_size, self.cfg.n + 1, self.cfg.d, device=generator.device, dtype=self.dtype)
         return (x, *self.draw_into(x, generator))
 
