@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -105,26 +105,35 @@ class NoisyRegressionConfig(StudyConfig):
         tune_prompts: training-law prompts on which ConstRR's λ and the tuned GD++ are chosen.
         tune_maxfev: the budget of the tuned GD++'s refinement per depth (method evaluations).
         tolerance: a learned model more than this above tuned GD++ (in log test MSE) is flagged.
+        depth_unit: ``train.steps``, ``train.halve_every``, ``train.plateau_patience`` and ``train.batch_size`` are
+            those of a model of this depth; a depth-L model trains L/depth_unit times the steps, halving period and
+            patience on depth_unit/L times the batch (a step costs the same at every depth; deeper models anneal
+            more slowly). 0: ``train`` as it is at every depth.
+        best_of_depths: the noiseless depths at which every seed is trained (the paper's Table 1 is the best of
+            5 seeds); elsewhere only the first ``other_seeds`` seeds.
+        other_seeds: how many of ``seeds`` train the models not in ``best_of_depths`` (the noisy settings).
+        noisy_budget: in a noisy setting the cap, halving period and patience are this times the noiseless ones
+            (the paper's noisy results are orderings of adjusted losses well above the noiseless optimum's 1e-3).
     """
 
     d: int = spec(10, ge=1)
     n: int = spec(20, ge=2)
     depths: tuple[int, ...] = spec((2, 4), ge=1)
-    sigma_max: tuple[float, ...] = spec((0.0,), ge=0)
-    categorical: tuple[str, ...] = spec((), allow_empty=True)
+    sigma_max: tuple[float, ...] = spec((0.0, 1.0, 3.0, 5.0), ge=0)
+    categorical: tuple[str, ...] = spec(("1/3",), allow_empty=True)
     modes: tuple[str, ...] = MODES
     init_std: float = spec(0.05, gt=0)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=2500,
-            batch_size=256,
+            steps=3000,
+            batch_size=512,
             optimizer="adam",
             lr=0.02,
             weight_decay=0.0,
             clip="global",
             clip_value=1.0,
             schedule="step",
-            halve_every=600,
+            halve_every=800,
             eval_every=100,
             eval_batch=2000,
             log_every=100,
@@ -139,6 +148,10 @@ class NoisyRegressionConfig(StudyConfig):
     tune_prompts: int = spec(2_000, ge=100)
     tune_maxfev: int = spec(300, ge=0)
     tolerance: float = spec(0.05, gt=0)
+    depth_unit: int = spec(2, ge=0)
+    best_of_depths: tuple[int, ...] = spec((2, 4), ge=1, allow_empty=True)
+    other_seeds: int = spec(3, ge=1)
+    noisy_budget: float = spec(0.15, gt=0)
 
     def check(self) -> None:
         super().check()
@@ -156,6 +169,25 @@ class NoisyRegressionConfig(StudyConfig):
             raise ConfigError(f"AdaRR needs n > d (σ̂² divides by n − d); got n = {self.n}, d = {self.d}")
         if self.test_prompts < TAIL_PARTS:
             raise ConfigError(f"test_prompts must be >= {TAIL_PARTS} (the tail statistics cut it into parts)")
+
+    def seeds_at(self, L: int, noisy: bool) -> tuple[int, ...]:
+        """The seeds a depth-L model trains: all of ``seeds`` at the noiseless ``best_of_depths`` (the paper's
+        best-of-5 comparisons), the first ``other_seeds`` of them elsewhere."""
+        return self.seeds if not noisy and L in self.best_of_depths else self.seeds[: self.other_seeds]
+
+    def train_at(self, L: int, noisy: bool) -> TrainConfig:
+        """The training of a depth-L model: ``train.steps`` (the cap), ``train.halve_every`` and
+        ``train.plateau_patience`` are those of a depth-``depth_unit`` model, scaled by L/depth_unit (deeper models
+        anneal more slowly) and by ``noisy_budget`` in a noisy setting; ``train.batch_size`` is scaled by
+        depth_unit/L (prompts × layers per step constant, so a step costs the same at every depth).
+        ``depth_unit`` 0: ``train`` at every depth."""
+        if not self.depth_unit:
+            return self.train
+        f = L / self.depth_unit * (self.noisy_budget if noisy else 1.0)
+        t = self.train
+        return replace(t, steps=max(1, round(f * t.steps)), halve_every=max(1, round(f * t.halve_every)),
+                       plateau_patience=max(1, round(f * t.plateau_patience)) if t.plateau_patience else 0,
+                       batch_size=max(1, round(t.batch_size * self.depth_unit / L)))
 
     def noise_settings(self) -> list[tuple[str, PromptConfig]]:
         """(name, prompt law) of every noise setting."""
@@ -186,8 +218,10 @@ PROFILES = {
         "tune_prompts": 500,
         "tune_maxfev": 40,
         "checkpoint_every": 60,
+        "best_of_depths": (),
+        "noisy_budget": 1.0,
     },
-    "standard": {},
+    "standard": {"seeds": (0, 1, 2, 3, 4)},
     "paper": {
         "seeds": (0, 1, 2, 3, 4),
         "depths": (1, 2, 3, 4, 5, 6, 7),
@@ -207,6 +241,9 @@ PROFILES = {
         "tune_prompts": 20_000,
         "tune_maxfev": 2000,
         "checkpoint_every": 5000,
+        "depth_unit": 0,
+        "best_of_depths": (1, 2, 3, 4, 5, 6, 7),
+        "noisy_budget": 1.0,
     },
 }
 
@@ -335,7 +372,9 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     for noise, pcfg in cfg.noise_settings():
         per_seed: list[_Setting] = []
         tune_batch = None
-        for seed, streams in zip(cfg.seeds, seed_streams):
+        noisy = pcfg.noise != "none"
+        setting_seeds = max((cfg.seeds_at(L, noisy) for L in cfg.depths), key=len)
+        for seed, streams in zip(setting_seeds, seed_streams):
             signals.raise_if_requested("computing the baselines")
             dist = make_distribution(pcfg, streams)
             test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
@@ -362,12 +401,14 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
         learned: dict[int, list[dict]] = {}
         for mode in cfg.modes:
             for L in cfg.depths:
-                trained = _train(ctx, cfg, f"{noise}-{mode}-L{L}", mode, L, per_seed)
-                for st, run_ in zip(per_seed, trained):
+                train = cfg.train_at(L, noisy)
+                models_seeds = per_seed[: len(cfg.seeds_at(L, noisy))]
+                trained = _train(ctx, cfg, f"{noise}-{mode}-L{L}", mode, L, models_seeds, train)
+                for st, run_ in zip(models_seeds, trained):
                     if run_ is None:
                         rows.add(mode, L, st.seed, "diverged", 1.0, setting=noise)
                         continue
-                    _record_training(rows, mode, L, st.seed, run_, cfg.train, setting=noise)
+                    _record_training(rows, mode, L, st.seed, run_, train, setting=noise)
                     with torch.no_grad():
                         pred = run_.model(st.test.Z().to(device=ctx.device, dtype=run_.model.dtype))
                     err = (pred.double().cpu() - st.test.y_query).square()
@@ -404,21 +445,21 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     return summary
 
 
-def _train(ctx, cfg, tag, mode, L, per_seed: list[_Setting]) -> list:
+def _train(ctx, cfg, tag, mode, L, per_seed: list[_Setting], train: TrainConfig) -> list:
     """Train every seed together (the engine rolls a diverging run back to its last healthy state at a lower
     learning rate); if the rollbacks run out, train each seed alone, so that one unstable seed does not cost the
     others. Returns each seed's run, or None for a seed whose every rollback diverged."""
     streams = [st.streams for st in per_seed]
     models = [build(mode, cfg.d, L, cfg.init_std, st.generator("init", "cpu")) for st in streams]
     try:
-        return train_all_seeds(ctx, cfg, tag, models, [st.dist for st in per_seed], cfg.train, streams).runs
+        return train_all_seeds(ctx, cfg, tag, models, [st.dist for st in per_seed], train, streams).runs
     except TrainingDiverged as e:
         ctx.print(f"{tag} diverged after its rollbacks ({e}): training the seeds one by one")
     out = []
     for st in per_seed:
         model = build(mode, cfg.d, L, cfg.init_std, st.streams.generator("init", "cpu"))
         try:
-            out.append(train_one(ctx, cfg, tag + "-alone", st.seed, model, st.dist, cfg.train, st.streams))
+            out.append(train_one(ctx, cfg, tag + "-alone", st.seed, model, st.dist, train, st.streams))
         except TrainingDiverged as e:
             ctx.print(f"seed {st.seed} {tag} diverged: {e}")
             out.append(None)
@@ -432,6 +473,7 @@ def _record_training(rows: Rows, mode: str, L: int, seed: int, run_, train: Trai
     rollbacks = [e for e in events if e.get("event") == "rollback"]
     plateau = any(e.get("event") == "finished" and "plateau" in str(e.get("reason", "")) for e in events)
     rows.add(mode, L, seed, "steps_trained", run_.step, **keys)
+    rows.add(mode, L, seed, "step_cap", train.steps, **keys)
     rows.add(mode, L, seed, "stopped_by_plateau", float(plateau), **keys)
     rows.add(mode, L, seed, "rollbacks", len(rollbacks), **keys)
     rows.add(mode, L, seed, "lr_used", rollbacks[-1]["base_lr"] if rollbacks else train.lr, **keys)
