@@ -36,12 +36,17 @@ from icl.config import ConfigError
 DEVICES = ("cpu", "cuda", "mps")
 
 
+def check_device_name(name: str) -> None:
+    """``name`` is one of :data:`DEVICES` (checked without torch)."""
+    if name not in DEVICES:
+        raise ConfigError(f"--device = {name!r} is not one of: {', '.join(DEVICES)}")
+
+
 def check_device(name: str):
     """The torch device, if this machine has it."""
     import torch
 
-    if name not in DEVICES:
-        raise ConfigError(f"--device = {name!r} is not one of: {', '.join(DEVICES)}")
+    check_device_name(name)
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but CUDA is not available on this machine")
     if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
@@ -135,12 +140,14 @@ def cmd_list() -> int:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    # up to --show-config (and every config error) this imports neither torch nor the study: the config comes
+    # from the study's torch-free config module, and a cpu device needs no torch to be checked
     from experiments.preflight import preflight
-    from experiments.rundir import resume_config
     from icl.runio import RunDirError
 
     exp = get_experiment(args.name)
-    device = check_device(args.device)
+    check_device_name(args.device)
+    device = args.device if args.device == "cpu" else check_device(args.device)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume and args.out is None:
@@ -158,6 +165,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not args.resume:
         cfg = resolve_config(exp, *flags)
     elif args.show_config:
+        from experiments.rundir import resume_config
+
         cfg = resume_config(exp, args.out, *flags) or resolve_config(exp, *flags)
     else:
         cfg = None  # read under the directory's lock, below
@@ -166,6 +175,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    device = check_device(args.device)
+    from experiments.rundir import resume_config
     from icl.tracking import TrackerUnavailable, make_tracker
 
     def tracker_for(cfg, out: Path):
@@ -313,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "list":
         return cmd_list()
-    from icl.runio import CheckpointError, RunDirError  # imports torch, which `list` does without
+    from icl.runio import CheckpointError, RunDirError  # no torch: `run --show-config` does without
 
     try:
         if args.command == "report":

@@ -37,20 +37,20 @@ on 2 CPU cores; minutes on a GPU with ``--device cuda``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from experiments.common import RunContext, write_config
+from experiments.configs.gd_one_layer import PROFILES, GDOneLayerConfig  # noqa: F401  (re-exported)
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, held_out_prompts, query_losses, train_all_seeds
-from icl.config import spec
+from experiments.study import Rows, held_out_prompts, query_losses, train_all_seeds
 from icl.metrics import relative_frobenius
-from icl.prompts import PromptConfig, PromptDistribution
+from icl.prompts import PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import ModelSpec, TrainConfig
+from icl.training import ModelSpec
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.constructions import gd_factorised
 from learned_optimizers.probes import compare, interpolate
@@ -64,45 +64,6 @@ CLASS_TOLERANCE = 0.01
 #: a model "is" the GD step only when the implicit models' cosine similarity is at least this in every seed
 COSINE_THRESHOLD = 0.99
 PUBLISHED = {"gd_half_mse": 0.2, "gd_half_mse_notes": 0.206, "eta_notes": 6.07, "zero_half_mse_notes": 0.417}
-
-
-@dataclass(frozen=True)
-class GDOneLayerConfig(StudyConfig):
-    """The study (defaults = the standard profile).
-
-    Attributes:
-        prompt: von Oswald et al.'s law (d = N = 10, x ~ U(−0.5, 0.5), w* ~ N(0, I), no rotation).
-        model: one factorised LSA layer (key size d+1), initialised N(0, 0.002²) (their 0.002/K truncated
-            normal with K = 1 layer; Adam leaves the saddle at zero within a few hundred steps).
-        train: Adam, lr 1e-3, batch 2048, fresh prompts every step, global clipping.
-        test_prompts: held-out prompts (the ``test`` stream) for every metric.
-        tune_prompts: training-law prompts (the ``tune`` stream) on which η is tuned.
-        ood_a: the half-widths a of the out-of-distribution input laws U(−a, a).
-        interp_points: points t ∈ [0, 1] of the interpolation curve.
-    """
-
-    prompt: PromptConfig = field(
-        default_factory=lambda: PromptConfig(d=10, n=10, input_law="uniform", uniform_a=0.5, rotation="identity")
-    )
-    model: LSAConfig = field(default_factory=lambda: LSAConfig(layers=1, mode="factorised", init_std=0.002))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=3000, batch_size=2048, optimizer="adam", lr=1e-3, clip="global", clip_value=10.0,
-            eval_every=250, eval_batch=4096, log_every=100, plateau_patience=4, plateau_tol=1e-3,
-        )
-    )  # fmt: skip
-    test_prompts: int = spec(10_000, ge=2)
-    tune_prompts: int = spec(10_000, ge=2)
-    ood_a: tuple[float, ...] = spec(tuple(float(a) for a in np.round(np.linspace(0.25, 1.0, 16), 4)), gt=0)
-    interp_points: int = spec(11, ge=2)
-
-
-PROFILES = {
-    "quick": {"seeds": (0,), "train.steps": 400, "train.batch_size": 512, "train.lr": 3e-3, "train.eval_batch": 1024,
-              "test_prompts": 2000, "tune_prompts": 2000, "ood_a": (0.25, 0.5, 0.75, 1.0), "interp_points": 5},
-    "standard": {},
-    "paper": {"train.steps": 50_000, "checkpoint_every": 5000},
-}  # fmt: skip
 
 
 def theory_loss(eta: float, a: float, d: int, n: int) -> float:

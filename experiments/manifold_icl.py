@@ -90,22 +90,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from einops import einsum
 
 from experiments.common import RunContext, make_distribution, write_config
+from experiments.configs.manifold_icl import EIGENVALUES, METHODS, PROFILES, STANDARD_METHODS, ManifoldICLConfig  # noqa: F401  (re-exported)
 from experiments.optimizer_sweep import train_timed
-from experiments.pgd_depth import EIGENVALUES
 from experiments.registry import Study
 from experiments.results import Rows
-from experiments.study import StudyConfig, held_out_prompts
-from icl.config import ConfigError, spec
+from experiments.study import held_out_prompts
+from icl.config import ConfigError
 from icl.optim import ManifoldAdam, ManifoldSGD, ProjectedRiemannianAdam, project_to_manifold
 from icl.optim.manifolds import get_manifold
-from icl.prompts import PromptBatch, PromptConfig
+from icl.prompts import PromptBatch
 from icl.runio import write_json
 from icl.seeding import Streams
 from icl.training import ModelSpec, OptimizerSpec, TrainConfig
@@ -125,107 +124,9 @@ NAME = "manifold_icl"
 REFERENCE = "unconstrained_adam"
 #: the unconstrained recipes every other method is paired with
 REFERENCES = ("unconstrained_adam", "unconstrained_adam_cosine")
-METHODS = (
-    "spectral_manifold_adam",
-    "unconstrained_adam",
-    "unconstrained_adam_cosine",
-    "spectral_projected_adam",
-    "spectral_manifold_sgd",
-    "spectral_manifold_momentum",
-    "cgd_spectral_manifold_adam",
-    "lfom_spectral_manifold_adam",
-    "per_layer_basis_manifold_adam",
-    "factorised_stiefel_adam",
-)
 SGD_TYPE = ("spectral_manifold_sgd", "spectral_manifold_momentum")
-#: the standard profile's methods: all but the per-layer-basis ablation and the cosine unconstrained recipe
-STANDARD_METHODS = tuple(m for m in METHODS if m not in ("per_layer_basis_manifold_adam", "unconstrained_adam_cosine"))
 #: the methods run at every depth (the others only at ``side_depths``)
 HEADLINE = ("spectral_manifold_adam", *REFERENCES)
-
-
-@dataclass(frozen=True)
-class ManifoldICLConfig(StudyConfig):
-    """The study (defaults: the headline setting, batch 2048 and 40,000 test prompts; the standard profile shortens it).
-
-    Attributes:
-        prompt: Ahn et al.'s law.
-        depths: numbers of layers L.
-        methods: see the module docstring.
-        train: batch, steps, evaluation and dtype shared by every method; each method sets its own optimizer,
-            schedule and clipping (:func:`method_train_config`).
-        adam_lrs, unconstrained_lrs, sgd_lrs: learning-rate grids of the Adam-type spectral methods, the
-            unconstrained model and the SGD-type methods.
-        basis_lr_factor: U's learning rate relative to the spectra's (the spectral methods).
-        constrained_schedule, constrained_halve_every: the learning-rate schedule of every method but the
-            unconstrained one (``step``: halved every ``constrained_halve_every`` steps).
-        side_depths: the depths at which the methods other than the headline pair (``spectral_manifold_adam`` and
-            the unconstrained recipes) run; None: every depth.
-        spectrum: the spectra's storage, ``linear`` (s) or ``log`` (s = exp(θ)).
-        spectrum_init: the spectra's starting value (``log``: s = spectrum_init; ``linear``: see
-            :class:`~learned_optimizers.spectral.SpectralLSAConfig`).
-        init_std: the unconstrained A_ℓ ~ N(0, init_std²); the spectra's relative jitter.
-        halve_every: the unconstrained recipe's lr halving period.
-        reference_steps: the unconstrained models' step cap per layer (L·reference_steps at depth L; pgd_depth's
-            converged runs take 10,000 at L = 3 and 20,000 at L = 4 with a batch reused for 100 steps); None:
-            ``train.steps`` like every other method.
-        factorised_key_size: k of the factorised St(k, d+1) row.
-        gap_target: the gap in log MSE to Σ⁻¹-PGD that counts as reached.
-        monitor_every: steps between constraint/angle read-outs.
-        test_prompts, tune_prompts: held-out prompts per seed, and prompts on which PGD's steps are tuned.
-    """
-
-    prompt: PromptConfig = field(
-        default_factory=lambda: PromptConfig(d=5, n=20, eigenvalues=EIGENVALUES, w_prior="inverse_sigma")
-    )
-    depths: tuple[int, ...] = spec((1, 2, 3, 4), ge=1)
-    methods: tuple[str, ...] = METHODS
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=1000, batch_size=1024, resample_every=1, eval_every=100, eval_batch=4096, log_every=100,
-            dtype="float64", lr=0.03, plateau_patience=10,
-        )
-    )  # fmt: skip
-    adam_lrs: tuple[float, ...] = spec((0.03,), gt=0)
-    unconstrained_lrs: tuple[float, ...] = spec((0.05,), gt=0)
-    sgd_lrs: tuple[float, ...] = spec((0.3,), gt=0)
-    basis_lr_factor: float = spec(1.0, gt=0)
-    constrained_schedule: str = spec("step", choices=("constant", "step", "cosine"))
-    constrained_halve_every: int = spec(200, ge=1)
-    side_depths: tuple[int, ...] | None = spec(None, ge=1)
-    spectrum: str = spec("log", choices=("linear", "log"))
-    spectrum_init: float = spec(0.3, ge=0)
-    init_std: float = spec(0.01, gt=0)
-    halve_every: int = spec(600, ge=1)
-    reference_steps: int | None = spec(1000, ge=1)
-    factorised_key_size: int = spec(5, ge=1)
-    gap_target: float = spec(0.05, gt=0)
-    monitor_every: int = spec(100, ge=1)
-    test_prompts: int = spec(40_000, ge=2)
-    tune_prompts: int = spec(20_000, ge=2)
-
-    def check(self) -> None:
-        super().check()
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ConfigError(f"methods {bad} are not among {', '.join(METHODS)}")
-        if self.factorised_key_size > self.prompt.d + 1:
-            raise ConfigError(f"factorised_key_size = {self.factorised_key_size} must be <= d+1 = {self.prompt.d + 1}")
-        if self.spectrum == "log" and self.spectrum_init <= 0:
-            raise ConfigError("spectrum = 'log' needs spectrum_init > 0")
-
-
-PROFILES = {
-    "quick": {"seeds": (0,), "depths": (2,), "reference_steps": 30, "train.steps": 60, "train.batch_size": 256,
-              "train.eval_every": 20, "train.eval_batch": 512, "train.log_every": 20, "monitor_every": 20,
-              "test_prompts": 2000, "tune_prompts": 2000, "halve_every": 30, "constrained_halve_every": 20,
-              "checkpoint_every": 60},
-    "standard": {"seeds": (0, 1, 2), "side_depths": (3,), "methods": STANDARD_METHODS, "test_prompts": 20_000,
-                 "tune_prompts": 10_000},
-    "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 3000, "constrained_halve_every": 500,
-              "reference_steps": 5000, "halve_every": 1000, "checkpoint_every": 2000,
-              "adam_lrs": (0.01, 0.03, 0.1), "unconstrained_lrs": (0.02, 0.05, 0.1), "sgd_lrs": (0.01, 0.03, 0.1, 0.3)},
-}  # fmt: skip
 
 
 # -- models and optimizers ---------------------------------------------------------------------------------------

@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -92,14 +91,20 @@ from einops import einsum
 from torch import nn
 
 from experiments.common import RunContext, make_distribution, write_config
+from experiments.configs.memformer_vs_cgd import (  # noqa: F401  (re-exported)
+    MODEL_KINDS,
+    PAPER_EIGENVALUES,
+    PROFILES,
+    SETTINGS,
+    MemformerVsCGDConfig,
+)
 from experiments.convergence import tail_stats
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, held_out_prompts, train_all_seeds
-from icl.config import ConfigError, spec
-from icl.prompts import PromptBatch, PromptConfig, PromptDistribution, zero_predictor_loss
+from experiments.study import Rows, held_out_prompts, train_all_seeds
+from icl.prompts import PromptBatch, PromptDistribution, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import TrainConfig, signals
+from icl.training import signals
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.memformer import Memformer, MemformerConfig
 from reference_optimizers import (
@@ -116,9 +121,6 @@ from reference_optimizers import (
 )
 
 NAME = "memformer_vs_cgd"
-MODEL_KINDS = ("lt_scalar", "lt_full", "cgd_scalar", "cgd_full", "lfom_scalar", "lfom_scalar_h5", "lfom_full")
-SETTINGS = ("noniso", "iso")
-PAPER_EIGENVALUES = (1.0, 1.0, 0.25, 0.0625, 1.0)
 #: The tuned baselines (per-step schedules, tune_depths) and the class floor of the scalar LFOM.
 TUNED = ("gd_tuned", "heavy_ball_tuned", "pgd_tuned")
 #: Each model's class optimum on the same test prompts: the candidates (per seed the best one is used).
@@ -148,116 +150,6 @@ PAPER_FIGURES = {
 }
 FIGURE_OF = {"cgd_scalar": "1a", "lt_scalar": "1a", "cgd_full": "1b", "lt_full": "1b/2a", "lfom_full": "2a/2b",
              "cg": "1a, 2b", "lfom_scalar": "5", "lfom_scalar_h5": "5"}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class MemformerVsCGDConfig(StudyConfig):
-    """The study (defaults: the ``standard`` profile).
-
-    Attributes:
-        d, n: dimension and context points (the paper's 5 and 20).
-        eigenvalues: the spectrum of Σ in the non-isotropic setting (the code's D², see the module docstring).
-        depths: the numbers of layers / steps L.
-        settings: ``noniso`` and/or ``iso``.
-        models: the trained models in the non-isotropic setting (at the deepest L).
-        iso_models: the trained models in the isotropic setting (at the deepest L).
-        sweep_models: the models (of either setting) also trained at every other L of ``depths``.
-        heads: heads of ``lfom_scalar_h5``.
-        init_std: std of the initial attention weights (scalar blocks: of a_ℓ).
-        train: the outer training (AdamW, per-matrix clipping as in the authors' code, plateau rule and cap).
-        test_prompts: held-out prompts per seed (models and every baseline see the same ones).
-        tune_prompts: prompts of the training law on which the baselines are tuned and the Krylov bounds fitted.
-        gap_tolerance: a model further than this (log units) above its class optimum is flagged as not converged.
-    """
-
-    d: int = spec(5, ge=1)
-    n: int = spec(20, ge=2)
-    eigenvalues: tuple[float, ...] = spec(PAPER_EIGENVALUES, gt=0, allow_repeats=True)
-    depths: tuple[int, ...] = spec((1, 2, 3, 4), ge=1)
-    settings: tuple[str, ...] = ("noniso",)
-    models: tuple[str, ...] = MODEL_KINDS
-    iso_models: tuple[str, ...] = ("lt_full", "lfom_full")
-    sweep_models: tuple[str, ...] = ("lt_full",)
-    heads: int = spec(5, ge=2)
-    init_std: float = spec(0.01, gt=0)
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=2400,
-            batch_size=2000,
-            lr=0.1,
-            weight_decay=0.0,
-            clip="per_matrix",
-            clip_value=0.01,
-            resample_every=1,
-            schedule="step",
-            halve_every=400,
-            eval_every=100,
-            eval_batch=2000,
-            log_every=100,
-            plateau_patience=8,
-            plateau_tol=1e-3,
-        )  # fmt: skip
-    )
-    test_prompts: int = spec(40_000, ge=100)
-    tune_prompts: int = spec(8_000, ge=100)
-    gap_tolerance: float = spec(0.1, gt=0)
-
-    def check(self) -> None:
-        super().check()
-        if len(self.eigenvalues) != self.d:
-            raise ConfigError(f"eigenvalues has {len(self.eigenvalues)} entries but d = {self.d}")
-        for name, values, allowed in (
-            ("settings", self.settings, SETTINGS),
-            ("models", self.models, MODEL_KINDS),
-            ("iso_models", self.iso_models, MODEL_KINDS),
-            ("sweep_models", self.sweep_models, MODEL_KINDS),
-        ):
-            bad = [v for v in values if v not in allowed]
-            if bad:
-                raise ConfigError(f"{name} has unknown entries {bad}; choose from {', '.join(allowed)}")
-
-    def prompt(self, setting: str) -> PromptConfig:
-        eig = self.eigenvalues if setting == "noniso" else None
-        return PromptConfig(d=self.d, n=self.n, eigenvalues=eig, w_prior="inverse_sigma")
-
-    def kinds(self, setting: str) -> tuple[str, ...]:
-        return self.models if setting == "noniso" else self.iso_models
-
-    def model_depths(self, kind: str) -> tuple[int, ...]:
-        """The depths ``kind`` is trained at: every L of ``depths`` for a sweep model, else the deepest."""
-        return tuple(sorted(self.depths)) if kind in self.sweep_models else (max(self.depths),)
-
-
-PROFILES = {
-    "quick": {
-        "depths": (1, 2),
-        "models": ("lt_scalar", "lt_full", "cgd_scalar", "cgd_full", "lfom_scalar", "lfom_scalar_h5", "lfom_full"),
-        "sweep_models": ("lt_full", "cgd_full"),
-        "train.steps": 60,
-        "train.batch_size": 200,
-        "train.eval_every": 20,
-        "train.eval_batch": 200,
-        "train.halve_every": 20,
-        "train.plateau_patience": 2,
-        "test_prompts": 2000,
-        "tune_prompts": 500,
-        "checkpoint_every": 60,
-    },
-    "standard": {},
-    "paper": {
-        "seeds": (0, 1, 2, 3, 4),
-        "settings": SETTINGS,
-        "iso_models": MODEL_KINDS,
-        "sweep_models": MODEL_KINDS,
-        "train.steps": 20_000,
-        "train.halve_every": 2000,
-        "train.plateau_patience": 30,
-        "train.eval_every": 200,
-        "test_prompts": 100_000,
-        "tune_prompts": 20_000,
-        "checkpoint_every": 1000,
-    },
-}
 
 
 # -- models --------------------------------------------------------------------------------------------------

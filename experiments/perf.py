@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from icl.prompts import PromptConfig, PromptDistribution
+from icl.prompts import PromptConfig, PromptDistribution, sample_tokens
 from icl.seeding import Streams
 from icl.training import TrainConfig, Trainer, query_mse
 from learned_optimizers import build_model, fused
@@ -224,23 +224,44 @@ def _seed_batch(S: int, d: int, n: int, batch: int, layers: int, resample_every:
 
 def bench_seed_batch(quick: bool = False, S: int = 8) -> list[dict[str, Any]]:
     """S seeds in one stacked step against one seed (the same Trainer with S = 1), sparse LSA, d = 5, n = 20,
-    4 layers; the step includes drawing the batch when it is resampled."""
+    4 layers; the step includes drawing the batch when it is resampled.
+
+    With a fresh batch every step the same run also times the floor of the target: the S seeds' sampling alone
+    (:func:`icl.prompts.sample_tokens`, what every step of the S-seed trainer draws) and a raw ``torch.randn`` of
+    as many normals as those batches hold (the draws no sampler can skip: each seed's prompts are its own
+    generator's), each over one seed's whole step, and the ratio the S-seed step would have if its sampling
+    cost only those normals (its step minus its sampling plus the raw draws, over one seed's step). The ratios
+    are also given in CPU time of the timing thread (``_cpu``; torch runs in that thread at 1 thread), which a
+    machine shared by more jobs than cores inflates less than the wall clock; the floor is given in CPU time.
+    """
     d, n, layers = (3, 10, 2) if quick else (5, 20, 4)
     settings = ((64, 1),) if quick else ((256, 100), (256, 1), (1024, 100), (1024, 1))
     rows = []
     for batch, resample in settings:
-        fns = {
-            "trainer_1": _seed_batch(1, d, n, batch, layers, resample).train_step,
-            f"batch_{S}": _seed_batch(S, d, n, batch, layers, resample).train_step,
-        }
-        med, reps = interleaved(fns, reps=5 if quick else 60, warmup=3, budget_s=2 if quick else 30)
+        one, many = _seed_batch(1, d, n, batch, layers, resample), _seed_batch(S, d, n, batch, layers, resample)
+        fns = {"trainer_1": one.train_step, f"batch_{S}": many.train_step}
+        if resample == 1:
+            gen = torch.Generator().manual_seed(0)
+            normals = S * batch * ((n + 1) * d + d)  # g (B, n+1, d) and w* (B, d) per seed: a noiseless law
+            fns["sampling"] = lambda many=many, batch=batch: sample_tokens(many.dists, batch, many.gens)
+            fns["randn"] = lambda gen=gen, normals=normals: torch.randn(normals, generator=gen)
+        med, cpu, reps = interleaved_wall_cpu(fns, reps=5 if quick else 60, warmup=3, budget_s=2 if quick else 30)
         ratio = med[f"batch_{S}"] / med["trainer_1"]
-        rows.append({
+        row = {
             "S": S, "batch": batch, "resample_every": resample, "reps": reps,
             "trainer_1seed_ms": 1e3 * med["trainer_1"],
             f"vectorised_{S}seeds_ms": 1e3 * med[f"batch_{S}"], "ratio_vs_1seed": ratio,
+            "ratio_vs_1seed_cpu": cpu[f"batch_{S}"] / cpu["trainer_1"],
             "sequential_equivalent": float(S), "target": "<= 2.5", "ok": _ok(ratio <= 2.5, quick),
-        })  # fmt: skip
+        }  # fmt: skip
+        if resample == 1:
+            one = cpu["trainer_1"]
+            row.update({
+                f"sampling_{S}seeds_cpu_ms": 1e3 * cpu["sampling"], "sampling_vs_1seed_step_cpu": cpu["sampling"] / one,
+                f"randn_{S}seeds_cpu_ms": 1e3 * cpu["randn"], "randn_vs_1seed_step_cpu": cpu["randn"] / one,
+                "ratio_if_sampling_were_randn_cpu": (cpu[f"batch_{S}"] - cpu["sampling"] + cpu["randn"]) / one,
+            })  # fmt: skip
+        rows.append(row)
     return rows
 
 

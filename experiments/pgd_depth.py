@@ -48,21 +48,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 import reference_optimizers as ro
 from experiments.common import RunContext, write_config
+from experiments.configs.pgd_depth import EIGENVALUES, PROFILES, PGDDepthConfig  # noqa: F401  (re-exported)
 from experiments.convergence import tail_stats
 from experiments.registry import Study
-from experiments.study import Rows, StudyConfig, held_out_prompts, train_all_seeds
-from icl.config import ConfigError, spec
+from experiments.study import Rows, held_out_prompts, train_all_seeds
 from icl.metrics import LossEstimate, dist_to_identity, relative_frobenius
-from icl.prompts import PromptBatch, PromptConfig, PromptDistribution
+from icl.prompts import PromptBatch, PromptDistribution
 from icl.runio import write_json
 from icl.seeding import Streams
-from icl.training import Fitted, ModelSpec, SeedRun, TrainConfig, signals
+from icl.training import Fitted, ModelSpec, SeedRun, signals
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.probes import read_out
 from reference_optimizers import one_layer_optimum
@@ -70,113 +70,11 @@ from reference_optimizers import one_layer_optimum
 NAME = "pgd_depth"
 #: Ahn et al. Fig. 2: Σ^½A_ℓΣ^½ ≈ c_ℓ·I for the 3-layer sparse model (0.69, 0.43, 1.72 by layer; sorted here)
 PUBLISHED_STEPS_L3 = (0.43, 0.69, 1.72)
-EIGENVALUES = (1.0, 1.0, 0.25, 0.0625, 1.0)
 #: each learned model's class optimum on the same test prompts (method id of the reference)
 CLASS_OPTIMUM = {"sparse": "pgd_tuned", "gdpp": "gdpp_tuned", "thm1_learned": "thm1_optimum"}
 #: the tail statistics written per method, depth and seed (names of :class:`experiments.convergence.TailStats`)
 TAIL_FIELDS = ("median", "trimmed_mean", "log_mean_parts_min", "log_mean_parts_max", "log_mean_parts_sd",
                "top_share")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class PGDDepthConfig(StudyConfig):
-    """The study (defaults = the standard profile).
-
-    Attributes:
-        prompt: Ahn et al.'s law (d = 5, n = 20, Σ eigenvalues (1, 1, 1/4, 1/16, 1), w* ~ N(0, Σ⁻¹)).
-        depths: the numbers of layers L.
-        modes: LSA parametrizations: ``sparse`` (eq. 8) and ``gdpp`` (eq. 11).
-        init_std: the A_ℓ (and B_ℓ) are initialised i.i.d. N(0, init_std²).
-        train: the outer optimisation (Ahn et al.'s recipe; ``explode_factor`` 1e30: a GD++ training batch can
-            hold a tail prompt whose loss is 1e8 to 1e17 times the typical one (measured at L = 4, steps 301 and
-            2601), which is no divergence, and each gradient block is clipped to 0.01, so such a step is
-            bounded; non-finite losses still roll back). ``steps``,
-            ``halve_every`` and ``plateau_patience`` are per layer: a depth-L model trains at most L·steps steps
-            (the cap), its learning rate halved every L·halve_every steps, and stops earlier when its held-out
-            loss has not improved by a relative ``plateau_tol`` for L·plateau_patience evaluations (the default:
-            five halvings of the learning rate in a row. The best held-out loss of the first halvings is often a
-            lucky fluctuation at a high learning rate, below the noise floor of the next few halvings: a patience
-            of three halvings stopped a 3-layer model after four, at 0.12 in log above its class optimum).
-        read_every: steps between read-outs of Dist(Σ^½A_ℓΣ^½, I) during training.
-        theorem1: also train the 1-layer sparse model with w* ~ N(0, I) (Theorem 1 check).
-        test_prompts: held-out prompts per seed (every model and baseline is scored on the same ones).
-        test_parts: the test set is cut into this many disjoint parts for the spread of log(mean) (heavy tails).
-        tune_prompts: training-law prompts per seed on which the baselines' steps and Krylov coefficients are fit
-            (100,000: fitted on 20,000, the L = 4 tuned Σ⁻¹-PGD of seed 1 scored log −2.81 on the test prompts, 0.11
-            above the learned model; fitted on 100,000, −2.95).
-        gdpp_tune_prompts: the first this many tune prompts refine tuned GD++, chosen then on all of them (each
-            refinement evaluation needs an
-            eigendecomposition per prompt: at 5,000 prompts and twice the budget, the GD++ tuning alone took about
-            a minute of CPU per seed).
-        tune_evals: the tuner's refinement budget per free hyperparameter (``maxfev`` of
-            :func:`reference_optimizers.tune_depths` = tune_evals × free values).
-        tolerance: how far (log test loss) above its class optimum a learned model of depth < ``deep_from``
-            still counts as converged; ``tolerance_deep`` from depth ``deep_from`` on (heavier tails).
-        step_tolerance: how far the 3-layer sparse model's sorted steps may be from Ahn et al.'s Fig. 2 values.
-        gdpp_budget: a GD++ model's cap, halving period and patience are this times a sparse model's of its depth
-            (a GD++ step costs about 4 sparse ones on the CPU; measured at batch 20000 with 5 seeds: 87 ms against
-            23 ms at L = 4). GD++ is not a target of the study; its gap to tuned GD++ is reported and flagged.
-    """
-
-    prompt: PromptConfig = field(
-        default_factory=lambda: PromptConfig(d=5, n=20, eigenvalues=EIGENVALUES, w_prior="inverse_sigma")
-    )
-    depths: tuple[int, ...] = spec((1, 2, 3, 4), ge=1)
-    modes: tuple[str, ...] = ("sparse", "gdpp")
-    init_std: float = spec(0.01, gt=0)
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=5000, batch_size=2048, optimizer="adamw", lr=0.05, betas=(0.9, 0.999), weight_decay=0.0,
-            clip="per_matrix", clip_value=0.01, resample_every=100, schedule="step", halve_every=500,
-            eval_every=250, eval_batch=8192, log_every=50, plateau_patience=10, plateau_tol=1e-3,
-            on_divergence="rollback", explode_factor=1e30,
-        )
-    )  # fmt: skip
-    read_every: int = spec(500, ge=1)
-    theorem1: bool = True
-    test_prompts: int = spec(100_000, ge=2)
-    test_parts: int = spec(5, ge=1)
-    tune_prompts: int = spec(100_000, ge=2)
-    gdpp_tune_prompts: int = spec(5_000, ge=2)
-    tune_evals: int = spec(40, ge=1)
-    tolerance: float = spec(0.05, gt=0)
-    tolerance_deep: float = spec(0.1, gt=0)
-    deep_from: int = spec(4, ge=1)
-    step_tolerance: float = spec(0.05, gt=0)
-    gdpp_budget: float = spec(0.5, gt=0)
-
-    def check(self) -> None:
-        super().check()
-        if not self.depths or not self.modes:
-            raise ConfigError("depths and modes must not be empty")
-        bad = [m for m in self.modes if m not in ("sparse", "gdpp")]
-        if bad:
-            raise ConfigError(f"modes = {bad} : each mode must be 'sparse' or 'gdpp'")
-        if self.test_parts > self.test_prompts:
-            raise ConfigError(f"test_parts = {self.test_parts} exceeds test_prompts = {self.test_prompts}")
-
-    def tolerance_at(self, L: int) -> float:
-        """The convergence tolerance of a depth-L model (log test loss above its class optimum)."""
-        return self.tolerance_deep if L >= self.deep_from else self.tolerance
-
-    def train_at(self, L: int, mode: str = "sparse") -> TrainConfig:
-        """The training of a depth-L model: cap L·train.steps, learning rate halved every L·train.halve_every,
-        plateau patience L·train.plateau_patience evaluations; each scaled by ``gdpp_budget`` for a GD++ model."""
-        f = L * (self.gdpp_budget if mode == "gdpp" else 1.0)
-        t = self.train
-        return replace(t, steps=max(1, round(f * t.steps)), halve_every=max(1, round(f * t.halve_every)),
-                       plateau_patience=max(1, round(f * t.plateau_patience)) if t.plateau_patience else 0)
-
-
-PROFILES = {
-    "quick": {"seeds": (0,), "depths": (1, 2), "train.steps": 150, "train.batch_size": 256, "train.halve_every": 50,
-              "train.eval_every": 50, "train.eval_batch": 512, "train.plateau_patience": 5, "read_every": 50,
-              "test_prompts": 4000, "tune_prompts": 4000, "gdpp_tune_prompts": 1000, "tune_evals": 10},
-    "standard": {},
-    "paper": {"seeds": (0, 1, 2, 3, 4), "train.lr": 0.01, "train.betas": (0.99, 0.9), "train.steps": 5000,
-              "train.batch_size": 20_000, "train.halve_every": 1000, "train.eval_every": 1000, "read_every": 2000,
-              "checkpoint_every": 2000, "test_prompts": 200_000, "tune_prompts": 200_000},
-}  # fmt: skip
 
 
 # -- reference methods ----------------------------------------------------------------------------------------

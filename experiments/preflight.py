@@ -5,22 +5,27 @@ finish: a budget no machine will get through, magnitudes that overflow float32 p
 not fit in memory, or a training loss the model cannot compute. :func:`preflight` finds those from the field
 names alone (``steps``, ``*_prompts``, ``batch_size``, ``layers``, ``depths``, ``eigenvalues``, ``sigma*``, a
 ``train``/``X_train`` section next to its ``model``/``X``), so every study is covered without code of its own,
-and raises :class:`~icl.config.ConfigError` naming the field before ``config.json`` is written.
+and raises :class:`~icl.config.ConfigError` naming the field before ``config.json`` is written. It imports no
+torch (``--show-config`` does without), except to ask a CUDA device its memory.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from icl.config import Config, ConfigError
-from icl.training import TrainConfig
-from learned_optimizers.gpt import GPTConfig
-from learned_optimizers.registry import MODELS
+from icl.training.config import TrainConfig
+from learned_optimizers.configs import GPTConfig
 
+if TYPE_CHECKING:
+    import torch
+
+#: the model configs whose models predict at every prefix (``prefix_predictions``, what ``loss = "prefix"``
+#: needs), named here so that the check imports no model (tests/test_reliability_preflight.py checks it against
+#: :data:`learned_optimizers.registry.MODELS`)
+PREFIX_MODEL_CONFIGS: tuple[type[Config], ...] = (GPTConfig,)
 #: the largest budgets accepted (far beyond every profile; a larger one is a typo, not a plan)
 MAX_STEPS = 10**7
 MAX_PROMPTS = 10**7
@@ -101,9 +106,8 @@ def check_losses(cfg: Config) -> None:
             continue
         model_field = name[: -len("_train")] if name.endswith("_train") else "model"
         model_cfg = getattr(cfg, model_field, None)
-        cls = next((c for c, cc in MODELS.values() if isinstance(model_cfg, cc)), None)
-        if cls is None or not callable(getattr(cls, "prefix_predictions", None)):
-            what = f"{model_field} is a {type(model_cfg).__name__}" if cls is not None else "its models"
+        if not isinstance(model_cfg, PREFIX_MODEL_CONFIGS):
+            what = f"{model_field} is a {type(model_cfg).__name__}" if isinstance(model_cfg, Config) else "its models"
             raise ConfigError(
                 f"{name}.loss = 'prefix' needs a model that predicts at every prefix (the GPT), but {what} "
                 "predicts only at the query; use loss = 'query'"
@@ -137,29 +141,35 @@ def memory_estimate(cfg: Config) -> int:
     return 8 * max(train, evaluation, data)
 
 
-def available_memory(device: torch.device) -> int | None:
+def available_memory(device: torch.device | str) -> int | None:
     """The device's total memory in bytes (None when unknown)."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
+    if _device_type(device) == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(torch.device(device).index or 0).total_memory)
     try:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
 
 
-def check_memory(cfg: Config, device: torch.device) -> None:
-    need, have = memory_estimate(cfg), available_memory(device)
+def _device_type(device: torch.device | str) -> str:
+    """``cpu``, ``cuda`` or ``mps`` of a torch device or its name (``cuda:1``)."""
+    return str(device).partition(":")[0]
+
+
+def check_memory(cfg: Config, device: torch.device | str) -> None:
+    need, have, kind = memory_estimate(cfg), available_memory(device), _device_type(device)
     if have is not None and need > have:
         raise ConfigError(
             f"this config needs about {need / 2**30:,.1f} GiB (largest batch × prompt length × model width × "
-            f"depth, see experiments/preflight.py), more than the {have / 2**30:,.1f} GiB of {device.type} memory "
+            f"depth, see experiments/preflight.py), more than the {have / 2**30:,.1f} GiB of {kind} memory "
             "here; lower the batch size, prompt counts, n or the model size"
         )
 
 
-def preflight(cfg: Config, device: torch.device | None = None) -> None:
+def preflight(cfg: Config, device: torch.device | str = "cpu") -> None:
     """Every check above; raises :class:`ConfigError` naming the field."""
-    device = device if device is not None else torch.device("cpu")
     check_budgets(cfg)
     check_losses(cfg)
     check_memory(cfg, device)

@@ -10,44 +10,24 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from experiments.common import RunContext, make_distribution, train_model, write_config
+from experiments.configs.quickstart import QuickstartConfig  # noqa: F401  (re-exported)
 from experiments.convergence import class_gap
 from experiments.registry import Study
 from experiments.results import write_results
-from icl.config import Config, spec
 from icl.metrics import relative_frobenius, test_loss
 from icl.plotting import training_curve
-from icl.prompts import PromptConfig, zero_predictor_loss
+from icl.prompts import zero_predictor_loss
 from icl.runio import write_csv, write_json
 from icl.seeding import Streams
-from icl.tracking import TRACKERS
-from icl.training import TrainConfig
-from learned_optimizers import LinearSelfAttention, LSAConfig
+from learned_optimizers import LinearSelfAttention
 from reference_optimizers import one_layer_optimum
 
 LOSS_TOLERANCE = 0.02  # relative, on the test loss
 A_TOLERANCE = 0.05  # relative Frobenius, on A
-
-
-@dataclass(frozen=True)
-class QuickstartConfig(Config):
-    """The quickstart study (defaults: the issue's setting, about a minute on 2 CPU cores)."""
-
-    seed: int = spec(0, ge=0)
-    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(d=5, n=20))
-    model: LSAConfig = field(default_factory=lambda: LSAConfig(layers=1, mode="sparse", init_std=0.01))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=3000, batch_size=2048, lr=0.01, weight_decay=0.0, schedule="cosine", eval_every=250, log_every=50
-        )
-    )
-    test_prompts: int = spec(100_000, ge=2)
-    checkpoint_every: int = spec(1000, ge=1)
-    track: str = spec("none", choices=TRACKERS)  # none, tensorboard or wandb (see experiments.study.StudyConfig)
 
 
 def run(cfg: QuickstartConfig, ctx: RunContext) -> dict:

@@ -22,59 +22,8 @@ from dataclasses import dataclass
 import torch
 from einops import einsum, rearrange
 
-from icl.config import Config, ConfigError, spec
+from icl.prompt_config import PromptConfig
 from icl.validation import check_float_dtype, check_generator, check_tensor
-
-
-@dataclass(frozen=True)
-class PromptConfig(Config):
-    """The law of the prompts.
-
-    Attributes:
-        d: input dimension.
-        n: number of context points.
-        eigenvalues: the spectrum λ of Σ (length d, all > 0); None for the isotropic Σ = I.
-        rotation: ``haar`` draws U from the run's ``rotation`` stream; ``identity`` uses U = I.
-        input_law: ``gaussian`` or ``uniform`` (g ~ U(−a, a) per coordinate).
-        uniform_a: the half-width a of the uniform law (von Oswald et al.'s code uses a = 0.5).
-        w_prior: ``identity`` for w* ~ N(0, I), ``inverse_sigma`` for w* ~ N(0, Σ⁻¹).
-        noise: ``none``, ``fixed`` (σ = sigma), ``uniform`` (σ ~ U(0, sigma_max) per prompt) or
-            ``categorical`` (σ uniform over sigma_set per prompt).
-    """
-
-    d: int = spec(5, ge=1)
-    n: int = spec(20, ge=1)
-    eigenvalues: tuple[float, ...] | None = spec(None, gt=0, allow_repeats=True)
-    rotation: str = spec("haar", choices=("haar", "identity"))
-    input_law: str = spec("gaussian", choices=("gaussian", "uniform"))
-    uniform_a: float = spec(0.5, gt=0)
-    w_prior: str = spec("identity", choices=("identity", "inverse_sigma"))
-    noise: str = spec("none", choices=("none", "fixed", "uniform", "categorical"))
-    sigma: float = spec(0.0, ge=0)
-    sigma_max: float = spec(0.0, ge=0)
-    sigma_set: tuple[float, ...] = spec((1.0, 3.0), ge=0, allow_repeats=True)
-
-    def check(self) -> None:
-        if self.eigenvalues is not None and len(self.eigenvalues) != self.d:
-            raise ConfigError(
-                f"eigenvalues has {len(self.eigenvalues)} entries but d = {self.d}: give one per dimension"
-            )
-        if self.noise == "categorical" and not self.sigma_set:
-            raise ConfigError("sigma_set must not be empty when noise = 'categorical'")
-
-    def spectrum(self) -> tuple[float, ...]:
-        """The eigenvalues of Σ, as configured (ones when isotropic)."""
-        return self.eigenvalues if self.eigenvalues is not None else (1.0,) * self.d
-
-    def mean_noise_var(self) -> float:
-        """E[σ²] over prompts."""
-        if self.noise == "fixed":
-            return self.sigma**2
-        if self.noise == "uniform":
-            return self.sigma_max**2 / 3
-        if self.noise == "categorical":
-            return sum(s**2 for s in self.sigma_set) / len(self.sigma_set)
-        return 0.0
 
 
 def haar_orthogonal(d: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -221,23 +170,37 @@ class PromptDistribution:
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        x = torch.empty(batch_size, self.cfg.n + 1, self.cfg.d, device=generator.device, dtype=self.dtype)
+        return (x, *self.draw_into(x, generator))
+
+    def draw_into(
+        self, x: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`draw`, writing the inputs x = U·diag(√λ)·g into ``x`` (B, n+1, d) in place: a tensor whose
+        (B·(n+1), d) rows are one matrix with unit column stride, such as the x columns of a token array
+        ``Z[..., :d]``, so that a seed batch's inputs land in their token array without a copy
+        (:func:`sample_tokens`). Returns w*, σ and ξ as :meth:`draw` does."""
         check_generator("generator", generator)
         check_float_dtype("dtype", self.dtype)
         self._check_scale(self.dtype)
         cfg, dev, dt = self.cfg, generator.device, self.dtype
-        B, n, d = batch_size, cfg.n, cfg.d
+        B, n, d = x.shape[0], cfg.n, cfg.d
+        if tuple(x.shape) != (B, n + 1, d) or x.dtype != dt or x.device != dev:
+            raise ValueError(f"x must be ({B}, {n + 1}, {d}) {dt} on {dev}, got {tuple(x.shape)} {x.dtype} on "
+                             f"{x.device}")  # fmt: skip
+        g = torch.empty(B, n + 1, d, device=dev, dtype=dt)
         if cfg.input_law == "gaussian":
-            g = torch.randn(B, n + 1, d, generator=generator, device=dev, dtype=dt)
+            torch.randn(B, n + 1, d, generator=generator, out=g)
         else:
-            g = (2 * torch.rand(B, n + 1, d, generator=generator, device=dev, dtype=dt) - 1) * cfg.uniform_a
-        x = einsum(g, self._Ls.to(dev, dt), "b t k, i k -> b t i")
+            torch.rand(B, n + 1, d, generator=generator, out=g).mul_(2).sub_(1).mul_(cfg.uniform_a)
+        torch.mm(g.view(B * (n + 1), d), self._Ls.to(dev, dt).T, out=x.view(B * (n + 1), d))
         h = torch.randn(B, d, generator=generator, device=dev, dtype=dt)
         w = h if cfg.w_prior == "identity" else einsum(h, self._Lw.to(dev, dt), "b k, i k -> b i")
         sigma = self._sample_sigma(B, generator)
         xi = None
         if cfg.noise != "none":
             xi = torch.randn(B, n, generator=generator, device=dev, dtype=dt)
-        return x, w, sigma, xi
+        return w, sigma, xi
 
     def _check_scale(self, dtype: torch.dtype) -> None:
         """Refuse a law whose values (or their squares, as in losses and XᵀX) overflow ``dtype``.
@@ -322,8 +285,8 @@ def sample_tokens(
     Seed s draws from ``generators[s]`` exactly what ``dists[s].sample(batch_size, generators[s])`` draws, and
     ``Z[s]`` equals that batch's ``Z()`` bit for bit (tests/test_prompts.py): the draws and the per-seed rotation
     are each seed's own, the targets' contractions run once over all seeds (their per-prompt arithmetic does not
-    depend on the batch) and each seed's inputs are copied straight into Z. A law whose class overrides
-    :meth:`PromptDistribution.sample` is sampled through it.
+    depend on the batch) and each seed's inputs are written straight into Z (:meth:`PromptDistribution.draw_into`).
+    A law whose class overrides :meth:`PromptDistribution.sample` is sampled through it.
 
     Raises:
         ValueError: the laws differ in n, d, dtype or in having label noise (:func:`stack_problem`).
@@ -345,8 +308,7 @@ def sample_tokens(
         return Z, y_query
     ws, sigmas, xis = [], [], []
     for s, (dist, gen) in enumerate(zip(dists, generators)):
-        x, w, sigma, xi = dist.draw(batch_size, gen)
-        Z[s, :, :, :d] = x
+        w, sigma, xi = dist.draw_into(Z[s, :, :, :d], gen)
         ws.append(w)
         sigmas.append(sigma)
         xis.append(xi)

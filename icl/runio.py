@@ -22,13 +22,15 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 RESULT_COLUMNS = ("experiment", "method", "depth", "seed", "metric", "value")
 
@@ -39,6 +41,13 @@ class CheckpointError(RuntimeError):
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (e.g. it holds an earlier run)."""
+
+
+def _is_tensor(o: Any) -> bool:
+    """Whether ``o`` is a torch tensor, without importing torch (this module is imported by the CLI's
+    ``--show-config``, which never loads torch; no tensor exists before torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(o, torch.Tensor)
 
 
 def current_umask() -> int:
@@ -92,7 +101,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
+    if _is_tensor(o):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
@@ -304,8 +313,8 @@ def has_checkpoint(path: str | os.PathLike) -> bool:
 def find_nonfinite(obj: Any, path: str = "") -> str | None:
     """The dotted path of the first NaN/inf floating tensor inside ``obj`` (nested dicts, lists and tensors),
     or None when every floating tensor is finite."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+    if _is_tensor(obj):
+        if obj.is_floating_point() and obj.numel() and not bool(obj.isfinite().all()):
             return path or "<tensor>"
         return None
     if isinstance(obj, Mapping):
@@ -334,6 +343,8 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
         raise CheckpointError(f"refusing to write a checkpoint: {bad} is not finite (the previous file is kept)")
     payload = {k: v for k, v in payload.items() if k != "checksum"}
     payload["checksum"] = payload_digest(payload)
+    import torch
+
     buf = io.BytesIO()
     torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -345,10 +356,10 @@ def payload_digest(obj: Any) -> str:
     h = hashlib.sha256()
 
     def feed(o: Any) -> None:
-        if isinstance(o, torch.Tensor):
+        if _is_tensor(o):
             t = o.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.reshape(-1).view(sys.modules["torch"].uint8).numpy().tobytes())
         elif isinstance(o, Mapping):
             h.update(b"{")
             for k in sorted(o, key=str):
@@ -384,6 +395,8 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    import torch
+
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as e:

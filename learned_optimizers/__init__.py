@@ -11,68 +11,58 @@
   :func:`fit_reference`, :func:`interpolate`.
 
 Token layout, read-out sign and loss: ``docs/conventions.md``.
+
+Names are imported on first use, so that :mod:`learned_optimizers.configs` (the model configs) loads without
+torch.
 """
 
-from learned_optimizers.constructions import (
-    gd_factorised,
-    gd_lsa,
-    gd_plus_plus_lsa,
-    heavy_ball_memformer,
-    lfom_memformer,
-    preconditioned_gd_lsa,
-)
-from learned_optimizers.gpt import GPT, GPTConfig
-from learned_optimizers.linear_attention import (
-    MODES,
-    LinearSelfAttention,
-    LSAConfig,
-    attention,
-    context_gram,
-    lsa_layer,
-    read_prediction,
-)
-from learned_optimizers.memformer import Memformer, MemformerConfig
-from learned_optimizers.probes import (
-    Comparison,
-    FitResult,
-    ReadOut,
-    compare,
-    fit_reference,
-    implicit_weights,
-    interpolate,
-    predictions_at,
-    read_out,
-)
-from learned_optimizers.registry import MODELS, build_model, load_model
+from __future__ import annotations
 
-__all__ = [
-    "MODES",
-    "LSAConfig",
-    "LinearSelfAttention",
-    "attention",
-    "context_gram",
-    "lsa_layer",
-    "read_prediction",
-    "MemformerConfig",
-    "Memformer",
-    "GPTConfig",
-    "GPT",
-    "MODELS",
-    "build_model",
-    "load_model",
-    "preconditioned_gd_lsa",
-    "gd_lsa",
-    "gd_factorised",
-    "gd_plus_plus_lsa",
-    "heavy_ball_memformer",
-    "lfom_memformer",
-    "implicit_weights",
-    "predictions_at",
-    "compare",
-    "Comparison",
-    "read_out",
-    "ReadOut",
-    "fit_reference",
-    "FitResult",
-    "interpolate",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MODES": "learned_optimizers.configs",
+    "LSAConfig": "learned_optimizers.configs",
+    "LinearSelfAttention": "learned_optimizers.linear_attention",
+    "attention": "learned_optimizers.linear_attention",
+    "context_gram": "learned_optimizers.linear_attention",
+    "lsa_layer": "learned_optimizers.linear_attention",
+    "read_prediction": "learned_optimizers.linear_attention",
+    "MemformerConfig": "learned_optimizers.configs",
+    "Memformer": "learned_optimizers.memformer",
+    "GPTConfig": "learned_optimizers.configs",
+    "GPT": "learned_optimizers.gpt",
+    "MODELS": "learned_optimizers.registry",
+    "build_model": "learned_optimizers.registry",
+    "load_model": "learned_optimizers.registry",
+    "preconditioned_gd_lsa": "learned_optimizers.constructions",
+    "gd_lsa": "learned_optimizers.constructions",
+    "gd_factorised": "learned_optimizers.constructions",
+    "gd_plus_plus_lsa": "learned_optimizers.constructions",
+    "heavy_ball_memformer": "learned_optimizers.constructions",
+    "lfom_memformer": "learned_optimizers.constructions",
+    "implicit_weights": "learned_optimizers.probes",
+    "predictions_at": "learned_optimizers.probes",
+    "compare": "learned_optimizers.probes",
+    "Comparison": "learned_optimizers.probes",
+    "read_out": "learned_optimizers.probes",
+    "ReadOut": "learned_optimizers.probes",
+    "fit_reference": "learned_optimizers.probes",
+    "FitResult": "learned_optimizers.probes",
+    "interpolate": "learned_optimizers.probes",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'learned_optimizers' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

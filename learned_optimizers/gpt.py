@@ -23,43 +23,15 @@ tests use.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from icl.config import Config, ConfigError, spec
 from icl.validation import check_tensor
+from learned_optimizers.configs import GPTConfig
 from learned_optimizers.linear_attention import check_tokens
-
-
-@dataclass(frozen=True)
-class GPTConfig(Config):
-    """A causal softmax transformer.
-
-    Attributes:
-        layers: number of blocks.
-        heads: attention heads per block (width must be divisible by heads).
-        width: the residual width (Garg et al.: 256).
-        max_points: the largest n it accepts (the positional embedding has 2·max_points + 1 rows).
-        mlp_ratio: hidden width of the MLP over the residual width.
-        layer_norm: use the pre-block and final LayerNorms.
-        init_std: weights ~ N(0, init_std²) (the residual projections scaled by 1/√(2·layers), as GPT-2).
-    """
-
-    layers: int = spec(2, ge=1)
-    heads: int = spec(2, ge=1)
-    width: int = spec(64, ge=1)
-    max_points: int = spec(64, ge=1)
-    mlp_ratio: int = spec(4, ge=1)
-    layer_norm: bool = True
-    init_std: float = spec(0.02, ge=0)
-
-    def check(self) -> None:
-        if self.width % self.heads:
-            raise ConfigError(f"width = {self.width} must be divisible by heads = {self.heads}")
 
 
 def _linear(n_in: int, n_out: int) -> nn.Linear:

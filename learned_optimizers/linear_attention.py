@@ -33,18 +33,14 @@ Heads are summed. Layers are independent or ``tied`` (one set of weights applied
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from einops import einsum, repeat
 from torch import nn
 
-from icl.config import Config, spec
 from icl.validation import check_tensor
 from learned_optimizers import fused
-
-MODES = ("sparse", "gdpp", "full", "diag", "factorised")
+from learned_optimizers.configs import MODES, LSAConfig  # noqa: F401  (re-exported)
 
 #: the trainable parameters of each mode
 MODE_PARAMETERS = {
@@ -54,31 +50,6 @@ MODE_PARAMETERS = {
     "diag": ("p", "q"),
     "factorised": ("W_K", "W_Q", "W_V", "W_P"),
 }
-
-
-@dataclass(frozen=True)
-class LSAConfig(Config):
-    """A linear self-attention transformer.
-
-    Attributes:
-        layers: number of layers L.
-        heads: number of heads per layer (summed).
-        mode: the parametrization of P and Q (see the module docstring).
-        tied: share one layer's weights across all L layers.
-        init_std: the weights are initialised i.i.d. N(0, init_std²). Products of two factors (``full``,
-            ``diag``, ``factorised``) start at O(init_std²) or smaller, so these modes need a larger init_std
-            to leave the saddle at zero quickly.
-        key_size: k, the rows of W_K, W_Q, W_V in mode ``factorised``; None means k = d+1.
-        projection: mode ``factorised`` only: P = W_P W_V with a trained W_P (True) or P = W_V (False, k = d+1).
-    """
-
-    layers: int = spec(1, ge=1)
-    heads: int = spec(1, ge=1)
-    mode: str = spec("sparse", choices=MODES)
-    tied: bool = False
-    init_std: float = spec(0.01, ge=0)
-    key_size: int | None = spec(None, ge=1)
-    projection: bool = True
 
 
 def context_gram(Z: torch.Tensor) -> torch.Tensor:

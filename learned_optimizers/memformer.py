@@ -34,60 +34,24 @@ its memory coefficients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from einops import einsum
 from torch import nn
 
-from icl.config import Config, ConfigError, spec
 from learned_optimizers import fused
+from learned_optimizers.configs import GAMMA_SHAPES, MemformerConfig  # noqa: F401  (re-exported)
 from learned_optimizers.linear_attention import (
     LinearSelfAttention,
-    LSAConfig,
     check_tokens,
     prompt_statistics,
     read_prediction,
 )
 
-GAMMA_SHAPES = ("scalar", "feature", "full")
 _COMBINE = {  # Σ_j Γ_j ⊙ R_j for each shape of Γ
     "scalar": "j, j b t e -> b t e",
     "feature": "j e, j b t e -> b t e",
     "full": "j t e, j b t e -> b t e",
 }
-
-
-@dataclass(frozen=True)
-class MemformerConfig(Config):
-    """A Memformer: an LSA parametrization plus memory registers.
-
-    Attributes:
-        attention: the linear self-attention (layers, heads, mode, tied, init_std, ...).
-        memory: ``cgd`` (one register, scalars α_ℓ and γ_ℓ) or ``lfom`` (one register per layer, Γ).
-        gamma_shape: LFOM only: ``scalar``, ``feature`` ((d+1,)) or ``full`` ((n+1, d+1), needs n).
-        gamma_shared: LFOM only: Γ_j^ℓ = Γ_j for every ℓ (True) or one Γ per (ℓ, j ≤ ℓ) (False).
-        gamma_init: LFOM only: ``zeros`` (the paper's code), ``ones`` or ``identity`` (plain LSA; per-layer Γ).
-        fixed_current: LFOM only: the newest register enters with coefficient 1, only older ones are learned.
-        n: the number of context points; required by ``gamma_shape = "full"``.
-    """
-
-    attention: LSAConfig = LSAConfig()
-    memory: str = spec("cgd", choices=("cgd", "lfom"))
-    gamma_shape: str = spec("scalar", choices=GAMMA_SHAPES)
-    gamma_shared: bool = True
-    gamma_init: str = spec("zeros", choices=("zeros", "ones", "identity"))
-    fixed_current: bool = False
-    n: int | None = spec(None, ge=1)
-
-    def check(self) -> None:
-        if self.memory == "lfom" and self.gamma_shape == "full" and self.n is None:
-            raise ConfigError("gamma_shape = 'full' needs n (the Hadamard Γ is (n+1)×(d+1)); set n")
-        if self.memory == "lfom" and self.gamma_init == "identity" and self.gamma_shared:
-            raise ConfigError(
-                "gamma_init = 'identity' needs gamma_shared = false (a shared Γ_j can not be 1 at ℓ = j only); "
-                "for a shared Γ that starts as the plain LSA use fixed_current = true with gamma_init = 'zeros'"
-            )
 
 
 class Memformer(nn.Module):

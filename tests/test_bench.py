@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from experiments.bench import BENCHMARKS, _load_all
@@ -60,3 +61,18 @@ def test_gemm_yardstick_does_its_work():
     assert error() == 1.0  # C starts at zero
     gemm()
     assert error() < 1e-5
+
+
+def test_seed_batch_bench_times_its_floor_in_the_same_run():
+    """With a fresh batch every step the seed-batch rows carry the S seeds' sampling alone and their raw normals,
+    over one seed's whole step, and the step ratio those would leave (timed in the same interleaved run)."""
+    from experiments.perf import bench_seed_batch
+
+    (row,) = bench_seed_batch(quick=True, S=2)
+    assert row["resample_every"] == 1
+    step = row["sampling_2seeds_cpu_ms"] / row["sampling_vs_1seed_step_cpu"]  # one seed's step, CPU ms
+    assert row["randn_vs_1seed_step_cpu"] == pytest.approx(row["randn_2seeds_cpu_ms"] / step)
+    assert 0 < row["randn_2seeds_cpu_ms"] and 0 < row["sampling_2seeds_cpu_ms"]
+    assert row["ratio_if_sampling_were_randn_cpu"] == pytest.approx(
+        row["ratio_vs_1seed_cpu"] - (row["sampling_2seeds_cpu_ms"] - row["randn_2seeds_cpu_ms"]) / step
+    )

@@ -161,3 +161,19 @@ def test_sample_rejects_bad_batch_size(gen):
     dist = PromptDistribution(PromptConfig(d=2, n=2), generator=gen)
     with pytest.raises(ValueError, match="batch_size"):
         dist.sample(0, gen)
+
+
+@pytest.mark.parametrize("law", ["gaussian", "uniform"])
+def test_draw_into_a_token_array_equals_draw(law):
+    """draw_into writes the inputs into the x columns of a token array in place (what sample_tokens does per
+    seed): the same draws as draw, bit for bit, the y column untouched, the generator left in the same state."""
+    cfg = PromptConfig(d=5, n=20, eigenvalues=AHN, w_prior="inverse_sigma", input_law=law)
+    dist, s = make(cfg, dtype=torch.float32)
+    Z = torch.full((64, 21, 6), 7.0)
+    g1, g2 = s.generator("train"), s.generator("train")
+    w, sigma, xi = dist.draw_into(Z[..., :5], g1)
+    x2, w2, sigma2, xi2 = dist.draw(64, g2)
+    assert torch.equal(Z[..., :5], x2) and torch.equal(w, w2) and torch.equal(sigma, sigma2) and xi is xi2 is None
+    assert bool((Z[..., 5] == 7.0).all()) and torch.equal(g1.get_state(), g2.get_state())
+    with pytest.raises(ValueError, match=r"x must be \(64, 21, 5\) torch.float32"):
+        dist.draw_into(torch.empty(64, 21, 5, dtype=torch.float64), g1)

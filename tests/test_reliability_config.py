@@ -124,3 +124,18 @@ def test_cli_subprocess_bad_config_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_train_config_names_every_optimizer_with_the_hyperparameters_it_takes():
+    """TrainConfig validates torch-free from its own table; the table must match the optimizers' signatures."""
+    import inspect
+
+    from icl.optim import OPTIMIZERS
+    from icl.training.config import OPTIMIZER_HYPERPARAMETERS
+
+    assert list(OPTIMIZER_HYPERPARAMETERS) == list(OPTIMIZERS)
+    for name, cls in OPTIMIZERS.items():
+        accepted = inspect.signature(cls).parameters
+        assert OPTIMIZER_HYPERPARAMETERS[name] == tuple(
+            h for h in ("betas", "momentum", "weight_decay") if h in accepted
+        ), name

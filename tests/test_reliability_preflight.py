@@ -118,3 +118,11 @@ def test_memory_estimate_scales_with_batch_and_prompt_length():
     assert memory_estimate(big) == 8 * 2 * 5_000_000 * 3 * 50_001 * 6
     with pytest.raises(ConfigError, match="GiB"):
         preflight(big)
+
+
+def test_the_prefix_models_preflight_names_are_the_registered_models_with_prefix_predictions():
+    from experiments.preflight import PREFIX_MODEL_CONFIGS
+    from learned_optimizers.registry import MODELS
+
+    prefix = {cfg_cls for cls, cfg_cls in MODELS.values() if callable(getattr(cls, "prefix_predictions", None))}
+    assert prefix == set(PREFIX_MODEL_CONFIGS)

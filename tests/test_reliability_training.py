@@ -158,13 +158,67 @@ def test_rollback_restores_last_finite_snapshot_and_lowers_lr():
     assert [e["step"] for e in t.history.evals] == [10, 20]
     state = t.state_dict()
     assert state["rollbacks"] == [1] and state["base_lrs"] == [[pytest.approx(0.0025)]]
-    # the replayed steps 11.. see the same data as before the rollback: rerunning from scratch with the lower
-    # lr from step 10 on gives the same weights
+    # steps 11.. are trained on fresh batches, from the seed's stream train.rollback1: rerunning from scratch
+    # to step 10 and going on from there with that stream and the lower lr gives the same weights
     u = make_trainer(on_divergence="rollback", max_rollbacks=2, rollback_lr_factor=0.25)
     u.run(until=10)
     u.base_lrs = [[0.0025]]
+    u.gens[0].set_state(u.streams[0].generator("train.rollback1").get_state())
     u.run()
     assert all(torch.equal(a, b) for a, b in zip(t.model.parameters(), u.model.parameters()))
+    assert t.history.rows == u.history.rows
+
+
+def explode_on_batch(trainer, step, bad=None):
+    """Make the batch first drawn for 0-based step ``step`` (or the batch ``bad[0]``) all-NaN, and that same
+    batch (the same prompts) again whenever it is drawn: a rare prompt that overflows, found by its data, not by
+    the step. Returns the steps it was drawn at and the list holding it."""
+    bad, seen = ([] if bad is None else bad), []
+
+    def hook(batch):
+        if trainer.step == step and not bad:
+            bad.append(batch.X.clone())
+        if bad and torch.equal(batch.X, bad[0]):
+            seen.append(trainer.step)
+            batch.X.fill_(float("nan"))
+
+    trainer.dist.hook = hook
+    return seen, bad
+
+
+@pytest.mark.parametrize("resample_every", [1, 3])
+def test_a_rolled_back_run_never_meets_the_offending_batch_again(resample_every):
+    """The batch of step 13 (one of a block of 3 with resample_every 3) overflows: the run rolls back once to
+    step 10 and trains on to the end on fresh batches; the offending batch was drawn once. (Replaying the
+    snapshot's generator would draw it again after every rollback and give up after max_rollbacks.)"""
+    t = make_trainer(on_divergence="rollback", max_rollbacks=2, resample_every=resample_every)
+    seen, _ = explode_on_batch(t, 12)
+    t.run()
+    assert seen == [12] and t.rollbacks == [1] and t.step == 20 and finite_state(t)
+    assert t.history.events[0]["rolled_back_to"] == 10
+    assert [r["step"] for r in t.history.rows] == list(range(1, 21))
+
+
+@pytest.mark.parametrize("resample_every, stop", [(1, 14), (1, 15), (3, 14), (3, 16)])
+def test_resume_after_a_rollback_equals_the_uninterrupted_run(tmp_path, resample_every, stop):
+    """Stopped at step 14 the run finds the divergence of step 13 at that read-back, not at step 15's as the
+    uninterrupted run does: it rolls back to the same snapshot onto the same fresh stream, and the checkpoint
+    written after the rollback (mid-block or not) resumes to the uninterrupted run's state bit for bit."""
+    full = make_trainer(on_divergence="rollback", resample_every=resample_every)
+    explode_on_batch(full, 12)
+    full.run()
+    first = make_trainer(on_divergence="rollback", resample_every=resample_every)
+    seen, bad = explode_on_batch(first, 12)
+    first.run(until=stop)
+    assert first.rollbacks == [1] and seen == [12]
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"format": "t", "models": [first.model.state_dict()], "trainer": first.state_dict()})
+    second = make_trainer(on_divergence="rollback", resample_every=resample_every)
+    seen, _ = explode_on_batch(second, -1, bad)  # the offending batch would be poisoned again were it drawn
+    ckpt = load_checkpoint(path)
+    second.load_state_dict({**ckpt["trainer"], "models": ckpt["models"]})
+    second.run()
+    assert same_state(full, second) and second.history.events == full.history.events and not seen
 
 
 def test_rollback_gives_up_after_max_rollbacks():

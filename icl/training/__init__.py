@@ -8,57 +8,61 @@
   handling (stop or roll back), checkpointing, read-outs, the plateau rule, the clock, trackers.
 - :mod:`icl.training.checkpoint`: checkpoint payload, config check and restore.
 - :mod:`icl.training.signals`: stop requests from SIGINT/SIGTERM.
-- :mod:`icl.training.fit`: :func:`fit`, with checkpoints and resume.
+- :mod:`icl.training.fitting`: :func:`fit`, with checkpoints and resume (not named ``fit.py``: the package
+  imports its names lazily, and a submodule ``fit`` would shadow the function).
+
+Names are imported on first use (``from icl.training import fit`` loads the engine and torch), so that
+:mod:`icl.training.config` alone stays torch-free: a config is resolved and validated without loading torch.
 """
 
-from icl.training.callbacks import (
-    Callback,
-    Checkpoint,
-    Clock,
-    Divergence,
-    Evaluate,
-    Plateau,
-    ReadOut,
-    Tracker,
-    TrackTo,
-    TrainingDiverged,
-)
-from icl.training.config import DTYPES, LOSSES, TrainConfig
-from icl.training.fit import Fitted, RunStore, SeedRun, fit
-from icl.training.loop import History, Trainer, prefix_mse, query_mse
-from icl.training.signals import TrainingInterrupted
-from icl.training.specs import ModelSpec, OptimizerSpec
-from icl.training.transforms import chain, clip_global, clip_per_matrix, cosine, lr_factor, step_decay
+from __future__ import annotations
 
-__all__ = [
-    "DTYPES",
-    "LOSSES",
-    "Callback",
-    "Checkpoint",
-    "Clock",
-    "Divergence",
-    "Evaluate",
-    "Fitted",
-    "History",
-    "ModelSpec",
-    "OptimizerSpec",
-    "Plateau",
-    "ReadOut",
-    "RunStore",
-    "SeedRun",
-    "TrainConfig",
-    "Trainer",
-    "TrainingDiverged",
-    "TrainingInterrupted",
-    "Tracker",
-    "TrackTo",
-    "chain",
-    "clip_global",
-    "clip_per_matrix",
-    "cosine",
-    "fit",
-    "lr_factor",
-    "prefix_mse",
-    "query_mse",
-    "step_decay",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Callback": "icl.training.callbacks",
+    "Checkpoint": "icl.training.callbacks",
+    "Clock": "icl.training.callbacks",
+    "Divergence": "icl.training.callbacks",
+    "Evaluate": "icl.training.callbacks",
+    "Plateau": "icl.training.callbacks",
+    "ReadOut": "icl.training.callbacks",
+    "Tracker": "icl.training.callbacks",
+    "TrackTo": "icl.training.callbacks",
+    "TrainingDiverged": "icl.training.callbacks",
+    "DTYPES": "icl.training.loop",
+    "LOSSES": "icl.training.config",
+    "TrainConfig": "icl.training.config",
+    "Fitted": "icl.training.fitting",
+    "RunStore": "icl.training.fitting",
+    "SeedRun": "icl.training.fitting",
+    "fit": "icl.training.fitting",
+    "History": "icl.training.loop",
+    "Trainer": "icl.training.loop",
+    "prefix_mse": "icl.training.loop",
+    "query_mse": "icl.training.loop",
+    "TrainingInterrupted": "icl.training.signals",
+    "ModelSpec": "icl.training.specs",
+    "OptimizerSpec": "icl.training.specs",
+    "chain": "icl.training.transforms",
+    "clip_global": "icl.training.transforms",
+    "clip_per_matrix": "icl.training.transforms",
+    "cosine": "icl.training.transforms",
+    "lr_factor": "icl.training.transforms",
+    "step_decay": "icl.training.transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'icl.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -111,9 +111,12 @@ class Divergence:
 
     ``on = "stop"`` raises :class:`TrainingDiverged` naming the seed, the step and its last healthy loss (the last
     checkpoint is then the last healthy state). ``on = "rollback"`` puts every seed back to the last healthy
-    read-back (weights, optimizer states, generators, histories, callback states), multiplies the learning rate
-    of the seeds that diverged by ``lr_factor`` (the others replay the same steps exactly) and continues, at
-    most ``max_rollbacks`` times per seed; then it stops as ``stop`` does. The running best losses, the rollback
+    read-back (weights, optimizer states, histories, callback states), multiplies the learning rate of the seeds
+    that diverged by ``lr_factor`` and continues, at most ``max_rollbacks`` times per seed; then it stops as
+    ``stop`` does. The seeds that diverged go on with fresh batches, from the stream ``train.rollback{k}`` of
+    their k-th rollback, so the batch that made them diverge never comes back (deterministic: see
+    :meth:`~icl.training.loop.Trainer.restore_snapshot`); the others replay the same steps exactly, so each seed
+    of a batch ends where its own run would. The running best losses, the rollback
     counts and the lowered learning rates are the trainer's state (``best_losses``, ``rollbacks``, ``base_lrs``).
     """
 
@@ -150,10 +153,11 @@ class Divergence:
         snap = trainer.snapshot
         can = self.on == "rollback" and snap is not None
         if can and all(trainer.rollbacks[s] < self.max_rollbacks for s in bad):
-            trainer.restore_snapshot()
-            for s, (what, step) in bad.items():
+            for s in bad:
                 trainer.rollbacks[s] += 1
                 trainer.base_lrs[s] = [lr * self.lr_factor for lr in trainer.base_lrs[s]]
+            trainer.restore_snapshot(fresh=bad)
+            for s, (what, step) in bad.items():
                 trainer.histories[s].events.append(
                     {"event": "rollback", "diverged_at": step, "rolled_back_to": snap.step,
                      "base_lr": trainer.base_lrs[s][0], "rollback": trainer.rollbacks[s]}

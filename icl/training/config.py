@@ -1,16 +1,35 @@
-"""The training config: what the outer optimisation does, validated in one place."""
+"""The training config: what the outer optimisation does, validated in one place.
+
+Torch-free, so that a study's config can be resolved and checked (``--show-config``, a bad ``--set``) without
+loading torch: the optimizers are named here with the hyperparameters each accepts, and
+tests/test_study_train_config.py checks this table against the signatures of :data:`icl.optim.OPTIMIZERS`.
+"""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from icl.config import Config, ConfigError, spec
-from icl.optim import OPTIMIZERS
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES = ("float32", "float64")
+#: the registered outer optimizers (:data:`icl.optim.OPTIMIZERS`, same order) -> which of ``betas``,
+#: ``momentum`` and ``weight_decay`` each takes
+OPTIMIZER_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "adam": ("betas", "weight_decay"),
+    "adamw": ("betas", "weight_decay"),
+    "sgd": ("momentum", "weight_decay"),
+    "fadam": ("betas", "weight_decay"),
+    "rf_rmsprop": ("momentum", "weight_decay"),
+    "rf_adamw": ("betas", "weight_decay"),
+    "sirfshampoo": ("weight_decay",),
+    "manifold_adam": ("betas", "weight_decay"),
+    "manifold_sgd": ("momentum", "weight_decay"),
+    "riemannian_adam": ("betas", "weight_decay"),
+}
 #: optimizers whose parameter groups take a ``manifold`` option (what constrained weights need)
 MANIFOLD_OPTIMIZERS = ("manifold_adam", "manifold_sgd", "riemannian_adam")
 LOSSES = ("query", "prefix")
@@ -71,7 +90,7 @@ class TrainConfig(Config):
 
     steps: int = spec(2000, ge=0)
     batch_size: int = spec(1024, ge=1)
-    optimizer: str = spec("adamw", choices=tuple(OPTIMIZERS))
+    optimizer: str = spec("adamw", choices=tuple(OPTIMIZER_HYPERPARAMETERS))
     lr: float = spec(1e-2, gt=0)
     betas: tuple[float, ...] | None = spec(None, ge=0, lt=1, allow_repeats=True)
     momentum: float | None = spec(None, ge=0, lt=1)
@@ -84,7 +103,7 @@ class TrainConfig(Config):
     eval_every: int = spec(100, ge=1)
     eval_batch: int = spec(4096, ge=1)
     log_every: int = spec(50, ge=1)
-    dtype: str = spec("float32", choices=tuple(DTYPES))
+    dtype: str = spec("float32", choices=DTYPE_NAMES)
     on_divergence: str = spec("stop", choices=("stop", "rollback"))
     max_rollbacks: int = spec(3, ge=0)
     rollback_lr_factor: float = spec(0.5, gt=0, lt=1)
@@ -101,11 +120,13 @@ class TrainConfig(Config):
         if self.stiefel and self.optimizer not in MANIFOLD_OPTIMIZERS:
             raise ConfigError(f"stiefel = {','.join(self.stiefel)} needs a manifold optimizer "
                               f"({', '.join(MANIFOLD_OPTIMIZERS)}); optimizer is {self.optimizer!r}")  # fmt: skip
-        accepted = inspect.signature(OPTIMIZERS[self.optimizer]).parameters
+        accepted = OPTIMIZER_HYPERPARAMETERS[self.optimizer]
         for name in ("betas", "momentum", "weight_decay"):
             if getattr(self, name) is not None and name not in accepted:
                 raise ConfigError(f"{name} is set but optimizer {self.optimizer!r} takes no {name}; leave it unset")
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return getattr(torch, self.dtype)

@@ -29,7 +29,8 @@ The :class:`Trainer` owns everything needed to continue exactly: the step, the m
 seed's ``train`` generator state at the start of the current batch, the histories and the callbacks' state
 (:meth:`state_dict`). Divergence (a non-finite loss, gradient or state, or a loss that explodes far above the
 seed's running best and the zero predictor) stops the run or rolls every seed back to the last healthy read-back,
-lowering the learning rate of the seeds that diverged (the others replay the same steps exactly). In a seed
+lowering the learning rate of the seeds that diverged, which go on with fresh batches (the others replay the same
+steps exactly). In a seed
 batch the convergence rule (:class:`~icl.training.callbacks.Plateau`) ends the run only when every seed has
 plateaued; until then every seed trains on (docs/training.md).
 """
@@ -39,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,11 +54,13 @@ from icl.runio import find_nonfinite
 from icl.seeding import Streams
 from icl.training import signals
 from icl.training.callbacks import Callback, Checkpoint, Divergence, Evaluate, TrainingDiverged  # noqa: F401 (re-exported)
-from icl.training.config import TrainConfig
+from icl.training.config import DTYPE_NAMES, TrainConfig
 from icl.training.signals import TrainingInterrupted
 from icl.training.specs import OptimizerSpec
 from icl.training.transforms import schedule_from_config, seed_grad_norms, transform_from_config
 from learned_optimizers.constraints import apply_constraints
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # TrainConfig.dtype -> torch dtype
 
 
 def query_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -431,16 +434,20 @@ class Trainer:
         self._restore_generators(state["train_generators"], state.get("train_generators_now"))
         self._snapshot = None
 
-    def _restore_generators(self, blocks: Sequence[torch.Tensor], now: Sequence[torch.Tensor] | None) -> None:
+    def _restore_generators(
+        self, blocks: Sequence[torch.Tensor], now: Sequence[torch.Tensor] | None, fresh: Collection[int] = ()
+    ) -> None:
         """Put the ``train`` streams where they were at ``self.step``, re-drawing the batch of an unfinished
-        block."""
+        block; a seed in ``fresh`` (its block and current state both its stream's state now) draws a new batch
+        there instead, which then counts as its block's batch."""
         self._block_states = [b.clone() for b in blocks]
         self._batch = None
         if self.step % self.cfg.resample_every != 0:  # re-draw the batch the interrupted block was using
             for g, b in zip(self.gens, self._block_states):
                 g.set_state(b.clone())
             self._batch = self._sample()
-            if now is not None and not all(torch.equal(g.get_state(), t) for g, t in zip(self.gens, now)):
+            reached = [torch.equal(g.get_state(), t) for g, t in zip(self.gens, now)] if now is not None else []
+            if not all(ok for s, ok in enumerate(reached) if s not in fresh):
                 raise ValueError(
                     "the train generator does not reach its saved state after re-drawing the current batch "
                     "(was the state saved with another batch size or prompt law?)"
@@ -648,9 +655,18 @@ class Trainer:
             callbacks={cb.name: copy.deepcopy(cb.state_dict()) for cb in self.callbacks if hasattr(cb, "state_dict")},
         )
 
-    def restore_snapshot(self) -> None:
+    def restore_snapshot(self, fresh: Iterable[int] = ()) -> None:
         """Put every seed back to :attr:`snapshot` (weights, optimizer states, generators, histories, best
-        losses, callback states)."""
+        losses, callback states).
+
+        Args:
+            fresh: the seeds (indices) that diverged: their batches are not replayed but drawn from a new stream,
+                ``train.rollback{k}`` of the seed's :class:`~icl.seeding.Streams` at its k-th rollback
+                (:attr:`rollbacks`, already counted), so that a rolled-back seed trains on fresh batches and
+                never meets again the batch that made it diverge (a rare prompt that overflows would otherwise
+                come back after every rollback). The stream depends only on the seed and k, not on when the
+                divergence was read back, so an interrupted and resumed run rolls back exactly as an
+                uninterrupted one. The other seeds replay their batches exactly, as their own runs would."""
         snap = self._snapshot
         assert snap is not None
         for m, sd in zip(self.models, snap.models):
@@ -665,7 +681,10 @@ class Trainer:
         for cb in self.callbacks:
             if hasattr(cb, "load_state_dict") and cb.name in snap.callbacks:
                 cb.load_state_dict(copy.deepcopy(snap.callbacks[cb.name]))
-        self._restore_generators(snap.block_states, snap.gen_states)
+        new = {s: self.streams[s].generator(f"train.rollback{self.rollbacks[s]}", self.device).get_state()
+               for s in set(fresh)}  # fmt: skip
+        self._restore_generators([new.get(s, b) for s, b in enumerate(snap.block_states)],
+                                 [new.get(s, t) for s, t in enumerate(snap.gen_states)], fresh=new)  # fmt: skip
 
     def _state_problems(self) -> list[str | None]:
         """Per seed, what is non-finite in its weights or optimizer state, if anything (one host sync)."""
