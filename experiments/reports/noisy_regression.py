@@ -124,6 +124,12 @@ def render(run_dir, rows, cfg: dict) -> dict:
     if "U(0,0)" in noises:
         lines += _noiseless_section(rows, "U(0,0)", modes, depths, cfg, out)
     lines += _tails_section(rows, noises, modes, depths, cfg)
+    configured = [f"U(0,{v:g})" for v in cfg.get("sigma_max", [])] + [
+        "cat{" + ",".join(f"{float(v):g}" for v in c.split("/")) + "}" for c in cfg.get("categorical", [])]
+    missing = [nz for nz in configured if nz not in noises]
+    if missing:
+        lines += ["**Incomplete run:** the config names the noise settings " + ", ".join(configured) + "; "
+                  + ", ".join(missing) + " have no results (the run stopped before them).", ""]
     lines += _findings(rows, noises, modes, depths)
     for noise in noises:
         # without noise the ridge baselines solve the prompt exactly (adjusted loss ~1e-10): not drawn
