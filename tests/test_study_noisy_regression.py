@@ -119,3 +119,23 @@ def test_tuned_gdpp_is_monotone_no_worse_than_its_starts_and_finds_the_growing_s
     assert float(res[1].train_loss[-1]) <= start_loss + 1e-12
     assert float(res[1].train_loss[-1]) <= float(res[0].train_loss[-1])
     assert float(res[1].train_loss[-1]) / 2 < 0.32  # 0.291 at η = (0.448, 3.65), γ = 0.424; 0.362 at the start
+
+
+def test_depth_and_noise_scale_the_training_and_the_seeds():
+    """train_at: cap, halving period and patience × L/depth_unit (× noisy_budget with noise), batch × depth_unit/L;
+    seeds_at: every seed only at the noiseless best_of_depths."""
+    from experiments.noisy_regression import NoisyRegressionConfig
+
+    cfg = NoisyRegressionConfig(seeds=(0, 1, 2, 3, 4), depth_unit=2, best_of_depths=(2,), other_seeds=3,
+                                noisy_budget=0.25)  # fmt: skip
+    t = cfg.train
+    t4 = cfg.train_at(4, noisy=False)
+    assert (t4.steps, t4.halve_every, t4.plateau_patience, t4.batch_size) == (
+        2 * t.steps, 2 * t.halve_every, 2 * t.plateau_patience, t.batch_size // 2)
+    t2n = cfg.train_at(2, noisy=True)
+    assert (t2n.steps, t2n.batch_size, t2n.lr) == (round(0.25 * t.steps), t.batch_size, t.lr)
+    assert cfg.train_at(2, noisy=False) == t
+    assert cfg.seeds_at(2, noisy=False) == (0, 1, 2, 3, 4)
+    assert cfg.seeds_at(4, noisy=False) == cfg.seeds_at(2, noisy=True) == (0, 1, 2)
+    flat = NoisyRegressionConfig(depth_unit=0)
+    assert flat.train_at(7, noisy=True) == flat.train

@@ -11,7 +11,7 @@ import torch
 
 import reference_optimizers as ro
 from experiments.cli import main
-from experiments.pgd_depth import predict, tuned_gd, whiten
+from experiments.pgd_depth import predict, squared_errors, tuned_gd, tuned_gdpp, whiten
 from experiments.results import read_results
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
@@ -128,3 +128,21 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     for key in (("sparse", 2, "test_loss", None, None), ("gdpp", 2, "dist_sigma", 1, 60),
                 ("pgd_tuned", 2, "test_loss", None, None)):  # fmt: skip
         assert again[key] == pytest.approx(before[key], rel=1e-9)
+
+
+def test_tuned_gdpp_is_chosen_on_the_selection_prompts_never_worse_than_pgd_or_its_shorter_self():
+    """Refined on few prompts, tuned GD++ is chosen on many: there it is no worse than tuned PGD (γ = 0) nor than
+    its own depth T−1 choice, and its test losses are those of the returned schedule."""
+    dist, select = _law(3000, seed=4)
+    _, test = _law(500, seed=5)
+    wsel, wtest = whiten(select, dist.Sigma), whiten(test, dist.Sigma)
+    pgd = {1: [0.77], 2: [0.52, 1.25], 3: [0.43, 0.69, 1.72]}
+    out = tuned_gdpp(wsel[:200], wsel, wtest, (1, 2, 3), pgd, evals=5)
+    score = {L: float(squared_errors(predict(ro.gd_plus_plus, wsel, L, hp), wsel).mean()) for L, (hp, _) in out.items()}
+    for L, (hp, err) in out.items():
+        pgd_score = float(squared_errors(predict(ro.gd_plus_plus, wsel, L, {"eta": pgd[L], "gamma": [0.0] * L}),
+                                         wsel).mean())  # fmt: skip
+        assert score[L] <= pgd_score + 1e-12
+        if L > 1:
+            assert score[L] <= score[L - 1] + 1e-12
+        torch.testing.assert_close(err, squared_errors(predict(ro.gd_plus_plus, wtest, L, hp), wtest))

@@ -3,7 +3,7 @@ without loading torch; the study itself is :mod:`experiments.noisy_regression`, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from experiments.configs.base import StudyConfig
 from icl.config import ConfigError, spec
@@ -36,19 +36,28 @@ class NoisyRegressionConfig(StudyConfig):
         tune_prompts: training-law prompts on which ConstRR's λ and the tuned GD++ are chosen.
         tune_maxfev: the budget of the tuned GD++'s refinement per depth (method evaluations).
         tolerance: a learned model more than this above tuned GD++ (in log test MSE) is flagged.
+        depth_unit: ``train.steps``, ``train.halve_every``, ``train.plateau_patience`` and ``train.batch_size`` are
+            those of a model of this depth; a depth-L model trains L/depth_unit times the steps, halving period and
+            patience on depth_unit/L times the batch (a step costs the same at every depth; deeper models anneal
+            more slowly). 0: ``train`` as it is at every depth.
+        best_of_depths: the noiseless depths at which every seed is trained (the paper's Table 1 is the best of
+            5 seeds); elsewhere only the first ``other_seeds`` seeds.
+        other_seeds: how many of ``seeds`` train the models not in ``best_of_depths`` (the noisy settings).
+        noisy_budget: in a noisy setting the cap, halving period and patience are this times the noiseless ones
+            (the paper's noisy results are orderings of adjusted losses well above the noiseless optimum's 1e-3).
     """
 
     d: int = spec(10, ge=1)
     n: int = spec(20, ge=2)
     depths: tuple[int, ...] = spec((2, 4), ge=1)
-    sigma_max: tuple[float, ...] = spec((0.0,), ge=0)
-    categorical: tuple[str, ...] = spec((), allow_empty=True)
+    sigma_max: tuple[float, ...] = spec((0.0, 1.0, 3.0, 5.0), ge=0)
+    categorical: tuple[str, ...] = spec(("1/3",), allow_empty=True)
     modes: tuple[str, ...] = MODES
     init_std: float = spec(0.05, gt=0)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=2500,
-            batch_size=256,
+            steps=3000,
+            batch_size=512,
             optimizer="adam",
             lr=0.02,
             weight_decay=0.0,
@@ -70,6 +79,10 @@ class NoisyRegressionConfig(StudyConfig):
     tune_prompts: int = spec(2_000, ge=100)
     tune_maxfev: int = spec(300, ge=0)
     tolerance: float = spec(0.05, gt=0)
+    depth_unit: int = spec(2, ge=0)
+    best_of_depths: tuple[int, ...] = spec((2, 4), ge=1, allow_empty=True)
+    other_seeds: int = spec(3, ge=1)
+    noisy_budget: float = spec(0.15, gt=0)
 
     def check(self) -> None:
         super().check()
@@ -88,6 +101,25 @@ class NoisyRegressionConfig(StudyConfig):
         if self.test_prompts < TAIL_PARTS:
             raise ConfigError(f"test_prompts must be >= {TAIL_PARTS} (the tail statistics cut it into parts)")
 
+    def seeds_at(self, L: int, noisy: bool) -> tuple[int, ...]:
+        """The seeds a depth-L model trains: all of ``seeds`` at the noiseless ``best_of_depths`` (the paper's
+        best-of-5 comparisons), the first ``other_seeds`` of them elsewhere."""
+        return self.seeds if not noisy and L in self.best_of_depths else self.seeds[: self.other_seeds]
+
+    def train_at(self, L: int, noisy: bool) -> TrainConfig:
+        """The training of a depth-L model: ``train.steps`` (the cap), ``train.halve_every`` and
+        ``train.plateau_patience`` are those of a depth-``depth_unit`` model, scaled by L/depth_unit (deeper models
+        anneal more slowly) and by ``noisy_budget`` in a noisy setting; ``train.batch_size`` is scaled by
+        depth_unit/L (prompts × layers per step constant, so a step costs the same at every depth).
+        ``depth_unit`` 0: ``train`` at every depth."""
+        if not self.depth_unit:
+            return self.train
+        f = L / self.depth_unit * (self.noisy_budget if noisy else 1.0)
+        t = self.train
+        return replace(t, steps=max(1, round(f * t.steps)), halve_every=max(1, round(f * t.halve_every)),
+                       plateau_patience=max(1, round(f * t.plateau_patience)) if t.plateau_patience else 0,
+                       batch_size=max(1, round(t.batch_size * self.depth_unit / L)))
+
     def noise_settings(self) -> list[tuple[str, PromptConfig]]:
         """(name, prompt law) of every noise setting."""
         out = []
@@ -101,8 +133,8 @@ class NoisyRegressionConfig(StudyConfig):
         return out
 
 
-#: the standard profile's grid (the paper profile's is larger); the budget (≤ 20 minutes on 2 cores) holds three
-#: noise settings, the noiseless one with the paper's Table 1 targets
+#: the standard profile's grid is the config's defaults (the paper profile's is larger): five noise settings in the
+#: budget (≤ 20 minutes on 2 cores), the noiseless one with the paper's Table 1 targets trained on 5 seeds
 PROFILES = {
     "quick": {
         "depths": (1, 2),
@@ -117,8 +149,10 @@ PROFILES = {
         "tune_prompts": 500,
         "tune_maxfev": 40,
         "checkpoint_every": 60,
+        "best_of_depths": (),
+        "noisy_budget": 1.0,
     },
-    "standard": {},
+    "standard": {"seeds": (0, 1, 2, 3, 4)},
     "paper": {
         "seeds": (0, 1, 2, 3, 4),
         "depths": (1, 2, 3, 4, 5, 6, 7),
@@ -138,5 +172,8 @@ PROFILES = {
         "tune_prompts": 20_000,
         "tune_maxfev": 2000,
         "checkpoint_every": 5000,
+        "depth_unit": 0,
+        "best_of_depths": (1, 2, 3, 4, 5, 6, 7),
+        "noisy_budget": 1.0,
     },
 }

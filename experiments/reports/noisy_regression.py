@@ -63,6 +63,17 @@ def render(run_dir, rows, cfg: dict) -> dict:
     plateau = (f"the plateau rule stops it when the held-out loss ({tr['eval_batch']} prompts, every "
                f"{tr['eval_every']} steps) has not improved by {tr['plateau_tol']:g} (relative) for "
                f"{tr['plateau_patience']} evaluations" if tr["plateau_patience"] else "no plateau rule")  # fmt: skip
+    unit, nb = cfg.get("depth_unit", 0), cfg.get("noisy_budget", 1.0)
+    if unit:
+        budget = (f"cap, halving period and patience are those of a {unit}-layer model: a depth-L model gets "
+                  f"L/{unit} times them and {unit}/L times the batch (so a step costs the same at every depth)")
+        if nb != 1:
+            budget += f", and {nb:g} times the cap, halving period and patience in a noisy setting"
+        budget += " (the caps are in the convergence table)"
+    else:
+        budget = "every depth trains with these"
+    budget += (f". Seeds: all {len(cfg['seeds'])} at L in {list(cfg.get('best_of_depths', []))} without noise (the "
+               f"paper's best-of-5 comparisons), the first {cfg.get('other_seeds', len(cfg['seeds']))} elsewhere")
     sched = {"step": f"halved every {tr['halve_every']} steps", "cosine": "cosine to 0 at the cap",
              "constant": "constant"}[tr["schedule"]]  # fmt: skip
     lines = [
@@ -73,8 +84,8 @@ def render(run_dir, rows, cfg: dict) -> dict:
         "MSE on the same test prompts (oracle: the posterior mean (XᵀX + σ²I)⁻¹Xᵀy with the prompt's σ). Plain MSE "
         "(the paper's ½·MSE × 2). GD++ = DIAG with q_y = 0. Training: Adam, "
         f"{tr['batch_size']} prompts a step, lr {tr['lr']:g} {sched}, gradients clipped at {tr['clip_value']:g} "
-        f"({tr['clip']}), at most {tr['steps']} steps; {plateau}. A divergence rolls back to the last healthy "
-        f"state and multiplies the lr by {tr['rollback_lr_factor']:g} (at most {tr['max_rollbacks']} times). "
+        f"({tr['clip']}), at most {tr['steps']} steps; {plateau}; {budget}. A divergence rolls back to the last "
+        f"healthy state and multiplies the lr by {tr['rollback_lr_factor']:g} (at most {tr['max_rollbacks']} times). "
         "The paper: 200,000 steps of 2048 prompts, lr 1e-4.",
         "",
         "**Class optimum.** Every FULL, DIAG and GD++ model contains GD++ (η_ℓ, γ_ℓ per layer), so tuned GD++ "
@@ -113,6 +124,12 @@ def render(run_dir, rows, cfg: dict) -> dict:
     if "U(0,0)" in noises:
         lines += _noiseless_section(rows, "U(0,0)", modes, depths, cfg, out)
     lines += _tails_section(rows, noises, modes, depths, cfg)
+    configured = [f"U(0,{v:g})" for v in cfg.get("sigma_max", [])] + [
+        "cat{" + ",".join(f"{float(v):g}" for v in c.split("/")) + "}" for c in cfg.get("categorical", [])]
+    missing = [nz for nz in configured if nz not in noises]
+    if missing:
+        lines += ["**Incomplete run:** the config names the noise settings " + ", ".join(configured) + "; "
+                  + ", ".join(missing) + " have no results (the run stopped before them).", ""]
     lines += _findings(rows, noises, modes, depths)
     for noise in noises:
         # without noise the ridge baselines solve the prompt exactly (adjusted loss ~1e-10): not drawn
@@ -155,19 +172,20 @@ def _convergence_section(rows, noises, modes, depths, tol, tr, out) -> list[str]
                                 else "") for s in sorted(steps))  # fmt: skip
                 gap_txt = ", ".join(f"**s{s} {g.gap:+.3g} ⚑**" if g.flagged else f"s{s} {g.gap:+.3g}"
                                     for s, g in gaps.items()) or "–"  # fmt: skip
-                table.append([noise, m, L, how, gap_txt])
+                cap = {int(v) for v in per_seed(rows, setting=noise, method=m, depth=L, metric="step_cap").values()}
+                table.append([noise, m, L, ", ".join(str(c) for c in sorted(cap)) or "–", how, gap_txt])
     flagged = len(out["flagged"])
     total = sum(len(v) for n in out["class_gap"].values() for m in n.values() for v in m.values())
     return [
         "## Convergence: steps and gap to the class optimum (per seed)",
         "",
-        f"Steps per seed: `p` = the plateau rule ended the training, `c` = it reached the cap of {tr['steps']} "
-        "steps first (the seeds train together, so some seed's held-out loss was still improving), `↺k` = k "
+        "Steps per seed: `p` = the plateau rule ended the training, `c` = it reached the cap first (the seeds "
+        "train together, so some seed's held-out loss was still improving), `↺k` = k "
         "rollbacks after a divergence. Gap: log(learned test MSE) − log(tuned "
         "GD++ test MSE) on the seed's own test prompts; negative means the model beats GD++, which FULL and DIAG "
         f"can. ⚑ = **not converged**: more than {tol:g} above tuned GD++ ({flagged} of {total} learned models).",
         "",
-        markdown_table(["noise", "mode", "L", "steps per seed", "gap to tuned GD++ (log test MSE)"], table),
+        markdown_table(["noise", "mode", "L", "step cap", "steps per seed", "gap to tuned GD++ (log test MSE)"], table),
         "",
     ]
 
