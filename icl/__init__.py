@@ -15,8 +15,7 @@ Names are imported on first use, so ``import icl.config`` stays cheap (the CLI's
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from icl.lazy import lazy_exports
 
 _EXPORTS = {
     "PromptConfig": "icl.prompts",
@@ -36,13 +35,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'icl' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports('icl', _EXPORTS, globals())

@@ -18,8 +18,7 @@ torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from icl.lazy import lazy_exports
 
 _EXPORTS = {
     "MODES": "learned_optimizers.configs",
@@ -56,13 +55,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'learned_optimizers' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports('learned_optimizers', _EXPORTS, globals())

@@ -96,3 +96,15 @@ def test_the_study_re_exports_its_config_and_profiles(name):
     study = load(STUDIES[name].definition)
     assert study.config_cls is getattr(configs, study.config_cls.__name__)
     assert dict(study.profiles) == dict(getattr(configs, "PROFILES", {}))
+
+
+@pytest.mark.parametrize("package", ["icl", "icl.training", "learned_optimizers"])
+def test_lazy_packages_list_their_exports_and_name_an_unknown_one(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    assert set(module.__all__) <= set(dir(module))
+    name = module.__all__[0]
+    assert getattr(module, name) is getattr(module, name)  # imported once, then cached
+    with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'no_such_name'"):
+        module.no_such_name

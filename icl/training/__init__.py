@@ -17,8 +17,7 @@ Names are imported on first use (``from icl.training import fit`` loads the engi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from icl.lazy import lazy_exports
 
 _EXPORTS = {
     "Callback": "icl.training.callbacks",
@@ -56,13 +55,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'icl.training' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports('icl.training', _EXPORTS, globals())
