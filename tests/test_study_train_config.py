@@ -15,13 +15,14 @@ import torch
 from experiments.cli import main
 from icl.training import loop
 
-#: study -> (the TrainConfig section the first trained model uses, extra --set to keep the run small)
+#: study -> (the TrainConfig section the first trained model uses, extra --set to keep the run small; noisy_regression
+#: scales train.* by depth unless depth_unit = 0, tested in its own study tests)
 STUDIES = {
     "quickstart": ("train", ["test_prompts=200"]),
     "pgd_depth": ("train", ["tune_prompts=200", "tune_evals=1", "test_prompts=200", "depths=1"]),
     "memformer_vs_cgd": ("train", ["test_prompts=200", "tune_prompts=200", "depths=1", "settings=noniso"]),
     "gd_one_layer": ("train", []),
-    "noisy_regression": ("train", ["test_prompts=200", "tune_prompts=200", "depths=1"]),
+    "noisy_regression": ("train", ["test_prompts=200", "tune_prompts=200", "depths=1", "depth_unit=0"]),  # unscaled
     "newton_vs_gd": ("lsa_train", []),
     "outer_optimizers": ("train", ["test_prompts=200", "tune_prompts=200"]),
 }
