@@ -336,7 +336,7 @@ def _trajectories(name, shape, dtype, steps, maximize, mode, monkeypatch, k=3):
 @pytest.mark.parametrize("name", ["stiefel", "grassmann"])
 @pytest.mark.parametrize("maximize", [False, True])
 def test_whole_step_kernel_equals_the_torch_step(name, maximize, monkeypatch):
-    """The one-call step (manifold_kernels.adam_step_: coordinates, their skew part and Adam's update fused, the
+    """The one-call step (manifold_kernels.AdamStep: coordinates, their skew part and Adam's update fused, the
     p×p solve, the products through torch's BLAS, Y + D written into section and parameter) makes the iterates,
     moments and step counts of the torch step — with the kernel solve and with every kernel off — to 1e-12 over
     200 float64 steps of a batch of three (maximize too), and to float32 rounding over 20 float32 steps."""

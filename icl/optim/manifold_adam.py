@@ -48,7 +48,7 @@ class ManifoldAdam(GlobalSectionOptimizer):
     The manifold parameters of a group that share shape, dtype and device are stepped as one batch (one
     product GᵀΛ, one fused Adam update, batched p×p inverses; see
     :mod:`icl.optim.manifold_optimizer`); on CPU the whole Cayley step of a Stiefel or Grassmann batch is one C
-    call (:func:`icl.optim.manifold_kernels.adam_step_`, the same update to rounding); the Euclidean ones go
+    call (:class:`icl.optim.manifold_kernels.AdamStep`, the same update to rounding); the Euclidean ones go
     through ``torch.optim.adam.adam``, i.e.
     torch's own single-tensor, foreach or fused path as ``torch.optim.Adam`` would choose it.
 

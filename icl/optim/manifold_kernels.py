@@ -11,7 +11,7 @@ The source is ``learned_optimizers/csrc/manifold_step.c``.
 * :func:`polar_point_`: the polar step on Y of :meth:`icl.optim.manifolds.Stiefel.reorthonormalize_point_` as
   Y ← Y + YE, E = (I − YᵀY)/2: YᵀY in float64 (its distance from I is what the step corrects), YE — as small as
   that distance — in the data's precision, no float64 temporaries of torch's.
-* :func:`adam_step_`: a whole ManifoldAdam step of a bucket of Stiefel or Grassmann parameters in one C call —
+* :class:`AdamStep`: a whole ManifoldAdam step of a bucket of Stiefel or Grassmann parameters in one C call —
   the gradient's coordinates GᵀΛ, their skew part, Adam's moments and the scaled step fused into one pass, the
   p×p solve, the products D = Λ·K and Y_⊥ −= H·Bᵀ, and Y + D written into the section and the parameter in one
   pass.  Its four products call the BLAS ``sgemm_``/``dgemm_`` that torch is linked against (MKL in torch's CPU
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "usable", "step_usable", "cayley_solve_", "adam_step_", "AdamStep", "layouts_fit", "step_scratch_size",
+    "usable", "step_usable", "cayley_solve_", "AdamStep", "layouts_fit", "step_scratch_size",
     "polar_point_",
 ]  # fmt: skip
 
@@ -109,7 +109,7 @@ def usable(S: torch.Tensor) -> bool:
 
 
 def step_usable(L: torch.Tensor) -> bool:
-    """Whether :func:`adam_step_` can run on sections ``L``: :func:`usable`, a contiguous ``L`` and torch's BLAS
+    """Whether :class:`AdamStep` can run on sections ``L``: :func:`usable`, a contiguous ``L`` and torch's BLAS
     entry found."""
     return usable(L) and L.is_contiguous() and _library().blas_found
 
@@ -129,13 +129,13 @@ def cayley_solve_(S: torch.Tensor, X: torch.Tensor, scratch: torch.Tensor) -> to
 
 
 def step_scratch_size(N: int, p: int, skew: bool) -> int:
-    """Numbers of scratch :func:`adam_step_` needs for one N×p parameter (C and W, S₂ and the solve's, K and D)."""
+    """Numbers of scratch :class:`AdamStep` needs for one N×p parameter (C and W, S₂ and the solve's, K and D)."""
     c = N if skew else N - p
     return 2 * p * c + 3 * p * p + 2 * N * p
 
 
 def layouts_fit(grads, params, dtype: torch.dtype) -> bool:
-    """Whether :func:`adam_step_` can read ``grads`` and write ``params`` (N×p tensors of ``dtype``, N > p): the
+    """Whether :class:`AdamStep` can read ``grads`` and write ``params`` (N×p tensors of ``dtype``, N > p): the
     gradients all row-major or all column-major (dense), the parameters all with one set of strides."""
     N, p = params[0].shape
     gs, ps = grads[0].stride(), params[0].stride()
@@ -150,17 +150,25 @@ def layouts_fit(grads, params, dtype: torch.dtype) -> bool:
 
 
 class AdamStep:
-    """:func:`adam_step_` bound to one bucket: its sections, moments, step counts and scratch are converted to
-    the C call's arguments once, so that a step converts only the gradients' and parameters' addresses and the
-    hyperparameters (which a schedule may change).  Check :func:`step_usable` first; the bound tensors must
-    keep their storage (the optimizer's bucket buffers do); ``scratch`` is made here if not given."""
+    """A whole ManifoldAdam step (closed-form Cayley) of one bucket of k Stiefel (``skew``) or Grassmann
+    parameters, in place, in one C call; the bucket's fixed arguments are converted once, so that a step converts
+    only the gradients' and parameters' addresses and the hyperparameters (which a schedule may change).
+
+    ``L`` (k, N, N) the contiguous sections; ``exp_avg``/``exp_avg_sq`` the contiguous moments (k, p, c) with
+    c = N (Stiefel, [A | Bᵀ]) or N − p (Grassmann, Bᵀ); ``count`` the float32 step counts (k,), incremented (the
+    bias corrections use the incremented count); ``scratch`` ≥ :func:`step_scratch_size` numbers (made here if
+    not given).  A call takes k N×p ``grads`` and ``params`` of ``L``'s dtype that pass :func:`layouts_fit` (the
+    parameters receive Y = ΛE).  The update is :class:`icl.optim.ManifoldAdam`'s (its docstring and
+    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`).  Check :func:`step_usable` first; the bound tensors must
+    keep their storage (the optimizer's bucket buffers do).
+    """
 
     def __init__(self, L, exp_avg, exp_avg_sq, count, *, p: int, skew: bool, scratch=None) -> None:
         k, N = L.shape[0], L.shape[-1]
         if scratch is None:
             scratch = L.new_empty(step_scratch_size(N, p, skew))
         if scratch.numel() < step_scratch_size(N, p, skew) or scratch.dtype != L.dtype:
-            raise ValueError("adam_step_: scratch too small or of another dtype")
+            raise ValueError("AdamStep: scratch too small or of another dtype")
         self.fn = getattr(_library(), _STEP[L.dtype])
         self.ptrs = ctypes.c_int64 * k
         self.head = (k, N, p, int(skew), L.data_ptr())
@@ -176,21 +184,6 @@ class AdamStep:
             ptrs(*[x.data_ptr() for x in params]), *params[0].stride(), *self.state, lr, betas[0], betas[1], eps,
             maximize, self.tail,
         )  # fmt: skip
-
-
-def adam_step_(L, grads, params, exp_avg, exp_avg_sq, count, *, lr, betas, eps, maximize, skew, scratch) -> None:
-    """One ManifoldAdam step (closed-form Cayley) of k Stiefel (``skew``) or Grassmann parameters, in place.
-
-    ``L`` (k, N, N) the contiguous sections; ``grads`` and ``params`` k N×p tensors of ``L``'s dtype that pass
-    :func:`layouts_fit` (the parameters receive Y = ΛE); ``exp_avg``/``exp_avg_sq`` the contiguous moments
-    (k, p, c) with c = N (Stiefel, [A | Bᵀ]) or N − p (Grassmann, Bᵀ); ``count`` the float32 step counts (k,),
-    incremented (the bias corrections use the incremented count); ``scratch`` ≥ :func:`step_scratch_size`
-    numbers.  The update is :class:`icl.optim.ManifoldAdam`'s (its docstring and
-    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`); check :func:`step_usable` first.  (The optimizer
-    binds the fixed arguments once per bucket: :class:`AdamStep`.)
-    """
-    call = AdamStep(L, exp_avg, exp_avg_sq, count, p=grads[0].shape[-1], skew=skew, scratch=scratch)
-    call(grads, params, lr, betas, eps, maximize)
 
 
 def polar_point_(L: torch.Tensor, p: int) -> torch.Tensor:
