@@ -8,6 +8,9 @@ from pathlib import Path
 from experiments.convergence import class_gap
 from experiments.noisy_regression import MODES, NAME, PAPER_NOISELESS_HALF_MSE, TAIL_PARTS
 from experiments.reporting import (
+    LABELS as PLOT_LABELS,
+)
+from experiments.reporting import (
     aggregate,
     line_plot,
     markdown_table,
@@ -143,7 +146,8 @@ def render(run_dir, rows, cfg: dict) -> dict:
             xlabel="layers", logy=True, dashed_methods=("gdpp_tuned", "const_rr", "ada_rr"), title=f"noise {noise}",
             labels=LABELS,
             points={"one optimal GD step (theory), L = 1": (1, theory_1)} if theory_1 > 0 and 1 in depths else None,
-            caption=f"mean over seeds {seeds}" + _missing_seeds(sub, seeds) + "; band: 95% t-interval over seeds; "
+            caption=f"mean over seeds {_seeds_of(sub)}" + _missing_seeds(sub, _seeds_of(sub))
+            + "; band: 95% t-interval over seeds; "
             "dashed: tuned GD++"
             + (" (ridge is exact without noise: not drawn)" if noise == "U(0,0)" else
                " and the ridge baselines (depth-independent)") + ("; star: the optimal one-step GD (Ahn et al. Thm 1)"
@@ -327,11 +331,18 @@ def report(run_dir) -> dict:
     return render(run.run_dir, run.rows, run.config)
 
 
+def _seeds_of(rows) -> list:
+    """The seeds a figure's rows hold (noisy settings train fewer seeds than the noiseless one)."""
+    return sorted({r["seed"] for r in rows})
+
+
 def _missing_seeds(rows, seeds) -> str:
-    """`` (FULL LSA L = 4: seeds [0, 2] only)`` for every curve point with fewer seeds than the run (diverged)."""
+    """`` (FULL LSA (learned) L = 4: seeds [0, 2] only)`` for every curve point with fewer seeds than ``seeds``
+    (diverged)."""
+    names = {**PLOT_LABELS, **LABELS}  # the legend's names (line_plot's)
     have: dict[tuple, set] = {}
     for r in rows:
         have.setdefault((r["method"], r["depth"]), set()).add(r["seed"])
-    short = [f"{LABELS.get(m, m)} L = {L}: seeds {sorted(s)} only" for (m, L), s in sorted(have.items())
+    short = [f"{names.get(m, m)} L = {L}: seeds {sorted(s)} only" for (m, L), s in sorted(have.items())
              if len(s) < len(seeds)]  # fmt: skip
     return f" ({'; '.join(short)})" if short else ""
