@@ -391,6 +391,7 @@ def line_plot(
     points: Mapping[str, tuple[float, float]] | None = None,
     labels: Mapping[str, str] | None = None,
     caption: str = "mean over seeds; band: 95% t-interval over seeds",
+    floor: float | None = None,
 ) -> list[Path]:
     """One line per ``hue`` value of ``metric`` against ``x`` with a 95% band over seeds.
 
@@ -400,7 +401,8 @@ def line_plot(
     (:func:`log_band`). Labels come from ``labels``, then :data:`LABELS`, else the id. The y-limits follow the
     lines (bands are clipped at the axes), integer x values get integer ticks, the legend sits outside the axes,
     every line has its own colour, and curves that coincide (within :data:`COINCIDE_TOL` in plotted units) are
-    named as coinciding in the legend.
+    named as coinciding in the legend. ``floor``: the least value the metric can take (e.g. 0 for a distance);
+    bands are cut there and the caption says so.
     """
     set_theme()
     names = {**LABELS, **(labels or {})}
@@ -439,6 +441,8 @@ def line_plot(
         ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=label)
         plotted.extend(mean.tolist())
         lo, hi, has_band = bands[m]
+        if floor is not None:
+            lo = np.maximum(lo, floor)
         if has_band:
             ax.fill_between(xs, lo, hi, color=palette[m], alpha=0.2, lw=0)
             band_ends.extend([*lo.tolist(), *hi.tolist()])
@@ -467,5 +471,7 @@ def line_plot(
         caption += f"; (= …): the curves coincide within {COINCIDE_TOL:g}" + (" in log" if logy or log_values else "")
     if log_values or logy:
         caption += "; band on the log scale: log(mean) ± half-width/mean"
+    if floor is not None:
+        caption += f"; bands cut at {floor:g}, the least value {ylabel} can take"
     fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
     return save_figure(fig, stem)

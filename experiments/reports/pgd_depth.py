@@ -132,6 +132,7 @@ def report(run_dir: str | Path) -> dict:
         if dyn:
             figs += line_plot(
                 dyn, run_dir / "figures" / f"dist_{mode}_L{L_dyn}", x="step", metric="dist", ylabel="Dist(M, I)",
+                floor=0.0,
                 xlabel="training step", title=f"{LABELS[mode]}, L = {L_dyn}: distance to a multiple of I",
                 dashed_methods=tuple(m for m in {r["method"] for r in dyn} if not m.startswith("Dist(Σ")),
                 caption=f"mean over {len(seeds)} seed(s); band: 95% t-interval over seeds; solid Dist(Σ½A_ℓΣ½, I) "
