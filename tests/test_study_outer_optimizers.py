@@ -3,12 +3,24 @@ criterion, reports each model against its class optimum and re-renders; the piec
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from experiments.cli import main
-from experiments.outer_optimizers import LR_EXTENSIONS, OPTIMUM, class_optimum, next_rate, per_prompt_losses, select_lr
+from experiments.outer_optimizers import (
+    LR_EXTENSIONS,
+    OPTIMIZER_NAMES,
+    OPTIMUM,
+    OuterOptimizersConfig,
+    class_optimum,
+    next_rate,
+    optimizer_spec,
+    per_prompt_losses,
+    select_lr,
+)
+from icl.config import ConfigError
 from experiments.reporting import load_run
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
@@ -36,6 +48,47 @@ def test_next_rate_steps_past_the_edge_the_selected_rate_sits_on_until_it_is_bra
     assert next_rate({0.1: [0.3], 0.3: [0.1], 1.0: [0.01, math.inf]}) is None  # a diverged rate brackets from above
     assert next_rate({0.1: [math.inf], 0.3: [math.nan]}) is None  # every rate diverged: nothing to extend
     assert next_rate({0.2: [0.1]}) == pytest.approx(0.6)  # one rate: ×3
+
+
+def test_every_optimizer_gets_the_shared_betas_horizon_and_weight_decay():
+    cfg = replace(OuterOptimizersConfig(), train=replace(OuterOptimizersConfig().train, betas=(0.8, 0.95),
+                                                         weight_decay=0.0))  # fmt: skip
+    model = torch.nn.Linear(3, 2)
+    for name in OPTIMIZER_NAMES:
+        spec = optimizer_spec(name, 0.01, cfg)
+        (opt,) = spec.build([spec.groups(model)], [Streams(0, "cpu")])
+        group = opt.param_groups[0]
+        assert group["lr"] == 0.01
+        assert group["weight_decay"] == 0.0, name
+        if "betas" in group:
+            assert tuple(group["betas"]) == (0.8, 0.95), name
+        else:  # the root-free methods without betas: the same second-moment horizon as a rate 1 − β₂
+            key = {"rf_rmsprop": "lr_cov", "sirfshampoo": "beta2"}[name]
+            assert group[key] == pytest.approx(0.05), name
+
+
+@pytest.mark.parametrize("field", ["betas", "weight_decay"])
+def test_unset_betas_or_weight_decay_is_refused(field):
+    base = OuterOptimizersConfig()
+    with pytest.raises(ConfigError, match=f"train.{field} must be set"):
+        replace(base, train=replace(base.train, **{field: None})).check()
+
+
+def test_adamw_without_weight_decay_is_adam_step_for_step():
+    # why the study does not run AdamW by default (its weight decay is 0 for every optimizer)
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(4, 3, generator=gen)
+    grads = [torch.randn(4, 3, generator=gen) for _ in range(20)]
+    out = []
+    for cls in (torch.optim.Adam, torch.optim.AdamW):
+        w = torch.nn.Parameter(w0.clone())
+        opt = cls([w], lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        out.append(w.detach())
+    assert torch.equal(out[0], out[1])
+    assert not torch.equal(out[0], w0)
 
 
 def test_per_prompt_losses_of_the_pgd_construction_equal_the_reference_iteration(gen):

@@ -201,6 +201,16 @@ the longer schedule:
         f"{summary_verdicts.get('root_free_matches_root_based', '–')} (paired, above) | Lin et al. 2024: root-free "
         "matches root-based on transformers (large models) | – |"
     )
+    tr = cfg.train
+    recipe = (f"Shared by every optimizer: β = {tuple(tr.betas) if tr.betas else 'each optimizer’s default'} where "
+              "it takes β" + (f" (RF-RMSProp's `lr_cov` and SIRFShampoo's `beta2`, rates of the same horizon: "
+                              f"1 − β₂ = {1 - tr.betas[1]:g})" if tr.betas else "")
+              + f", weight decay {tr.weight_decay if tr.weight_decay is not None else 'each optimizer’s default'}"
+              + (" (the fixed points are the loss's minimisers, which the class optimum is)"
+                 if tr.weight_decay == 0 else " (a decay moves the fixed points away from the class optimum)") + ".")
+    names = [n for n, _ in cfg.base_lrs()]
+    if tr.weight_decay == 0 and "adamw" not in names and "adam" in names:
+        recipe += " AdamW is not run: at weight decay 0 it is Adam, step for step."
     text = f"""# outer_optimizers: outer optimizers for a {L}-layer LSA (issue #7)
 
 Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, Σ eigenvalues {cfg.prompt.eigenvalues} (the code's Σ = U D² Uᵀ of
@@ -213,6 +223,7 @@ held-out `val` batch ({cfg.train.eval_batch} prompts) is selected, and while it 
 one more rate past that edge (by the grid's ratio there) is run, at most {LR_EXTENSIONS} per optimizer: {edge_line}.
 Test MSE on {cfg.test_prompts} float64 `test` prompts per seed, which neither training nor selection saw; the class
 optimum on the same prompts. Target = {cfg.target_factor:g} × best mean final val MSE = **{fmt(target)}**.
+{recipe}
 
 ## Results (selected learning rates)
 
