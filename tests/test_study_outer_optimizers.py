@@ -20,8 +20,8 @@ from experiments.outer_optimizers import (
     per_prompt_losses,
     select_lr,
 )
-from icl.config import ConfigError
 from experiments.reporting import load_run
+from icl.config import ConfigError
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
 from learned_optimizers.constructions import preconditioned_gd_lsa

@@ -32,8 +32,9 @@ class OuterOptimizersConfig(StudyConfig):
             fixed point at the minimiser of the loss, which is what the class optimum is.
         optimizers: ``NAME=BASE_LR`` entries; the rates tried are BASE_LR × ``lr_grid`` × train.lr / 0.01 (the
             bases centre each grid on the rate the 4000-step development runs selected for seeds 0–2), plus up to
-            ``LR_EXTENSIONS`` rates past the edge the selected rate sits on. AdamW is not among the defaults: at
-            weight decay 0 it is Adam, step for step.
+            ``LR_EXTENSIONS`` rates past the edge the selected rate sits on. AdamW and ManifoldAdam are not among
+            the defaults: at weight decay 0 AdamW is Adam step for step, and ManifoldAdam on these Euclidean
+            parameters with the shared β is Adam too (tests/test_manifold_adam.py; identical losses here).
         lr_grid: multipliers of the base rates tried by the tuning runs.
         tune_steps: length of the tuning runs (at most ``train.steps``; the schedule of ``train`` compressed to this
             length). At ``train.steps`` (the default) the tuning runs are the reported runs: the rates are ranked at
@@ -53,15 +54,15 @@ class OuterOptimizersConfig(StudyConfig):
     model: LSAConfig = field(default_factory=lambda: LSAConfig(layers=3, mode="sparse", init_std=0.01))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=6000, batch_size=250, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0, schedule="cosine",
+            steps=8000, batch_size=250, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0, schedule="cosine",
             eval_every=100, eval_batch=4096, log_every=100,
         )
     )
     optimizers: tuple[str, ...] = (
-        "adam=0.1", "fadam=0.3", "rf_rmsprop=0.1", "rf_adamw=1.0", "sirfshampoo=0.01", "manifold_adam=0.1",
+        "adam=0.1", "fadam=0.3", "rf_rmsprop=0.1", "rf_adamw=1.0", "sirfshampoo=0.01",
     )  # fmt: skip
     lr_grid: tuple[float, ...] = spec((0.3, 1.0, 3.0), gt=0)
-    tune_steps: int = spec(6000, ge=1)
+    tune_steps: int = spec(8000, ge=1)
     target_factor: float = spec(1.1, gt=1)
     test_prompts: int = spec(20_000, ge=10)
     tune_prompts: int = spec(20_000, ge=2)

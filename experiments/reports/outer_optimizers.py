@@ -209,8 +209,12 @@ the longer schedule:
               + (" (the fixed points are the loss's minimisers, which the class optimum is)"
                  if tr.weight_decay == 0 else " (a decay moves the fixed points away from the class optimum)") + ".")
     names = [n for n, _ in cfg.base_lrs()]
-    if tr.weight_decay == 0 and "adamw" not in names and "adam" in names:
-        recipe += " AdamW is not run: at weight decay 0 it is Adam, step for step."
+    same = [label for n, label, why in (("adamw", "AdamW", tr.weight_decay == 0),
+                                        ("manifold_adam", "ManifoldAdam", tr.betas is not None))
+            if why and n not in names]  # fmt: skip
+    if same and "adam" in names:
+        recipe += (f" {' and '.join(same)} {'is' if len(same) == 1 else 'are'} not run: with these settings on the "
+                   "LSA's Euclidean weights " + ("it is" if len(same) == 1 else "each is") + " Adam, step for step.")
     text = f"""# outer_optimizers: outer optimizers for a {L}-layer LSA (issue #7)
 
 Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, Σ eigenvalues {cfg.prompt.eigenvalues} (the code's Σ = U D² Uᵀ of
