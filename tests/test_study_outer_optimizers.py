@@ -130,7 +130,7 @@ def test_outer_optimizers_quick(tmp_path):
     assert main(["run", "outer_optimizers", "--profile", "quick", "--out", str(out), "--quiet", *SMALL]) == 0
     for name in ("config.json", "results.csv", "summary.json", "report.md"):
         assert (out / name).is_file(), name
-    for stem in ("loss_vs_steps", "loss_vs_time"):
+    for stem in ("loss_vs_steps", "loss_vs_time", "gap_to_class_optimum"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
     summary = json.loads((out / "summary.json").read_text())

@@ -10,6 +10,8 @@ import numpy as np
 from experiments.convergence import class_gap
 from experiments.outer_optimizers import LR_EXTENSIONS, NAME, OPTIMUM, ROOT_BASED, ROOT_FREE, OuterOptimizersConfig
 from experiments.reporting import (
+    distinct_colours,
+    finish_axes,
     finish_report,
     fmt,
     markdown_table,
@@ -19,6 +21,7 @@ from experiments.reporting import (
     per_seed,
 )
 from experiments.reports.sweep import LABELS, best_final, curve_plot, sweep_table
+from icl.plotting import plt, save_figure, set_theme
 
 #: the Krylov bound and the tuned PGD are drawn as one line when they differ by less than this (relative)
 COINCIDE = 0.01
@@ -52,6 +55,39 @@ def tuning_table(rows, selected: dict[str, float]) -> list[list]:
         out.append([LABELS.get(name, name), f"{lr:g}", fmt(mean_log) if ok else "diverged",
                     ", ".join(fmt(x) for x in v), chosen])
     return out
+
+
+def gap_plot(gaps: dict[str, dict[int, object]], stem, tolerance: float, ref: str, title: str, caption: str) -> list:
+    """Every model's log gap to its class optimum: one column per optimizer (its colour), one marker per seed, the
+    class optimum at 0 and the convergence tolerance dashed."""
+    set_theme()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    names = list(gaps)
+    seeds = sorted({s for gs in gaps.values() for s in gs})
+    markers = ("o", "s", "^", "D", "v", "P", "X")
+    colours = distinct_colours(len(names))
+    plotted = [0.0, tolerance]
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        for j, s in enumerate(seeds):
+            g = gaps[name].get(s)
+            if g is None or not math.isfinite(g.gap):
+                continue
+            x = i + (j - (len(seeds) - 1) / 2) * 0.12
+            ax.plot([x], [g.gap], ls="none", marker=markers[j % len(markers)], color=colour, ms=6,
+                    markeredgecolor="black", markeredgewidth=0.4)
+            plotted.append(g.gap)
+    for j, s in enumerate(seeds):  # the seeds' markers in the legend, uncoloured (colour is the optimizer)
+        ax.plot([], [], ls="none", marker=markers[j % len(markers)], color="white", markeredgecolor="black",
+                markeredgewidth=0.6, ms=6, label=f"seed {s}")
+    ax.axhline(0.0, color="black", lw=1.0, label=f"{ref} (class optimum)")
+    ax.axhline(tolerance, color="black", lw=1.0, ls="--", label=f"tolerance +{tolerance:g}")
+    ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names], fontsize=8, rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel(f"log test MSE − log {ref}", fontsize=8)
+    finish_axes(ax, plotted)
+    ax.set_title(title, fontsize=9)
+    fig.text(0.01, -0.1, caption, fontsize=7, ha="left", va="top", wrap=True)  # below the rotated names
+    return save_figure(fig, stem)
 
 
 def report(run_dir) -> dict:
@@ -104,6 +140,11 @@ def report(run_dir) -> dict:
     figs += curve_plot(rows, methods, fig_dir / "loss_vs_time", x="wall", hlines=hl, title=title,
                        caption=cap + "; wall clock of a run that shared its machine: the optimizers' seconds are "
                        "comparable only if the load was even (finished.json records it)", ylim=window)  # fmt: skip
+
+    figs += gap_plot(gaps, fig_dir / "gap_to_class_optimum", cfg.class_tolerance, ref, title,
+                     f"log gap of every trained model (optimizer at its selected rate, one marker per seed) to {ref} "
+                     f"on the same {cfg.test_prompts} test prompts; below 0: the model beats the tuned reference on "
+                     f"these prompts; above the dashed line: flagged as not converged")  # fmt: skip
 
     def ci(t):
         m, lo, hi = t
@@ -267,7 +308,8 @@ context points, as the model does.
 {tuning}
 
 {longer_text}
-Figures: `figures/loss_vs_steps.png`, `figures/loss_vs_time.png` (the time axis is the mean over seeds of the
+Figures: `figures/gap_to_class_optimum.png` (every model's gap, per seed), `figures/loss_vs_steps.png`,
+`figures/loss_vs_time.png` (the time axis is the mean over seeds of the
 wall-clock seconds at each step, measured on a shared machine: compare ms/step only within one run).
 Rows: results.csv (columns `method` and `lr` name a run; curve metrics carry the step in `train_step`).
 """
