@@ -20,7 +20,7 @@ from experiments.reporting import (
     paired_verdict,
     per_seed,
 )
-from experiments.reports.sweep import LABELS, best_final, curve_plot, sweep_table
+from experiments.reports.sweep import LABELS, best_final, curve_plot, curves, sweep_table
 from icl.plotting import plt, save_figure, set_theme
 
 #: the Krylov bound and the tuned PGD are drawn as one line when they differ by less than this (relative)
@@ -55,6 +55,30 @@ def tuning_table(rows, selected: dict[str, float]) -> list[list]:
         out.append([LABELS.get(name, name), f"{lr:g}", fmt(mean_log) if ok else "diverged",
                     ", ".join(fmt(x) for x in v), chosen])
     return out
+
+
+#: mean curves within this factor of each other count as coinciding (said in the figures' captions)
+TOGETHER = 1.05
+
+
+def together_from(rows, methods: dict) -> int | None:
+    """The first evaluated step from which the seed-mean held-out curves of all ``methods`` stay within
+    :data:`TOGETHER` × of each other to the end (None: they do not, or fewer than two curves)."""
+    means = {}
+    for label, run in methods.items():
+        vals = curves(rows, run, "val_loss")
+        steps = sorted(set.intersection(*(set(v) for v in vals.values()))) if vals else []
+        means[label] = {t: float(np.mean([vals[s][t] for s in vals])) for t in steps}
+    if len(means) < 2:
+        return None
+    common = sorted(set.intersection(*(set(m) for m in means.values())))
+    start = None
+    for t in reversed(common):
+        vs = [m[t] for m in means.values()]
+        if not (min(vs) > 0 and max(vs) / min(vs) <= TOGETHER):
+            break
+        start = t
+    return start
 
 
 def gap_plot(gaps: dict[str, dict[int, object]], stem, tolerance: float, ref: str, title: str, caption: str) -> list:
@@ -119,8 +143,11 @@ def report(run_dir) -> dict:
     if not coincide and math.isfinite(kry_mean):
         hl[f"Σ⁻¹ Krylov bound, {L} steps"] = kry_mean
     seeds_txt = f"{len(cfg.seeds)} seed(s)"
-    cap = (f"held-out query MSE of each optimizer at its selected learning rate; mean over {seeds_txt}, band: 95% "
-           f"t-interval over seeds; horizontal lines: references (zero predictor {fmt(zero)}, off the axis)"
+    cap = (f"held-out query MSE (the `val` batch, {cfg.train.eval_batch} prompts per seed) of each optimizer at its "
+           f"selected learning rate; mean over {seeds_txt}, band: 95% t-interval over seeds; horizontal lines: "
+           f"references (zero predictor {fmt(zero)}, off the axis); the class optimum is on the {cfg.test_prompts} "
+           "test prompts, not the `val` batch, so the curves' distance to it is partly the prompt sets' difference "
+           "(the gaps on the same prompts: figures/gap_to_class_optimum.png)"
            + (f"; the Σ⁻¹ Krylov bound coincides with {ref} within {COINCIDE:.0%} and is not drawn"
               if coincide else ""))  # fmt: skip
     title = (f"{L}-layer {cfg.model.mode} LSA, d={cfg.prompt.d}, n={cfg.prompt.n}, non-isotropic Σ, "
@@ -132,6 +159,11 @@ def report(run_dir) -> dict:
     if window is not None:
         cap += (f"; y-axis cut at {fmt(window[1])} (10× the class optimum): earlier, higher values of the curves and "
                 "bands are off the axis")
+    joined = together_from(rows, methods)
+    if joined is not None:
+        cap += (f"; from step {joined} on, the mean curves of all {len(methods)} optimizers lie within "
+                f"{TOGETHER:g}× of each other (they coincide at this scale; figures/gap_to_class_optimum.png "
+                "separates their ends)")
     diverged = sorted({LABELS.get(r["method"], r["method"]) for r in rows if r["metric"] == "diverged"
                        and r["value"] > 0 and (r["method"], r["lr"]) in methods.values()})  # fmt: skip
     if diverged:
