@@ -167,3 +167,19 @@ def test_outer_optimizers_quick(tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == text
     assert "Root-free vs root-based" in text and "not converged" in text  # 40 steps: far from the optimum
+
+
+def test_together_from_is_the_first_step_after_which_every_mean_curve_stays_within_the_factor():
+    from experiments.reports.outer_optimizers import TOGETHER, together_from
+
+    def rows(method, values):
+        return [dict(method=method, lr=0.1, seed=s, metric="val_loss", train_step=t, value=v * (1 + 0.01 * s))
+                for s in (0, 1) for t, v in zip((100, 200, 300, 400), values)]  # fmt: skip
+
+    a = rows("a", [1.0, 0.5, 0.30, 0.20])
+    b = rows("b", [2.0, 0.3, 0.31, 0.2 * TOGETHER * 0.999])  # within the factor from step 300 on
+    methods = {"a": ("a", 0.1), "b": ("b", 0.1)}
+    assert together_from(a + b, methods) == 300
+    c = rows("c", [1.0, 0.5, 0.30, 0.2 * TOGETHER * 1.01])  # apart at the last step: never together
+    assert together_from(a + c, {"a": ("a", 0.1), "c": ("c", 0.1)}) is None
+    assert together_from(a, {"a": ("a", 0.1)}) is None  # one curve: nothing to coincide with
