@@ -118,6 +118,7 @@ from einops import einsum
 
 from experiments.common import RunContext, make_distribution, write_config
 from experiments.configs.manifold_icl import EIGENVALUES, METHODS, PROFILES, STANDARD_METHODS, ManifoldICLConfig  # noqa: F401  (re-exported)
+from experiments.convergence import tail_stats
 from experiments.optimizer_sweep import train_timed
 from experiments.registry import Study
 from experiments.results import Rows
@@ -186,9 +187,12 @@ def method_train_config(cfg: ManifoldICLConfig, method: str, lr: float, L: int) 
         return cfg.train.replace(optimizer="adamw", lr=lr, betas=cfg.reference_betas, weight_decay=0.0,
                                  clip="per_matrix", clip_value=0.01, schedule="step", halve_every=cfg.halve_every * L,
                                  steps=steps, plateau_patience=patience)  # fmt: skip
-    clip = ("global", 1.0) if method == "factorised_stiefel_adam" else ("none", 1.0)
-    return cfg.train.replace(lr=lr, schedule=cfg.constrained_schedule, halve_every=cfg.constrained_halve_every,
-                             clip=clip[0], clip_value=clip[1])  # fmt: skip
+    clip = ("global", 1.0) if method == "factorised_stiefel_adam" else ("none", 1.0) if method in SGD_TYPE \
+        else (cfg.constrained_clip, cfg.constrained_clip_value)  # fmt: skip
+    scale = L / cfg.constrained_depth_unit if cfg.constrained_depth_unit else 1.0
+    return cfg.train.replace(lr=lr, schedule=cfg.constrained_schedule, clip=clip[0], clip_value=clip[1],
+                             halve_every=max(1, round(cfg.constrained_halve_every * scale)),
+                             steps=max(1, round(cfg.train.steps * scale)))  # fmt: skip
 
 
 def seeds_of(cfg: ManifoldICLConfig, method: str) -> tuple[int, ...]:
@@ -239,13 +243,14 @@ def _fresh(cfg: ManifoldICLConfig, method: str, L: int, lr: float, device: Any, 
 
 def spectral_optimizer(cfg: ManifoldICLConfig, method: str, model, lr: float, streams: Streams):
     """The outer optimizer of a spectral model: U (its own learning rate) on Stiefel, the rest Euclidean."""
-    groups = model.param_groups(lr=lr * cfg.basis_lr_factor)
     seed = streams.seed_of("section")
-    if method == "spectral_projected_adam":
-        return ProjectedRiemannianAdam(groups, lr=lr)
     if method in SGD_TYPE:
+        groups = model.param_groups(lr=lr * cfg.basis_lr_factor)
         return ManifoldSGD(groups, lr=lr, momentum=0.9 if method == "spectral_manifold_momentum" else 0.0, seed=seed)
-    return ManifoldAdam(groups, lr=lr, seed=seed)
+    groups = model.param_groups(lr=lr * cfg.basis_lr_factor, betas=tuple(cfg.basis_betas or cfg.adam_betas))
+    if method == "spectral_projected_adam":
+        return ProjectedRiemannianAdam(groups, lr=lr, betas=tuple(cfg.adam_betas))
+    return ManifoldAdam(groups, lr=lr, betas=tuple(cfg.adam_betas), seed=seed)
 
 
 def spectral_monitor(model, dist) -> dict[str, float]:
@@ -408,7 +413,8 @@ def run(cfg: ManifoldICLConfig, ctx: RunContext) -> dict:
                 for (ref, ref_lr), ref_err in by_method.items():
                     if ref in REFERENCES and (method, lr) != (ref, ref_lr):
                         diff, se = log_gap(err, ref_err)
-                        for metric, value in (("gap_vs", diff), ("gap_vs_stderr", se)):
+                        trimmed = math.log(tail_stats(err).trimmed_mean) - math.log(tail_stats(ref_err).trimmed_mean)
+                        for metric, value in (("gap_vs", diff), ("gap_vs_stderr", se), ("gap_vs_trimmed", trimmed)):
                             rows.add(method, L, seed, metric, value, lr=lr, reference=ref, param=ref_lr)
         rows.write(ctx)
     from experiments.reports.manifold_icl import report  # the report module imports matplotlib

@@ -188,13 +188,14 @@ def sign_test(ratios: dict[int, float], kind: dict[int, str], seeds: list, want:
 
 
 def paired(tab: dict, tag: str, ref: str, L: int, target: float, want_ratio: float = 3.0,
-           no_worse_margin: float = 0.0) -> dict[str, Any]:  # fmt: skip
+           no_worse_margin: float = 0.0, statistic: str = "mean") -> dict[str, Any]:  # fmt: skip
     """The paired comparisons of ``tag`` with ``ref`` over seeds (:func:`paired_verdict`): the ratio ref/tag of
     steps (and wall and CPU seconds) to the target gap, claim "≥ ``want_ratio``× fewer" (a t-interval on the log
     ratios, censored seeds at their bound, see :func:`_censored`; a seed where only the reference came within
     the target makes "holds" at best "undecided"; beside it the censoring-proof :func:`sign_test`); the final test
     gap difference tag − ref, claims "lower" and "higher" (margin 0), and "no worse": the upper end of its 95%
-    interval ≤ ``no_worse_margin``."""
+    interval ≤ ``no_worse_margin``, on ``statistic`` of the per-prompt test errors (``mean``: log MSE;
+    ``trimmed_mean``: the ``gap_vs_trimmed`` rows); the other statistic's comparison is kept under ``beside``."""
     a, b = method_stats(tab, tag, L, target), method_stats(tab, ref, L, target)
     seeds = [s for s in a["seeds"] if s in b["seeds"]]
     out: dict[str, Any] = {"seeds": seeds}
@@ -207,10 +208,18 @@ def paired(tab: dict, tag: str, ref: str, L: int, target: float, want_ratio: flo
         out[key] = dict(verdict=faster, ratio=tuple(math.exp(x) for x in (faster.mean, faster.lo, faster.hi)),
                         censored=sum(k == "lower" for k in kind.values()), kind=kind, per_seed=per_seed,
                         sign=sign_test(per_seed, kind, seeds, want_ratio))  # fmt: skip
-    fa, fb = a["final_gaps"], b["final_gaps"]
-    out["lower"] = paired_verdict(fa, fb, "less")
-    out["higher"] = paired_verdict(fa, fb, "greater")
-    out["no_worse"] = paired_verdict(fa, fb, "greater", margin=no_worse_margin)  # "does not hold" = no worse
+    diffs = {"mean": {s: a["final_gaps"][s] - b["final_gaps"][s] for s in seeds},
+             "trimmed_mean": {s: tab[(tag, L)][s].get("gap_vs_trimmed:" + ref, math.nan) for s in seeds}}
+    zero = dict.fromkeys(seeds, 0.0)
+
+    def compare(d: dict[int, float]) -> dict[str, Any]:
+        return dict(lower=paired_verdict(d, zero, "less"), higher=paired_verdict(d, zero, "greater"),
+                    no_worse=paired_verdict(d, zero, "greater", margin=no_worse_margin), per_seed=d)  # fmt: skip
+
+    out.update(compare(diffs[statistic]))  # "no_worse": "does not hold" = no worse
+    out["statistic"] = statistic
+    other = "trimmed_mean" if statistic == "mean" else "mean"
+    out["beside"] = {**compare(diffs[other]), "statistic": other}
     out["no_worse_margin"] = no_worse_margin
     out["gap_vs_stderr"] = {s: tab[(tag, L)][s].get("gap_vs_stderr:" + ref, math.nan) for s in out["seeds"]}
     return out
@@ -218,7 +227,8 @@ def paired(tab: dict, tag: str, ref: str, L: int, target: float, want_ratio: flo
 
 def no_worse_word(p: dict) -> str:
     """'holds' when the upper end of the final-gap difference's interval is ≤ the margin (the claim 'higher by
-    more than the margin' rejected by the whole interval), 'does not hold' when its lower end is above it."""
+    more than the margin' rejected by the whole interval), 'does not hold' when its lower end is above it (``p``:
+    :func:`paired`'s answer, or its ``beside``)."""
     return {True: "does not hold", False: "holds"}.get(p["no_worse"].holds, "undecided")
 
 
@@ -240,16 +250,26 @@ def _ratio_text(p: dict, key: str, unit: str, want: float) -> str:
     return f"{size} {unit} over {v.count} seed(s) (≥ {want:g}× fewer: **{v.word}**{bound}{sign})"
 
 
+STATISTIC_TEXT = {"mean": "log MSE", "trimmed_mean": "log 5%-trimmed mean"}
+
+
+def _gap_text(p: dict, ref: str, role: str) -> str:
+    lower, higher = p["lower"], p["higher"]
+    word = "lower than" if lower.holds else "higher than" if higher.holds else "not distinguishable at 95% from"
+    return (f"final test {STATISTIC_TEXT[p['statistic']]} ({role}) {word} {ref}'s (Δ = {lower.mean:+.3g} "
+            f"[{lower.lo:+.3g}, {lower.hi:+.3g}] over {lower.count} seeds; 'no worse' (upper end ≤ "
+            f"{p['no_worse_margin']:+g}) **{no_worse_word(p)}**)")
+
+
 def verdict(name: str, ref: str, L: int, p: dict, target: float, want_ratio: float = 3.0) -> str:
     """A sentence computed from the paired verdicts (never hand-written)."""
     parts = [f"to the {target:g} gap: " + _ratio_text(p, "reach", "steps", want_ratio),
              _ratio_text(p, "cpu", "CPU seconds", want_ratio), _ratio_text(p, "secs", "wall seconds", want_ratio)]
-    lower, higher = p["lower"], p["higher"]
-    if higher.count:
-        word = "lower than" if lower.holds else "higher than" if higher.holds else "not distinguishable at 95% from"
-        parts.append(f"final test gap {word} {ref}'s (Δ log MSE = {lower.mean:+.3g} [{lower.lo:+.3g}, "
-                     f"{lower.hi:+.3g}] over {lower.count} seeds; 'no worse' (upper end ≤ "
-                     f"{p['no_worse_margin']:+g}) **{no_worse_word(p)}**)")  # fmt: skip
+    if p["higher"].count:
+        parts.append(_gap_text(p, ref, "the verdict's statistic"))
+        if p["beside"]["higher"].count:
+            parts.append("beside it (not the verdict): " + _gap_text({**p["beside"], "no_worse_margin":
+                                                                      p["no_worse_margin"]}, ref, "reported beside"))
     return f"L = {L}, {name} vs {ref}: " + "; ".join(parts) + "."
 
 
@@ -361,7 +381,8 @@ def report(run_dir) -> dict:
             for name, tag in chosen.items():
                 if name in REFERENCES:
                     continue
-                p = paired(tab, tag, ref, L, target, no_worse_margin=cfg.no_worse_margin)
+                p = paired(tab, tag, ref, L, target, no_worse_margin=cfg.no_worse_margin,
+                           statistic=cfg.no_worse_statistic)  # fmt: skip
                 verdicts.append(verdict(name, ref_name, L, p, target))
                 summary_rows[f"{name}/L{L}"][f"vs_{ref_name}"] = dict(
                     steps_ratio=p["reach"]["ratio"], steps_verdict=p["reach"]["verdict"].word,
@@ -369,7 +390,12 @@ def report(run_dir) -> dict:
                     censored=p["reach"]["censored"], steps_sign_test=p["reach"]["sign"],
                     cpu_ratio=p["cpu"]["ratio"], wall_ratio=p["secs"]["ratio"],
                     gap_difference=(p["lower"].mean, p["lower"].lo, p["lower"].hi),
-                    no_worse=no_worse_word(p), no_worse_margin=p["no_worse_margin"])  # fmt: skip
+                    gap_difference_per_seed=p["per_seed"], no_worse=no_worse_word(p),
+                    no_worse_margin=p["no_worse_margin"], no_worse_statistic=p["statistic"],
+                    beside={p["beside"]["statistic"]: dict(
+                        gap_difference=(p["beside"]["lower"].mean, p["beside"]["lower"].lo, p["beside"]["lower"].hi),
+                        gap_difference_per_seed=p["beside"]["per_seed"],
+                        no_worse=no_worse_word({**p["beside"], "no_worse_margin": p["no_worse_margin"]}))})  # fmt: skip
     figs += _plot_angles(tab, sel, cfg.depths, run_dir / "figures" / "principal_angles")
     table = markdown_table(
         ["L", "method", "lr", "reached", f"steps to gap {target:g}", "steps to stay within",
