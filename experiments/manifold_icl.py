@@ -113,12 +113,14 @@ is the reference; its plateau rule counts its patience in steps per layer (L·``
 at L = 4: two halvings), which these descents do not trigger. pgd_depth's converged L = 4 sparse models (20,000
 steps, batch 2048 reused for 100 steps) ended at +0.056, −0.112, +0.078: within 0.1 of tuned PGD, as noisy.
 
-Newcomer check (seeds never used in development, 23 and 31; ``--profile standard --set "seeds=(23,31)" --set
-"methods=(spectral_manifold_adam,unconstrained_adam)" --set "depths=(3,4)"``, the standard recipe; 214 s CPU): the
-spectral model came within 0.05 at steps 300, 300 (L = 3) and 600, 700 (L = 4), the unconstrained one at 1100,
-1900 and 2400, 2500: every per-seed step ratio ≥ 3 (3.7, 6.3; 4.0, 3.6), final test gaps spectral 0.002, 0.002;
-0.027, 0.001 against 0.009, 0.011; 0.059, 0.069. With two seeds no interval decides; the direction agrees with
-the standard run.
+Newcomer check (seeds never used in development, 23 and 31; ``--profile standard --set "side_seeds=None" --set
+"seeds=(23,31)" --set "methods=(spectral_manifold_adam,unconstrained_adam)" --set "depths=(3,4)"``, the standard
+recipe with the per-matrix clip and 100-step halving; 206 s CPU): the spectral model came within 0.05 at steps 200,
+200 (L = 3) and 300, 700 (L = 4), the unconstrained one at 1100, 1700 and 4800, 2500: every per-seed step ratio ≥ 3
+(5.5, 8.5; 16, 3.6); final test gaps spectral 0.003, 0.009; 0.043, 0.044 against 0.011, 0.024; 0.101, 0.047 (Δ
+−0.008, −0.015; −0.058, −0.003). With two seeds no interval decides; the direction agrees with the standard run.
+(The same check under the former recipe, no clip and 200-step halving: steps 300, 300 and 600, 700 against 1100,
+1900 and 2400, 2500.)
 
 Profiles: ``quick`` (a test: depth 2, one seed, 60 steps); ``standard`` (seeds 0–4 for the headline pair at
 depths 1–4, the other methods at L = 3 on seeds 0–2; 1,000 steps for the constrained models, at most 2,000·L for
