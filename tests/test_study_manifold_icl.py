@@ -176,3 +176,55 @@ def test_the_unconstrained_seeds_train_together_and_side_methods_run_on_side_see
     # one stacked run: both seeds read the same clock at the same step, each its half of it
     assert cpu[0] and cpu[1] and 0 < cpu[0][0] and abs(cpu[0][0] - cpu[1][0]) < 0.1 * cpu[0][0]
     assert (out / "checkpoints" / "unconstrained_adam@0.05-L2-s1.pt").is_file()
+
+
+def test_the_constrained_recipe_clips_the_adam_type_methods_and_scales_with_depth_only_when_asked():
+    cfg = ManifoldICLConfig()
+    for method in ("spectral_manifold_adam", "spectral_projected_adam", "cgd_spectral_manifold_adam"):
+        t = method_train_config(cfg, method, 0.03, 4)
+        assert (t.clip, t.clip_value, t.halve_every, t.steps) == ("per_matrix", 0.01, 100, cfg.train.steps), method
+    for method in ("spectral_manifold_sgd", "spectral_manifold_momentum"):  # a clip would rescale an SGD step
+        assert method_train_config(cfg, method, 0.3, 4).clip == "none", method
+    assert method_train_config(cfg, "factorised_stiefel_adam", 0.03, 4).clip == "global"
+    scaled = cfg.replace(constrained_depth_unit=2, constrained_halve_every=150)
+    for L, (steps, halve) in {1: (500, 75), 3: (1500, 225), 4: (2000, 300)}.items():
+        t = method_train_config(scaled.replace(train=scaled.train.replace(steps=1000)), "spectral_manifold_adam",
+                                0.03, L)  # fmt: skip
+        assert (t.steps, t.halve_every) == (steps, halve), L
+
+
+def test_the_basis_gets_its_own_betas_and_learning_rate():
+    from experiments.manifold_icl import build
+    from icl.seeding import Streams
+
+    cfg = ManifoldICLConfig(basis_lr_factor=0.5, adam_betas=(0.8, 0.95), basis_betas=(0.9, 0.999))
+    cfg = cfg.replace(train=cfg.train.replace(dtype="float64"))
+    for method in ("spectral_manifold_adam", "spectral_projected_adam"):
+        _, opt, _ = build(cfg, method, 2, 0.02, Streams(0, "cpu"), "cpu")
+        basis = [g for g in opt.param_groups if g.get("manifold") == "stiefel"]
+        rest = [g for g in opt.param_groups if g.get("manifold") != "stiefel"]
+        assert basis and rest, method
+        assert all(g["betas"] == (0.9, 0.999) and g["lr"] == 0.01 for g in basis), method
+        assert all(g["betas"] == (0.8, 0.95) and g["lr"] == 0.02 for g in rest), method
+    _, opt, _ = build(cfg.replace(basis_betas=None), "spectral_manifold_adam", 2, 0.02, Streams(0, "cpu"), "cpu")
+    assert all(g["betas"] == (0.8, 0.95) for g in opt.param_groups)
+
+
+def test_no_worse_is_decided_on_the_configured_statistic_and_the_other_is_only_beside_it():
+    steps = range(100, 600, 100)
+    curve = {s: {t: 0.01 for t in steps} for s in range(5)}
+    ref_final = dict.fromkeys(range(5), 0.02)
+    # the mean says "much worse" on every seed (a heavy-tailed test set), the trimmed mean says "equal"
+    tab = _tab({"m@1": curve, "ref@1": curve}, {"m@1": {s: 0.12 + 0.001 * s for s in range(5)}, "ref@1": ref_final})
+    for s in range(5):
+        tab[("m@1", 3)][s]["gap_vs_trimmed:ref@1"] = 0.001 * (s - 2)
+    on_mean = paired(tab, "m@1", "ref@1", 3, 0.05, no_worse_margin=0.01)
+    assert on_mean["statistic"] == "mean" and no_worse_word(on_mean) == "does not hold"
+    assert abs(on_mean["lower"].mean - 0.102) < 1e-12
+    assert on_mean["beside"]["statistic"] == "trimmed_mean" and abs(on_mean["beside"]["lower"].mean) < 1e-12
+    text = verdict("m", "ref", 3, on_mean, 0.05)
+    assert "final test log MSE (the verdict's statistic) higher than ref's" in text
+    assert "beside it (not the verdict): final test log 5%-trimmed mean (reported beside)" in text
+    on_trim = paired(tab, "m@1", "ref@1", 3, 0.05, no_worse_margin=0.01, statistic="trimmed_mean")
+    assert no_worse_word(on_trim) == "holds" and on_trim["beside"]["statistic"] == "mean"
+    assert "final test log 5%-trimmed mean (the verdict's statistic)" in verdict("m", "ref", 3, on_trim, 0.05)

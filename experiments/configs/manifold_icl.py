@@ -42,8 +42,16 @@ class ManifoldICLConfig(StudyConfig):
         adam_lrs, unconstrained_lrs, sgd_lrs: learning-rate grids of the Adam-type spectral methods, the
             unconstrained model and the SGD-type methods.
         basis_lr_factor: U's learning rate relative to the spectra's (the spectral methods).
+        adam_betas: (β₁, β₂) of the Adam-type spectral methods (ManifoldAdam's default (0.9, 0.99)).
+        basis_betas: U's own (β₁, β₂) (None: ``adam_betas``).
         constrained_schedule, constrained_halve_every: the learning-rate schedule of every method but the
             unconstrained one (``step``: halved every ``constrained_halve_every`` steps).
+        constrained_depth_unit: ``train.steps`` and ``constrained_halve_every`` are those of a model of this depth;
+            a depth-L constrained model trains L/constrained_depth_unit times the steps with that times the halving
+            period (as the unconstrained recipe scales its cap and halving with L); 0: the same at every depth.
+        constrained_clip, constrained_clip_value: the gradient clipping of the Adam-type spectral methods (the
+            engine's ``clip``/``clip_value``; default per-matrix 0.01 as in the unconstrained recipe; the SGD-type
+            methods are not clipped, a clip would rescale their step; the factorised row keeps its global clip 1.0).
         side_depths: the depths at which the methods other than the headline pair (``spectral_manifold_adam`` and
             the unconstrained recipes) run; None: every depth.
         spectrum: the spectra's storage, ``linear`` (s) or ``log`` (s = exp(θ)).
@@ -63,6 +71,9 @@ class ManifoldICLConfig(StudyConfig):
         side_seeds: the seeds on which the methods other than the headline pair run (None: every seed).
         no_worse_margin: "no worse" final gap: the upper end of the paired 95% interval of (method −
             unconstrained) log test MSE is ≤ this.
+        no_worse_statistic: the statistic of the per-prompt test errors that the "no worse" verdict compares,
+            fixed before a run: ``mean`` (the MSE) or ``trimmed_mean`` (``experiments.convergence.TRIM`` cut at
+            each end); the other one is reported beside it, never in its place.
         factorised_key_size: k of the factorised St(k, d+1) row.
         gap_target: the gap in log MSE to Σ⁻¹-PGD that counts as reached.
         monitor_every: steps between constraint/angle read-outs.
@@ -84,8 +95,13 @@ class ManifoldICLConfig(StudyConfig):
     unconstrained_lrs: tuple[float, ...] = spec((0.05,), gt=0)
     sgd_lrs: tuple[float, ...] = spec((0.3,), gt=0)
     basis_lr_factor: float = spec(1.0, gt=0)
+    adam_betas: tuple[float, float] = spec((0.9, 0.99), ge=0, lt=1)
+    basis_betas: tuple[float, float] | None = spec(None, ge=0, lt=1)
     constrained_schedule: str = spec("step", choices=("constant", "step", "cosine"))
-    constrained_halve_every: int = spec(200, ge=1)
+    constrained_halve_every: int = spec(100, ge=1)
+    constrained_clip: str = spec("per_matrix", choices=("none", "global", "per_matrix"))
+    constrained_depth_unit: int = spec(0, ge=0)
+    constrained_clip_value: float = spec(0.01, gt=0)
     side_depths: tuple[int, ...] | None = spec(None, ge=1)
     spectrum: str = spec("log", choices=("linear", "log"))
     spectrum_init: float = spec(0.3, ge=0)
@@ -96,6 +112,7 @@ class ManifoldICLConfig(StudyConfig):
     reference_patience: int = spec(1000, ge=0)
     side_seeds: tuple[int, ...] | None = spec(None, ge=0)
     no_worse_margin: float = spec(0.01, ge=0)
+    no_worse_statistic: str = spec("mean", choices=("mean", "trimmed_mean"))
     factorised_key_size: int = spec(5, ge=1)
     gap_target: float = spec(0.05, gt=0)
     monitor_every: int = spec(100, ge=1)
@@ -123,8 +140,8 @@ PROFILES = {
               "test_prompts": 2000, "tune_prompts": 2000, "halve_every": 15, "constrained_halve_every": 20,
               "checkpoint_every": 60},
     "standard": {"seeds": (0, 1, 2, 3, 4), "side_seeds": (0, 1, 2), "side_depths": (3,), "methods": STANDARD_METHODS,
-                 "test_prompts": 20_000, "tune_prompts": 10_000},
-    "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 3000, "constrained_halve_every": 500,
+                 "test_prompts": 100_000, "tune_prompts": 10_000, "train.eval_batch": 16_384},
+    "paper": {"seeds": (0, 1, 2, 3, 4), "train.steps": 3000, "constrained_halve_every": 300,
               "reference_steps": 5000, "halve_every": 500, "reference_patience": 2500, "checkpoint_every": 2000,
               "adam_lrs": (0.01, 0.03, 0.1), "unconstrained_lrs": (0.02, 0.05, 0.1), "sgd_lrs": (0.01, 0.03, 0.1, 0.3)},
 }  # fmt: skip
