@@ -218,7 +218,7 @@ LOCK_NAME = ".lock"
 #: what runs write at the top of a run directory; ``--overwrite`` deletes these and nothing else
 RUN_ENTRIES = frozenset(
     {"config.json", "results.csv", "summary.json", "report.md", "train_log.csv", "checkpoint.pt", "checkpoints",
-     "figures", "finished.json", "train_logs", "tensorboard", "wandb", LOCK_NAME}
+     "figures", "finished.json", "train_logs", "models", "tensorboard", "wandb", LOCK_NAME}
 )  # fmt: skip
 RUN_SUFFIXES = (".csv", ".json", ".md", ".pt", ".tmp")
 

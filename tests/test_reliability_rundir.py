@@ -88,6 +88,8 @@ def test_overwrite_leaves_nothing_of_the_old_run(tmp_path, capsys):
         (run / name).write_text("old")
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "lsa-s0.pt").write_bytes(b"old")
+    (run / "models").mkdir()  # a committed run's model files (their absence from RUN_ENTRIES refused this run)
+    (run / "models" / "lsa-s0.pt").write_bytes(b"old")
     (run / "figures").mkdir()
     (run / "figures" / "old.png").write_bytes(b"old")
     args = ["run", "quickstart", "--out", str(run), "--overwrite", "--set", "train.steps=8", *TINY]
