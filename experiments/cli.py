@@ -85,7 +85,9 @@ def build_parser(sweeps: bool = True) -> argparse.ArgumentParser:
         metavar="STEP",
         help="checkpoint and stop at this training step, as an interruption would (continue with --resume)",
     )
-    report = sub.add_parser("report", help="re-render a run's figures and report.md from its results.csv")
+    report = sub.add_parser(
+        "report", help="re-render a run's figures and report.md from its results.csv (and write missing model files)"
+    )
     report.add_argument("run_dir", type=Path)
     report.add_argument(
         "--partial",
@@ -280,7 +282,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         ok = False
     if not ok:
         raise ConfigError(f"{run_dir} is not a run directory (needs config.json and results.csv)")
-    from experiments.rundir import completeness, config_of, mark_incomplete, saved_config
+    from experiments.rundir import completeness, config_of, export_models, mark_incomplete, saved_config
     from experiments.runlock import lock_run_dir
     from icl.runio import RunDirError, read_json_file
 
@@ -305,7 +307,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         if problems:
             mark_incomplete(run_dir / "report.md", problems)
             print(f"warning: INCOMPLETE run: {'; '.join(problems)}", file=sys.stderr)
+        exported = export_models(run_dir)
     print(f"re-rendered {run_dir / 'report.md'} and {run_dir / 'figures'}")
+    if exported:
+        print(f"wrote {len(exported)} model files missing from {run_dir / 'models'}")
     return 0
 
 

@@ -72,12 +72,14 @@ class RunContext:
         return self.out_dir / "checkpoint.pt"
 
     def store(self, cfg: Config, checkpoint_every: int | None = None, file: Path | None = None) -> RunStore:
-        """Where :func:`icl.training.fit` keeps this run's checkpoints (``checkpoints/``) and training logs
-        (``train_logs/``), with the run's resume flag and ``stop_after``."""
+        """Where :func:`icl.training.fit` keeps this run's checkpoints (``checkpoints/``), training logs
+        (``train_logs/``) and trained models' files (``models/``), with the run's resume flag and
+        ``stop_after``."""
         every = checkpoint_every if checkpoint_every is not None else getattr(cfg, "checkpoint_every", 1000)
         return RunStore(dir=self.out_dir / "checkpoints", experiment=self.name, config=cfg, resume=self.resume,
                         stop_after=self.stop_after, checkpoint_every=every, train_logs=self.out_dir / "train_logs",
-                        log=self.print, file=file, tracker=self.tracker, on_trained=self.model_done)  # fmt: skip
+                        models=self.out_dir / "models", log=self.print, file=file, tracker=self.tracker,
+                        on_trained=self.model_done)  # fmt: skip
 
 
 def write_config(ctx: RunContext, cfg: Config, streams: Streams) -> Path:

@@ -25,7 +25,7 @@ from typing import Any
 
 from icl.config import Config, ConfigError
 from icl.runio import RunDirError, atomic_write_bytes, read_json_file, read_results, write_json
-from icl.training.checkpoint import RESUME_ADJUSTABLE, RESUME_INDIFFERENT
+from icl.training.checkpoint import RESUME_ADJUSTABLE, RESUME_INDIFFERENT, export_checkpoint
 
 FINISHED = "finished.json"
 
@@ -126,6 +126,21 @@ def _show(v: Any) -> str:
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_models(run_dir: Path) -> list[Path]:
+    """Write ``models/{tag}-s{seed}.pt`` for every one-seed checkpoint under ``checkpoints/`` whose model file is
+    missing (a run from before model files existed); a seed batch's unfinished checkpoint has none. Returns the
+    files written."""
+    ckpts = run_dir / "checkpoints"
+    written = []
+    for src in sorted(ckpts.glob("*.pt")) if ckpts.is_dir() else []:
+        dst = run_dir / "models" / src.name
+        if src.name.endswith("-batch.pt") or dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        written.append(export_checkpoint(src, dst))
+    return written
 
 
 def clear_finished(run_dir: Path) -> None:

@@ -36,7 +36,8 @@ def load_model(path: str | os.PathLike, seed: int | None = None, map_location: s
     """The trained model of a checkpoint, rebuilt from the model spec the checkpoint stores (no outside state).
 
     Args:
-        path: a checkpoint written by training (``checkpoints/{tag}-s{seed}.pt`` of a study, ``checkpoint.pt``).
+        path: a model file (``models/{tag}-s{seed}.pt`` of a study: weights, spec, config and a summary of the
+            run) or a checkpoint written by training (``checkpoints/{tag}-s{seed}.pt``, ``checkpoint.pt``).
         seed: which seed's model, for a checkpoint of several seeds (default: the first).
         map_location: where to put the weights.
 

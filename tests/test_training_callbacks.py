@@ -205,3 +205,48 @@ def test_a_seed_batch_plateaus_only_when_every_seed_has():
     for losses in ([1.0, 0.4], [1.0, 0.4]):
         rule.on_eval(trainer, losses)
     assert rule.waited == [4, 2] and len(trainer.reasons) == 1 and trainer.reasons[0].startswith("plateau")
+
+
+def test_a_trained_model_gets_a_model_file_of_kilobytes_that_load_model_rebuilds(tmp_path):
+    """#13 item 10: every trained seed gets ``models/{tag}-s{seed}.pt`` (config, spec, weights, the run's summary;
+    no optimizer state or step rows), which loads with ``weights_only`` and rebuilds the trained model exactly;
+    a resume that finds the models trained, or ``experiments report`` (:func:`export_models`), writes it again
+    where it is missing; a seed batch's checkpoint can not be exported as one model."""
+    from experiments.rundir import export_models
+    from icl.runio import CheckpointError
+    from icl.training import checkpoint
+    from learned_optimizers import load_model
+
+    cfg = TrainConfig(steps=40, batch_size=16, eval_batch=32, eval_every=10, log_every=5)
+    store = RunStore(tmp_path / "checkpoints", "t", QuickstartConfig(), models=tmp_path / "models")
+    fitted = fit(SPEC, law, cfg, [0, 1], store=store, tag="lsa", quiet=True)
+    for run in fitted.runs:
+        path = tmp_path / "models" / f"lsa-s{run.seed}.pt"
+        full = tmp_path / "checkpoints" / f"lsa-s{run.seed}.pt"
+        assert path.stat().st_size * 4 < full.stat().st_size
+        saved = torch.load(path, weights_only=True)
+        assert saved["format"] == checkpoint.MODEL_FORMAT and "trainer" not in saved
+        assert saved["seeds"] == [run.seed] and saved["summary"]["step"] == 40
+        assert saved["summary"]["last_loss"] == run.history.last_loss
+        assert saved["summary"]["evals"] == run.history.evals
+        model = load_model(path)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), run.model.state_dict().values()))
+        again = torch.load(checkpoint.export_checkpoint(full, tmp_path / "again.pt"), weights_only=True)
+        assert torch.equal(again["models"][0]["A"], saved["models"][0]["A"]) and again["summary"] == saved["summary"]
+    (tmp_path / "models" / "lsa-s0.pt").unlink()  # a run from before model files: `experiments report` writes it
+    assert export_models(tmp_path) == [tmp_path / "models" / "lsa-s0.pt"] and export_models(tmp_path) == []
+    assert torch.equal(torch.load(tmp_path / "models" / "lsa-s0.pt", weights_only=True)["models"][0]["A"],
+                       fitted.runs[0].model.A.detach())  # fmt: skip
+    (tmp_path / "models" / "lsa-s1.pt").unlink()
+    store.resume = True
+    fit(SPEC, law, cfg, [0, 1], store=store, tag="lsa", quiet=True)
+    assert torch.equal(torch.load(tmp_path / "models" / "lsa-s1.pt", weights_only=True)["models"][0]["A"],
+                       fitted.runs[1].model.A.detach())  # fmt: skip
+    store = RunStore(tmp_path / "batch", "t", QuickstartConfig(), stop_after=20)
+    with pytest.raises(TrainingInterrupted):
+        fit(SPEC, law, cfg, [0, 1], store=store, tag="lsa", quiet=True)
+    with pytest.raises(CheckpointError, match="one seed"):
+        checkpoint.export_checkpoint(tmp_path / "batch" / "lsa-s0-1-batch.pt", tmp_path / "x.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        checkpoint.export_checkpoint(tmp_path / "bad.pt", tmp_path / "x.pt")

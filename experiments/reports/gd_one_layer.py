@@ -131,6 +131,12 @@ def report(run_dir: str | Path) -> dict:
                 f"the implicit models' cosine similarity is below {COSINE_THRESHOLD:g} in some seed (min "
                 f"{fmt(min(cos.values(), default=math.nan))}): no GD step matches")  # fmt: skip
     paper_steps = PROFILES["paper"].get("train.steps", cfg.train.steps)
+    if cfg.train.steps == 50_000:
+        steps_line = ("A cap of 50,000 training steps, their notebook's `training_steps`; the plateau rule above "
+                      "may stop ours earlier.")
+    else:
+        steps_line = (f"At most {cfg.train.steps:,} training steps (`{cfg.profile}` profile) instead of their 50,000; "
+                      f"the `paper` profile's cap is {paper_steps:,}.")
     ood_rel = [abs(r[1] / r[2] - 1) for r in ood_table if r[2] and math.isfinite(r[1] / r[2])]
     ood_max = max(ood_rel) if ood_rel else float("nan")
     text = f"""# gd_one_layer: one trained LSA layer vs one step of gradient descent (von Oswald et al. 2023)
@@ -165,8 +171,7 @@ text's U(−1, 1).
 so our W_P = η·I (same function). (2) Interpolation acts on the products W_KQ = W_KᵀW_Q and W_PV = W_P W_V after the
 β-alignment: interpolating the four factors separately is not meaningful because W_K → M W_K, W_Q → M⁻ᵀW_Q leaves the
 model unchanged for any invertible M. (3) Initialisation N(0, {cfg.model.init_std}²) per entry instead of Haiku's
-truncated normal with std 0.002/K; no token clipping (one layer). (4) At most {cfg.train.steps} training steps
-(`{cfg.profile}` profile) instead of their 50,000; the `paper` profile's cap is {paper_steps:,}.
+truncated normal with std 0.002/K; no token clipping (one layer). (4) {steps_line}
 
 ## Out-of-distribution inputs x ~ U(−a, a) (½·MSE; trained at a = {a0}; η fixed at its a = {a0} value)
 

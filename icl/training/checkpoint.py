@@ -5,6 +5,12 @@ config and constraints: nanoGPT's ``model_args``, from which :func:`learned_opti
 model with no outside state), the optimizer spec, each seed's weights (``models``) and the trainer's exact state
 (``trainer``: step, optimizer states, generator states, histories, callback states). Files are written
 atomically with a checksum (:func:`icl.runio.save_checkpoint`).
+
+A checkpoint resumes training, so it holds the optimizer moments and every step's history row (hundreds of
+kilobytes per model). When a model is trained, :func:`export` also writes its *model file*: the config, the model
+spec, the weights and a summary of the run (steps, last loss, held-out evaluations, events), kilobytes, which
+:func:`learned_optimizers.load_model` rebuilds like a checkpoint. Committed study runs keep the model files
+(``results/NAME/models/``), not the checkpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from icl.training.specs import ModelSpec
 
 CHECKPOINT_FORMAT = "icl-optimizers/2"
 CHECKPOINT_KEYS = ("format", "config", "models", "trainer")
+MODEL_FORMAT = "icl-optimizers/model-1"
 
 #: config fields (by their last name) that choose how a run is computed, not what: a checkpoint written with
 #: another value of them resumes (the numbers then differ from an uninterrupted run only by float rounding)
@@ -58,6 +65,47 @@ def save(path: Path, experiment: str, cfg: Config, trainer: Trainer, state: Mapp
          **extra: Any) -> Path:  # fmt: skip
     """Atomically write the checkpoint of ``trainer`` to ``path``."""
     return save_checkpoint(path, payload(experiment, cfg, trainer, state, **extra))
+
+
+def model_file(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The model file of one seed's checkpoint (:func:`payload` form): everything but the trainer state, with
+    the run's summary (``step``, ``last_loss``, ``evals``, ``events``, ``stopped``) in its place."""
+    if len(ckpt["models"]) != 1:
+        raise ValueError(f"a model file holds one seed; the checkpoint holds {len(ckpt['models'])}")
+    state, hist = ckpt["trainer"], ckpt["trainer"]["histories"][0]
+    rows = hist["rows"]
+    summary = {
+        "step": int(state["step"]),
+        "last_loss": float(rows[-1]["loss"]) if rows else float("nan"),
+        "evals": [dict(e) for e in hist["evals"]],
+        "events": [dict(e) for e in hist.get("events", [])],
+        "stopped": dict(state["stopped"]) if state.get("stopped") else None,
+    }
+    keep = ("experiment", "config", "model_spec", "optimizer_spec", "seeds", "models")
+    return {"format": MODEL_FORMAT, **{k: ckpt[k] for k in keep if k in ckpt}, "summary": summary}
+
+
+def export(path: Path, experiment: str, cfg: Config, trainer: Trainer, s: int = 0) -> Path:
+    """Atomically write seed index ``s``'s model file (:func:`model_file`) to ``path``."""
+    state = trainer.seed_state_dict(s) if trainer.S > 1 else None
+    return save_checkpoint(path, model_file(payload(experiment, cfg, trainer, state)))
+
+
+def export_checkpoint(src: Path, dst: Path) -> Path:
+    """Write the model file of the one-seed checkpoint ``src`` to ``dst`` (a committed run's checkpoints
+    turned into model files without training again).
+
+    Raises:
+        CheckpointError: ``src`` is not a readable one-seed checkpoint of this format.
+    """
+    ckpt = load_checkpoint(src, required=CHECKPOINT_KEYS)
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {src} has format {ckpt['format']!r}; this version reads "
+                              f"{CHECKPOINT_FORMAT!r}")  # fmt: skip
+    try:
+        return save_checkpoint(dst, model_file(ckpt))
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"checkpoint {src} can not be exported ({type(e).__name__}: {e})") from None
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -52,6 +52,8 @@ class RunStore:
         stop_after: stop (checkpointed, :class:`TrainingInterrupted`) at this step; None: train to the end.
         checkpoint_every: steps between checkpoints.
         train_logs: the directory of the ``{tag}-s{seed}.csv`` training logs (None: not written).
+        models: the directory of the trained models' ``{tag}-s{seed}.pt`` model files
+            (:func:`~icl.training.checkpoint.export`: weights, spec, config and a summary; None: not written).
         log: where progress lines go.
         file: the checkpoint file of a one-seed run, instead of ``dir/{tag}-s{seed}.pt``.
         tracker: the run's experiment tracker (:mod:`icl.tracking`), sent every model's numbers through
@@ -67,6 +69,7 @@ class RunStore:
     stop_after: int | None = None
     checkpoint_every: int = 1000
     train_logs: Path | None = None
+    models: Path | None = None
     log: Callable[[str], Any] = print
     file: Path | None = None
     tracker: Any = None
@@ -271,6 +274,12 @@ def _fit(
         store.train_logs.mkdir(parents=True, exist_ok=True)
         for st, hist in zip(streams, trainer.histories):
             write_csv(store.train_logs / f"{tag}-s{st.seed}.csv", hist.table(), TRAIN_LOG_COLUMNS)
+    if store.models is not None:
+        for s, st in enumerate(streams):
+            out = store.models / f"{tag}-s{st.seed}.pt"
+            if not done_before or not out.exists():
+                out.parent.mkdir(parents=True, exist_ok=True)
+                checkpoint.export(out, store.experiment, store.config, trainer, s)
     if trainer.S > 1 and not done_before:
         store.log(f"{tag}: seeds {', '.join(str(s) for s in trainer.seeds)} trained together ({wall:.0f}s)")
     return _result(trainer, reader, wall, None)
