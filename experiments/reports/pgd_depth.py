@@ -195,6 +195,31 @@ def report(run_dir: str | Path) -> dict:
             who_table.append((LABELS[method], L, s, fmt(worst[s], 3), fmt(own_ref, 3), f"{ratio:+.3g}",
                               fmt(seeds_of(method, L, "worst_own_share").get(s, math.nan), 2),
                               fmt(ref_w, 3), fmt(ref_own, 3)))  # fmt: skip
+    diagnosis = []  # each flagged model: is the typical prompt far too, or only the tail, and whose tail is it?
+    for m, L, s, g in flagged:
+        ref = CLASS_OPTIMUM[m]
+        def at(method: str, metric: str, log: bool = False, L: int = L, s: int = s) -> float:
+            return seeds_of(method, L, metric, log=log).get(s, math.nan)
+
+        trim = at(m, "trimmed_mean", True) - at(ref, "trimmed_mean", True)
+        med = at(m, "median", True) - at(ref, "median", True)
+        own, own_ref, share = at(m, "worst_own"), at(m, "worst_own_reference"), at(m, "worst_own_share")
+        ratio = math.log(own / own_ref) if own > 0 and own_ref > 0 else math.nan
+        head = f"{LABELS[m]} L = {L} seed {s} (gap of means {g.gap:+.3g})"
+        if trim > g.tolerance or med > g.tolerance:
+            diagnosis.append(f"{head}: the typical prompt is far too (gap of trimmed means {trim:+.3g}, of medians "
+                             f"{med:+.3g}): not converged")  # fmt: skip
+        elif ratio > math.log(10):
+            diagnosis.append(f"{head}: within {g.tolerance:g} on the typical prompt (gap of trimmed means {trim:+.3g}, "
+                             f"of medians {med:+.3g}); the gap of means is the learned model's own tail: its worst "
+                             f"{tail_pct} of the prompts carry {share:.0%} of its mean loss, and there its loss is "
+                             f"e^{ratio:.3g} times the reference's")  # fmt: skip
+        else:
+            diagnosis.append(f"{head}: within {g.tolerance:g} on the typical prompt (gap of trimmed means {trim:+.3g}, "
+                             f"of medians {med:+.3g}); on its worst {tail_pct} of the prompts its loss is "
+                             f"e^{ratio:.3g} times the reference's")  # fmt: skip
+    diagnosis_text = ("**What carries each flagged gap** (computed from the tail rows): " + "; ".join(diagnosis) + "."
+                      if diagnosis else "")  # fmt: skip
     source_rows = [(L, s, GDPP_SOURCES[int(c)]) for L in depths
                    for s, c in sorted(seeds_of("gdpp_tuned", L, "source").items())]  # fmt: skip
     source_text = ("Where each seed's tuned GD++ schedule came from (chosen on the selection prompts): " + "; ".join(
@@ -323,6 +348,7 @@ the trimmed means drop the {100 * TRIM:g}% lowest and highest losses of each. Th
 
 A large positive log ratio says the model explodes on prompts where its reference does not (the model, not the
 reference, carries the gap of means); a ratio near 0 says both are large there (the prompts are hard for the class).
+{diagnosis_text}
 {source_text}
 
 ## Verdicts (paired over seeds: the per-seed differences of log test loss, 95% t-interval)
