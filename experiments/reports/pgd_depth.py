@@ -114,8 +114,9 @@ def report(run_dir: str | Path) -> dict:
             points={"Ahn et al. Thm 1 optimum (L = 1)": (1, thm1_point)} if 1 in depths else None,
             title=f"Ahn et al.: d={cfg.prompt.d}, n={cfg.prompt.n}, Σ eigenvalues {cfg.prompt.eigenvalues}",
             caption=f"log of the seed-mean of the mean query MSE on {cfg.test_prompts} test prompts per seed "
-            f"({len(seeds)} seed(s)); band: 95% t-interval over seeds; dashed: Krylov bounds and the zero "
-            "predictor; star: Theorem 1's population optimum" + (
+            f"({len(seeds)} seed(s)); band: 95% t-interval over seeds; dashed: "
+            f"{'Krylov bounds and ' if 'krylov_precond' in methods else ''}the zero predictor; star: Theorem 1's "
+            "population optimum" + (
                 f"; tuned Σ⁻¹-PGD and the Σ⁻¹ Krylov bound coincide at L = {', '.join(map(str, coincide))} (within "
                 f"{COINCIDE} in every seed)" if coincide and "pgd_tuned" in methods else ""),
         )  # fmt: skip
