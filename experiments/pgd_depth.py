@@ -18,14 +18,20 @@ the run are rows of results.csv. Every learned model's log test loss is reported
 same test prompts (:func:`experiments.convergence.class_gap`): tuned Σ⁻¹-PGD for the sparse LSA (its A_ℓ ∝ Σ⁻¹ set,
 Ahn et al. Thm 3), tuned GD++ in Σ⁻¹ geometry for the GD++ LSA (Thm 4's set A_ℓ = a_ℓΣ⁻¹, B_ℓ = b_ℓI is GD++ on
 whitened inputs with γ_ℓ = a_ℓb_ℓ), the Theorem 1 optimum A* = Γ⁻¹ for the w* ~ N(0, I) model; the gap and its
-per-prompt standard error (delta method) are rows too.
+per-prompt standard error (delta method) are rows too, and so is who carries a heavy-tailed gap: each model's and
+its reference's mean loss on the other's worst ``TAIL_FRACTION`` of the test prompts.
 
 Measured on held-out test prompts (the seed's ``test`` stream; training never sees them), per depth:
 
 - tuned Σ⁻¹-PGD and tuned GD (:func:`reference_optimizers.tune_depths`: per-step sizes fitted on ``tune``
   prompts of the training law, started from the steps that attain the Krylov bound
   (:func:`reference_optimizers.krylov_steps`), never worse on the tune prompts than depth L−1), tuned GD++ in
-  Σ⁻¹ geometry (the same tuner on whitened prompts, started from the tuned PGD steps with γ = 0), and the Krylov
+  Σ⁻¹ geometry (the same tuner on whitened prompts, started from the grid and the tuned PGD steps with
+  ``gdpp_restarts`` further refinements, and, once the GD++ models have trained, refined again from each seed's
+  learned read-out; the schedule reported is the best on all tune prompts of these, the other seeds' (whitened, the
+  law is x ~ N(0, I), w* ~ N(0, I) for every seed), tuned PGD and depth L−1's choice plus a null step: one
+  refinement alone missed the better of GD++'s two L = 2 basins on two seeds of three, which the learned models
+  found), and the Krylov
   bounds (:func:`reference_optimizers.krylov_bound`, P = I and P = Σ⁻¹: fitted on the tune prompts, evaluated on
   the test prompts). Every L-step GD with per-step sizes preconditioned by P lies in the Krylov set, so tuned
   (P)GD equals its bound when the optimal polynomial has real roots;
@@ -66,6 +72,7 @@ from icl.training import Fitted, ModelSpec, SeedRun, signals
 from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.probes import read_out
 from reference_optimizers import one_layer_optimum
+from reference_optimizers._checks import DivergedError, OutOfRangeError
 
 NAME = "pgd_depth"
 #: Ahn et al. Fig. 2: Σ^½A_ℓΣ^½ ≈ c_ℓ·I for the 3-layer sparse model (0.69, 0.43, 1.72 by layer; sorted here)
@@ -75,6 +82,8 @@ CLASS_OPTIMUM = {"sparse": "pgd_tuned", "gdpp": "gdpp_tuned", "thm1_learned": "t
 #: the tail statistics written per method, depth and seed (names of :class:`experiments.convergence.TailStats`)
 TAIL_FIELDS = ("median", "trimmed_mean", "log_mean_parts_min", "log_mean_parts_max", "log_mean_parts_sd",
                "top_share")  # fmt: skip
+#: the fraction of test prompts (the worst, by loss) on which a learned model and its reference are compared
+TAIL_FRACTION = 1e-3
 
 
 # -- reference methods ----------------------------------------------------------------------------------------
@@ -118,34 +127,66 @@ def tuned_gd(tune: PromptBatch, test: PromptBatch, P: torch.Tensor, depths: tupl
     return steps, errs
 
 
-def tuned_gdpp(tune: PromptBatch, select: PromptBatch, test: PromptBatch, depths: tuple[int, ...],
-               pgd_steps: dict[int, list[float]], evals: int) -> dict[int, tuple[dict, torch.Tensor]]:  # fmt: skip
-    """GD++ on (whitened) prompts with per-step (η_ℓ, γ_ℓ) tuned for every depth, started from the tuned PGD
-    steps with γ = 0 -> {L: (hyperparameters, per-prompt test losses)}.
+#: the GD++ tuner's grid (constant η, γ); γ ≈ 0.25 on whitened prompts is the input-transform basin: from γ = 0 alone
+#: the refinement stays near PGD (measured at L = 3: log loss −3.1 against −4.7 with this grid)
+GDPP_GRID = {"eta": (0.5, 1.0, 1.5), "gamma": (0.0, 0.25, 0.5)}
 
-    The refinement runs on the few ``tune`` prompts (each evaluation needs an eigendecomposition per prompt); the
-    schedule reported for depth T is then the best on the many ``select`` prompts of three candidates: the refined
-    schedule, the tuned Σ⁻¹-PGD steps with γ = 0, and depth T−1's choice extended by a step that does nothing
-    (η_T = γ_T = 0). So on the selection prompts, which hold the rare prompts a GD++ polynomial amplifies, tuned
-    GD++ is never worse than tuned PGD nor than its own T−1 result (on 2,000 prompts alone the L = 4 schedule
-    scored worse than the L = 3 one on 100,000 test prompts).
+
+def gdpp_candidates(tune: PromptBatch, depths: tuple[int, ...], pgd_steps: dict[int, list[float]], evals: int,
+                    restarts: int) -> dict[int, list[dict]]:  # fmt: skip
+    """Candidate GD++ schedules (η_ℓ, γ_ℓ) on whitened prompts for every depth 1…max(depths): the schedule refined by
+    :func:`reference_optimizers.tune_depths` (started from the grid, from the tuned PGD steps with each grid γ, and
+    from depth T−1's result; ``restarts`` further refinements from the next best starts) and the tuned PGD steps
+    with γ = 0 -> {L: [refined, PGD]}.
+
+    The GD++ objective has several basins: at L = 2, two 0.4 apart in log loss, and a single refinement from the
+    best grid point ends in either (measured on three tune batches: two of three in the worse one).
     """
     top = max(depths)
-    starts = {L: [{"eta": etas, "gamma": [0.0] * L}] for L, etas in pgd_steps.items()}
-    # the grid reaches the input-transform basin (γ ≈ 0.25 on whitened prompts): from γ = 0 alone the refinement
-    # stays near PGD (measured at L = 3: log loss −3.1 against −4.7 with this grid)
-    results = ro.tune_depths(ro.gd_plus_plus, tune, top, {"eta": (0.5, 1.0, 1.5), "gamma": (0.0, 0.25, 0.5)},
-                             per_step=("eta", "gamma"), starts=starts, maxfev=evals * top)  # fmt: skip
-    chosen: dict[int, dict] = {}
-    for L in range(1, top + 1):
-        candidates = [{k: [float(v) for v in vals] for k, vals in results[L - 1].hyperparameters.items()},
-                      {"eta": list(pgd_steps[L]), "gamma": [0.0] * L}]  # fmt: skip
-        if L > 1:
-            candidates.append({k: v + [0.0] for k, v in chosen[L - 1].items()})
-        scores = [float(squared_errors(predict(ro.gd_plus_plus, select, L, hp), select).mean()) for hp in candidates]
-        finite = [(s, i) for i, s in enumerate(scores) if math.isfinite(s)]
-        chosen[L] = candidates[min(finite)[1]]
-    return {L: (chosen[L], squared_errors(predict(ro.gd_plus_plus, test, L, chosen[L]), test)) for L in depths}
+    starts = {L: [{"eta": list(etas), "gamma": [g] * L} for g in GDPP_GRID["gamma"]] for L, etas in pgd_steps.items()}
+    results = ro.tune_depths(ro.gd_plus_plus, tune, top, GDPP_GRID, per_step=("eta", "gamma"), starts=starts,
+                             maxfev=evals * top, restarts=restarts)  # fmt: skip
+    return {L: [_schedule_of(results[L - 1]), {"eta": list(pgd_steps[L]), "gamma": [0.0] * L}]
+            for L in range(1, top + 1)}
+
+
+def _schedule_of(result: ro.TuneResult) -> dict[str, list[float]]:
+    return {k: [float(v) for v in result.hyperparameters[k]] for k in ("eta", "gamma")}
+
+
+def learned_gdpp_schedule(model: LinearSelfAttention, Sigma: torch.Tensor) -> dict[str, list[float]]:
+    """The GD++ schedule nearest a trained GD++ LSA: η_ℓ = tr(Σ^½A_ℓΣ^½)/d, γ_ℓ = η_ℓ·tr(B_ℓ)/d (exact on Ahn et
+    al.'s Thm 4 set A_ℓ = a_ℓΣ⁻¹, B_ℓ = b_ℓI, where the layer is GD++ on whitened prompts with γ_ℓ = a_ℓb_ℓ)."""
+    r = read_out(model, Sigma)
+    eta = [float(a) for a in r.step_sizes]
+    b = [float(torch.diagonal(r.B[layer].sum(0)).mean()) for layer in range(model.layers)]
+    return {"eta": eta, "gamma": [e * c for e, c in zip(eta, b)]}
+
+
+def refine_gdpp(tune: PromptBatch, L: int, start: dict[str, list[float]], evals: int) -> dict[str, list[float]]:
+    """A GD++ schedule of depth L refined by :func:`reference_optimizers.tune` from ``start`` (and the grid)."""
+    return _schedule_of(ro.tune(ro.gd_plus_plus, tune, L, GDPP_GRID, per_step=("eta", "gamma"), starts=[start],
+                                maxfev=evals * L))  # fmt: skip
+
+
+def gdpp_select_loss(select: PromptBatch, L: int, hp: dict) -> float:
+    """Mean query loss of GD++ with schedule ``hp`` on the selection prompts (inf where it diverges)."""
+    try:
+        value = float(squared_errors(predict(ro.gd_plus_plus, select, L, hp), select).mean())
+    except (DivergedError, OutOfRangeError):
+        return math.inf
+    return value if math.isfinite(value) else math.inf
+
+
+#: where a chosen GD++ schedule came from (the ``source`` row of ``gdpp_tuned``)
+GDPP_SOURCES = ("refined", "tuned PGD, γ = 0", "depth L−1 + a null step", "refined from this seed's learned model",
+                "refined from another seed's learned model", "another seed's refined")  # fmt: skip
+
+
+def choose_gdpp(select: PromptBatch, L: int, candidates: list[tuple[int, dict]]) -> tuple[int, dict]:
+    """The candidate (source code, schedule) with the lowest mean loss on the selection prompts."""
+    scores = [gdpp_select_loss(select, L, hp) for _, hp in candidates]
+    return candidates[min(range(len(candidates)), key=lambda i: scores[i])]
 
 
 def add_scored(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, parts: int, **keys) -> None:
@@ -158,18 +199,29 @@ def add_scored(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, pa
 
 def add_gap(rows: Rows, method: str, L: int, seed: int, err: torch.Tensor, ref: torch.Tensor) -> None:
     """log(mean err) − log(mean ref) on the same prompts and its per-prompt standard error (delta method:
-    the standard error of the mean of err_i/mean(err) − ref_i/mean(ref))."""
+    the standard error of the mean of err_i/mean(err) − ref_i/mean(ref)); and which of the two explodes: the mean
+    loss of each on the model's worst ``TAIL_FRACTION`` of the prompts and on the reference's, and the share of the
+    model's total loss its worst prompts carry."""
     a, b = err.double(), ref.double()
     gap = math.log(a.mean()) - math.log(b.mean())
     z = a / a.mean() - b / b.mean()
     rows.add(method, L, seed, "gap_log", gap)
     rows.add(method, L, seed, "gap_log_se", float(z.std() / math.sqrt(z.numel())))
+    # who carries the tail: the mean loss of each on the other's worst TAIL_FRACTION of the prompts
+    k = max(1, round(TAIL_FRACTION * a.numel()))
+    mine, theirs = a.topk(k).indices, b.topk(k).indices
+    rows.add(method, L, seed, "worst_own", float(a[mine].mean()))
+    rows.add(method, L, seed, "worst_own_reference", float(b[mine].mean()))
+    rows.add(method, L, seed, "worst_reference", float(b[theirs].mean()))
+    rows.add(method, L, seed, "worst_reference_own", float(a[theirs].mean()))
+    rows.add(method, L, seed, "worst_own_share", float(a[mine].sum() / a.sum()))
 
 
 def baselines(rows: Rows, cfg: PGDDepthConfig, seed: int, tune: PromptBatch, test: PromptBatch, Sigma: torch.Tensor
-              ) -> dict[tuple[str, int], torch.Tensor]:  # fmt: skip
-    """Tuned PGD (P = Σ⁻¹), tuned GD, the two Krylov bounds and tuned GD++ in Σ⁻¹ geometry, per depth; returns
-    their per-prompt test losses {(method, L): losses}."""
+              ) -> tuple[dict[tuple[str, int], torch.Tensor], dict[int, list[float]]]:  # fmt: skip
+    """Tuned PGD (P = Σ⁻¹), tuned GD and the two Krylov bounds per depth; returns their per-prompt test losses
+    {(method, L): losses} and the tuned PGD steps {L: η_1…η_L}. Tuned GD++ is chosen after the GD++ models have
+    trained (:func:`run`: their read-outs are candidate starts)."""
     d = Sigma.shape[0]
     Sinv, eye = torch.linalg.inv(Sigma.double()), torch.eye(d, dtype=torch.float64)
     errs: dict[tuple[str, int], torch.Tensor] = {}
@@ -187,18 +239,9 @@ def baselines(rows: Rows, cfg: PGDDepthConfig, seed: int, tune: PromptBatch, tes
         kb = ro.krylov_bound(tune, test, max(cfg.depths), P)
         for L in cfg.depths:
             errs[(method, L)] = squared_errors(kb.test_predictions[:, L - 1], test)
-    if "gdpp" in cfg.modes:
-        signals.raise_if_requested("tuning the baselines")
-        wselect, wtest = whiten(tune, Sigma), whiten(test, Sigma)
-        wtune = wselect[: cfg.gdpp_tune_prompts]
-        for L, (hp, err) in tuned_gdpp(wtune, wselect, wtest, cfg.depths, pgd_steps, cfg.tune_evals).items():
-            errs[("gdpp_tuned", L)] = err
-            for k, (e, g) in enumerate(zip(hp["eta"], hp["gamma"])):
-                rows.add("gdpp_tuned", L, seed, "eta", e, layer=k + 1)
-                rows.add("gdpp_tuned", L, seed, "gamma", g, layer=k + 1)
     for (method, L), err in errs.items():
         add_scored(rows, method, L, seed, err, cfg.test_parts)
-    return errs
+    return errs, pgd_steps
 
 
 # -- training with read-outs ------------------------------------------------------------------------------------
@@ -246,6 +289,7 @@ class _Seed:
     dist: PromptDistribution
     test: PromptBatch
     errs: dict[tuple[str, int], torch.Tensor]
+    gdpp: dict | None = None  # whitened tune/select/test prompts, candidate and chosen GD++ schedules
 
 
 def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
@@ -262,9 +306,16 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
         test = held_out_prompts(dist, streams, cfg.test_prompts, torch.float64)
         zero = squared_errors(torch.zeros_like(test.y_query), test)
         add_scored(rows, "zero_predictor", 0, seed, zero, cfg.test_parts)
-        errs = baselines(rows, cfg, seed, tune, test, dist.Sigma)
+        errs, pgd_steps = baselines(rows, cfg, seed, tune, test, dist.Sigma)
+        gdpp = None
+        if "gdpp" in cfg.modes:  # candidates now, the choice after training (the models' read-outs are starts)
+            signals.raise_if_requested("tuning the baselines")
+            wselect = whiten(tune, dist.Sigma)
+            wtune = wselect[: cfg.gdpp_tune_prompts]
+            gdpp = {"tune": wtune, "select": wselect, "test": whiten(test, dist.Sigma), "chosen": {},
+                    "candidates": gdpp_candidates(wtune, cfg.depths, pgd_steps, cfg.tune_evals, cfg.gdpp_restarts)}
         rows.write(ctx)
-        per_seed.append(_Seed(seed, streams, dist, test, errs))
+        per_seed.append(_Seed(seed, streams, dist, test, errs, gdpp))
         ctx.print(f"seed {seed}: baselines done ({time.time() - t0:.0f}s)")
 
     def train(tag: str, L: int, mode: str, dists: list[PromptDistribution]) -> Fitted:
@@ -283,10 +334,37 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
 
     # learned models, each trained for all seeds at once
     ctx.expect_models(len(cfg.modes) * len(cfg.depths) + int(cfg.theorem1))
+    def choose_gdpp_reference(L: int, models: list[torch.nn.Module]) -> None:
+        """Tuned GD++ of depth L per seed: the best on the seed's selection prompts among its own candidates, the
+        schedules refined from every seed's learned read-out, the other seeds' refined schedules (on whitened
+        prompts the law is the same for every seed: x ~ N(0, I), w* ~ N(0, I)) and its own depth L−1 choice with a
+        null step; its test losses, schedule and where it came from become rows."""
+        signals.raise_if_requested("tuning GD++")
+        from_learned = [refine_gdpp(s.gdpp["tune"], L, learned_gdpp_schedule(m, s.dist.Sigma), cfg.tune_evals)
+                        for s, m in zip(per_seed, models)]  # fmt: skip
+        for i, s in enumerate(per_seed):
+            own, pgd = s.gdpp["candidates"][L]
+            cands = [(0, own), (1, pgd)]
+            if L - 1 in s.gdpp["chosen"]:
+                cands.append((2, {k: v + [0.0] for k, v in s.gdpp["chosen"][L - 1].items()}))
+            cands += [(3 if j == i else 4, hp) for j, hp in enumerate(from_learned)]
+            cands += [(5, o.gdpp["candidates"][L][0]) for j, o in enumerate(per_seed) if j != i]
+            source, hp = choose_gdpp(s.gdpp["select"], L, cands)
+            s.gdpp["chosen"][L] = hp
+            err = squared_errors(predict(ro.gd_plus_plus, s.gdpp["test"], L, hp), s.gdpp["test"])
+            s.errs[("gdpp_tuned", L)] = err
+            add_scored(rows, "gdpp_tuned", L, s.seed, err, cfg.test_parts)
+            rows.add("gdpp_tuned", L, s.seed, "source", source)
+            for k, (e, g) in enumerate(zip(hp["eta"], hp["gamma"])):
+                rows.add("gdpp_tuned", L, s.seed, "eta", e, layer=k + 1)
+                rows.add("gdpp_tuned", L, s.seed, "gamma", g, layer=k + 1)
+
     for mode in cfg.modes:
-        for L in cfg.depths:
+        for L in sorted(cfg.depths):
             tag = f"{mode}-L{L}"
             runs = train(tag, L, mode, [s.dist for s in per_seed])
+            if mode == "gdpp":
+                choose_gdpp_reference(L, [t.model for t in runs.runs])
             for s, trainer in zip(per_seed, runs.runs):
                 seed, test, Sigma = s.seed, s.test, s.dist.Sigma
                 err = errors(trainer.model, test)

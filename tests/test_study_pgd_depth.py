@@ -11,7 +11,15 @@ import torch
 
 import reference_optimizers as ro
 from experiments.cli import main
-from experiments.pgd_depth import predict, squared_errors, tuned_gd, tuned_gdpp, whiten
+from experiments.pgd_depth import (
+    choose_gdpp,
+    gdpp_candidates,
+    learned_gdpp_schedule,
+    predict,
+    squared_errors,
+    tuned_gd,
+    whiten,
+)
 from experiments.results import read_results
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
@@ -100,12 +108,18 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
             assert 0 < med < mean  # right-skewed per-prompt losses
             lo, hi = vals[(method, L, "log_mean_parts_min")], vals[(method, L, "log_mean_parts_max")]
             assert lo <= math.log(mean) <= hi
+        for mode in ("sparse", "gdpp"):  # who carries the tail: top-k means, each on its own worst prompts largest
+            assert vals[(mode, L, "worst_own")] >= vals[(mode, L, "worst_reference_own")]
+            assert vals[(mode, L, "worst_reference")] >= vals[(mode, L, "worst_own_reference")]
+            assert 0 < vals[(mode, L, "worst_own_share")] <= 1
+        assert int(vals[("gdpp_tuned", L, "source")]) in range(6)
     assert vals[("thm1_optimum", 1, "test_loss")] < vals[("thm1_zero_predictor", 1, "test_loss")]
     assert ("thm1_learned", 1, "gap_log") in vals
     for stem in ("log_loss_vs_depth", "gap_sparse", "gap_gdpp", "dist_sparse_L2", "dist_gdpp_L2"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
     report = (out / "report.md").read_text()
+    assert "Who carries the tail" in report and "gap of trimmed means" in report
     assert "gap ± s.e." in report and "3000 held-out test prompts" in report and "profile `quick`" in report
     assert "L = 2: 120 (halved every 100)" in report  # caps from the config, not hard-coded
     summary = json.loads((out / "summary.json").read_text())
@@ -130,19 +144,47 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
         assert again[key] == pytest.approx(before[key], rel=1e-9)
 
 
-def test_tuned_gdpp_is_chosen_on_the_selection_prompts_never_worse_than_pgd_or_its_shorter_self():
-    """Refined on few prompts, tuned GD++ is chosen on many: there it is no worse than tuned PGD (γ = 0) nor than
-    its own depth T−1 choice, and its test losses are those of the returned schedule."""
+def test_gdpp_candidates_and_choice_never_worse_than_pgd_on_the_selection_prompts():
+    """The refined GD++ candidates start from tuned PGD (γ = 0), so each is no worse than it on the refinement
+    prompts; the choice is the candidate with the lowest mean loss on the selection prompts."""
     dist, select = _law(3000, seed=4)
-    _, test = _law(500, seed=5)
-    wsel, wtest = whiten(select, dist.Sigma), whiten(test, dist.Sigma)
+    wsel = whiten(select, dist.Sigma)
     pgd = {1: [0.77], 2: [0.52, 1.25], 3: [0.43, 0.69, 1.72]}
-    out = tuned_gdpp(wsel[:200], wsel, wtest, (1, 2, 3), pgd, evals=5)
-    score = {L: float(squared_errors(predict(ro.gd_plus_plus, wsel, L, hp), wsel).mean()) for L, (hp, _) in out.items()}
-    for L, (hp, err) in out.items():
-        pgd_score = float(squared_errors(predict(ro.gd_plus_plus, wsel, L, {"eta": pgd[L], "gamma": [0.0] * L}),
-                                         wsel).mean())  # fmt: skip
-        assert score[L] <= pgd_score + 1e-12
-        if L > 1:
-            assert score[L] <= score[L - 1] + 1e-12
-        torch.testing.assert_close(err, squared_errors(predict(ro.gd_plus_plus, wtest, L, hp), wtest))
+    cands = gdpp_candidates(wsel[:200], (1, 2, 3), pgd, evals=5, restarts=1)
+
+    def loss(batch, L, hp):
+        return float(squared_errors(predict(ro.gd_plus_plus, batch, L, hp), batch).mean())
+
+    for L, (refined, pgd_hp) in cands.items():
+        assert pgd_hp == {"eta": pgd[L], "gamma": [0.0] * L}
+        assert loss(wsel[:200], L, refined) <= loss(wsel[:200], L, pgd_hp) + 1e-12
+        options = [(0, refined), (1, pgd_hp), (7, {"eta": [0.1] * L, "gamma": [0.0] * L})]
+        source, hp = choose_gdpp(wsel, L, options)
+        assert loss(wsel, L, hp) == min(loss(wsel, L, h) for _, h in options)
+        assert source in (0, 1)  # a tiny step is never the best of these
+    diverging = {"eta": [1e200], "gamma": [0.0]}  # its squared errors overflow: scored inf, never chosen
+    assert choose_gdpp(wsel, 1, [(9, diverging), (1, cands[1][1])])[0] == 1
+
+
+def test_learned_gdpp_schedule_reads_back_a_gdpp_construction_and_the_theorem4_set():
+    """A gdpp LSA built to run GD++ (η_ℓ, γ_ℓ) reads back as that schedule with Σ = I; on Thm 4's set A_ℓ = a_ℓΣ⁻¹,
+    B_ℓ = b_ℓI the read-out is η_ℓ = a_ℓ, γ_ℓ = a_ℓb_ℓ, and that GD++ on whitened prompts predicts as the model."""
+    eta, gamma = [0.6, 3.5, 2.9], [0.25, 0.35, 0.0]
+    hp = learned_gdpp_schedule(gd_plus_plus_lsa(5, 3, eta, gamma), torch.eye(5, dtype=torch.float64))
+    np.testing.assert_allclose(hp["eta"], eta, rtol=1e-12)
+    np.testing.assert_allclose(hp["gamma"], gamma, rtol=1e-12, atol=1e-15)
+    dist, batch = _law(200, seed=2)
+    Sinv = torch.linalg.inv(dist.Sigma)
+    a, b = [0.6, 3.5], [0.4, 0.1]
+    model = gd_plus_plus_lsa(5, 2, [1.0, 1.0], [0.5, 0.5])
+    with torch.no_grad():
+        for layer in range(2):
+            model.A[layer, 0] = a[layer] * Sinv
+            model.B[layer, 0] = b[layer] * torch.eye(5, dtype=torch.float64)
+    hp = learned_gdpp_schedule(model, dist.Sigma)
+    np.testing.assert_allclose(hp["eta"], a, rtol=1e-10)
+    np.testing.assert_allclose(hp["gamma"], [x * y for x, y in zip(a, b)], rtol=1e-10)
+    with torch.no_grad():
+        pred = model(batch.Z())
+    torch.testing.assert_close(pred, predict(ro.gd_plus_plus, whiten(batch, dist.Sigma), 2, hp), rtol=1e-9,
+                               atol=1e-9)  # fmt: skip

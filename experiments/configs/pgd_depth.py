@@ -43,6 +43,9 @@ class PGDDepthConfig(StudyConfig):
             refinement evaluation needs an
             eigendecomposition per prompt: at 5,000 prompts and twice the budget, the GD++ tuning alone took about
             a minute of CPU per seed).
+        gdpp_restarts: tuned GD++'s refinement also runs from this many further starts (``restarts`` of
+            :func:`reference_optimizers.tune`): its objective has several basins (measured at L = 2 on three tune
+            batches: a single refinement ended in the worse one, 0.4 higher in log, twice).
         tune_evals: the tuner's refinement budget per free hyperparameter (``maxfev`` of
             :func:`reference_optimizers.tune_depths` = tune_evals × free values).
         tolerance: how far (log test loss) above its class optimum a learned model of depth < ``deep_from``
@@ -73,6 +76,7 @@ class PGDDepthConfig(StudyConfig):
     test_parts: int = spec(5, ge=1)
     tune_prompts: int = spec(100_000, ge=2)
     gdpp_tune_prompts: int = spec(5_000, ge=2)
+    gdpp_restarts: int = spec(2, ge=0)
     tune_evals: int = spec(40, ge=1)
     tolerance: float = spec(0.05, gt=0)
     tolerance_deep: float = spec(0.1, gt=0)

@@ -8,8 +8,15 @@ import json
 import math
 from pathlib import Path
 
-from experiments.convergence import class_gap
-from experiments.pgd_depth import CLASS_OPTIMUM, NAME, PUBLISHED_STEPS_L3, PGDDepthConfig
+from experiments.convergence import TRIM, class_gap
+from experiments.pgd_depth import (
+    CLASS_OPTIMUM,
+    GDPP_SOURCES,
+    NAME,
+    PUBLISHED_STEPS_L3,
+    TAIL_FRACTION,
+    PGDDepthConfig,
+)
 from experiments.reporting import (
     aggregate,
     finish_report,
@@ -107,8 +114,9 @@ def report(run_dir: str | Path) -> dict:
             points={"Ahn et al. Thm 1 optimum (L = 1)": (1, thm1_point)} if 1 in depths else None,
             title=f"Ahn et al.: d={cfg.prompt.d}, n={cfg.prompt.n}, Σ eigenvalues {cfg.prompt.eigenvalues}",
             caption=f"log of the seed-mean of the mean query MSE on {cfg.test_prompts} test prompts per seed "
-            f"({len(seeds)} seed(s)); band: 95% t-interval over seeds; dashed: Krylov bounds and the zero "
-            "predictor; star: Theorem 1's population optimum" + (
+            f"({len(seeds)} seed(s)); band: 95% t-interval over seeds; dashed: "
+            f"{'Krylov bounds and ' if 'krylov_precond' in methods else ''}the zero predictor; star: Theorem 1's "
+            "population optimum" + (
                 f"; tuned Σ⁻¹-PGD and the Σ⁻¹ Krylov bound coincide at L = {', '.join(map(str, coincide))} (within "
                 f"{COINCIDE} in every seed)" if coincide and "pgd_tuned" in methods else ""),
         )  # fmt: skip
@@ -141,7 +149,7 @@ def report(run_dir: str | Path) -> dict:
             )  # fmt: skip
 
     # -- convergence: every learned model against its class optimum, per seed --------------------------------
-    gaps, conv_table = [], []
+    gaps, conv_table, below = [], [], []
     models = [(m, L) for m in learned for L in depths] + ([("thm1_learned", 1)] if cfg.theorem1 else [])
     for method, L in models:
         ref = CLASS_OPTIMUM[method]
@@ -150,21 +158,73 @@ def report(run_dir: str | Path) -> dict:
             method, L, "step_cap")  # fmt: skip
         plateau = seeds_of(method, L, "plateau_stopped")
         med, med_opt = seeds_of(method, L, "median", log=True), seeds_of(ref, L, "median", log=True)
+        trim, trim_opt = seeds_of(method, L, "trimmed_mean", log=True), seeds_of(ref, L, "trimmed_mean", log=True)
         for s in sorted(mine):
             if s not in opt:
                 continue
             g = class_gap(mine[s], opt[s], cfg.tolerance_at(L), LABELS[ref])
             gaps.append((method, L, s, g))
+            if g.gap + 2 * se.get(s, math.nan) < 0:  # the reference is not the class optimum here
+                below.append((method, L, s, g.gap, se[s]))
             how = "plateau" if plateau.get(s) == 1 else "cap"
             conv_table.append((LABELS[method], L, s, fmt(mine[s]), fmt(opt[s]),
                                f"{g.text()} ± {se.get(s, math.nan):.2g}",
                                f"{med.get(s, math.nan) - med_opt.get(s, math.nan):+.3g}",
+                               f"{trim.get(s, math.nan) - trim_opt.get(s, math.nan):+.3g}",
                                f"{int(steps.get(s, 0))} / {int(caps.get(s, 0))} ({how})"))  # fmt: skip
     flagged = [(m, L, s, g) for m, L, s, g in gaps if g.flagged]
     flag_text = ("**Flagged (further from the class optimum than the tolerance):** " + "; ".join(
         f"{LABELS[m]} L = {L} seed {s}: {g.gap:+.3g}" for m, L, s, g in flagged) + "." if flagged else
         f"No learned model is further from its class optimum than the tolerance ({cfg.tolerance:g} in log below "
         f"L = {cfg.deep_from}, {cfg.tolerance_deep:g} from there on) in any seed.")  # fmt: skip
+    below_text = ("**Below their class reference by more than 2 standard errors** (the reference misses the class "
+                  "optimum there, or the model leaves the reference's parametrised set): " + "; ".join(
+                      f"{LABELS[m]} L = {L} seed {s}: {g:+.3g} ± {e:.2g}" for m, L, s, g, e in below) + "."
+                  if below else "No learned model is below its class reference by more than 2 standard errors of "
+                  "the paired gap: the references are the best their class was found to do.")  # fmt: skip
+
+    # -- who carries the heavy tail: each model and its reference on the other's worst prompts ----------------
+    tail_pct = f"{100 * TAIL_FRACTION:g}%"
+    who_table = []
+    for method, L in models:
+        worst = seeds_of(method, L, "worst_own")
+        for s in sorted(worst):
+            own_ref = seeds_of(method, L, "worst_own_reference").get(s, math.nan)
+            ref_w, ref_own = (seeds_of(method, L, "worst_reference").get(s, math.nan),
+                              seeds_of(method, L, "worst_reference_own").get(s, math.nan))  # fmt: skip
+            ratio = math.log(worst[s] / own_ref) if worst[s] > 0 and own_ref > 0 else math.nan
+            who_table.append((LABELS[method], L, s, fmt(worst[s], 3), fmt(own_ref, 3), f"{ratio:+.3g}",
+                              fmt(seeds_of(method, L, "worst_own_share").get(s, math.nan), 2),
+                              fmt(ref_w, 3), fmt(ref_own, 3)))  # fmt: skip
+    diagnosis = []  # each flagged model: is the typical prompt far too, or only the tail, and whose tail is it?
+    for m, L, s, g in flagged:
+        ref = CLASS_OPTIMUM[m]
+        def at(method: str, metric: str, log: bool = False, L: int = L, s: int = s) -> float:
+            return seeds_of(method, L, metric, log=log).get(s, math.nan)
+
+        trim = at(m, "trimmed_mean", True) - at(ref, "trimmed_mean", True)
+        med = at(m, "median", True) - at(ref, "median", True)
+        own, own_ref, share = at(m, "worst_own"), at(m, "worst_own_reference"), at(m, "worst_own_share")
+        ratio = math.log(own / own_ref) if own > 0 and own_ref > 0 else math.nan
+        head = f"{LABELS[m]} L = {L} seed {s} (gap of means {g.gap:+.3g})"
+        if trim > g.tolerance or med > g.tolerance:
+            diagnosis.append(f"{head}: the typical prompt is far too (gap of trimmed means {trim:+.3g}, of medians "
+                             f"{med:+.3g}): not converged")  # fmt: skip
+        elif ratio > math.log(10):
+            diagnosis.append(f"{head}: within {g.tolerance:g} on the typical prompt (gap of trimmed means {trim:+.3g}, "
+                             f"of medians {med:+.3g}); the gap of means is the learned model's own tail: its worst "
+                             f"{tail_pct} of the prompts carry {share:.0%} of its mean loss, and there its loss is "
+                             f"e^{ratio:.3g} times the reference's")  # fmt: skip
+        else:
+            diagnosis.append(f"{head}: within {g.tolerance:g} on the typical prompt (gap of trimmed means {trim:+.3g}, "
+                             f"of medians {med:+.3g}); on its worst {tail_pct} of the prompts its loss is "
+                             f"e^{ratio:.3g} times the reference's")  # fmt: skip
+    diagnosis_text = ("**What carries each flagged gap** (computed from the tail rows): " + "; ".join(diagnosis) + "."
+                      if diagnosis else "")  # fmt: skip
+    source_rows = [(L, s, GDPP_SOURCES[int(c)]) for L in depths
+                   for s, c in sorted(seeds_of("gdpp_tuned", L, "source").items())]  # fmt: skip
+    source_text = ("Where each seed's tuned GD++ schedule came from (chosen on the selection prompts): " + "; ".join(
+        f"L = {L} seed {s}: {src}" for L, s, src in source_rows) + "." if source_rows else "")  # fmt: skip
 
     # -- verdicts (paired over seeds) ---------------------------------------------------------------------------
     verdicts = []
@@ -258,8 +318,10 @@ Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, Σ = U diag{cfg.prompt.eigenval
 w* ~ N(0, Σ⁻¹), noiseless; profile `{cfg.profile}`, seeds {seeds}. Loss = query MSE (Ahn et al.'s convention; no ½).
 Every model and baseline is scored on the same {cfg.test_prompts} held-out test prompts per seed (never trained on);
 the baselines' steps and the Krylov coefficients are fit on {cfg.tune_prompts} prompts of the training law (tuned
-GD++ is refined on the first {cfg.gdpp_tune_prompts} and chosen on all {cfg.tune_prompts}, among the refined schedule,
-tuned Σ⁻¹-PGD and its own one-step-shorter choice, so that it is never worse than either there).
+GD++ is refined on the first {cfg.gdpp_tune_prompts}, from the grid, the tuned PGD steps and {cfg.gdpp_restarts}
+further starts, and again from every seed's learned GD++ read-out; it is chosen on all {cfg.tune_prompts} among these
+refinements, the other seeds' (the whitened law is the same for every seed), tuned Σ⁻¹-PGD and its own
+one-step-shorter choice, so that it is never worse than any of them there).
 
 Training: AdamW lr {cfg.train.lr}, β = {cfg.train.betas}, per-matrix clip {cfg.train.clip_value}, batch
 {cfg.train.batch_size} resampled every {cfg.train.resample_every} steps; step caps (lr halving period) by depth:
@@ -268,13 +330,27 @@ Training: AdamW lr {cfg.train.lr}, β = {cfg.train.betas}, per-matrix clip {cfg.
 ## Convergence: every learned model against its class optimum, per seed
 
 {markdown_table(("model", "L", "seed", "log test loss", "class optimum (log)", "gap ± s.e. (per prompt)",
-                 "gap of medians (log)", "steps taken / cap (stopped by)"), conv_table)}
+                 "gap of medians (log)", "gap of trimmed means (log)", "steps taken / cap (stopped by)"),
+               conv_table)}
 
 Class optima on the same prompts: {LABELS['pgd_tuned']} for the sparse LSA, {LABELS['gdpp_tuned']} for the GD++ LSA,
 {LABELS['thm1_optimum']} for the w* ~ N(0, I) model. The standard error is over prompts (delta method on the paired
 per-prompt losses). The gap of medians (log median loss minus the class optimum's, same prompts) shows whether a
-gap of means comes from the typical prompt or from the few tail prompts that carry the mean (heavy tails table).
+gap of means comes from the typical prompt or from the few tail prompts that carry the mean (heavy tails table);
+the trimmed means drop the {100 * TRIM:g}% lowest and highest losses of each. The flag is on the gap of means.
 {flag_text}
+{below_text}
+
+### Who carries the tail: each learned model and its class reference on the other's worst {tail_pct} of the test prompts
+
+{markdown_table(("model", "L", "seed", f"model's mean loss on its worst {tail_pct}", "reference's, same prompts",
+                 "log ratio", "share of the model's total loss on them", f"reference's mean on its worst {tail_pct}",
+                 "model's, same prompts"), who_table)}
+
+A large positive log ratio says the model explodes on prompts where its reference does not (the model, not the
+reference, carries the gap of means); a ratio near 0 says both are large there (the prompts are hard for the class).
+{diagnosis_text}
+{source_text}
 
 ## Verdicts (paired over seeds: the per-seed differences of log test loss, 95% t-interval)
 
