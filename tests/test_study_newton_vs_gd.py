@@ -18,7 +18,13 @@ from experiments.newton_vs_gd import (
     tune_gdpp,
 )
 from experiments.reporting import load_run
-from experiments.reports.newton_vs_gd import convergence_section, fit_sentence, steps_to_reach
+from experiments.reports.newton_vs_gd import (
+    convergence_section,
+    fit_sentence,
+    gap_text,
+    steps_to_reach,
+    stop_sentence,
+)
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
 from icl.training import Plateau
@@ -100,6 +106,25 @@ def test_convergence_section_flags_a_model_far_from_its_class_optimum():
     text, summary = convergence_section(cfg, far, ["lsa_full"])
     assert summary["lsa_full"]["flagged_seeds"] == [0, 2] and "not converged" in text
     assert summary["lsa_full"]["within_verdict"] != "holds"
+
+
+def test_stop_sentence_says_which_seeds_ran_to_the_cap():
+    rows = [{"method": "gpt", "depth": 2, "seed": seed, "metric": metric, "value": value}
+            for seed, plateau, steps in ((0, 1.0, 1400.0), (1, 0.0, 2000.0), (2, 0.0, 2000.0))
+            for metric, value in (("plateau_stop", plateau), ("steps_trained", steps))]  # fmt: skip
+    text = stop_sentence(rows, "gpt", 2)
+    assert "plateau rule for seed [0] (steps [1400])" in text
+    assert "step cap for seeds [1, 2] (2000 steps): **not at a plateau**" in text
+    assert stop_sentence(rows, "gpt", 4) == "" and "cap" not in stop_sentence(rows[:2], "gpt", 2)
+
+
+def test_a_gpt_far_from_tuned_gdpp_is_flagged_as_far_not_unconverged():
+    from experiments.convergence import class_gap
+
+    far, near = class_gap(math.log(3.0), math.log(1.0), math.log(2), "tuned 2-step GD++"), class_gap(0.1, 0.0, 0.5, "x")
+    assert "far above tuned 2-step GD++" in gap_text("gpt", far) and "not converged" not in gap_text("gpt", far)
+    assert "not converged" in gap_text("lsa_full", far)
+    assert gap_text("gpt", near) == near.text()
 
 
 def test_fit_sentence_names_a_family_only_where_it_matches():
