@@ -348,7 +348,7 @@ def train_models(cfg: NewtonVsGDConfig, ctx: RunContext, seed_streams: list[Stre
     (``cfg.grow``): checkpoint ``lsa_full_L{ℓ}`` per depth."""
     out: list[dict] = [{} for _ in seed_streams]
     stages = cfg.lsa.layers if cfg.grow else 1
-    ctx.expect_models(("lsa_full" in cfg.models) * stages + ("gpt" in cfg.models))
+    ctx.expect_models(("lsa_full" in cfg.models) * stages + ("gpt" in cfg.models) * len(seed_streams))  # GPT: per seed
     for name in cfg.models:
         if name == "lsa_full" and cfg.grow:
             models: list = [None] * len(seed_streams)

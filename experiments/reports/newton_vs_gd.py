@@ -289,8 +289,14 @@ def report(run_dir) -> dict:
               closer_to_newton(rows, m, ell).text() if ell >= 1 else "–",
               FU_NEWTON[ell - 1] if 1 <= ell <= 12 else "–"] for ell in bn],
         )  # fmt: skip
-        matched = {ref: [ell for ell in s if ell >= 1 and s[ell][0] >= MATCH_THRESHOLD]
-                   for ref, s in (("Newton", sn), ("GD", sg))}  # layer 0 is the input: it always matches step 0
+        # layer 0 is the input: it always matches step 0. A later layer whose best match is step 0 matches the zero
+        # prediction (w = 0), not a step of either method: said apart
+        matched = {ref: [ell for ell in s if ell >= 1 and s[ell][0] >= MATCH_THRESHOLD and b[ell][0] > 0]
+                   for ref, s, b in (("Newton", sn, bn), ("GD", sg, bg))}  # fmt: skip
+        at_zero = {ref: [ell for ell in s if ell >= 1 and s[ell][0] >= MATCH_THRESHOLD and b[ell][0] == 0]
+                   for ref, s, b in (("Newton", sn, bn), ("GD", sg, bg))}  # fmt: skip
+        zero_line = "".join(f" Layers whose best match against {ref} is step 0, i.e. the zero prediction (no step of "
+                            f"{ref} taken yet): {ells}." for ref, ells in at_zero.items() if ells)  # fmt: skip
         test = val(m, "test_mean")
         as_gd, as_newton = steps_to_reach(test, gd_loss), steps_to_reach(test, newton_loss)
         fit_line = fit_sentence(rows, m) if m == "lsa_full" else ""
@@ -301,7 +307,8 @@ def report(run_dir) -> dict:
                       f"{cfg.compare_prompts} comparison prompts). "
                       f"A best-matching step is claimed only where its SimE reaches {MATCH_THRESHOLD:g} "
                       f"(Fu et al. report ≈ 0.99); below it the cell says none. Layers with a match: Newton "
-                      f"{matched['Newton'] or 'none'}, GD {matched['GD'] or 'none'}.{fit_line}\n\n"
+                      f"{matched['Newton'] or 'none'}, GD {matched['GD'] or 'none'} (at a step ≥ 1).{zero_line}"
+                      f"{fit_line}\n\n"
                       f"{body}")  # fmt: skip
         summary_models[m] = {"test_loss": test, "gd_steps_to_reach": as_gd, "newton_steps_to_reach": as_newton,
                              "match_threshold": MATCH_THRESHOLD,
