@@ -8,8 +8,8 @@ import torch
 
 from experiments.cli import main
 from experiments.newton_vs_gd import (
-    GPT_MEASURED,
     NewtonVsGDConfig,
+    PlateauAfterEscape,
     _end,
     gd_iterates,
     gd_steps_grid,
@@ -18,9 +18,16 @@ from experiments.newton_vs_gd import (
     tune_gdpp,
 )
 from experiments.reporting import load_run
-from experiments.reports.newton_vs_gd import convergence_section, fit_sentence, gpt_cost, steps_to_reach
+from experiments.reports.newton_vs_gd import (
+    convergence_section,
+    fit_sentence,
+    gap_text,
+    steps_to_reach,
+    stop_sentence,
+)
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
+from icl.training import Plateau
 from icl.training.loop import History
 from learned_optimizers import LSAConfig
 from reference_optimizers import gd_plus_plus, gradient_descent, mean_query_loss
@@ -101,6 +108,25 @@ def test_convergence_section_flags_a_model_far_from_its_class_optimum():
     assert summary["lsa_full"]["within_verdict"] != "holds"
 
 
+def test_stop_sentence_says_which_seeds_ran_to_the_cap():
+    rows = [{"method": "gpt", "depth": 2, "seed": seed, "metric": metric, "value": value}
+            for seed, plateau, steps in ((0, 1.0, 1400.0), (1, 0.0, 2000.0), (2, 0.0, 2000.0))
+            for metric, value in (("plateau_stop", plateau), ("steps_trained", steps))]  # fmt: skip
+    text = stop_sentence(rows, "gpt", 2)
+    assert "plateau rule for seed [0] (steps [1400])" in text
+    assert "step cap for seeds [1, 2] (2000 steps): **not at a plateau**" in text
+    assert stop_sentence(rows, "gpt", 4) == "" and "cap" not in stop_sentence(rows[:2], "gpt", 2)
+
+
+def test_a_gpt_far_from_tuned_gdpp_is_flagged_as_far_not_unconverged():
+    from experiments.convergence import class_gap
+
+    far, near = class_gap(math.log(3.0), math.log(1.0), math.log(2), "tuned 2-step GD++"), class_gap(0.1, 0.0, 0.5, "x")
+    assert "far above tuned 2-step GD++" in gap_text("gpt", far) and "not converged" not in gap_text("gpt", far)
+    assert "not converged" in gap_text("lsa_full", far)
+    assert gap_text("gpt", near) == near.text()
+
+
 def test_fit_sentence_names_a_family_only_where_it_matches():
     rows = [{"method": "lsa_full", "seed": seed, "metric": metric, "value": value, "reference": "gd_plus_plus"}
             for seed, metric, value in ((0, "fit_matched", 0.0), (0, "fit_relative_error", 0.3),
@@ -127,6 +153,8 @@ def test_newton_vs_gd_quick(tmp_path):
     assert 0 < summary["tuned_gd_eta"] <= 2.0
     lsa = summary["models"]["lsa_full"]
     assert lsa["class_reference"] == "tuned 2-step GD++" and list(lsa["class_gap"]) == ["0"]
+    gpt = summary["models"]["gpt"]  # the GPT is held to tuned GD++ of its own depth, on the same test prompts
+    assert gpt["class_reference"] == "tuned 2-step GD++" and list(gpt["class_gap"]) == ["0"]
     _, rows = load_run(out)
     sims = [r["value"] for r in rows if r["metric"] == "sim_e" and r["reference"] in ("newton", "gd")]
     assert sims and all(-1 - 1e-9 <= v <= 1 + 1e-9 for v in sims)
@@ -138,6 +166,7 @@ def test_newton_vs_gd_quick(tmp_path):
     assert main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "Fu et al." in text and "tuned 2-step GD++" in text and "200 test prompts" in text
+    assert "2-layer softmax GPT" in text and "below 0.5× the zero predictor's" in text
 
 
 def test_steps_to_reach_brackets_the_reference_grid():
@@ -149,10 +178,36 @@ def test_steps_to_reach_brackets_the_reference_grid():
     assert steps_to_reach(float("nan"), losses) == "–"
 
 
-def test_the_report_says_why_the_gpt_is_left_out_from_the_measured_cost():
-    m = GPT_MEASURED
-    text = gpt_cost(3)
-    minutes = m["steps"] * m["cpu_s_per_step"] * 3 / 60
-    assert f"{m['steps']} steps × 3 seeds × {m['cpu_s_per_step']:g} s = {minutes:.0f} min of CPU" in text
-    assert f"query MSE {m['query_mse']:g}" in text and "--set models=lsa_full,gpt" in text
-    assert f"= {m['steps'] * m['cpu_s_per_step'] / 60:.0f} min" in gpt_cost(1)
+class _Trainer:
+    """What the plateau rule reads of a Trainer: the zero predictor's held-out loss per seed, the step and the cap;
+    ``finish`` records the step it was called at."""
+
+    def __init__(self, zero_losses):
+        self.zero_losses, self.step, self.cfg, self.finished_at = zero_losses, 0, type("C", (), {"steps": 10_000}), None
+
+    def finish(self, reason):
+        assert reason.startswith("plateau")  # what _end reads as a plateau stop
+        self.finished_at = self.step
+
+
+def _evaluate(rule, trainer, losses_per_eval):
+    for losses in losses_per_eval:
+        trainer.step += 100
+        rule.on_eval(trainer, losses)
+        if trainer.finished_at is not None:
+            return trainer.finished_at
+    return None
+
+
+def test_the_gpt_plateau_rule_waits_until_the_zero_predictor_plateau_is_left():
+    # flat at the zero predictor's 10 for 6 evaluations (patience 2): the plain rule stops there, this one waits
+    flat, then = [[9.9]] * 6, [[4.0], [3.0], [2.98], [2.97], [2.99]]
+    plain = Plateau(2, 1e-2)
+    assert _evaluate(plain, _Trainer([10.0]), flat + then) == 300
+    # escaped at 4.0 (step 700), improved at 3.0, then < 1% for 2 evaluations: stops at step 1000
+    assert _evaluate(PlateauAfterEscape(2, 1e-2, 0.5), _Trainer([10.0]), flat + then) == 1000
+    # escape = 0.25 (below 2.5): never escaped, never stopped
+    assert _evaluate(PlateauAfterEscape(2, 1e-2, 0.25), _Trainer([10.0]), flat + then) is None
+    # two seeds: the run stops only when both have escaped and plateaued
+    two = [[9.9, 9.9]] * 3 + [[3.0, 9.9]] * 4 + [[3.0, 3.0]] * 3
+    assert _evaluate(PlateauAfterEscape(2, 1e-2, 0.5), _Trainer([10.0, 10.0]), two) == 1000

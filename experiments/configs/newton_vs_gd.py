@@ -25,6 +25,9 @@ class NewtonVsGDConfig(StudyConfig):
             of each depth); off, the L-layer LSA trains from its random initialisation.
         class_tolerance: how far (in log test MSE) above its class optimum, tuned GD++ of its depth on the same
             test prompts, a model may end and still count as converged; log 2 = "within 2× in MSE".
+        gpt_escape: the GPT's plateau rule (``gpt_train.plateau_patience``, ``plateau_tol``) starts counting only
+            once a seed's held-out loss is below ``gpt_escape`` × the zero predictor's on the same prompts: a
+            softmax GPT first sits for hundreds of steps on the zero-predictor plateau, which must not stop it.
         tune_prompts: prompts of the ``tune`` stream on which GD's and GD++'s steps are tuned.
         test_prompts: test prompts every test loss and class gap is measured on (cut into ``test_parts``
             disjoint parts for the spread of log MSE across test sets).
@@ -41,13 +44,14 @@ class NewtonVsGDConfig(StudyConfig):
             on_divergence="rollback", explode_factor=1e30,
         )
     )  # fmt: skip
-    gpt: GPTConfig = field(default_factory=lambda: GPTConfig(layers=4, heads=4, width=64, max_points=20, init_std=0.1))
+    gpt: GPTConfig = field(default_factory=lambda: GPTConfig(layers=2, heads=4, width=64, max_points=20, init_std=0.1))
     gpt_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=12000, batch_size=128, lr=1e-3, clip="global", clip_value=1.0, schedule="step", halve_every=3000,
-            eval_every=250, eval_batch=1024, loss="prefix", plateau_patience=8, plateau_tol=1e-2,
+            steps=2000, batch_size=128, lr=1e-3, clip="global", clip_value=1.0, schedule="step", halve_every=500,
+            eval_every=100, eval_batch=1024, loss="prefix", plateau_patience=4, plateau_tol=1e-2,
         )
     )  # fmt: skip
+    gpt_escape: float = spec(0.5, gt=0, le=1)
     class_tolerance: float = spec(math.log(2), gt=0)
     compare_prompts: int = spec(256, ge=2)
     probe_prompts: int = spec(4096, ge=16)
@@ -80,12 +84,14 @@ PROFILES = {
     "quick": {"seeds": (0,), "lsa.layers": 3, "lsa_train.steps": 150, "lsa_train.batch_size": 256,
               "lsa_train.eval_batch": 512, "lsa_train.eval_every": 25, "gpt.layers": 3, "gpt.width": 32,
               "gpt_train.steps": 60, "gpt_train.batch_size": 32, "gpt_train.eval_batch": 256,
-              "gpt_train.eval_every": 30, "compare_prompts": 48, "probe_prompts": 512, "test_prompts": 1000,
-              "tune_prompts": 512, "newton_steps": 12, "gd_max_steps": 512, "checkpoint_every": 200},
-    "standard": {"models": ("lsa_full",)},
+              "gpt_train.eval_every": 30, "gpt_train.halve_every": 30, "compare_prompts": 48, "probe_prompts": 512,
+              "test_prompts": 1000, "tune_prompts": 512, "newton_steps": 12, "gd_max_steps": 512,
+              "checkpoint_every": 200},
+    "standard": {},
     "paper": {"seeds": (0, 1, 2), "lsa.layers": 6, "lsa_train.steps": 5000, "lsa_train.batch_size": 2048,
               "lsa_train.halve_every": 1000, "gpt.layers": 6, "gpt.width": 128, "gpt.heads": 8,
               "gpt_train.steps": 50000, "gpt_train.batch_size": 64, "gpt_train.lr": 3e-4,
-              "gpt_train.halve_every": 10000, "compare_prompts": 1024, "probe_prompts": 16384,
+              "gpt_train.halve_every": 10000, "gpt_train.eval_every": 500,
+              "gpt_train.plateau_patience": 8, "compare_prompts": 1024, "probe_prompts": 16384,
               "test_prompts": 100_000, "tune_prompts": 8192, "checkpoint_every": 5000},
 }  # fmt: skip
