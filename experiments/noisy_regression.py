@@ -239,7 +239,7 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
         learned: dict[int, list[dict]] = {}
         for mode in cfg.modes:
             for L in cfg.depths:
-                train = cfg.train_at(L, noisy)
+                train = cfg.train_at(L, noisy, mode)
                 models_seeds = per_seed[: len(cfg.seeds_at(L, noisy))]
                 trained = _train(ctx, cfg, f"{noise}-{mode}-L{L}", mode, L, models_seeds, train)
                 for st, run_ in zip(models_seeds, trained):

@@ -139,3 +139,19 @@ def test_depth_and_noise_scale_the_training_and_the_seeds():
     assert cfg.seeds_at(4, noisy=False) == cfg.seeds_at(2, noisy=True) == (0, 1, 2)
     flat = NoisyRegressionConfig(depth_unit=0)
     assert flat.train_at(7, noisy=True) == flat.train
+    assert flat.train_at(7, noisy=False, mode="gdpp") == flat.train
+
+
+def test_deep_noiseless_gdpp_gets_its_larger_batch_and_longer_schedule_and_nothing_else_does():
+    from experiments.noisy_regression import NoisyRegressionConfig
+
+    cfg = NoisyRegressionConfig(depth_unit=2, gdpp_deep_batch=2.0, gdpp_deep_steps=1.5)
+    t = cfg.train
+    g4 = cfg.train_at(4, noisy=False, mode="gdpp")
+    assert (g4.steps, g4.halve_every, g4.plateau_patience, g4.batch_size) == (
+        3 * t.steps, 3 * t.halve_every, 3 * t.plateau_patience, t.batch_size)
+    assert (g4.lr, g4.clip_value, g4.explode_factor) == (t.lr, t.clip_value, t.explode_factor)
+    for mode in ("full", "diag"):  # the other modes, GD++ at the unit depth and GD++ with noise: the plain rule
+        assert cfg.train_at(4, noisy=False, mode=mode) == cfg.train_at(4, noisy=False)
+    assert cfg.train_at(2, noisy=False, mode="gdpp") == t
+    assert cfg.train_at(4, noisy=True, mode="gdpp") == cfg.train_at(4, noisy=True, mode="full")
