@@ -155,3 +155,22 @@ def test_deep_noiseless_gdpp_gets_its_larger_batch_and_longer_schedule_and_nothi
         assert cfg.train_at(4, noisy=False, mode=mode) == cfg.train_at(4, noisy=False)
     assert cfg.train_at(2, noisy=False, mode="gdpp") == t
     assert cfg.train_at(4, noisy=True, mode="gdpp") == cfg.train_at(4, noisy=True, mode="full")
+
+
+def test_tails_section_names_exactly_the_learned_models_a_few_test_prompts_dominate():
+    from experiments.reports.noisy_regression import EXPLODED_SHARE, _tails_section
+
+    def rows_of(method, seed, mean, share):
+        stats = {"test_loss": mean, "test_loss_median": 1.0, "test_loss_trimmed": 2.0,
+                 "log_test_loss_parts_sd": 0.1, "top1pct_share": share}  # fmt: skip
+        return [{"setting": "U(0,5)", "method": method, "depth": 4, "seed": seed, "metric": k, "value": v}
+                for k, v in stats.items()]  # fmt: skip
+
+    rows = (rows_of("diag", 0, 3e13, 1.0) + rows_of("diag", 1, 3.5, 0.13)
+            + rows_of("full", 0, 3.6, EXPLODED_SHARE - 0.01) + rows_of("gdpp_tuned", 0, 9e9, 0.99))  # fmt: skip
+    text = "\n".join(_tails_section(rows, ["U(0,5)"], ["full", "diag"], [2, 4], {"test_prompts": 1000}))
+    assert "U(0,5) diag L = 4 seed 0 (mean 3e+13, median 1" in text
+    assert "seed 1" not in text.split("Exploding")[1] and "full L = 4 seed 0" not in text  # below the share
+    assert "gdpp_tuned" not in text.split("Exploding")[1]  # only learned models are named
+    calm = "\n".join(_tails_section(rows_of("diag", 1, 3.5, 0.13), ["U(0,5)"], ["diag"], [4], {"test_prompts": 1000}))
+    assert "Exploding" not in calm
