@@ -41,7 +41,7 @@ def test_quick_profile_cli_writes_every_artifact_and_report_rerenders(tmp_path):
     assert "U(0,3)" in summary["adjusted_loss"]
     assert (out / "figures" / "adjusted_U0-3.png").stat().st_size > 1000
     text = (out / "report.md").read_text()
-    assert "Table 1" in text and "best of 5 seeds" in text and "gap to tuned GD++" in text
+    assert "Table 1" in text and "best of 5 seeds" in text and "gap to best GD++" in text
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == text
@@ -174,3 +174,20 @@ def test_tails_section_names_exactly_the_learned_models_a_few_test_prompts_domin
     assert "gdpp_tuned" not in text.split("Exploding")[1]  # only learned models are named
     calm = "\n".join(_tails_section(rows_of("diag", 1, 3.5, 0.13), ["U(0,5)"], ["diag"], [4], {"test_prompts": 1000}))
     assert "Exploding" not in calm
+
+
+def test_class_gap_is_to_the_better_of_tuned_and_trained_gdpp_and_gdpp_itself_only_to_tuned():
+    import math
+
+    from experiments.reports.noisy_regression import _gaps, _tuned_beaten
+
+    losses = {("full", 0): 2.0, ("gdpp_tuned", 0): 1.5, ("gdpp", 0): 1.0, ("full", 1): 2.0, ("gdpp_tuned", 1): 1.5}
+    rows = [{"setting": "U(0,0)", "method": m, "depth": 4, "seed": s, "metric": "test_loss", "value": v}
+            for (m, s), v in losses.items()]  # fmt: skip
+    full = _gaps(rows, "U(0,0)", "full", 4, 0.05)
+    assert math.isclose(full[0].gap, math.log(2.0))  # the trained GD++ (1.0) is the better reference
+    assert math.isclose(full[1].gap, math.log(2.0 / 1.5))  # no trained GD++ on seed 1: tuned GD++
+    assert full[0].flagged and full[1].flagged
+    gdpp = _gaps(rows, "U(0,0)", "gdpp", 4, 0.05)
+    assert math.isclose(gdpp[0].gap, math.log(1.0 / 1.5)) and not gdpp[0].flagged  # never against itself
+    assert "U(0,0) L = 4" in _tuned_beaten(rows, 0.05) and _tuned_beaten(rows, 0.5) == ""
