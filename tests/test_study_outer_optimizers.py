@@ -3,13 +3,25 @@ criterion, reports each model against its class optimum and re-renders; the piec
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from experiments.cli import main
-from experiments.outer_optimizers import LR_EXTENSIONS, OPTIMUM, class_optimum, next_rate, per_prompt_losses, select_lr
+from experiments.outer_optimizers import (
+    LR_EXTENSIONS,
+    OPTIMIZER_NAMES,
+    OPTIMUM,
+    OuterOptimizersConfig,
+    class_optimum,
+    next_rate,
+    optimizer_spec,
+    per_prompt_losses,
+    select_lr,
+)
 from experiments.reporting import load_run
+from icl.config import ConfigError
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
 from learned_optimizers.constructions import preconditioned_gd_lsa
@@ -36,6 +48,47 @@ def test_next_rate_steps_past_the_edge_the_selected_rate_sits_on_until_it_is_bra
     assert next_rate({0.1: [0.3], 0.3: [0.1], 1.0: [0.01, math.inf]}) is None  # a diverged rate brackets from above
     assert next_rate({0.1: [math.inf], 0.3: [math.nan]}) is None  # every rate diverged: nothing to extend
     assert next_rate({0.2: [0.1]}) == pytest.approx(0.6)  # one rate: ×3
+
+
+def test_every_optimizer_gets_the_shared_betas_horizon_and_weight_decay():
+    cfg = replace(OuterOptimizersConfig(), train=replace(OuterOptimizersConfig().train, betas=(0.8, 0.95),
+                                                         weight_decay=0.0))  # fmt: skip
+    model = torch.nn.Linear(3, 2)
+    for name in OPTIMIZER_NAMES:
+        spec = optimizer_spec(name, 0.01, cfg)
+        (opt,) = spec.build([spec.groups(model)], [Streams(0, "cpu")])
+        group = opt.param_groups[0]
+        assert group["lr"] == 0.01
+        assert group["weight_decay"] == 0.0, name
+        if "betas" in group:
+            assert tuple(group["betas"]) == (0.8, 0.95), name
+        else:  # the root-free methods without betas: the same second-moment horizon as a rate 1 − β₂
+            key = {"rf_rmsprop": "lr_cov", "sirfshampoo": "beta2"}[name]
+            assert group[key] == pytest.approx(0.05), name
+
+
+@pytest.mark.parametrize("field", ["betas", "weight_decay"])
+def test_unset_betas_or_weight_decay_is_refused(field):
+    base = OuterOptimizersConfig()
+    with pytest.raises(ConfigError, match=f"train.{field} must be set"):
+        replace(base, train=replace(base.train, **{field: None})).check()
+
+
+def test_adamw_without_weight_decay_is_adam_step_for_step():
+    # why the study does not run AdamW by default (its weight decay is 0 for every optimizer)
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(4, 3, generator=gen)
+    grads = [torch.randn(4, 3, generator=gen) for _ in range(20)]
+    out = []
+    for cls in (torch.optim.Adam, torch.optim.AdamW):
+        w = torch.nn.Parameter(w0.clone())
+        opt = cls([w], lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        out.append(w.detach())
+    assert torch.equal(out[0], out[1])
+    assert not torch.equal(out[0], w0)
 
 
 def test_per_prompt_losses_of_the_pgd_construction_equal_the_reference_iteration(gen):
@@ -77,7 +130,7 @@ def test_outer_optimizers_quick(tmp_path):
     assert main(["run", "outer_optimizers", "--profile", "quick", "--out", str(out), "--quiet", *SMALL]) == 0
     for name in ("config.json", "results.csv", "summary.json", "report.md"):
         assert (out / name).is_file(), name
-    for stem in ("loss_vs_steps", "loss_vs_time"):
+    for stem in ("loss_vs_steps", "loss_vs_time", "gap_to_class_optimum"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
     summary = json.loads((out / "summary.json").read_text())
@@ -114,3 +167,19 @@ def test_outer_optimizers_quick(tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == text
     assert "Root-free vs root-based" in text and "not converged" in text  # 40 steps: far from the optimum
+
+
+def test_together_from_is_the_first_step_after_which_every_mean_curve_stays_within_the_factor():
+    from experiments.reports.outer_optimizers import TOGETHER, together_from
+
+    def rows(method, values):
+        return [dict(method=method, lr=0.1, seed=s, metric="val_loss", train_step=t, value=v * (1 + 0.01 * s))
+                for s in (0, 1) for t, v in zip((100, 200, 300, 400), values)]  # fmt: skip
+
+    a = rows("a", [1.0, 0.5, 0.30, 0.20])
+    b = rows("b", [2.0, 0.3, 0.31, 0.2 * TOGETHER * 0.999])  # within the factor from step 300 on
+    methods = {"a": ("a", 0.1), "b": ("b", 0.1)}
+    assert together_from(a + b, methods) == 300
+    c = rows("c", [1.0, 0.5, 0.30, 0.2 * TOGETHER * 1.01])  # apart at the last step: never together
+    assert together_from(a + c, {"a": ("a", 0.1), "c": ("c", 0.1)}) is None
+    assert together_from(a, {"a": ("a", 0.1)}) is None  # one curve: nothing to coincide with

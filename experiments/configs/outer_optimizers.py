@@ -23,10 +23,18 @@ class OuterOptimizersConfig(StudyConfig):
 
     Attributes:
         prompt, model: the data law and the sparse LSA trained.
-        train: the full runs (every optimizer at its selected rate, the same schedule).
+        train: the full runs (every optimizer at its selected rate, the same schedule). ``train.betas`` and
+            ``train.weight_decay`` must be set: they are given to every optimizer that takes them, so that no
+            optimizer runs at a default the others do not share (torch's Adam/AdamW and FAdam default to β₂ =
+            0.999, the others to 0.99; AdamW decays by 0.01, FAdam by 0.1, RF-AdamW by 0.01, the others not at
+            all). β₂ also sets the second-moment horizon of RF-RMSProp (``lr_cov`` = 1 − β₂) and SIRFShampoo
+            (its preconditioner rate ``beta2`` = 1 − β₂). Weight decay 0 (the default) keeps every optimizer's
+            fixed point at the minimiser of the loss, which is what the class optimum is.
         optimizers: ``NAME=BASE_LR`` entries; the rates tried are BASE_LR × ``lr_grid`` × train.lr / 0.01 (the
-            bases centre each grid on the rate the 4000-step runs selected for seeds 0–2), plus up to
-            ``LR_EXTENSIONS`` rates past the edge the selected rate sits on.
+            bases centre each grid on the rate the 4000-step development runs selected for seeds 0–2), plus up to
+            ``LR_EXTENSIONS`` rates past the edge the selected rate sits on. AdamW and ManifoldAdam are not among
+            the defaults: at weight decay 0 AdamW is Adam step for step, and ManifoldAdam on these Euclidean
+            parameters with the shared β is Adam too (tests/test_manifold_adam.py; identical losses here).
         lr_grid: multipliers of the base rates tried by the tuning runs.
         tune_steps: length of the tuning runs (at most ``train.steps``; the schedule of ``train`` compressed to this
             length). At ``train.steps`` (the default) the tuning runs are the reported runs: the rates are ranked at
@@ -46,15 +54,15 @@ class OuterOptimizersConfig(StudyConfig):
     model: LSAConfig = field(default_factory=lambda: LSAConfig(layers=3, mode="sparse", init_std=0.01))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=4000, batch_size=250, lr=1e-2, schedule="cosine", eval_every=100, eval_batch=4096, log_every=100
+            steps=8000, batch_size=250, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0, schedule="cosine",
+            eval_every=100, eval_batch=4096, log_every=100,
         )
     )
     optimizers: tuple[str, ...] = (
-        "adam=0.1", "adamw=0.1", "fadam=1.0", "rf_rmsprop=0.3", "rf_adamw=1.0", "sirfshampoo=0.01",
-        "manifold_adam=0.3",
+        "adam=0.1", "fadam=0.3", "rf_rmsprop=0.1", "rf_adamw=1.0", "sirfshampoo=0.01",
     )  # fmt: skip
     lr_grid: tuple[float, ...] = spec((0.3, 1.0, 3.0), gt=0)
-    tune_steps: int = spec(4000, ge=1)
+    tune_steps: int = spec(8000, ge=1)
     target_factor: float = spec(1.1, gt=1)
     test_prompts: int = spec(20_000, ge=10)
     tune_prompts: int = spec(20_000, ge=2)
@@ -78,6 +86,10 @@ class OuterOptimizersConfig(StudyConfig):
         if self.train.optimizer != TrainConfig.optimizer:
             raise ConfigError(f"train.optimizer = {self.train.optimizer!r} is not used by this study, which trains "
                               "every optimizer of `optimizers` (set optimizers=NAME=BASE_LR,... to choose them)")
+        for name in ("betas", "weight_decay"):
+            if getattr(self.train, name) is None:
+                raise ConfigError(f"train.{name} must be set: it is given to every optimizer that takes it, whose "
+                                  "defaults differ (unset, each would run at its own)")  # fmt: skip
         if self.model.mode != "sparse":
             raise ConfigError("model.mode must be 'sparse' (Ahn et al. eq. 8): the class optimum reported beside "
                               "every model, tuned Σ⁻¹-preconditioned GD, is the sparse LSA's")  # fmt: skip

@@ -10,6 +10,8 @@ import numpy as np
 from experiments.convergence import class_gap
 from experiments.outer_optimizers import LR_EXTENSIONS, NAME, OPTIMUM, ROOT_BASED, ROOT_FREE, OuterOptimizersConfig
 from experiments.reporting import (
+    distinct_colours,
+    finish_axes,
     finish_report,
     fmt,
     markdown_table,
@@ -18,7 +20,8 @@ from experiments.reporting import (
     paired_verdict,
     per_seed,
 )
-from experiments.reports.sweep import LABELS, best_final, curve_plot, sweep_table
+from experiments.reports.sweep import LABELS, best_final, curve_plot, curves, sweep_table
+from icl.plotting import plt, save_figure, set_theme
 
 #: the Krylov bound and the tuned PGD are drawn as one line when they differ by less than this (relative)
 COINCIDE = 0.01
@@ -54,6 +57,63 @@ def tuning_table(rows, selected: dict[str, float]) -> list[list]:
     return out
 
 
+#: mean curves within this factor of each other count as coinciding (said in the figures' captions)
+TOGETHER = 1.05
+
+
+def together_from(rows, methods: dict) -> int | None:
+    """The first evaluated step from which the seed-mean held-out curves of all ``methods`` stay within
+    :data:`TOGETHER` × of each other to the end (None: they do not, or fewer than two curves)."""
+    means = {}
+    for label, run in methods.items():
+        vals = curves(rows, run, "val_loss")
+        steps = sorted(set.intersection(*(set(v) for v in vals.values()))) if vals else []
+        means[label] = {t: float(np.mean([vals[s][t] for s in vals])) for t in steps}
+    if len(means) < 2:
+        return None
+    common = sorted(set.intersection(*(set(m) for m in means.values())))
+    start = None
+    for t in reversed(common):
+        vs = [m[t] for m in means.values()]
+        if not (min(vs) > 0 and max(vs) / min(vs) <= TOGETHER):
+            break
+        start = t
+    return start
+
+
+def gap_plot(gaps: dict[str, dict[int, object]], stem, tolerance: float, ref: str, title: str, caption: str) -> list:
+    """Every model's log gap to its class optimum: one column per optimizer (its colour), one marker per seed, the
+    class optimum at 0 and the convergence tolerance dashed."""
+    set_theme()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    names = list(gaps)
+    seeds = sorted({s for gs in gaps.values() for s in gs})
+    markers = ("o", "s", "^", "D", "v", "P", "X")
+    colours = distinct_colours(len(names))
+    plotted = [0.0, tolerance]
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        for j, s in enumerate(seeds):
+            g = gaps[name].get(s)
+            if g is None or not math.isfinite(g.gap):
+                continue
+            x = i + (j - (len(seeds) - 1) / 2) * 0.12
+            ax.plot([x], [g.gap], ls="none", marker=markers[j % len(markers)], color=colour, ms=6,
+                    markeredgecolor="black", markeredgewidth=0.4)
+            plotted.append(g.gap)
+    for j, s in enumerate(seeds):  # the seeds' markers in the legend, uncoloured (colour is the optimizer)
+        ax.plot([], [], ls="none", marker=markers[j % len(markers)], color="white", markeredgecolor="black",
+                markeredgewidth=0.6, ms=6, label=f"seed {s}")
+    ax.axhline(0.0, color="black", lw=1.0, label=f"{ref} (class optimum)")
+    ax.axhline(tolerance, color="black", lw=1.0, ls="--", label=f"tolerance +{tolerance:g}")
+    ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names], fontsize=8, rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel(f"log test MSE − log {ref}", fontsize=8)
+    finish_axes(ax, plotted)
+    ax.set_title(title, fontsize=9)
+    fig.text(0.01, -0.1, caption, fontsize=7, ha="left", va="top", wrap=True)  # below the rotated names
+    return save_figure(fig, stem)
+
+
 def report(run_dir) -> dict:
     run = open_report(run_dir, OuterOptimizersConfig)
     run_dir, cfg, rows, fig_dir = run.run_dir, run.config, run.rows, run.figures
@@ -83,8 +143,11 @@ def report(run_dir) -> dict:
     if not coincide and math.isfinite(kry_mean):
         hl[f"Σ⁻¹ Krylov bound, {L} steps"] = kry_mean
     seeds_txt = f"{len(cfg.seeds)} seed(s)"
-    cap = (f"held-out query MSE of each optimizer at its selected learning rate; mean over {seeds_txt}, band: 95% "
-           f"t-interval over seeds; horizontal lines: references (zero predictor {fmt(zero)}, off the axis)"
+    cap = (f"held-out query MSE (the `val` batch, {cfg.train.eval_batch} prompts per seed) of each optimizer at its "
+           f"selected learning rate; mean over {seeds_txt}, band: 95% t-interval over seeds; horizontal lines: "
+           f"references (zero predictor {fmt(zero)}, off the axis); the class optimum is on the {cfg.test_prompts} "
+           "test prompts, not the `val` batch, so the curves' distance to it is partly the prompt sets' difference "
+           "(the gaps on the same prompts: figures/gap_to_class_optimum.png)"
            + (f"; the Σ⁻¹ Krylov bound coincides with {ref} within {COINCIDE:.0%} and is not drawn"
               if coincide else ""))  # fmt: skip
     title = (f"{L}-layer {cfg.model.mode} LSA, d={cfg.prompt.d}, n={cfg.prompt.n}, non-isotropic Σ, "
@@ -96,6 +159,11 @@ def report(run_dir) -> dict:
     if window is not None:
         cap += (f"; y-axis cut at {fmt(window[1])} (10× the class optimum): earlier, higher values of the curves and "
                 "bands are off the axis")
+    joined = together_from(rows, methods)
+    if joined is not None:
+        cap += (f"; from step {joined} on, the mean curves of all {len(methods)} optimizers lie within "
+                f"{TOGETHER:g}× of each other (they coincide at this scale; figures/gap_to_class_optimum.png "
+                "separates their ends)")
     diverged = sorted({LABELS.get(r["method"], r["method"]) for r in rows if r["metric"] == "diverged"
                        and r["value"] > 0 and (r["method"], r["lr"]) in methods.values()})  # fmt: skip
     if diverged:
@@ -104,6 +172,11 @@ def report(run_dir) -> dict:
     figs += curve_plot(rows, methods, fig_dir / "loss_vs_time", x="wall", hlines=hl, title=title,
                        caption=cap + "; wall clock of a run that shared its machine: the optimizers' seconds are "
                        "comparable only if the load was even (finished.json records it)", ylim=window)  # fmt: skip
+
+    figs += gap_plot(gaps, fig_dir / "gap_to_class_optimum", cfg.class_tolerance, ref, title,
+                     f"log gap of every trained model (optimizer at its selected rate, one marker per seed) to {ref} "
+                     f"on the same {cfg.test_prompts} test prompts; below 0: the model beats the tuned reference on "
+                     f"these prompts; above the dashed line: flagged as not converged")  # fmt: skip
 
     def ci(t):
         m, lo, hi = t
@@ -201,6 +274,20 @@ the longer schedule:
         f"{summary_verdicts.get('root_free_matches_root_based', '–')} (paired, above) | Lin et al. 2024: root-free "
         "matches root-based on transformers (large models) | – |"
     )
+    tr = cfg.train
+    recipe = (f"Shared by every optimizer: β = {tuple(tr.betas) if tr.betas else 'each optimizer’s default'} where "
+              "it takes β" + (f" (RF-RMSProp's `lr_cov` and SIRFShampoo's `beta2`, rates of the same horizon: "
+                              f"1 − β₂ = {1 - tr.betas[1]:g})" if tr.betas else "")
+              + f", weight decay {tr.weight_decay if tr.weight_decay is not None else 'each optimizer’s default'}"
+              + (" (the fixed points are the loss's minimisers, which the class optimum is)"
+                 if tr.weight_decay == 0 else " (a decay moves the fixed points away from the class optimum)") + ".")
+    names = [n for n, _ in cfg.base_lrs()]
+    same = [label for n, label, why in (("adamw", "AdamW", tr.weight_decay == 0),
+                                        ("manifold_adam", "ManifoldAdam", tr.betas is not None))
+            if why and n not in names]  # fmt: skip
+    if same and "adam" in names:
+        recipe += (f" {' and '.join(same)} {'is' if len(same) == 1 else 'are'} not run: with these settings on the "
+                   "LSA's Euclidean weights " + ("it is" if len(same) == 1 else "each is") + " Adam, step for step.")
     text = f"""# outer_optimizers: outer optimizers for a {L}-layer LSA (issue #7)
 
 Setting: d = {cfg.prompt.d}, n = {cfg.prompt.n}, Σ eigenvalues {cfg.prompt.eigenvalues} (the code's Σ = U D² Uᵀ of
@@ -213,6 +300,7 @@ held-out `val` batch ({cfg.train.eval_batch} prompts) is selected, and while it 
 one more rate past that edge (by the grid's ratio there) is run, at most {LR_EXTENSIONS} per optimizer: {edge_line}.
 Test MSE on {cfg.test_prompts} float64 `test` prompts per seed, which neither training nor selection saw; the class
 optimum on the same prompts. Target = {cfg.target_factor:g} × best mean final val MSE = **{fmt(target)}**.
+{recipe}
 
 ## Results (selected learning rates)
 
@@ -252,7 +340,8 @@ context points, as the model does.
 {tuning}
 
 {longer_text}
-Figures: `figures/loss_vs_steps.png`, `figures/loss_vs_time.png` (the time axis is the mean over seeds of the
+Figures: `figures/gap_to_class_optimum.png` (every model's gap, per seed), `figures/loss_vs_steps.png`,
+`figures/loss_vs_time.png` (the time axis is the mean over seeds of the
 wall-clock seconds at each step, measured on a shared machine: compare ms/step only within one run).
 Rows: results.csv (columns `method` and `lr` name a run; curve metrics carry the step in `train_step`).
 """
