@@ -41,7 +41,7 @@ def test_quick_profile_cli_writes_every_artifact_and_report_rerenders(tmp_path):
     assert "U(0,3)" in summary["adjusted_loss"]
     assert (out / "figures" / "adjusted_U0-3.png").stat().st_size > 1000
     text = (out / "report.md").read_text()
-    assert "Table 1" in text and "best of 5 seeds" in text and "gap to tuned GD++" in text
+    assert "Table 1" in text and "best of 5 seeds" in text and "gap to best GD++" in text
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == text
@@ -139,3 +139,55 @@ def test_depth_and_noise_scale_the_training_and_the_seeds():
     assert cfg.seeds_at(4, noisy=False) == cfg.seeds_at(2, noisy=True) == (0, 1, 2)
     flat = NoisyRegressionConfig(depth_unit=0)
     assert flat.train_at(7, noisy=True) == flat.train
+    assert flat.train_at(7, noisy=False, mode="gdpp") == flat.train
+
+
+def test_deep_noiseless_gdpp_gets_its_larger_batch_and_longer_schedule_and_nothing_else_does():
+    from experiments.noisy_regression import NoisyRegressionConfig
+
+    cfg = NoisyRegressionConfig(depth_unit=2, gdpp_deep_batch=2.0, gdpp_deep_steps=1.5)
+    t = cfg.train
+    g4 = cfg.train_at(4, noisy=False, mode="gdpp")
+    assert (g4.steps, g4.halve_every, g4.plateau_patience, g4.batch_size) == (
+        3 * t.steps, 3 * t.halve_every, 3 * t.plateau_patience, t.batch_size)
+    assert (g4.lr, g4.clip_value, g4.explode_factor) == (t.lr, t.clip_value, t.explode_factor)
+    for mode in ("full", "diag"):  # the other modes, GD++ at the unit depth and GD++ with noise: the plain rule
+        assert cfg.train_at(4, noisy=False, mode=mode) == cfg.train_at(4, noisy=False)
+    assert cfg.train_at(2, noisy=False, mode="gdpp") == t
+    assert cfg.train_at(4, noisy=True, mode="gdpp") == cfg.train_at(4, noisy=True, mode="full")
+
+
+def test_tails_section_names_exactly_the_learned_models_a_few_test_prompts_dominate():
+    from experiments.reports.noisy_regression import EXPLODED_SHARE, _tails_section
+
+    def rows_of(method, seed, mean, share):
+        stats = {"test_loss": mean, "test_loss_median": 1.0, "test_loss_trimmed": 2.0,
+                 "log_test_loss_parts_sd": 0.1, "top1pct_share": share}  # fmt: skip
+        return [{"setting": "U(0,5)", "method": method, "depth": 4, "seed": seed, "metric": k, "value": v}
+                for k, v in stats.items()]  # fmt: skip
+
+    rows = (rows_of("diag", 0, 3e13, 1.0) + rows_of("diag", 1, 3.5, 0.13)
+            + rows_of("full", 0, 3.6, EXPLODED_SHARE - 0.01) + rows_of("gdpp_tuned", 0, 9e9, 0.99))  # fmt: skip
+    text = "\n".join(_tails_section(rows, ["U(0,5)"], ["full", "diag"], [2, 4], {"test_prompts": 1000}))
+    assert "U(0,5) diag L = 4 seed 0 (mean 3e+13, median 1" in text
+    assert "seed 1" not in text.split("Exploding")[1] and "full L = 4 seed 0" not in text  # below the share
+    assert "gdpp_tuned" not in text.split("Exploding")[1]  # only learned models are named
+    calm = "\n".join(_tails_section(rows_of("diag", 1, 3.5, 0.13), ["U(0,5)"], ["diag"], [4], {"test_prompts": 1000}))
+    assert "Exploding" not in calm
+
+
+def test_class_gap_is_to_the_better_of_tuned_and_trained_gdpp_and_gdpp_itself_only_to_tuned():
+    import math
+
+    from experiments.reports.noisy_regression import _gaps, _tuned_beaten
+
+    losses = {("full", 0): 2.0, ("gdpp_tuned", 0): 1.5, ("gdpp", 0): 1.0, ("full", 1): 2.0, ("gdpp_tuned", 1): 1.5}
+    rows = [{"setting": "U(0,0)", "method": m, "depth": 4, "seed": s, "metric": "test_loss", "value": v}
+            for (m, s), v in losses.items()]  # fmt: skip
+    full = _gaps(rows, "U(0,0)", "full", 4, 0.05)
+    assert math.isclose(full[0].gap, math.log(2.0))  # the trained GD++ (1.0) is the better reference
+    assert math.isclose(full[1].gap, math.log(2.0 / 1.5))  # no trained GD++ on seed 1: tuned GD++
+    assert full[0].flagged and full[1].flagged
+    gdpp = _gaps(rows, "U(0,0)", "gdpp", 4, 0.05)
+    assert math.isclose(gdpp[0].gap, math.log(1.0 / 1.5)) and not gdpp[0].flagged  # never against itself
+    assert "U(0,0) L = 4" in _tuned_beaten(rows, 0.05) and _tuned_beaten(rows, 0.5) == ""

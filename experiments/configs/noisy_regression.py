@@ -31,7 +31,10 @@ class NoisyRegressionConfig(StudyConfig):
         init_std: std of the initial weights (products of two factors, so not too small).
         train: the outer training: ``train.steps`` is the cap, the plateau rule (``train.plateau_patience``
             evaluations without a relative improvement of ``train.plateau_tol`` of the held-out loss) ends it
-            earlier; a divergence rolls back to the last healthy state at a lower learning rate.
+            earlier; a divergence (a non-finite loss or gradient) rolls back to the last healthy state at a lower
+            learning rate. ``explode_factor`` 1e30: at L = 4 a training batch can hold a tail prompt whose loss is
+            1e13 or more times the typical one, which is no divergence (the gradient is clipped); with 1e12 such
+            batches used up the rollbacks of two 4-layer FULL seeds (and halved their learning rate four times).
         test_prompts: held-out prompts per (seed, noise setting).
         tune_prompts: training-law prompts on which ConstRR's λ and the tuned GD++ are chosen.
         tune_maxfev: the budget of the tuned GD++'s refinement per depth (method evaluations).
@@ -45,6 +48,11 @@ class NoisyRegressionConfig(StudyConfig):
         other_seeds: how many of ``seeds`` train the models not in ``best_of_depths`` (the noisy settings).
         noisy_budget: in a noisy setting the cap, halving period and patience are this times the noiseless ones
             (the paper's noisy results are orderings of adjusted losses well above the noiseless optimum's 1e-3).
+        gdpp_deep_batch, gdpp_deep_steps: the noiseless GD++ deeper than ``depth_unit`` trains on this times the
+            batch and this times the cap, halving period and patience. Its per-prompt losses are heavy-tailed (the
+            worst 1% of prompts carry 60-80% of the L = 4 test MSE), so a small batch's gradient is mostly noise and
+            one seed's held-out loss drifts up while the learning rate falls; with the plain recipe seeds 2 and 3 of
+            the standard profile ended at 1.04e-3 and 1.38e-3 ½·MSE, above the 1e-3 target.
     """
 
     d: int = spec(10, ge=1)
@@ -70,19 +78,21 @@ class NoisyRegressionConfig(StudyConfig):
             log_every=100,
             on_divergence="rollback",
             max_rollbacks=4,
-            explode_factor=1e12,
+            explode_factor=1e30,
             plateau_patience=10,
             plateau_tol=3e-3,
         )  # fmt: skip
     )
     test_prompts: int = spec(20_000, ge=100)
     tune_prompts: int = spec(2_000, ge=100)
-    tune_maxfev: int = spec(300, ge=0)
+    tune_maxfev: int = spec(300, ge=1)
     tolerance: float = spec(0.05, gt=0)
     depth_unit: int = spec(2, ge=0)
-    best_of_depths: tuple[int, ...] = spec((2, 4), ge=1, allow_empty=True)
+    best_of_depths: tuple[int, ...] = spec((2,), ge=1, allow_empty=True)
     other_seeds: int = spec(3, ge=1)
     noisy_budget: float = spec(0.15, gt=0)
+    gdpp_deep_batch: float = spec(2.0, gt=0)
+    gdpp_deep_steps: float = spec(1.5, gt=0)
 
     def check(self) -> None:
         super().check()
@@ -106,19 +116,23 @@ class NoisyRegressionConfig(StudyConfig):
         best-of-5 comparisons), the first ``other_seeds`` of them elsewhere."""
         return self.seeds if not noisy and L in self.best_of_depths else self.seeds[: self.other_seeds]
 
-    def train_at(self, L: int, noisy: bool) -> TrainConfig:
+    def train_at(self, L: int, noisy: bool, mode: str = "full") -> TrainConfig:
         """The training of a depth-L model: ``train.steps`` (the cap), ``train.halve_every`` and
         ``train.plateau_patience`` are those of a depth-``depth_unit`` model, scaled by L/depth_unit (deeper models
         anneal more slowly) and by ``noisy_budget`` in a noisy setting; ``train.batch_size`` is scaled by
-        depth_unit/L (prompts × layers per step constant, so a step costs the same at every depth).
-        ``depth_unit`` 0: ``train`` at every depth."""
+        depth_unit/L (prompts × layers per step constant, so a step costs the same at every depth). The noiseless
+        ``gdpp`` deeper than ``depth_unit`` gets ``gdpp_deep_batch`` times the batch and ``gdpp_deep_steps`` times
+        the cap, halving period and patience. ``depth_unit`` 0: ``train`` at every depth."""
         if not self.depth_unit:
             return self.train
         f = L / self.depth_unit * (self.noisy_budget if noisy else 1.0)
+        b = self.depth_unit / L
+        if mode == "gdpp" and not noisy and L > self.depth_unit:
+            f, b = f * self.gdpp_deep_steps, b * self.gdpp_deep_batch
         t = self.train
         return replace(t, steps=max(1, round(f * t.steps)), halve_every=max(1, round(f * t.halve_every)),
                        plateau_patience=max(1, round(f * t.plateau_patience)) if t.plateau_patience else 0,
-                       batch_size=max(1, round(t.batch_size * self.depth_unit / L)))
+                       batch_size=max(1, round(t.batch_size * b)))
 
     def noise_settings(self) -> list[tuple[str, PromptConfig]]:
         """(name, prompt law) of every noise setting."""
