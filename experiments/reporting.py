@@ -399,10 +399,10 @@ def line_plot(
     horizontal reference lines and ``points`` single theory points {label: (x, y)} (y in the metric's units).
     ``log_values`` plots log(value) (the papers' log-loss axis) with the band computed on the log scale
     (:func:`log_band`). Labels come from ``labels``, then :data:`LABELS`, else the id. The y-limits follow the
-    lines (bands are clipped at the axes), integer x values get integer ticks, the legend sits outside the axes,
-    every line has its own colour, and curves that coincide (within :data:`COINCIDE_TOL` in plotted units) are
-    named as coinciding in the legend. ``floor``: the least value the metric can take (e.g. 0 for a distance);
-    bands are cut there and the caption says so.
+    lines (bands are clipped at the axes, and then the caption says so), integer x values get integer ticks, the
+    legend sits outside the axes, every line has its own colour, and curves that coincide (within
+    :data:`COINCIDE_TOL` in plotted units) are named as coinciding in the legend. ``floor``: the least value the
+    metric can take (e.g. 0 for a distance); bands are cut there and the caption says so.
     """
     set_theme()
     names = {**LABELS, **(labels or {})}
@@ -473,5 +473,8 @@ def line_plot(
         caption += "; band on the log scale: log(mean) ± half-width/mean"
     if floor is not None:
         caption += f"; bands cut at {floor:g}, the least value {ylabel} can take"
+    y0, y1 = ax.get_ylim()
+    if any(math.isfinite(v) and not y0 <= v <= y1 for v in band_ends):
+        caption += "; bands that leave the axes are cut at them (the intervals are wider)"
     fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
     return save_figure(fig, stem)

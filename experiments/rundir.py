@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from icl.config import Config, ConfigError
-from icl.runio import RunDirError, atomic_write_bytes, read_json_file, read_results, write_json
+from icl.runio import CheckpointError, RunDirError, atomic_write_bytes, read_json_file, read_results, write_json
 from icl.training.checkpoint import RESUME_ADJUSTABLE, RESUME_INDIFFERENT, export_checkpoint
 
 FINISHED = "finished.json"
@@ -129,17 +129,23 @@ def _digest(path: Path) -> str:
 
 
 def export_models(run_dir: Path) -> list[Path]:
-    """Write ``models/{tag}-s{seed}.pt`` for every one-seed checkpoint under ``checkpoints/`` whose model file is
-    missing (a run from before model files existed); a seed batch's unfinished checkpoint has none. Returns the
-    files written."""
+    """Write ``models/{tag}-s{seed}.pt`` for every one-seed checkpoint under ``checkpoints/`` of this run's config
+    whose model file is missing (a run from before model files existed); a seed batch's unfinished checkpoint has
+    none, and a checkpoint of another config (a stale file of an earlier run) or a file that is no training
+    checkpoint is left alone. Returns the files written."""
     ckpts = run_dir / "checkpoints"
+    config = saved_config(run_dir)["config"]
     written = []
     for src in sorted(ckpts.glob("*.pt")) if ckpts.is_dir() else []:
         dst = run_dir / "models" / src.name
         if src.name.endswith("-batch.pt") or dst.exists():
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        written.append(export_checkpoint(src, dst))
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if export_checkpoint(src, dst, config) is not None:
+                written.append(dst)
+        except CheckpointError:  # not a training checkpoint (baselines caches its results under checkpoints/)
+            continue
     return written
 
 

@@ -74,3 +74,21 @@ def test_coinciding_curves_are_found_and_distinct_ones_are_not():
 
     curves = {"a": ([1, 2], [0.0, -1.0]), "b": ([1, 2], [0.005, -1.004]), "c": ([1, 2], [0.0, -1.5])}
     assert coinciding(curves) == [("a", "b")]
+
+
+def test_a_band_cut_at_the_axes_is_said_to_be_in_the_caption(tmp_path, monkeypatch):
+    """line_plot's y-limits follow the lines; a band that reaches past them is cut there, and only then does the
+    caption say so (pgd_depth's GD++ gap band at L = 4 left the axes without a word)."""
+    import experiments.reporting as reporting
+
+    captions = []
+    monkeypatch.setattr(reporting, "save_figure",
+                        lambda fig, stem: captions.append(" ".join(t.get_text() for t in fig.texts)) or [])  # fmt: skip
+
+    def rows(spread):
+        return [dict(method="m", depth=L, seed=s, metric="gap", value=1.0 + L + spread * (s - 1) * (L == 3))
+                for L in (1, 2, 3) for s in range(3)]  # fmt: skip
+
+    reporting.line_plot(rows(0.01), tmp_path / "narrow", metric="gap", ylabel="gap", xlabel="L")
+    reporting.line_plot(rows(50.0), tmp_path / "wide", metric="gap", ylabel="gap", xlabel="L")
+    assert "cut at them" not in captions[0] and "cut at them" in captions[1]

@@ -70,5 +70,5 @@ def test_sigterm_during_a_studys_baselines_stops_before_the_next_seed(tmp_path, 
     rc = main(["run", "pgd_depth", "--profile", "quick", "--seeds", "0,1", "--out", str(tmp_path / "run"),
                "--quiet"])  # fmt: skip
     assert rc == 143 and calls == [0]
-    assert "computing the baselines" in capsys.readouterr().err
+    assert "the baselines" in capsys.readouterr().err  # (computing them, or tuning GD++'s candidates after them)
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

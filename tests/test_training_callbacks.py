@@ -5,6 +5,7 @@ callbacks in a fixed order, and the plateau rule of a seed batch waits for every
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -210,8 +211,9 @@ def test_a_seed_batch_plateaus_only_when_every_seed_has():
 def test_a_trained_model_gets_a_model_file_of_kilobytes_that_load_model_rebuilds(tmp_path):
     """#13 item 10: every trained seed gets ``models/{tag}-s{seed}.pt`` (config, spec, weights, the run's summary;
     no optimizer state or step rows), which loads with ``weights_only`` and rebuilds the trained model exactly;
-    a resume that finds the models trained, or ``experiments report`` (:func:`export_models`), writes it again
-    where it is missing; a seed batch's checkpoint can not be exported as one model."""
+    a resume that finds the models trained, or ``experiments report`` (:func:`export_models`, only from
+    checkpoints of the run's own config), writes it again where it is missing; a seed batch's checkpoint can not
+    be exported as one model."""
     from experiments.rundir import export_models
     from icl.runio import CheckpointError
     from icl.training import checkpoint
@@ -234,6 +236,11 @@ def test_a_trained_model_gets_a_model_file_of_kilobytes_that_load_model_rebuilds
         again = torch.load(checkpoint.export_checkpoint(full, tmp_path / "again.pt"), weights_only=True)
         assert torch.equal(again["models"][0]["A"], saved["models"][0]["A"]) and again["summary"] == saved["summary"]
     (tmp_path / "models" / "lsa-s0.pt").unlink()  # a run from before model files: `experiments report` writes it
+    run_config = {"experiment": "t", "config": QuickstartConfig().with_overrides({"seed": 5}).to_dict()}
+    (tmp_path / "config.json").write_text(json.dumps(run_config))
+    assert export_models(tmp_path) == []  # the checkpoints are of another config: stale, not exported
+    run_config["config"] = QuickstartConfig().to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(run_config))
     assert export_models(tmp_path) == [tmp_path / "models" / "lsa-s0.pt"] and export_models(tmp_path) == []
     assert torch.equal(torch.load(tmp_path / "models" / "lsa-s0.pt", weights_only=True)["models"][0]["A"],
                        fitted.runs[0].model.A.detach())  # fmt: skip

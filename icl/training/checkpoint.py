@@ -91,9 +91,15 @@ def export(path: Path, experiment: str, cfg: Config, trainer: Trainer, s: int = 
     return save_checkpoint(path, model_file(payload(experiment, cfg, trainer, state)))
 
 
-def export_checkpoint(src: Path, dst: Path) -> Path:
+def export_checkpoint(src: Path, dst: Path, config: Mapping[str, Any] | None = None) -> Path | None:
     """Write the model file of the one-seed checkpoint ``src`` to ``dst`` (a committed run's checkpoints
     turned into model files without training again).
+
+    Args:
+        src: the checkpoint.
+        dst: the model file to write.
+        config: the run's resolved config (``config.json``'s ``config``); a checkpoint written with another one
+            (a stale file of an earlier run) is not exported and None is returned.
 
     Raises:
         CheckpointError: ``src`` is not a readable one-seed checkpoint of this format.
@@ -102,6 +108,14 @@ def export_checkpoint(src: Path, dst: Path) -> Path:
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {src} has format {ckpt['format']!r}; this version reads "
                               f"{CHECKPOINT_FORMAT!r}")  # fmt: skip
+    if config is not None:
+        try:
+            saved = json.loads(ckpt["config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {src} holds an unreadable config ({e})") from None
+        ignored = RESUME_INDIFFERENT + RESUME_ADJUSTABLE
+        if [k for k in _diff_keys(saved, dict(config)) if k.rsplit(".", 1)[-1] not in ignored]:
+            return None
     try:
         return save_checkpoint(dst, model_file(ckpt))
     except (ValueError, KeyError, TypeError, IndexError) as e:
