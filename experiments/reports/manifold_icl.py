@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import ticker
 
 from experiments.convergence import class_gap
 from experiments.manifold_icl import HEADLINE, REFERENCE, REFERENCES, ManifoldICLConfig, first_reach, settled
@@ -310,6 +311,9 @@ def _plot(tab, selected, L, x, stem, title, target) -> list[Path]:
         finish_axes(ax, data + [level], logy=True, integer_x=x == "step", legend=last)
         if i == 1:
             ax.set_ylim(level / ZOOM_BELOW, level * ZOOM)
+        _plain_ratio_ticks(ax)
+    if zoom:
+        fig.subplots_adjust(wspace=0.3)  # (the right panel's y-label clear of the left panel)
     caption = ("held-out (val) MSE divided by tuned Σ⁻¹-PGD's on the same prompts (dashed, 1), mean over each method's "
                "seeds (the side methods run on fewer seeds), up to the last step\nevery seed ran (diverged seeds left "
                "out); dotted: the target gap")
@@ -320,6 +324,20 @@ def _plot(tab, selected, L, x, stem, title, target) -> list[Path]:
                     "divided by the seeds (a batch costs less than one run per seed, so this favours it)")
     fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top")
     return save_figure(fig, stem)
+
+
+def _plain_ratio_ticks(ax) -> None:
+    """Ratio ticks as plain numbers (1, 1.1, 10, …, not 1.1×10⁰); within a decade, about six evenly spaced ones
+    and 1 (a log axis there has one decade tick or none)."""
+    y0, y1 = ax.get_ylim()
+    if y1 / y0 < 10:  # (1, PGD's level, always among them)
+        even = ticker.MaxNLocator(nbins=6).tick_values(y0, y1)
+        ticks = [t for t in even if t > 0 and abs(math.log(t)) > 0.04] + [1.0]
+        ax.yaxis.set_major_locator(ticker.FixedLocator(sorted(t for t in ticks if y0 <= t <= y1)))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
+        ax.set_ylim(y0, y1)
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _plot_angles(tab, selected, depths, stem) -> list[Path]:
