@@ -157,8 +157,9 @@ def report(run_dir) -> dict:
     # single seeds leave it (said in the caption)
     window = (0.8 * pgd_mean, 10 * pgd_mean) if math.isfinite(pgd_mean) and pgd_mean > 0 else None
     if window is not None:
-        cap += (f"; y-axis cut at {fmt(window[1])} (10× the class optimum): earlier, higher values of the curves and "
-                "bands are off the axis")
+        cap += (f"; y-axis from {fmt(window[0])} to {fmt(window[1])} (0.8× to 10× the class optimum): earlier, "
+                "higher values of the curves and bands are off the axis, and so are the lower ends of bands that "
+                f"reach below it (intervals over {seeds_txt} are wide)")
     joined = together_from(rows, methods)
     if joined is not None:
         cap += (f"; from step {joined} on, the mean curves of all {len(methods)} optimizers lie within "
