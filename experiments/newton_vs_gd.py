@@ -87,7 +87,6 @@ on the zero-predictor plateau, and at CPU budgets only some settings leave it:
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import replace
 
@@ -306,33 +305,17 @@ def _end(run) -> dict:
             "train_seconds": float(run.wall_time)}
 
 
-class PlateauAfterEscape(Plateau):
-    """The engine's plateau rule, counting only once the held-out loss is below ``escape`` × the zero
-    predictor's on the same prompts: before that the seed sits on the zero-predictor plateau (a softmax GPT does
-    for hundreds of steps), where a flat loss means "not started", not "converged"."""
-
-    def __init__(self, patience: int, tol: float, escape: float) -> None:
-        super().__init__(patience, tol)
-        self.escape = escape
-
-    def on_eval(self, trainer, losses) -> None:
-        if self.best:
-            for s, (loss, zero) in enumerate(zip(losses, trainer.zero_losses)):
-                if loss >= self.escape * zero:  # not escaped: the rule restarts from this loss
-                    self.best[s] = math.inf
-        super().on_eval(trainer, losses)
-
-
 def train_gpt(ctx: RunContext, cfg: NewtonVsGDConfig, seed_streams: list[Streams], dists) -> list:
-    """The GPT of every seed (None where it diverged), one seed after another, each until
-    :class:`PlateauAfterEscape` (``gpt_train.plateau_patience``, ``plateau_tol``, ``gpt_escape``) stops it or the cap
-    of ``gpt_train.steps``. One by one, not as a seed batch: each seed stops at its own plateau (a batch stops when
-    the last seed does), and a stacked GPT step costs the same per seed as a single one (module docstring)."""
+    """The GPT of every seed (None where it diverged), one seed after another, each until the plateau rule
+    counted from the zero-predictor plateau's end (:class:`~icl.training.Plateau` with ``escape``:
+    ``gpt_train.plateau_patience``, ``plateau_tol``, ``gpt_escape``) stops it or the cap of ``gpt_train.steps``.
+    One by one, not as a seed batch: each seed stops at its own plateau (a batch stops when the last seed does),
+    and a stacked GPT step costs the same per seed as a single one (module docstring)."""
     tc = replace(cfg.gpt_train, plateau_patience=0)  # the rule is the callback's
     spec = ModelSpec("gpt", cfg.prompt.d, cfg.gpt)
     runs = []
     for st, dist in zip(seed_streams, dists):
-        rule = PlateauAfterEscape(cfg.gpt_train.plateau_patience, cfg.gpt_train.plateau_tol, cfg.gpt_escape)
+        rule = Plateau(cfg.gpt_train.plateau_patience, cfg.gpt_train.plateau_tol, escape=cfg.gpt_escape)
         try:
             runs.append(train_one(ctx, cfg, "gpt", st.seed, spec.build(st.generator("init", "cpu")), dist, tc, st,
                                   callbacks=[rule] if cfg.gpt_train.plateau_patience else []))  # fmt: skip

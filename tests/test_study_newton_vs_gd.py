@@ -9,7 +9,6 @@ import torch
 from experiments.cli import main
 from experiments.newton_vs_gd import (
     NewtonVsGDConfig,
-    PlateauAfterEscape,
     _end,
     gd_iterates,
     gd_steps_grid,
@@ -205,9 +204,9 @@ def test_the_gpt_plateau_rule_waits_until_the_zero_predictor_plateau_is_left():
     plain = Plateau(2, 1e-2)
     assert _evaluate(plain, _Trainer([10.0]), flat + then) == 300
     # escaped at 4.0 (step 700), improved at 3.0, then < 1% for 2 evaluations: stops at step 1000
-    assert _evaluate(PlateauAfterEscape(2, 1e-2, 0.5), _Trainer([10.0]), flat + then) == 1000
+    assert _evaluate(Plateau(2, 1e-2, escape=0.5), _Trainer([10.0]), flat + then) == 1000
     # escape = 0.25 (below 2.5): never escaped, never stopped
-    assert _evaluate(PlateauAfterEscape(2, 1e-2, 0.25), _Trainer([10.0]), flat + then) is None
+    assert _evaluate(Plateau(2, 1e-2, escape=0.25), _Trainer([10.0]), flat + then) is None
     # two seeds: the run stops only when both have escaped and plateaued
     two = [[9.9, 9.9]] * 3 + [[3.0, 9.9]] * 4 + [[3.0, 3.0]] * 3
-    assert _evaluate(PlateauAfterEscape(2, 1e-2, 0.5), _Trainer([10.0, 10.0]), two) == 1000
+    assert _evaluate(Plateau(2, 1e-2, escape=0.5), _Trainer([10.0, 10.0]), two) == 1000

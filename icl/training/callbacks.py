@@ -262,14 +262,18 @@ class Plateau(Callback):
     """The convergence rule: finish when the held-out loss has not improved on its best by a relative ``tol``
     for ``patience`` evaluations in a row (every seed, in a seed batch); ``train.steps`` stays the cap. What
     ended the run is recorded in each seed's history events (``{"event": "finished", "reason": ...}``).
+
+    With ``escape``, a seed's count starts only once its held-out loss is below ``escape`` × the zero predictor's
+    on the same prompts: before that it sits on the zero-predictor plateau (a softmax GPT does for hundreds of
+    steps), where a flat loss means "not started", not "converged".
     """
 
     name = "plateau"
 
-    def __init__(self, patience: int, tol: float = 1e-3) -> None:
+    def __init__(self, patience: int, tol: float = 1e-3, escape: float | None = None) -> None:
         if patience < 1:
             raise ValueError(f"patience must be >= 1, got {patience}")
-        self.patience, self.tol = patience, tol
+        self.patience, self.tol, self.escape = patience, tol, escape
         self.best: list[float] = []
         self.waited: list[int] = []
 
@@ -278,7 +282,9 @@ class Plateau(Callback):
             self.best = [float("inf")] * len(losses)
             self.waited = [0] * len(losses)
         for s, loss in enumerate(losses):
-            if loss < self.best[s] * (1 - self.tol):
+            if self.escape is not None and loss >= self.escape * trainer.zero_losses[s]:  # not escaped yet
+                self.best[s], self.waited[s] = loss, 0
+            elif loss < self.best[s] * (1 - self.tol):
                 self.best[s], self.waited[s] = loss, 0
             else:
                 self.waited[s] += 1
