@@ -99,7 +99,7 @@ from experiments.common import RunContext, make_distribution, write_config
 from experiments.configs.newton_vs_gd import MODELS, PROFILES, NewtonVsGDConfig  # noqa: F401  (re-exported)
 from experiments.convergence import tail_stats
 from experiments.registry import Study
-from experiments.study import Rows, held_out_prompts, train_all_seeds, train_one
+from experiments.study import Rows, grow, held_out_prompts, train_all_seeds, train_one
 from icl.prompts import PromptBatch, zero_predictor_loss
 from icl.runio import write_json
 from icl.seeding import Streams
@@ -288,13 +288,7 @@ def grown_lsa(cfg: NewtonVsGDConfig, layers: int, previous: nn.Module | None, st
     """A ``layers``-layer full LSA: freshly initialised, with the trained layers of ``previous`` (depth
     ``layers`` − 1) copied in and its last layer repeated as the new last layer."""
     model = ModelSpec("lsa", cfg.prompt.d, replace(cfg.lsa, layers=layers)).build(streams.generator("init", "cpu"))
-    if previous is not None:
-        with torch.no_grad():
-            for name in ("P", "Q"):
-                old, new = getattr(previous, name), getattr(model, name)
-                new[: layers - 1] = old.to(new)
-                new[layers - 1] = old[-1].to(new)
-    return model
+    return grow(model, previous) if previous is not None else model
 
 
 def _end(run) -> dict:

@@ -72,6 +72,31 @@ def train_all_seeds(
                vectorise=getattr(cfg, "vectorise_seeds", True), device=ctx.device, quiet=ctx.quiet)  # fmt: skip
 
 
+def grow(model: nn.Module, previous: nn.Module) -> nn.Module:
+    """Start a freshly built depth-L model from a trained depth-(L−1) one of the same architecture: every
+    parameter's first L−1 layers (its leading axis) are ``previous``'s and its last layer repeats ``previous``'s
+    last (training depth by depth, each depth starting where the shallower model ended). Returns ``model``.
+
+    Raises:
+        ValueError: a parameter is missing, has no layer axis one longer than ``previous``'s, or differs in its
+            other axes (a tied model, another mode or width).
+    """
+    new = dict(model.named_parameters())
+    old = dict(previous.named_parameters())
+    if new.keys() != old.keys():
+        raise ValueError(f"grow: parameters {sorted(new)} of the model differ from {sorted(old)} of the previous one")
+    for name, p in old.items():
+        q = new[name]
+        if q.ndim == 0 or q.shape[0] != p.shape[0] + 1 or q.shape[1:] != p.shape[1:]:
+            raise ValueError(f"grow: parameter {name} has shape {tuple(q.shape)}, needs one more layer than the "
+                             f"previous model's {tuple(p.shape)} on its first axis")  # fmt: skip
+    with torch.no_grad():
+        for name, p in old.items():
+            new[name][:-1] = p.to(new[name])
+            new[name][-1] = p[-1].to(new[name])
+    return model
+
+
 def held_out_prompts(dist: PromptDistribution, streams: Streams, count: int, dtype: torch.dtype) -> PromptBatch:
     """``count`` held-out test prompts from the seed's ``test`` stream (never used in training)."""
     old = dist.dtype

@@ -21,8 +21,10 @@ from experiments.pgd_depth import (
     whiten,
 )
 from experiments.results import read_results
+from experiments.study import grow
 from icl.prompts import PromptConfig, PromptDistribution
 from icl.seeding import Streams
+from learned_optimizers import LinearSelfAttention, LSAConfig
 from learned_optimizers.constructions import gd_plus_plus_lsa, preconditioned_gd_lsa
 
 
@@ -188,3 +190,18 @@ def test_learned_gdpp_schedule_reads_back_a_gdpp_construction_and_the_theorem4_s
         pred = model(batch.Z())
     torch.testing.assert_close(pred, predict(ro.gd_plus_plus, whiten(batch, dist.Sigma), 2, hp), rtol=1e-9,
                                atol=1e-9)  # fmt: skip
+
+
+def test_grow_copies_every_layer_repeats_the_last_and_refuses_a_wrong_shape():
+    """experiments.study.grow on GD++ LSAs (A and B per layer): depth 3 from depth 2 holds layers 1, 2 and 2 again
+    of both matrices, and the grown model computes depth 2's prediction followed by a copy of its last layer."""
+    torch.manual_seed(0)
+    two = LinearSelfAttention(5, LSAConfig(layers=2, mode="gdpp", init_std=0.3)).double()
+    three = grow(LinearSelfAttention(5, LSAConfig(layers=3, mode="gdpp", init_std=0.3)).double(), two)
+    for name in ("A", "B"):
+        a, b = getattr(two, name), getattr(three, name)
+        assert torch.equal(b[:2], a) and torch.equal(b[2], a[1])
+    with pytest.raises(ValueError, match="one more layer"):
+        grow(LinearSelfAttention(5, LSAConfig(layers=2, mode="gdpp")), two)
+    with pytest.raises(ValueError, match="differ"):
+        grow(LinearSelfAttention(5, LSAConfig(layers=3, mode="sparse")), two)
