@@ -13,8 +13,10 @@ Ahn et al.'s 0.43, 0.69, 1.72.
 **Converged training.** A depth-L model trains until its held-out loss stops improving (the engine's plateau
 rule: L·``train.plateau_patience`` evaluations without a relative gain of ``train.plateau_tol``), at most
 L·``train.steps`` steps, with the learning rate halved every L·``train.halve_every`` steps (these three are per
-layer: deeper models anneal more slowly). The steps taken, the cap and what stopped
-the run are rows of results.csv. Every learned model's log test loss is reported beside its class optimum on the
+layer: deeper models anneal more slowly). The GD++ LSA of depth L ≥ ``gdpp_grow_from`` starts from the trained
+depth L − 1 model (:func:`experiments.study.grow`; a fresh start stalls in a poor basin of GD++'s loss, see the
+config's docstring). The steps taken, the cap, what stopped the run and whether it was grown are rows of
+results.csv. Every learned model's log test loss is reported beside its class optimum on the
 same test prompts (:func:`experiments.convergence.class_gap`): tuned Σ⁻¹-PGD for the sparse LSA (its A_ℓ ∝ Σ⁻¹ set,
 Ahn et al. Thm 3), tuned GD++ in Σ⁻¹ geometry for the GD++ LSA (Thm 4's set A_ℓ = a_ℓΣ⁻¹, B_ℓ = b_ℓI is GD++ on
 whitened inputs with γ_ℓ = a_ℓb_ℓ), the Theorem 1 optimum A* = Γ⁻¹ for the w* ~ N(0, I) model; the gap and its
@@ -63,7 +65,7 @@ from experiments.common import RunContext, write_config
 from experiments.configs.pgd_depth import EIGENVALUES, PROFILES, PGDDepthConfig  # noqa: F401  (re-exported)
 from experiments.convergence import tail_stats
 from experiments.registry import Study
-from experiments.study import Rows, held_out_prompts, train_all_seeds
+from experiments.study import Rows, grow, held_out_prompts, train_all_seeds
 from icl.metrics import LossEstimate, dist_to_identity, relative_frobenius
 from icl.prompts import PromptBatch, PromptDistribution
 from icl.runio import write_json
@@ -318,13 +320,16 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
         per_seed.append(_Seed(seed, streams, dist, test, errs, gdpp))
         ctx.print(f"seed {seed}: baselines done ({time.time() - t0:.0f}s)")
 
-    def train(tag: str, L: int, mode: str, dists: list[PromptDistribution]) -> Fitted:
+    def train(tag: str, L: int, mode: str, dists: list[PromptDistribution], previous: list | None = None) -> Fitted:
         """Model ``tag`` for every seed (together unless vectorise_seeds is off), read out every read_every
-        steps."""
-        model = ModelSpec("lsa", d, LSAConfig(layers=L, mode=mode, init_std=cfg.init_std))
+        steps; with ``previous`` (each seed's trained depth L − 1 model) started from it
+        (:func:`experiments.study.grow`)."""
+        spec = ModelSpec("lsa", d, LSAConfig(layers=L, mode=mode, init_std=cfg.init_std))
         streams = [s.streams for s in per_seed]
+        models = spec if previous is None else [grow(spec.build(s.streams.generator("init", "cpu")), p)
+                                                for s, p in zip(per_seed, previous)]  # fmt: skip
         reader = lambda i, m: readout_rows(m, dists[i].Sigma)  # noqa: E731
-        return train_all_seeds(ctx, cfg, tag, model, dists, cfg.train_at(L, mode), streams,
+        return train_all_seeds(ctx, cfg, tag, models, dists, cfg.train_at(L, mode), streams,
                                read_every=cfg.read_every, read_out=reader)  # fmt: skip
 
     def errors(model: torch.nn.Module, test: PromptBatch) -> torch.Tensor:
@@ -360,18 +365,23 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
                 rows.add("gdpp_tuned", L, s.seed, "gamma", g, layer=k + 1)
 
     for mode in cfg.modes:
+        kept: list | None = None  # each seed's trained model of the previous depth
         for L in sorted(cfg.depths):
             tag = f"{mode}-L{L}"
-            runs = train(tag, L, mode, [s.dist for s in per_seed])
+            grown = cfg.grows(L, mode)
+            kept = train(tag, L, mode, [s.dist for s in per_seed],
+                         previous=[r.model for r in kept] if grown else None).runs  # fmt: skip
             if mode == "gdpp":
-                choose_gdpp_reference(L, [t.model for t in runs.runs])
-            for s, trainer in zip(per_seed, runs.runs):
+                choose_gdpp_reference(L, [t.model for t in kept])
+            for s, trainer in zip(per_seed, kept):
                 seed, test, Sigma = s.seed, s.test, s.dist.Sigma
                 err = errors(trainer.model, test)
                 add_scored(rows, mode, L, seed, err, cfg.test_parts)
                 if (CLASS_OPTIMUM[mode], L) in s.errs:
                     add_gap(rows, mode, L, seed, err, s.errs[(CLASS_OPTIMUM[mode], L)])
                 add_training(rows, mode, L, seed, trainer, cfg.train_at(L, mode).steps)
+                if mode == "gdpp":
+                    rows.add(mode, L, seed, "grown", float(grown))
                 dynamics = trainer.readouts
                 for k, v in dynamics[-1].items():
                     if k != "step":
@@ -390,7 +400,7 @@ def run(cfg: PGDDepthConfig, ctx: RunContext) -> dict:
                     rows.add("ahn_thm1", 1, seed, "test_loss", opt.loss)
                     rows.add(mode, 1, seed, "A_rel_error_thm1", relative_frobenius(trainer.model.A[0, 0], opt.A))
                 ctx.print(f"seed {seed} {tag}: log test loss {math.log(err.mean()):.3f}, {trainer.step} steps "
-                          f"({trainer.wall_time:.0f}s)")  # fmt: skip
+                          f"({trainer.wall_time:.0f}s){', grown from L − 1' if grown else ''}")  # fmt: skip
             rows.write(ctx)
 
     if cfg.theorem1:  # Theorem 1: w* ~ N(0, I), non-isotropic Σ, one sparse layer

@@ -76,7 +76,7 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "pgd_depth", "--profile", "quick", "--out", str(out), "--quiet"]
     sets = ["train.steps=60", "read_every=30", "tune_prompts=2000", "test_prompts=3000", "tolerance=0.7",
-            "gdpp_budget=0.5"]
+            "gdpp_budget=0.5", "gdpp_grow_from=2"]
     assert main([*args, *(x for s in sets for x in ("--set", s))]) == 0
     assert "log test loss" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
@@ -115,6 +115,7 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
             assert vals[(mode, L, "worst_reference")] >= vals[(mode, L, "worst_own_reference")]
             assert 0 < vals[(mode, L, "worst_own_share")] <= 1
         assert int(vals[("gdpp_tuned", L, "source")]) in range(6)
+        assert vals[("gdpp", L, "grown")] == float(L == 2)  # gdpp_grow_from=2: L = 2 starts from the trained L = 1
     assert vals[("thm1_optimum", 1, "test_loss")] < vals[("thm1_zero_predictor", 1, "test_loss")]
     assert ("thm1_learned", 1, "gap_log") in vals
     for stem in ("log_loss_vs_depth", "gap_sparse", "gap_gdpp", "dist_sparse_L2", "dist_gdpp_L2"):
@@ -124,6 +125,7 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     assert "Who carries the tail" in report and "gap of trimmed means" in report
     assert "gap ± s.e." in report and "3000 held-out test prompts" in report and "profile `quick`" in report
     assert "L = 2: 120 (halved every 100)" in report  # caps from the config, not hard-coded
+    assert "The GD++ LSA of depth L = 2 starts from the trained depth L − 1" in report and "grown from L − 1" in report
     summary = json.loads((out / "summary.json").read_text())
     # tolerance=0.7 took effect: a gap between 0.05 and 0.7 is not flagged
     assert all(g["tolerance"] == 0.7 and g["flagged"] == (g["gap"] > 0.7) for g in summary["gaps"])

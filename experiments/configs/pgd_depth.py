@@ -53,7 +53,21 @@ class PGDDepthConfig(StudyConfig):
         step_tolerance: how far the 3-layer sparse model's sorted steps may be from Ahn et al.'s Fig. 2 values.
         gdpp_budget: a GD++ model's cap, halving period and patience are this times a sparse model's of its depth
             (a GD++ step costs about 4 sparse ones on the CPU; measured at batch 20000 with 5 seeds: 87 ms against
-            23 ms at L = 4). GD++ is not a target of the study; its gap to tuned GD++ is reported and flagged.
+            23 ms at L = 4). Its gap to tuned GD++ is reported and flagged. 1: at 0.5 the 3-layer models grown from
+            L = 2 ended 0.14–0.35 in log above tuned GD++ (3 seeds), at 1 seeds 0 and 2 at −0.14 and +0.03, and
+            L = 4 at −0.68 and −0.22 (below: the full A_ℓ, B_ℓ leave tuned GD++'s scalar schedules). At L = 2 the
+            budget does not matter (0.5: +0.07, +0.06, +0.28; 1: +0.07, +0.03, +0.05) nor does the clip (0.001:
+            +0.09, +0.04, +0.05; 1: +0.34 to +0.62, slower): the scalar read-outs of the models are within 0.02
+            of tuned GD++, their off-Thm-4 parts carry the rest.
+        gdpp_grow_from: a GD++ model of depth L ≥ this (0: none) whose depth L − 1 is in the run starts from the
+            trained depth-(L − 1) model (:func:`experiments.study.grow`: its layers, the last one repeated) instead
+            of the initialisation. GD++'s loss has several basins, and a fresh start stalls in a poor one from
+            L = 3 on (measured, 3 seeds, the standard recipe at gdpp_budget 0.5: L = 3 at 2.1–2.3 and L = 4 at
+            1.3–21 in log above tuned GD++, the training-batch loss flat from step ~1500 with the clip rarely
+            active, while a model started at tuned GD++ trained on to 0.4 below it); grown from L − 1 it lands in
+            the good one. Not from L = 1: B_ℓ acts on the prediction only through the layers after ℓ, so the
+            1-layer model's B never trains, and L = 2 grown from it ended in GD++'s worse 2-step basin (0.46 above
+            tuned GD++ on 3 seeds; fresh 0.06–0.28 at gdpp_budget 0.5).
     """
 
     prompt: PromptConfig = field(
@@ -82,7 +96,8 @@ class PGDDepthConfig(StudyConfig):
     tolerance_deep: float = spec(0.1, gt=0)
     deep_from: int = spec(4, ge=1)
     step_tolerance: float = spec(0.05, gt=0)
-    gdpp_budget: float = spec(0.5, gt=0)
+    gdpp_budget: float = spec(1.0, gt=0)
+    gdpp_grow_from: int = spec(3, ge=0)
 
     def check(self) -> None:
         super().check()
@@ -97,6 +112,10 @@ class PGDDepthConfig(StudyConfig):
     def tolerance_at(self, L: int) -> float:
         """The convergence tolerance of a depth-L model (log test loss above its class optimum)."""
         return self.tolerance_deep if L >= self.deep_from else self.tolerance
+
+    def grows(self, L: int, mode: str) -> bool:
+        """Whether the depth-L model of ``mode`` starts from the trained depth L − 1 (``gdpp_grow_from``)."""
+        return mode == "gdpp" and 0 < self.gdpp_grow_from <= L and L - 1 in self.depths
 
     def train_at(self, L: int, mode: str = "sparse") -> TrainConfig:
         """The training of a depth-L model: cap L·train.steps, learning rate halved every L·train.halve_every,

@@ -156,7 +156,7 @@ def report(run_dir: str | Path) -> dict:
         mine, opt = seeds_of(method, L, log=True), seeds_of(ref, L, log=True)
         se, steps, caps = seeds_of(method, L, "gap_log_se"), seeds_of(method, L, "train_steps"), seeds_of(
             method, L, "step_cap")  # fmt: skip
-        plateau = seeds_of(method, L, "plateau_stopped")
+        plateau, grown = seeds_of(method, L, "plateau_stopped"), seeds_of(method, L, "grown")
         med, med_opt = seeds_of(method, L, "median", log=True), seeds_of(ref, L, "median", log=True)
         trim, trim_opt = seeds_of(method, L, "trimmed_mean", log=True), seeds_of(ref, L, "trimmed_mean", log=True)
         for s in sorted(mine):
@@ -166,7 +166,7 @@ def report(run_dir: str | Path) -> dict:
             gaps.append((method, L, s, g))
             if g.gap + 2 * se.get(s, math.nan) < 0:  # the reference is not the class optimum here
                 below.append((method, L, s, g.gap, se[s]))
-            how = "plateau" if plateau.get(s) == 1 else "cap"
+            how = ("plateau" if plateau.get(s) == 1 else "cap") + ("; grown from L − 1" if grown.get(s) == 1 else "")
             conv_table.append((LABELS[method], L, s, fmt(mine[s]), fmt(opt[s]),
                                f"{g.text()} ± {se.get(s, math.nan):.2g}",
                                f"{med.get(s, math.nan) - med_opt.get(s, math.nan):+.3g}",
@@ -293,6 +293,11 @@ def report(run_dir: str | Path) -> dict:
     train_caps = "; ".join(f"{LABELS[m]}: " + ", ".join(
         f"L = {L}: {cfg.train_at(L, m).steps} (halved every {cfg.train_at(L, m).halve_every})" for L in depths)
         for m in cfg.modes)  # fmt: skip
+    grown_at = [L for L in depths if "gdpp" in cfg.modes and cfg.grows(L, "gdpp")]
+    grow_text = (f" The GD++ LSA of depth L = {', '.join(map(str, grown_at))} starts from the trained depth L − 1 "
+                 "model of its seed (its layers, the last one repeated), not from the initialisation: GD++'s loss "
+                 "has several basins, and from L = 3 on a fresh start stalls in a poor one (measurements in the "
+                 "docstring of `experiments/configs/pgd_depth.py`)." if grown_at else "")  # fmt: skip
     plateau_rule = (f"the engine's plateau rule stops a depth-L model when its held-out loss "
                     f"({cfg.train.eval_batch} validation prompts, every {cfg.train.eval_every} steps) has not "
                     f"improved by a relative {cfg.train.plateau_tol:g} for L·{cfg.train.plateau_patience} "
@@ -325,7 +330,7 @@ one-step-shorter choice, so that it is never worse than any of them there).
 
 Training: AdamW lr {cfg.train.lr}, β = {cfg.train.betas}, per-matrix clip {cfg.train.clip_value}, batch
 {cfg.train.batch_size} resampled every {cfg.train.resample_every} steps; step caps (lr halving period) by depth:
-{train_caps}; {plateau_rule}. The steps each model took are in the convergence table.
+{train_caps}; {plateau_rule}. The steps each model took are in the convergence table.{grow_text}
 
 ## Convergence: every learned model against its class optimum, per seed
 
