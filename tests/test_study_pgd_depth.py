@@ -12,6 +12,7 @@ import torch
 import reference_optimizers as ro
 from experiments.cli import main
 from experiments.pgd_depth import (
+    PGDDepthConfig,
     choose_gdpp,
     gdpp_candidates,
     learned_gdpp_schedule,
@@ -76,7 +77,7 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "pgd_depth", "--profile", "quick", "--out", str(out), "--quiet"]
     sets = ["train.steps=60", "read_every=30", "tune_prompts=2000", "test_prompts=3000", "tolerance=0.7",
-            "gdpp_budget=0.5", "gdpp_grow_from=2"]
+            "gdpp_budget=0.5", "gdpp_grow_from=2", "gdpp_grow_lr=0.125"]
     assert main([*args, *(x for s in sets for x in ("--set", s))]) == 0
     assert "log test loss" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
@@ -126,6 +127,7 @@ def test_quick_profile_writes_every_artifact_and_rerenders(tmp_path, capsys):
     assert "gap ± s.e." in report and "3000 held-out test prompts" in report and "profile `quick`" in report
     assert "L = 2: 120 (halved every 100)" in report  # caps from the config, not hard-coded
     assert "The GD++ LSA of depth L = 2 starts from the trained depth L − 1" in report and "grown from L − 1" in report
+    assert "0.125× the learning rate" in report
     summary = json.loads((out / "summary.json").read_text())
     # tolerance=0.7 took effect: a gap between 0.05 and 0.7 is not flagged
     assert all(g["tolerance"] == 0.7 and g["flagged"] == (g["gap"] > 0.7) for g in summary["gaps"])
@@ -207,3 +209,13 @@ def test_grow_copies_every_layer_repeats_the_last_and_refuses_a_wrong_shape():
         grow(LinearSelfAttention(5, LSAConfig(layers=2, mode="gdpp")), two)
     with pytest.raises(ValueError, match="differ"):
         grow(LinearSelfAttention(5, LSAConfig(layers=3, mode="sparse")), two)
+
+
+def test_only_gdpp_from_gdpp_grow_from_grows_and_at_its_own_learning_rate():
+    cfg = PGDDepthConfig(gdpp_grow_from=3, gdpp_grow_lr=0.125)
+    assert [L for L in cfg.depths if cfg.grows(L, "gdpp")] == [3, 4]
+    assert not any(cfg.grows(L, "sparse") for L in cfg.depths)
+    assert cfg.train_at(3, "gdpp").lr == pytest.approx(cfg.train.lr * 0.125)
+    assert cfg.train_at(2, "gdpp").lr == cfg.train_at(3, "sparse").lr == cfg.train.lr
+    assert not PGDDepthConfig(depths=(1, 3)).grows(3, "gdpp")  # depth 2 is not trained: nothing to grow from
+    assert not PGDDepthConfig(gdpp_grow_from=0).grows(3, "gdpp")

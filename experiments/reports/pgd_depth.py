@@ -295,7 +295,8 @@ def report(run_dir: str | Path) -> dict:
         for m in cfg.modes)  # fmt: skip
     grown_at = [L for L in depths if "gdpp" in cfg.modes and cfg.grows(L, "gdpp")]
     grow_text = (f" The GD++ LSA of depth L = {', '.join(map(str, grown_at))} starts from the trained depth L − 1 "
-                 "model of its seed (its layers, the last one repeated), not from the initialisation: GD++'s loss "
+                 "model of its seed (its layers, the last one repeated), not from the initialisation, at "
+                 f"{cfg.gdpp_grow_lr:g}× the learning rate (AdamW lr {cfg.train.lr * cfg.gdpp_grow_lr:g}): GD++'s loss "
                  "has several basins, and from L = 3 on a fresh start stalls in a poor one (measurements in the "
                  "docstring of `experiments/configs/pgd_depth.py`)." if grown_at else "")  # fmt: skip
     plateau_rule = (f"the engine's plateau rule stops a depth-L model when its held-out loss "
