@@ -65,8 +65,9 @@ Heads. With P = [[0, 0], [0, 1]] and Q_h = −a_h·I per head the heads' outputs
 so ``lfom_scalar_h5`` has exactly the function class of ``lfom_scalar``; the study checks this by collapsing the
 trained 5-head model into one head (metric ``collapse_max_abs_diff``) and compares the two trained losses.
 
-Which models at which depth. ``models`` are trained at the deepest L; those also in ``sweep_models`` at every L
-of ``depths`` (the figures' curves). The recipe (measured on the full-A LT at L = 4, three seeds): AdamW at lr
+Which models at which depth. ``models`` (non-isotropic) and ``iso_models`` (isotropic) are trained at the
+deepest L; those also in ``sweep_models`` at every L of ``depths`` (the figures' curves) in the settings of
+``sweep_settings``. The recipe (measured on the full-A LT at L = 4, three seeds): AdamW at lr
 0.1 halved every 400 steps, fresh batches of 2000 prompts every step (at 1000 prompts the heavy-tailed L = 4
 gradients left the LT 0.05–0.10 above the Σ⁻¹ Krylov bound after 4000 steps; at 2000–3000 prompts 0.01–0.05),
 per-matrix clipping 0.01 as in the authors' code, plateau patience 8 evaluations of 100 steps, cap 2400 steps.
@@ -84,10 +85,10 @@ bound). The whole standard profile on seed 23 alone: every
 model within 0.04 of its class optimum, 367 s of CPU.
 
 Profiles (seeds 0, 1, 2 unless --seeds): ``quick`` (depths 1–2, a smoke test, about a minute); ``standard``
-(the non-isotropic setting; the full-A LT at L = 1–4, every other model at L = 4; 40,000
-test prompts per seed); ``paper`` (every model at every depth in both settings, 5 seeds, 100,000 test prompts,
-a cap of 20,000 steps). Each (kind, depth) is trained for all seeds at once (``vectorise_seeds``,
-:func:`experiments.study.train_all_seeds`).
+(non-isotropic: the full-A LT at L = 1–4, every other model at L = 4; isotropic: the two models of the paper's
+Fig. 2b, the full-A LT and the LFOM Memformer, at L = 4; 40,000 test prompts per seed); ``paper`` (every model
+at every depth in both settings, 5 seeds, 100,000 test prompts, a cap of 20,000 steps). Each (kind, depth) is
+trained for all seeds at once (``vectorise_seeds``, :func:`experiments.study.train_all_seeds`).
 """
 
 from __future__ import annotations
@@ -309,7 +310,7 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
     write_config(ctx, cfg, Streams(cfg.seeds[0], ctx.device))
     rows = Rows(NAME)
     hparams: dict = {}
-    ctx.expect_models(sum(len(cfg.model_depths(k)) for s in cfg.settings for k in cfg.kinds(s)))
+    ctx.expect_models(sum(len(cfg.model_depths(k, s)) for s in cfg.settings for k in cfg.kinds(s)))
     for setting in cfg.settings:
         pcfg = cfg.prompt(setting)
         streams, dists, tests = [], [], []
@@ -322,14 +323,15 @@ def run(cfg: MemformerVsCGDConfig, ctx: RunContext) -> dict:
             )
             Sinv = torch.linalg.inv(dist.Sigma)
             signals.raise_if_requested("computing the baselines")
-            lfom_depths = {L for k in cfg.kinds(setting) if k.startswith("lfom_scalar") for L in cfg.model_depths(k)}
+            lfom_depths = {L for k in cfg.kinds(setting) if k.startswith("lfom_scalar")
+                           for L in cfg.model_depths(k, setting)}  # fmt: skip
             _baselines(rows, hparams, cfg, setting, seed, test, tune_batch, Sinv, dist, lfom_depths)
             streams.append(st)
             dists.append(dist)
             tests.append(test)
         rows.write(ctx)
         for kind in cfg.kinds(setting):
-            for L in cfg.model_depths(kind):  # each model trained for all seeds at once
+            for L in cfg.model_depths(kind, setting):  # each model trained for all seeds at once
                 models = [build(kind, cfg.d, cfg.n, L, cfg, st.generator("init", "cpu")) for st in streams]
                 tc = cfg.train_for(kind)
                 runs = train_all_seeds(ctx, cfg, f"{setting}-{kind}-L{L}", models, dists, tc, streams)

@@ -28,6 +28,7 @@ EIG = (1.0, 1.0, 0.25, 0.0625, 1.0)
 TINY = [
     "--set", "depths=1,2", "--set", "models=lt_scalar,lt_full,cgd_scalar,lfom_scalar,lfom_scalar_h5,lfom_full",
     "--set", "settings=noniso,iso", "--set", "iso_models=lt_full", "--set", "sweep_models=lt_full",
+    "--set", "sweep_settings=noniso,iso",
     "--set", "train.steps=20", "--set", "train.eval_every=5", "--set", "train.halve_every=5",
     "--set", "train.plateau_patience=1", "--set", "checkpoint_every=10", "--set", "test_prompts=500",
     "--set", "tune_prompts=200", "--quiet",
@@ -96,6 +97,17 @@ def test_quick_profile_cli_writes_every_artifact_and_report_rerenders(tmp_path):
     before = timeless(out / "results.csv")
     assert main(["run", "memformer_vs_cgd", "--resume", "--out", str(out)]) == 0
     assert timeless(out / "results.csv") == before
+
+
+def test_sweep_models_are_swept_only_in_the_sweep_settings():
+    cfg = MemformerVsCGDConfig()  # standard: the LT swept in the non-isotropic setting only
+    assert cfg.settings == ("noniso", "iso") and cfg.iso_models == ("lt_full", "lfom_full")
+    assert cfg.model_depths("lt_full", "noniso") == (1, 2, 3, 4)
+    assert cfg.model_depths("lt_full", "iso") == (4,) and cfg.model_depths("lfom_full", "noniso") == (4,)
+    both = cfg.replace(sweep_settings=("noniso", "iso"))
+    assert both.model_depths("lt_full", "iso") == (1, 2, 3, 4)
+    with pytest.raises(ConfigError, match="sweep_settings has unknown entries"):
+        MemformerVsCGDConfig(sweep_settings=("isotropic",))
 
 
 def test_scalar_models_stay_scalar_under_adam():

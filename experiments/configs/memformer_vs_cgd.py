@@ -30,7 +30,10 @@ class MemformerVsCGDConfig(StudyConfig):
         settings: ``noniso`` and/or ``iso``.
         models: the trained models in the non-isotropic setting (at the deepest L).
         iso_models: the trained models in the isotropic setting (at the deepest L).
-        sweep_models: the models (of either setting) also trained at every other L of ``depths``.
+        sweep_models: the models also trained at every other L of ``depths``, in the settings of
+            ``sweep_settings``.
+        sweep_settings: the settings in which ``sweep_models`` are trained at every L (elsewhere at the deepest
+            L only).
         heads: heads of ``lfom_scalar_h5``.
         init_std: std of the initial attention weights (scalar blocks: of a_ℓ).
         train: the outer training (AdamW, per-matrix clipping as in the authors' code, plateau rule and cap).
@@ -47,10 +50,11 @@ class MemformerVsCGDConfig(StudyConfig):
     n: int = spec(20, ge=2)
     eigenvalues: tuple[float, ...] = spec(PAPER_EIGENVALUES, gt=0, allow_repeats=True)
     depths: tuple[int, ...] = spec((1, 2, 3, 4), ge=1)
-    settings: tuple[str, ...] = ("noniso",)
+    settings: tuple[str, ...] = SETTINGS
     models: tuple[str, ...] = MODEL_KINDS
     iso_models: tuple[str, ...] = ("lt_full", "lfom_full")
     sweep_models: tuple[str, ...] = ("lt_full",)
+    sweep_settings: tuple[str, ...] = spec(("noniso",), allow_empty=True)
     heads: int = spec(5, ge=2)
     init_std: float = spec(0.01, gt=0)
     train: TrainConfig = field(
@@ -86,6 +90,7 @@ class MemformerVsCGDConfig(StudyConfig):
             ("models", self.models, MODEL_KINDS),
             ("iso_models", self.iso_models, MODEL_KINDS),
             ("sweep_models", self.sweep_models, MODEL_KINDS),
+            ("sweep_settings", self.sweep_settings, SETTINGS),
             ("big_batch_models", self.big_batch_models, MODEL_KINDS),
         ):
             bad = [v for v in values if v not in allowed]
@@ -103,9 +108,11 @@ class MemformerVsCGDConfig(StudyConfig):
         """``train``, with ``big_batch_size`` prompts per batch for the models in ``big_batch_models``."""
         return self.train.replace(batch_size=self.big_batch_size) if kind in self.big_batch_models else self.train
 
-    def model_depths(self, kind: str) -> tuple[int, ...]:
-        """The depths ``kind`` is trained at: every L of ``depths`` for a sweep model, else the deepest."""
-        return tuple(sorted(self.depths)) if kind in self.sweep_models else (max(self.depths),)
+    def model_depths(self, kind: str, setting: str) -> tuple[int, ...]:
+        """The depths ``kind`` is trained at in ``setting``: every L of ``depths`` for a sweep model in a sweep
+        setting, else the deepest."""
+        sweep = kind in self.sweep_models and setting in self.sweep_settings
+        return tuple(sorted(self.depths)) if sweep else (max(self.depths),)
 
 
 PROFILES = {
@@ -130,6 +137,7 @@ PROFILES = {
         "settings": SETTINGS,
         "iso_models": MODEL_KINDS,
         "sweep_models": MODEL_KINDS,
+        "sweep_settings": SETTINGS,
         "train.steps": 20_000,
         "train.halve_every": 2000,
         "train.plateau_patience": 30,
