@@ -41,6 +41,8 @@ FIGURES = {
                "heavy_ball_tuned", "gd_tuned", "krylov"),
     "full": ("cg", "lt_full", "cgd_full", "lfom_full", "pgd_tuned", "krylov_pre"),
 }  # fmt: skip
+#: with Σ = I (``iso``) Σ⁻¹-PGD is plain GD: the full-A panel draws tuned GD and the plain Krylov bound instead
+ISO_SAME = {"pgd_tuned": "gd_tuned", "krylov_pre": "krylov"}
 NAMES = {"lt_scalar": "LT (Q = q·I)", "cgd_scalar": "CGD-like (Q = q·I)", "lfom_scalar": "LFOM, scalar Γ",
          "lfom_scalar_h5": "LFOM, scalar Γ, 5 heads", "lt_full": "LT (Pre, full A)", "cgd_full": "CGD-like (full A)",
          "lfom_full": "LFOM (full A, full Γ)", "gd_tuned": "tuned per-step GD",
@@ -138,6 +140,8 @@ def render(run_dir, rows, cfg: dict) -> dict:
             lines.append("")
         sub = [r for r in select(rows, setting=setting, metric="test_loss") if r["method"] in names]
         for panel, members in FIGURES.items():  # two panels, one colour per line
+            if setting == "iso":
+                members = tuple(ISO_SAME.get(m, m) for m in members)
             part = [r for r in sub if r["method"] in members]
             if not any(r["method"] in ("lt_scalar", "cgd_scalar", "lfom_scalar", "lt_full", "cgd_full", "lfom_full")
                        for r in part):  # fmt: skip
