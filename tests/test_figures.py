@@ -1,6 +1,8 @@
 """Every study's report draws figures that tell the truth about their data: the y-limits stay within a decade
 of the plotted lines (a band or an outlier never flattens the curves, as a log of a clipped non-positive
-interval end at −690 did), and every line of a legend has a readable label (no raw ids)."""
+interval end at −690 did), and every line of a legend has a readable label (no raw ids). Each committed run is
+rendered from what a clean clone holds (the files .gitignore keeps out, its checkpoints, train logs and PDFs,
+deleted first), and the re-render reproduces its committed report.md and PNG figures."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from committed_view import drop_ignored
 from matplotlib.figure import Figure
 
 from experiments.registry import STUDIES, get_report
@@ -35,6 +38,11 @@ def _axes_facts(fig: Figure) -> list[dict]:
 def test_committed_reports_render_truthful_figures(name, tmp_path, monkeypatch):
     run = tmp_path / name
     shutil.copytree(ROOT / "results" / name, run)
+    drop_ignored(run, name)  # a clean clone's view: committed files only
+    pngs = sorted(p.name for p in (run / "figures").glob("*.png"))
+    for p in (run / "figures").glob("*.png"):
+        p.unlink()
+    (run / "report.md").unlink()
     seen: list[dict] = []
     original = Figure.savefig
 
@@ -47,6 +55,8 @@ def test_committed_reports_render_truthful_figures(name, tmp_path, monkeypatch):
     monkeypatch.setattr(Figure, "savefig", spy)
     get_report(json.loads((run / "config.json").read_text())["experiment"])(run)
     assert seen, f"{name}: the report drew no figure"
+    assert (run / "report.md").read_text() == (ROOT / "results" / name / "report.md").read_text()
+    assert sorted(p.name for p in (run / "figures").glob("*.png")) == pngs
     for f in seen:
         y, (lo, hi) = f["data"], f["ylim"]
         if y.size < 2:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from committed_view import drop_ignored
 
 from experiments.cli import main
 from experiments.memformer_vs_cgd import (
@@ -97,6 +98,20 @@ def test_quick_profile_cli_writes_every_artifact_and_report_rerenders(tmp_path):
     before = timeless(out / "results.csv")
     assert main(["run", "memformer_vs_cgd", "--resume", "--out", str(out)]) == 0
     assert timeless(out / "results.csv") == before
+
+    # a clean clone of the committed run (the files .gitignore keeps out deleted: checkpoints, train logs, PDFs)
+    # re-renders the same report and the same PNG figures
+    text = (out / "report.md").read_text()
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    dropped = drop_ignored(out, "memformer_vs_cgd")
+    assert {p.split("/")[0] for p in dropped} == {"checkpoints", "train_logs", "figures"}
+    assert all(p.endswith(".pdf") for p in dropped if p.startswith("figures/"))
+    assert (out / "models" / "noniso-lt_full-L2-s1.pt").exists()
+    for p in [out / "report.md", *(out / "figures").glob("*.png")]:
+        p.unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == text
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == pngs
 
 
 def test_sweep_models_are_swept_only_in_the_sweep_settings():

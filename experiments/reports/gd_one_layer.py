@@ -220,8 +220,10 @@ def _ci(v: tuple, scale: float = 1.0) -> str:
 
 def _weights_figure(run_dir: Path) -> list[Path]:
     """Aligned trained W_KQ and W_PV of the first seed next to Prop. 1's (von Oswald et al. Fig. 9)."""
-    ckpts = sorted((run_dir / "checkpoints").glob("lsa_factorised-s*.pt"))
-    if not ckpts:  # a committed run without its checkpoints keeps the figure the run drew
+    # the committed model files first (a clean clone has no checkpoints), else a run's own checkpoints
+    ckpts = sorted((run_dir / "models").glob("lsa_factorised-s*.pt")) or sorted(
+        (run_dir / "checkpoints").glob("lsa_factorised-s*.pt"))
+    if not ckpts:  # a run without model files or checkpoints keeps the figure the run drew
         return [p for p in (run_dir / "figures" / "weights.png", run_dir / "figures" / "weights.pdf") if p.exists()]
     model = load_model(ckpts[0])
     P, Q = products(model.double())
