@@ -81,7 +81,7 @@ heavy-tailed L = 4 gradients (the worst 1% of prompts carry 30–40% of the test
 LT step is cheap (one seed, 6000 prompts, L = 4: ≈ 11 ms of CPU); the LFOM Memformer with full Γ costs about
 ten times as much per prompt, so the other models keep batches of 2000 (on seed 11, with a cap of 3600, the
 full-A CGD-like and LFOM Memformers stopped by the plateau rule at steps 3100 and 2500, 0.05 and 0.03 above the
-bound). The whole standard profile on seed 23 alone: every
+bound). The non-isotropic part of the standard profile on seed 23 alone: every
 model within 0.04 of its class optimum, 367 s of CPU.
 
 Profiles (seeds 0, 1, 2 unless --seeds): ``quick`` (depths 1–2, a smoke test, about a minute); ``standard``
