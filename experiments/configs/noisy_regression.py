@@ -48,6 +48,11 @@ class NoisyRegressionConfig(StudyConfig):
         other_seeds: how many of ``seeds`` train the models not in ``best_of_depths`` (the noisy settings).
         noisy_budget: in a noisy setting the cap, halving period and patience are this times the noiseless ones
             (the paper's noisy results are orderings of adjusted losses well above the noiseless optimum's 1e-3).
+        warm_start: the curriculum (``experiments.noisy_regression._start``; False: every model from its random
+            init): at the ``class_curriculum`` depths DIAG starts from the same setting's trained FULL projected onto
+            DIAG and GD++ from the trained DIAG with q_y = 0; elsewhere a noisy setting's FULL and DIAG start from
+            the previous noise setting's model of their mode, depth and seed.
+        class_curriculum: the depths of the class curriculum.
         gdpp_deep_batch, gdpp_deep_steps: the noiseless GD++ deeper than ``depth_unit`` trains on this times the
             batch and this times the cap, halving period and patience. Its per-prompt losses are heavy-tailed (the
             worst 1% of prompts carry 60-80% of the L = 4 test MSE), so a small batch's gradient is mostly noise and
@@ -91,6 +96,8 @@ class NoisyRegressionConfig(StudyConfig):
     best_of_depths: tuple[int, ...] = spec((2,), ge=1, allow_empty=True)
     other_seeds: int = spec(3, ge=1)
     noisy_budget: float = spec(0.15, gt=0)
+    warm_start: bool = True
+    class_curriculum: tuple[int, ...] = spec((2,), ge=1, allow_empty=True)
     gdpp_deep_batch: float = spec(2.0, gt=0)
     gdpp_deep_steps: float = spec(1.5, gt=0)
 
