@@ -28,7 +28,11 @@ Training and convergence. Adam with gradients clipped at global norm 1, the lear
 ``train.halve_every`` steps, ``train.steps`` as a cap: the engine's plateau rule ends a model's training when the
 held-out loss has stopped improving (every seed of the stacked run), and a divergence (a non-finite or exploding
 loss) rolls the run back to its last healthy state at half the learning rate; what ended each run (steps, plateau
-or cap, rollbacks) is a row of results.csv. Every learned model is scored against its class optimum on the same
+or cap, rollbacks) is a row of results.csv. A curriculum (``warm_start``, :func:`_start`) chooses where each
+model starts: at L = 2 DIAG from the trained FULL projected onto DIAG and GD++ from the trained DIAG with q_y = 0
+(the 2-layer GD++ has a local minimum at the paper's 0.341 ½·MSE that its random init falls into), and a noisy
+setting's FULL and DIAG from the previous setting's model; every model is then trained on its own law. Every learned
+model is scored against its class optimum on the same
 test prompts: FULL, DIAG and GD++ all contain GD++ with per-layer (η_ℓ, γ_ℓ), so tuned GD++
 (``reference_optimizers.tune_depths`` of ``gd_plus_plus``, started also from the trained GD++ models' own
 schedules, :func:`gdpp_schedule`) is the reference; a model more than ``tolerance`` above it in log test MSE is
@@ -41,8 +45,9 @@ Theorem 1, in the report); seeds 0–4 at the noiseless L = 2 (Table 1 reports t
 elsewhere; Adam lr 0.02, 512 prompts a step at L = 2 and 256 at L = 4 (batch × L constant), a cap of 3000·L/2 steps with
 the learning rate halved every 600·L/2, the noisy settings at 0.15 of that (their claims are orderings of adjusted
 losses far above the noiseless 1e-3 target), the noiseless 4-layer GD++ at 512 prompts for 1.5 times the cap and halving
-period (``gdpp_deep_batch``, ``gdpp_deep_steps``). Measured on seeds 23–27 (never used otherwise): best FULL L = 2 ½·MSE
-0.2746 (+4.0% over the paper's 0.264), best DIAG 0.2618 (−1.2% against 0.265). GD++ L = 4 (½·MSE) with the plain 4-layer
+period (``gdpp_deep_batch``, ``gdpp_deep_steps``). Measured on seeds 23–27 (never used otherwise) before the curriculum
+(every model from its random init): best FULL L = 2 ½·MSE 0.2746 (+4.0% over the paper's 0.264), best DIAG 0.2618
+(−1.2% against 0.265). GD++ L = 4 (½·MSE) with the plain 4-layer
 recipe: seeds 0–4 7.9e-4, 6.1e-4, 1.04e-3, 1.38e-3, 5.7e-4; with this recipe (512 prompts, 9000 steps, lr halved every
 1800): seeds 3, 4, 23 at 2.8e-4, 4.2e-4, 5.7e-4 (seeds 0–2: the report). In float32 one rare prompt can overflow a
 4-layer FULL model's gradient (non-finite: a rollback, fresh batches at half the learning rate; ``--set

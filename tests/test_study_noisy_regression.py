@@ -191,3 +191,47 @@ def test_class_gap_is_to_the_better_of_tuned_and_trained_gdpp_and_gdpp_itself_on
     gdpp = _gaps(rows, "U(0,0)", "gdpp", 4, 0.05)
     assert math.isclose(gdpp[0].gap, math.log(1.0 / 1.5)) and not gdpp[0].flagged  # never against itself
     assert "U(0,0) L = 4" in _tuned_beaten(rows, 0.05) and _tuned_beaten(rows, 0.5) == ""
+
+
+def test_projections_of_the_class_curriculum_keep_a_model_already_in_the_smaller_class():
+    """FULL onto DIAG and DIAG onto GD++ (_initial): a FULL model whose P, Q are DIAG-structured becomes the DIAG
+    model with the same predictions (float64), and a DIAG model becomes GD++ with q_y = 0 and its other entries."""
+    from experiments.noisy_regression import NoisyRegressionConfig, _initial
+    from icl.seeding import Streams
+
+    cfg = NoisyRegressionConfig()
+    st = Streams(0)
+    diag = build("diag", 10, 2, 0.05, torch.Generator().manual_seed(2)).double()
+    with torch.no_grad():
+        diag.p.uniform_(-1.0, 1.0)
+        diag.q.uniform_(-0.5, 0.5)
+    full = build("full", 10, 2, 0.05, torch.Generator().manual_seed(3)).double()
+    with torch.no_grad():
+        for layer in range(2):
+            P, Q = diag.layer_weights(layer)
+            full.P[layer], full.Q[layer] = P, Q
+    b = _batch(sigma_max=1.0, count=64)
+    projected = _initial("diag", cfg, 2, st, full.state_dict()).double()
+    torch.testing.assert_close(projected.p, diag.p)
+    with torch.no_grad():
+        torch.testing.assert_close(projected(b.Z()), full(b.Z()), rtol=1e-10, atol=1e-10)
+    gdpp = _initial("gdpp", cfg, 2, st, diag.state_dict())
+    assert torch.all(gdpp.q[..., 1] == 0)
+    torch.testing.assert_close(gdpp.q[..., 0], diag.q[..., 0].float())
+    torch.testing.assert_close(gdpp.p, diag.p.float())
+
+
+def test_curriculum_starts():
+    """_start: at the class_curriculum depths DIAG from FULL and GD++ from DIAG of the same setting; elsewhere
+    noisy FULL and DIAG from the previous setting; the rest (and warm_start off) from the random init."""
+    from experiments.noisy_regression import NoisyRegressionConfig, _start
+
+    cfg = NoisyRegressionConfig(class_curriculum=(2,))
+    w = {(s, m, L, 0): (s, m, L) for s in range(3) for m in ("full", "diag", "gdpp") for L in (2, 4)}
+    assert _start(cfg, w, 1, "diag", 2, 0) == (1, "full", 2)
+    assert _start(cfg, w, 0, "gdpp", 2, 0) == (0, "diag", 2)
+    assert _start(cfg, w, 2, "full", 2, 0) == (1, "full", 2)
+    assert _start(cfg, w, 2, "diag", 4, 0) == (1, "diag", 4)
+    assert _start(cfg, w, 0, "full", 2, 0) is None and _start(cfg, w, 0, "diag", 4, 0) is None
+    assert _start(cfg, w, 2, "gdpp", 4, 0) is None and _start(cfg, w, 2, "full", 4, 1) is None
+    assert _start(NoisyRegressionConfig(warm_start=False), w, 1, "diag", 2, 0) is None
