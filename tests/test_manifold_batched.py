@@ -334,15 +334,17 @@ def _trajectories(name, shape, dtype, steps, maximize, mode, monkeypatch, k=3):
 
 
 @pytest.mark.parametrize("name", ["stiefel", "grassmann"])
-@pytest.mark.parametrize("maximize", [False, True])
-def test_whole_step_kernel_equals_the_torch_step(name, maximize, monkeypatch):
+@pytest.mark.parametrize(("maximize", "wide"), [(False, False), (True, False), (False, True)])
+def test_whole_step_kernel_equals_the_torch_step(name, maximize, wide, monkeypatch):
     """The one-call step (manifold_kernels.AdamStep: coordinates, their skew part and Adam's update fused, the
     p×p solve, the products through torch's BLAS, Y + D written into section and parameter) makes the iterates,
     moments and step counts of the torch step — with the kernel solve and with every kernel off — to 1e-12 over
-    200 float64 steps of a batch of three (maximize too), and to float32 rounding over 20 float32 steps."""
+    200 float64 steps of a batch of three (maximize too), and to float32 rounding over 20 float32 steps.  ``wide``:
+    a 48×33 parameter, so that every product of the kernel has sizes above BLAS's small-matrix paths and an odd
+    p (the shapes above have p ≤ 4)."""
     from icl.optim import manifold_kernels
 
-    shape = SHAPES[name]
+    shape = (48, 33) if wide else SHAPES[name]
     probe = torch.zeros(1, shape[0], shape[0], dtype=DT)
     if not manifold_kernels.step_usable(probe):
         pytest.skip("no C compiler or no BLAS entry in libtorch_cpu: the step runs its torch code")
