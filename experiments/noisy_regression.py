@@ -50,9 +50,10 @@ period (``gdpp_deep_batch``, ``gdpp_deep_steps``). Measured on seeds 23–27 (ne
 (−1.2% against 0.265). GD++ L = 4 (½·MSE) with the plain 4-layer
 recipe: seeds 0–4 7.9e-4, 6.1e-4, 1.04e-3, 1.38e-3, 5.7e-4; with this recipe (512 prompts, 9000 steps, lr halved every
 1800): seeds 3, 4, 23 at 2.8e-4, 4.2e-4, 5.7e-4 (seeds 0–2: the report). In float32 one rare prompt can overflow a
-4-layer FULL model's gradient (non-finite: a rollback, fresh batches at half the learning rate; ``--set
-train.dtype=float64`` avoids it at twice the cost); a finite tail-prompt loss is no divergence (``explode_factor``
-1e30). results/noisy_regression/finished.json holds the measured wall and CPU time. ``paper``: depths 1–7, σ_max ∈ {0,
+4-layer FULL model's gradient (non-finite: a rollback, fresh batches at half the learning rate), so the noiseless
+4-layer FULL trains in float64 (``full_deep_dtype``: 2.7 times the cost, measured in its docstring); a finite
+tail-prompt loss is no divergence (``explode_factor`` 1e30).
+results/noisy_regression/finished.json holds the measured wall and CPU time. ``paper``: depths 1–7, σ_max ∈ {0,
 1, …, 7} plus {1, 3} and {1, 3, 5}, Adam lr 1e-4, 200,000 steps of 2048 prompts, 100,000 test prompts, 5 seeds: the
 paper reports 4–12 H100-hours per model; on this framework expect about 1–3 GPU-hours per (mode, depth, noise) triple
 with --device cuda (a few thousand GPU-hours for the full grid; run a slice with --set).

@@ -83,6 +83,9 @@ def render(run_dir, rows, cfg: dict) -> dict:
         if (gb, gs) != (1.0, 1.0):
             budget += (f"; the noiseless GD++ deeper than {unit} layers trains on {gb:g} times that batch for {gs:g} "
                        "times that cap, halving period and patience (its heavy-tailed gradients)")
+        fd = cfg.get("full_deep_dtype", tr.get("dtype", "float32"))
+        if fd != tr.get("dtype", "float32"):
+            budget += f"; the noiseless FULL deeper than {unit} layers trains in {fd} (a float32 gradient overflows)"
         budget += " (the caps are in the convergence table)"
     else:
         budget = "every depth trains with these"
