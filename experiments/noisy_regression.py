@@ -350,6 +350,8 @@ def _train(ctx, cfg, tag, mode, L, per_seed: list[_Setting], train: TrainConfig,
     seed alone, so that one unstable seed does not cost the others. Returns each seed's run, or None for a seed
     whose every rollback diverged."""
     streams = [st.streams for st in per_seed]
+    for st in per_seed:  # the trainer sets its laws to its dtype; a law shared with a float64 run is set back here
+        st.dist.dtype = train.torch_dtype
     models = [_initial(mode, cfg, L, st, start) for st, start in zip(streams, starts)]
     try:
         return train_all_seeds(ctx, cfg, tag, models, [st.dist for st in per_seed], train, streams).runs
