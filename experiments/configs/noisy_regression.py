@@ -61,8 +61,9 @@ class NoisyRegressionConfig(StudyConfig):
         full_deep_dtype: the dtype of the noiseless FULL deeper than ``depth_unit``. In float32 one rare
             heavy-tailed prompt overflows its gradient (non-finite while the loss is finite): the rollback halves
             the learning rate and two of three 4-layer seeds ended +1.36 and +3.03 in log above the class optimum
-            (seed 2 −0.05); in float64 the same seeds trained without a rollback to −0.51, −0.61, −0.90, in 245 s
-            of CPU for the three (about 90 s in float32).
+            (seed 2 −0.05); in float64 the same seeds trained without a rollback to +0.105, −0.30, −0.46 (the
+            committed standard run; −0.51, −0.61, −0.90 against tuned GD++ alone), in 245 s of CPU for the three
+            (about 90 s in float32).
     """
 
     d: int = spec(10, ge=1)
