@@ -28,7 +28,11 @@ Training and convergence. Adam with gradients clipped at global norm 1, the lear
 ``train.halve_every`` steps, ``train.steps`` as a cap: the engine's plateau rule ends a model's training when the
 held-out loss has stopped improving (every seed of the stacked run), and a divergence (a non-finite or exploding
 loss) rolls the run back to its last healthy state at half the learning rate; what ended each run (steps, plateau
-or cap, rollbacks) is a row of results.csv. Every learned model is scored against its class optimum on the same
+or cap, rollbacks) is a row of results.csv. A curriculum (``warm_start``, :func:`_start`) chooses where each
+model starts: at L = 2 DIAG from the trained FULL projected onto DIAG and GD++ from the trained DIAG with q_y = 0
+(the 2-layer GD++ has a local minimum at the paper's 0.341 ½·MSE that its random init falls into), and a noisy
+setting's FULL and DIAG from the previous setting's model; every model is then trained on its own law. Every learned
+model is scored against its class optimum on the same
 test prompts: FULL, DIAG and GD++ all contain GD++ with per-layer (η_ℓ, γ_ℓ), so tuned GD++
 (``reference_optimizers.tune_depths`` of ``gd_plus_plus``, started also from the trained GD++ models' own
 schedules, :func:`gdpp_schedule`) is the reference; a model more than ``tolerance`` above it in log test MSE is
@@ -41,13 +45,15 @@ Theorem 1, in the report); seeds 0–4 at the noiseless L = 2 (Table 1 reports t
 elsewhere; Adam lr 0.02, 512 prompts a step at L = 2 and 256 at L = 4 (batch × L constant), a cap of 3000·L/2 steps with
 the learning rate halved every 600·L/2, the noisy settings at 0.15 of that (their claims are orderings of adjusted
 losses far above the noiseless 1e-3 target), the noiseless 4-layer GD++ at 512 prompts for 1.5 times the cap and halving
-period (``gdpp_deep_batch``, ``gdpp_deep_steps``). Measured on seeds 23–27 (never used otherwise): best FULL L = 2 ½·MSE
-0.2746 (+4.0% over the paper's 0.264), best DIAG 0.2618 (−1.2% against 0.265). GD++ L = 4 (½·MSE) with the plain 4-layer
+period (``gdpp_deep_batch``, ``gdpp_deep_steps``). Measured on seeds 23–27 (never used otherwise) before the curriculum
+(every model from its random init): best FULL L = 2 ½·MSE 0.2746 (+4.0% over the paper's 0.264), best DIAG 0.2618
+(−1.2% against 0.265). GD++ L = 4 (½·MSE) with the plain 4-layer
 recipe: seeds 0–4 7.9e-4, 6.1e-4, 1.04e-3, 1.38e-3, 5.7e-4; with this recipe (512 prompts, 9000 steps, lr halved every
 1800): seeds 3, 4, 23 at 2.8e-4, 4.2e-4, 5.7e-4 (seeds 0–2: the report). In float32 one rare prompt can overflow a
-4-layer FULL model's gradient (non-finite: a rollback, fresh batches at half the learning rate; ``--set
-train.dtype=float64`` avoids it at twice the cost); a finite tail-prompt loss is no divergence (``explode_factor``
-1e30). results/noisy_regression/finished.json holds the measured wall and CPU time. ``paper``: depths 1–7, σ_max ∈ {0,
+4-layer FULL model's gradient (non-finite: a rollback, fresh batches at half the learning rate), so the noiseless
+4-layer FULL trains in float64 (``full_deep_dtype``: 2.7 times the cost, measured in its docstring); a finite
+tail-prompt loss is no divergence (``explode_factor`` 1e30).
+results/noisy_regression/finished.json holds the measured wall and CPU time. ``paper``: depths 1–7, σ_max ∈ {0,
 1, …, 7} plus {1, 3} and {1, 3, 5}, Adam lr 1e-4, 200,000 steps of 2048 prompts, 100,000 test prompts, 5 seeds: the
 paper reports 4–12 H100-hours per model; on this framework expect about 1–3 GPU-hours per (mode, depth, noise) triple
 with --device cuda (a few thousand GPU-hours for the full grid; run a slice with --set).
@@ -207,8 +213,9 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     lambdas: dict = {}
     tuned_hp: dict = {}
     seed_streams = [Streams(seed, ctx.device) for seed in cfg.seeds]
+    weights: dict[tuple[int, str, int, int], dict] = {}  # (setting, mode, L, seed) -> the trained model's state
     ctx.expect_models(len(cfg.noise_settings()) * len(cfg.modes) * len(cfg.depths))
-    for noise, pcfg in cfg.noise_settings():
+    for setting, (noise, pcfg) in enumerate(cfg.noise_settings()):
         per_seed: list[_Setting] = []
         tune_batch = None
         noisy = pcfg.noise != "none"
@@ -242,11 +249,15 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
             for L in cfg.depths:
                 train = cfg.train_at(L, noisy, mode)
                 models_seeds = per_seed[: len(cfg.seeds_at(L, noisy))]
-                trained = _train(ctx, cfg, f"{noise}-{mode}-L{L}", mode, L, models_seeds, train)
-                for st, run_ in zip(models_seeds, trained):
+                starts = [_start(cfg, weights, setting, mode, L, st.seed) for st in models_seeds]
+                trained = _train(ctx, cfg, f"{noise}-{mode}-L{L}", mode, L, models_seeds, train, starts)
+                for st, run_, start in zip(models_seeds, trained, starts):
                     if run_ is None:
                         rows.add(mode, L, st.seed, "diverged", 1.0, setting=noise)
                         continue
+                    weights[setting, mode, L, st.seed] = {k: v.detach().clone()
+                                                          for k, v in run_.model.state_dict().items()}
+                    rows.add(mode, L, st.seed, "warm_started", float(start is not None), setting=noise)
                     _record_training(rows, mode, L, st.seed, run_, train, setting=noise)
                     with torch.no_grad():
                         pred = run_.model(st.test.Z().to(device=ctx.device, dtype=run_.model.dtype))
@@ -284,19 +295,73 @@ def run(cfg: NoisyRegressionConfig, ctx: RunContext) -> dict:
     return summary
 
 
-def _train(ctx, cfg, tag, mode, L, per_seed: list[_Setting], train: TrainConfig) -> list:
-    """Train every seed together (the engine rolls a diverging run back to its last healthy state at a lower
-    learning rate); if the rollbacks run out, train each seed alone, so that one unstable seed does not cost the
-    others. Returns each seed's run, or None for a seed whose every rollback diverged."""
+def _start(cfg: NoisyRegressionConfig, weights: dict, setting: int, mode: str, L: int, seed: int) -> dict | None:
+    """The state a model starts from (None: its random init), the study's curriculum (``cfg.warm_start``).
+
+    - At the depths ``cfg.class_curriculum`` the classes are trained from the largest down, each from the one
+      above projected onto it (:func:`_initial`): DIAG from the same setting's trained FULL (the mean of the
+      diagonal of each xx block, the yy entries), GD++ from the same setting's trained DIAG (q_y = 0). From its
+      own random init the 2-layer GD++ lands at a local minimum of its population loss (η ≈ (0.68, 2.83),
+      γ_1 ≈ 0.25: ½·MSE 0.34, the paper's 0.341), separated by a barrier (0.37 halfway) from the schedule tuned
+      GD++ finds (η ≈ (0.45, 3.65), γ_1 ≈ 0.42: 0.27), and one DIAG seed in five lands 1.09 above it in log; the
+      projections put every seed of both within 0.02 of it (seeds 0–4, standard profile).
+    - Elsewhere a noisy setting's FULL and DIAG start from the previous setting's model (the order of
+      ``cfg.noise_settings()``) of the same mode, depth and seed: from their random init 22 of the 48 noisy
+      FULL and DIAG models of the standard profile ended more than 0.05 above their class optimum in log (up to
+      +29.7), 450/900 steps all at the cap; started from the setting before, 3 of 48 (one 2-layer FULL at
+      +0.059; at σ_max = 3 the 4-layer FULL and DIAG of seed 2, +4.9 and +6.3, whose test MSE a few prompts
+      dominate). GD++ deeper than that starts from its random init: started from the previous setting (whose
+      η_ℓ grow to 26 without noise) it ended 24 above it at σ_max = 5.
+
+    Each model is then trained on its own law until the plateau rule or the cap stops it."""
+    if not cfg.warm_start:
+        return None
+    if L in cfg.class_curriculum:
+        if mode == "diag":
+            return weights.get((setting, "full", L, seed))
+        if mode == "gdpp":
+            return weights.get((setting, "diag", L, seed))
+    if setting > 0 and mode in ("full", "diag"):
+        return weights.get((setting - 1, mode, L, seed))
+    return None
+
+
+def _initial(mode: str, cfg: NoisyRegressionConfig, L: int, streams: Streams, start: dict | None):
+    """The model of one seed: built from its ``init`` stream, then set from ``start``: a state of its own mode,
+    or of a larger class projected onto it (FULL onto DIAG: p_x, q_x the mean diagonal of the xx blocks of P and
+    Q, p_y, q_y their yy entries; DIAG onto GD++: q_y = 0)."""
+    model = build(mode, cfg.d, L, cfg.init_std, streams.generator("init", "cpu"))
+    if start is None:
+        return model
+    with torch.no_grad():
+        if mode != "full" and "P" in start:  # a FULL model projected onto DIAG
+            P, Q, d = start["P"], start["Q"], cfg.d
+            for v, M in ((model.p, P), (model.q, Q)):
+                v[..., 0] = M[..., :d, :d].diagonal(dim1=-2, dim2=-1).mean(-1)
+                v[..., 1] = M[..., d, d]
+        else:
+            model.load_state_dict(start)
+        if mode == "gdpp":
+            model.q[..., 1] = 0
+    return model
+
+
+def _train(ctx, cfg, tag, mode, L, per_seed: list[_Setting], train: TrainConfig, starts: list) -> list:
+    """Train every seed together from ``starts`` (per seed a state or None, :func:`_initial`; the engine rolls a
+    diverging run back to its last healthy state at a lower learning rate); if the rollbacks run out, train each
+    seed alone, so that one unstable seed does not cost the others. Returns each seed's run, or None for a seed
+    whose every rollback diverged."""
     streams = [st.streams for st in per_seed]
-    models = [build(mode, cfg.d, L, cfg.init_std, st.generator("init", "cpu")) for st in streams]
+    for st in per_seed:  # the trainer sets its laws to its dtype; a law shared with a float64 run is set back here
+        st.dist.dtype = train.torch_dtype
+    models = [_initial(mode, cfg, L, st, start) for st, start in zip(streams, starts)]
     try:
         return train_all_seeds(ctx, cfg, tag, models, [st.dist for st in per_seed], train, streams).runs
     except TrainingDiverged as e:
         ctx.print(f"{tag} diverged after its rollbacks ({e}): training the seeds one by one")
     out = []
-    for st in per_seed:
-        model = build(mode, cfg.d, L, cfg.init_std, st.streams.generator("init", "cpu"))
+    for st, start in zip(per_seed, starts):
+        model = _initial(mode, cfg, L, st.streams, start)
         try:
             out.append(train_one(ctx, cfg, tag + "-alone", st.seed, model, st.dist, train, st.streams))
         except TrainingDiverged as e:

@@ -1,6 +1,7 @@
 """noisy_regression: the quick profile end to end, the report re-render, and the oracle's λ."""
 
 import json
+from dataclasses import replace
 
 import torch
 
@@ -151,8 +152,12 @@ def test_deep_noiseless_gdpp_gets_its_larger_batch_and_longer_schedule_and_nothi
     assert (g4.steps, g4.halve_every, g4.plateau_patience, g4.batch_size) == (
         3 * t.steps, 3 * t.halve_every, 3 * t.plateau_patience, t.batch_size)
     assert (g4.lr, g4.clip_value, g4.explode_factor) == (t.lr, t.clip_value, t.explode_factor)
-    for mode in ("full", "diag"):  # the other modes, GD++ at the unit depth and GD++ with noise: the plain rule
-        assert cfg.train_at(4, noisy=False, mode=mode) == cfg.train_at(4, noisy=False)
+    plain = cfg.train_at(4, noisy=False, mode="diag")
+    assert plain.dtype == t.dtype and (plain.steps, plain.batch_size) == (2 * t.steps, t.batch_size // 2)
+    # the other modes, GD++ at the unit depth and GD++ with noise: the plain rule (the deep noiseless FULL: in
+    # full_deep_dtype, float64 by default, its float32 gradient overflows on rare prompts)
+    assert cfg.train_at(4, noisy=False, mode="full") == replace(plain, dtype="float64")
+    assert cfg.train_at(2, noisy=False, mode="full") == t and cfg.train_at(4, noisy=True, mode="full").dtype == t.dtype
     assert cfg.train_at(2, noisy=False, mode="gdpp") == t
     assert cfg.train_at(4, noisy=True, mode="gdpp") == cfg.train_at(4, noisy=True, mode="full")
 
@@ -191,3 +196,47 @@ def test_class_gap_is_to_the_better_of_tuned_and_trained_gdpp_and_gdpp_itself_on
     gdpp = _gaps(rows, "U(0,0)", "gdpp", 4, 0.05)
     assert math.isclose(gdpp[0].gap, math.log(1.0 / 1.5)) and not gdpp[0].flagged  # never against itself
     assert "U(0,0) L = 4" in _tuned_beaten(rows, 0.05) and _tuned_beaten(rows, 0.5) == ""
+
+
+def test_projections_of_the_class_curriculum_keep_a_model_already_in_the_smaller_class():
+    """FULL onto DIAG and DIAG onto GD++ (_initial): a FULL model whose P, Q are DIAG-structured becomes the DIAG
+    model with the same predictions (float64), and a DIAG model becomes GD++ with q_y = 0 and its other entries."""
+    from experiments.noisy_regression import NoisyRegressionConfig, _initial
+    from icl.seeding import Streams
+
+    cfg = NoisyRegressionConfig()
+    st = Streams(0)
+    diag = build("diag", 10, 2, 0.05, torch.Generator().manual_seed(2)).double()
+    with torch.no_grad():
+        diag.p.copy_(torch.empty_like(diag.p).uniform_(-1.0, 1.0).float())  # float32 values: _initial builds float32
+        diag.q.copy_(torch.empty_like(diag.q).uniform_(-0.5, 0.5).float())
+    full = build("full", 10, 2, 0.05, torch.Generator().manual_seed(3)).double()
+    with torch.no_grad():
+        for layer in range(2):
+            P, Q = diag.layer_weights(layer)
+            full.P[layer], full.Q[layer] = P, Q
+    b = _batch(sigma_max=1.0, count=64)
+    projected = _initial("diag", cfg, 2, st, full.state_dict()).double()
+    torch.testing.assert_close(projected.p, diag.p)
+    with torch.no_grad():
+        torch.testing.assert_close(projected(b.Z()), full(b.Z()), rtol=1e-10, atol=1e-10)
+    gdpp = _initial("gdpp", cfg, 2, st, diag.state_dict())
+    assert torch.all(gdpp.q[..., 1] == 0)
+    torch.testing.assert_close(gdpp.q[..., 0], diag.q[..., 0].float())
+    torch.testing.assert_close(gdpp.p, diag.p.float())
+
+
+def test_curriculum_starts():
+    """_start: at the class_curriculum depths DIAG from FULL and GD++ from DIAG of the same setting; elsewhere
+    noisy FULL and DIAG from the previous setting; the rest (and warm_start off) from the random init."""
+    from experiments.noisy_regression import NoisyRegressionConfig, _start
+
+    cfg = NoisyRegressionConfig(class_curriculum=(2,))
+    w = {(s, m, L, 0): (s, m, L) for s in range(3) for m in ("full", "diag", "gdpp") for L in (2, 4)}
+    assert _start(cfg, w, 1, "diag", 2, 0) == (1, "full", 2)
+    assert _start(cfg, w, 0, "gdpp", 2, 0) == (0, "diag", 2)
+    assert _start(cfg, w, 2, "full", 2, 0) == (1, "full", 2)
+    assert _start(cfg, w, 2, "diag", 4, 0) == (1, "diag", 4)
+    assert _start(cfg, w, 0, "full", 2, 0) is None and _start(cfg, w, 0, "diag", 4, 0) is None
+    assert _start(cfg, w, 2, "gdpp", 4, 0) is None and _start(cfg, w, 2, "full", 4, 1) is None
+    assert _start(NoisyRegressionConfig(warm_start=False), w, 1, "diag", 2, 0) is None

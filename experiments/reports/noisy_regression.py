@@ -83,11 +83,22 @@ def render(run_dir, rows, cfg: dict) -> dict:
         if (gb, gs) != (1.0, 1.0):
             budget += (f"; the noiseless GD++ deeper than {unit} layers trains on {gb:g} times that batch for {gs:g} "
                        "times that cap, halving period and patience (its heavy-tailed gradients)")
+        fd = cfg.get("full_deep_dtype", tr.get("dtype", "float32"))
+        if fd != tr.get("dtype", "float32"):
+            budget += f"; the noiseless FULL deeper than {unit} layers trains in {fd} (a float32 gradient overflows)"
         budget += " (the caps are in the convergence table)"
     else:
         budget = "every depth trains with these"
     budget += (f". Seeds: all {len(cfg['seeds'])} at L in {list(cfg.get('best_of_depths', []))} without noise (the "
                f"paper's best-of-5 comparisons), the first {cfg.get('other_seeds', len(cfg['seeds']))} elsewhere")
+    if cfg.get("warm_start", False):
+        cc = list(cfg.get("class_curriculum", []))
+        budget += (". Curriculum: every model is trained on its own law, started "
+                   + (f"at L in {cc} from the larger class's trained model of its setting and seed, projected onto "
+                      "it (DIAG from FULL: the mean diagonal of the xx blocks and the yy entries; GD++ from DIAG: "
+                      "q_y = 0; FULL from its random init or as below), elsewhere " if cc else "")
+                   + "for FULL and DIAG in a noisy setting from the previous setting's model of its mode, depth and "
+                     "seed, and otherwise from its random init")  # fmt: skip
     sched = {"step": f"halved every {tr['halve_every']} steps", "cosine": "cosine to 0 at the cap",
              "constant": "constant"}[tr["schedule"]]  # fmt: skip
     lines = [
