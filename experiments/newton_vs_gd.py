@@ -41,7 +41,14 @@ The best-matching step of a layer is argmax_t SimE (Fu's p_b^M); heat maps show 
 Profiles: quick (1 seed, tiny models and budgets: a smoke test, the models barely train), standard (3 seeds, the
 grown 4-layer LSA and a 2-layer GPT; measured wall and CPU time in the run's ``finished.json``), paper (6-layer LSA
 and a 6-layer GPT width 128, 8 heads, 50k steps batch 64: GPU scale, ``--device cuda``; its settings are not
-measured). Fu et al.'s GPT-2 has 12 layers, width 256 and 8 heads.
+measured). Fu et al.'s GPT-2 has 12 layers, width 256 and 8 heads. The committed standard run took 1343 s of CPU at
+one thread on the loaded machine (wall 2473 s at load 3–4); its GPTs' 8900 steps alone are ≈ 8900 × 0.072 s ≈ 640 s
+of that on a quiet core (plus their evaluations, ≈ 3%). With 2 threads a GPT step takes 0.041 s of wall, so the
+study on 2 quiet cores takes about 8900 × 0.041 × 1.03 + (1343 − 660) ≈ 1060 s ≈ 18 min (an estimate: the rest of
+the study, not timed with 2 threads, is assumed no slower than with one). Of the time outside training, measured
+under cProfile before the comparisons were merged: tuning GD++ ≈ 30%, the layer comparisons ≈ 45% (the GPT's
+forward per SimE and SimW query point, then computed twice, now once for Newton and GD together), the GPT's test
+loss and probes ≈ 10%.
 
 Why the standard GPT has 2 layers, and when it stops. Measured on one CPU core (d = 10, n = 20, batch 128 unless
 said, prefix loss, CPU time of ``Trainer.train_step``): a 4-layer width-64 GPT takes 0.14 s per step and was still
@@ -54,13 +61,15 @@ plateau by step 2000: the held-out prefix loss of seeds 0, 1, 2 was 3.27, 3.53, 
 per 100 steps (halved every 400 instead, seed 2 was at 4.51 at step 1600, improving 2–3% per 100 steps: an earlier
 decay leaves it higher, not flatter). Trained on with the same schedule, the plateau rule (patience 4 evaluations
 of 100 steps, tol 1e-2) stopped seed 0 at step 3000 (held-out loss 3.029 at step 2600, 3.006–3.026 over the next
-400 steps; lr 3.1e-5 → 1.6e-5) and seed 1 at step 3100 (3.384 at 2700, 3.356 at 3100), each with less than 1% gained
-over its last 400 steps. So the cap, ``gpt_train.steps`` = 4000, is a safety net about 900 steps beyond the
-measured stops (the lr is 1e-3/256 there), and the report says per seed whether the rule or the cap ended it, with
-its gap to tuned GD++ of its depth. Seeds train one after another so that each stops at its own plateau (a seed
-batch stops when its last seed does). The plateau rule counts only once the held-out loss is below ``gpt_escape``
-(0.5) × the zero predictor's: with patience 4 of 100 steps it would otherwise stop a seed on the zero-predictor
-plateau (flat to < 1% for the first 300–400 steps; the escape is counted from step 800–1100 on seeds 0, 1, 2).
+400 steps, at lr 3.1e-5), seed 1 at step 3100 (3.384 at 2700, 3.356 at 3100) and seed 2 at step 2800 (3.506 at
+2400, 3.484–3.497 over the next 400 steps), each with less than 1% gained over its last 400 steps (the committed
+standard run, whose GPTs end 4.5–4.9× above tuned 2-step GD++). So the cap, ``gpt_train.steps`` = 4000, is a safety
+net 900–1200 steps beyond the measured stops (the lr is 1e-3/256 there), and the report says per seed whether the
+rule or the cap ended it, with its gap to tuned GD++ of its depth. Seeds train one after another so that each
+stops at its own plateau (a seed batch stops when its last seed does). The plateau rule counts only once the
+held-out loss is below ``gpt_escape`` (0.5) × the zero predictor's: with patience 4 of 100 steps it would otherwise
+stop a seed on the zero-predictor plateau (flat to < 1% for the first 300–400 steps; the held-out loss first falls
+below half its plateau value at step 800–1100 on seeds 0, 1, 2).
 
 Why the GPT trains this way. Measured on seed 0 with d = 10, n = 20, width 64, 4 layers, 4 heads, AdamW,
 global clip 1, cosine schedule; the number is the held-out query MSE on the 2048 ``val`` prompts, on which the
