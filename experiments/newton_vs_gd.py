@@ -63,8 +63,9 @@ decay leaves it higher, not flatter). Trained on with the same schedule, the pla
 of 100 steps, tol 1e-2) stopped seed 0 at step 3000 (held-out loss 3.029 at step 2600, 3.006–3.026 over the next
 400 steps, at lr 3.1e-5), seed 1 at step 3100 (3.384 at 2700, 3.356 at 3100) and seed 2 at step 2800 (3.506 at
 2400, 3.484–3.497 over the next 400 steps), each with less than 1% gained over its last 400 steps (the committed
-standard run, whose GPTs end 4.5–4.9× above tuned 2-step GD++). So the cap, ``gpt_train.steps`` = 4000, is a safety
-net 900–1200 steps beyond the measured stops (the lr is 1e-3/256 there), and the report says per seed whether the
+standard run, whose GPTs end 4.5–4.9× above tuned 2-step GD++); seed 7, never used otherwise, stopped at step 2600
+(3.382 at 2200, 3.349–3.383 over the next 400 steps). So the cap, ``gpt_train.steps`` = 4000, is a safety
+net 900–1400 steps beyond the measured stops (the lr is 1e-3/256 there), and the report says per seed whether the
 rule or the cap ended it, with its gap to tuned GD++ of its depth. Seeds train one after another so that each
 stops at its own plateau (a seed batch stops when its last seed does). The plateau rule counts only once the
 held-out loss is below ``gpt_escape`` (0.5) × the zero predictor's: with patience 4 of 100 steps it would otherwise
