@@ -41,23 +41,36 @@ The best-matching step of a layer is argmax_t SimE (Fu's p_b^M); heat maps show 
 Profiles: quick (1 seed, tiny models and budgets: a smoke test, the models barely train), standard (3 seeds, the
 grown 4-layer LSA and a 2-layer GPT; measured wall and CPU time in the run's ``finished.json``), paper (6-layer LSA
 and a 6-layer GPT width 128, 8 heads, 50k steps batch 64: GPU scale, ``--device cuda``; its settings are not
-measured). Fu et al.'s GPT-2 has 12 layers, width 256 and 8 heads.
+measured). Fu et al.'s GPT-2 has 12 layers, width 256 and 8 heads. The committed standard run took 1343 s of CPU at
+one thread on the loaded machine (wall 2473 s at load 3–4); its GPTs' 8900 steps alone are ≈ 8900 × 0.072 s ≈ 640 s
+of that on a quiet core (plus their evaluations, ≈ 3%). With 2 threads a GPT step takes 0.041 s of wall, so the
+study on 2 quiet cores takes about 8900 × 0.041 × 1.03 + (1343 − 660) ≈ 1060 s ≈ 18 min (an estimate: the rest of
+the study, not timed with 2 threads, is assumed no slower than with one). Of the time outside training, measured
+under cProfile before the comparisons were merged: tuning GD++ ≈ 30%, the layer comparisons ≈ 45% (the GPT's
+forward per SimE and SimW query point, then computed twice, now once for Newton and GD together), the GPT's test
+loss and probes ≈ 10%.
 
-Why the standard GPT has 2 layers, and why it is capped. Measured on one CPU core (d = 10, n = 20, batch 128 unless
+Why the standard GPT has 2 layers, and when it stops. Measured on one CPU core (d = 10, n = 20, batch 128 unless
 said, prefix loss, CPU time of ``Trainer.train_step``): a 4-layer width-64 GPT takes 0.14 s per step and was still
 descending at step 6000 (held-out query MSE 0.31; zero predictor 9.89): its plateau lies beyond 6000 × 3 seeds ×
 0.14 s ≈ 42 min of CPU. A 4-layer width-32 GPT (batch 64, 0.04–0.06 s per step) had not left the zero-predictor
 plateau at step 1750 (10.06). The 2-layer width-64 GPT (4 heads, init std 0.1, lr 1e-3) leaves it at step 300–500
-(seeds 0, 1, 2) and takes 0.085 s per step (0.11 s on the loaded machine; 3 seeds stacked cost the same per seed,
-0.115 s), so 3 seeds × 2000 steps are ≈ 9–11 min of CPU, what the 20-minute profile leaves after the LSA. Within it
-the GPT does not reach a plateau: at a constant lr 1e-3 seed 0 was at 3.15, 2.96, 2.51 at steps 1300–1500; with the
-lr halved every 500 steps (``gpt_train``) seed 1 was at 3.53 at step 2000 and 3.43 at 2500, still improving ≈ 1% per
-100 steps, and halved every 400 seed 2 was at 4.51 at step 1600, improving 2–3% per 100 steps. So the standard
-GPT usually ends at the cap of 2000 steps, not by the plateau rule: the report says which, per seed, and its gap to
-tuned GD++ of its depth. Seeds train one after another so that each stops at its own plateau (a seed batch stops
-when its last seed does). The plateau rule counts only once the held-out loss is below ``gpt_escape`` (0.5) × the
-zero predictor's: with patience 4 of 100 steps it would otherwise stop a seed on the zero-predictor plateau (flat to
-< 1% for the first 300–400 steps).
+(seeds 0, 1, 2) and takes 0.072 s per step on a quiet core (0.041 s wall with 2 threads; 0.1 s of CPU on the loaded
+machine; 3 seeds stacked cost the same per seed). With the lr halved every 500 steps (``gpt_train``) it is not at a
+plateau by step 2000: the held-out prefix loss of seeds 0, 1, 2 was 3.27, 3.53, 3.60 there, still improving ≈ 1%
+per 100 steps (halved every 400 instead, seed 2 was at 4.51 at step 1600, improving 2–3% per 100 steps: an earlier
+decay leaves it higher, not flatter). Trained on with the same schedule, the plateau rule (patience 4 evaluations
+of 100 steps, tol 1e-2) stopped seed 0 at step 3000 (held-out loss 3.029 at step 2600, 3.006–3.026 over the next
+400 steps, at lr 3.1e-5), seed 1 at step 3100 (3.384 at 2700, 3.356 at 3100) and seed 2 at step 2800 (3.506 at
+2400, 3.484–3.497 over the next 400 steps), each with less than 1% gained over its last 400 steps (the committed
+standard run, whose GPTs end 4.5–4.9× above tuned 2-step GD++); seed 7, never used otherwise, stopped at step 2600
+(3.382 at 2200, 3.349–3.383 over the next 400 steps). So the cap, ``gpt_train.steps`` = 4000, is a safety
+net 900–1400 steps beyond the measured stops (the lr is 1e-3/256 there), and the report says per seed whether the
+rule or the cap ended it, with its gap to tuned GD++ of its depth. Seeds train one after another so that each
+stops at its own plateau (a seed batch stops when its last seed does). The plateau rule counts only once the
+held-out loss is below ``gpt_escape`` (0.5) × the zero predictor's: with patience 4 of 100 steps it would otherwise
+stop a seed on the zero-predictor plateau (flat to < 1% for the first 300–400 steps; the held-out loss first falls
+below half its plateau value at step 800–1100 on seeds 0, 1, 2).
 
 Why the GPT trains this way. Measured on seed 0 with d = 10, n = 20, width 64, 4 layers, 4 heads, AdamW,
 global clip 1, cosine schedule; the number is the held-out query MSE on the 2048 ``val`` prompts, on which the
@@ -409,17 +422,24 @@ def run(cfg: NewtonVsGDConfig, ctx: RunContext) -> dict:
                 rows.add(name, 0, seed, "fit_matched", float(fit.matched), reference=fit.family)
                 for fam, err in fit.errors.items():
                     rows.add(name, 0, seed, "fit_relative_error", err, reference=fam)
-            for ref, (iters, steps) in refs.items():
-                c = compare(probed, prompts, iters, generator=streams.generator("simw", "cpu"))
-                for layer in range(c.sim_e.shape[0]):
+            # one comparison against Newton's and GD's iterates side by side: the model's predictions at the SimE
+            # and SimW query points (a GPT forward per point, most of the study's non-training time) are computed once
+            c = compare(probed, prompts, torch.cat([iters for iters, _ in refs.values()], dim=1),
+                        generator=streams.generator("simw", "cpu"))  # fmt: skip
+            start = 0
+            for ref, (_, steps) in refs.items():
+                cols = slice(start, start + len(steps))
+                start += len(steps)
+                sim_e, sim_w = c.sim_e[:, cols], c.sim_w[:, cols]
+                for layer in range(sim_e.shape[0]):
                     key = dict(reference=ref, layer=layer)
                     rows.add(name, 0, seed, "layer_loss", c.loss_model[layer], **key)
                     for j, t in enumerate(steps):
-                        rows.add(name, 0, seed, "sim_e", c.sim_e[layer, j], k=t, **key)
-                        rows.add(name, 0, seed, "sim_w", c.sim_w[layer, j], k=t, **key)
-                    rows.add(name, 0, seed, "best_step_sime", steps[int(c.best_step_sime[layer])], **key)
-                    rows.add(name, 0, seed, "best_step_simw", steps[int(c.best_step_simw[layer])], **key)
-                    rows.add(name, 0, seed, "best_sime", float(c.sim_e[layer].max()), **key)
+                        rows.add(name, 0, seed, "sim_e", sim_e[layer, j], k=t, **key)
+                        rows.add(name, 0, seed, "sim_w", sim_w[layer, j], k=t, **key)
+                    rows.add(name, 0, seed, "best_step_sime", steps[int(sim_e[layer].argmax())], **key)
+                    rows.add(name, 0, seed, "best_step_simw", steps[int(sim_w[layer].argmax())], **key)
+                    rows.add(name, 0, seed, "best_sime", float(sim_e[layer].max()), **key)
             ctx.print(f"seed {seed} {name}: compared with Newton and GD")
         rows.write(ctx)
     from experiments.reports.newton_vs_gd import report  # the report module imports matplotlib

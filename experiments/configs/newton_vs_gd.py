@@ -47,7 +47,7 @@ class NewtonVsGDConfig(StudyConfig):
     gpt: GPTConfig = field(default_factory=lambda: GPTConfig(layers=2, heads=4, width=64, max_points=20, init_std=0.1))
     gpt_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=2000, batch_size=128, lr=1e-3, clip="global", clip_value=1.0, schedule="step", halve_every=500,
+            steps=4000, batch_size=128, lr=1e-3, clip="global", clip_value=1.0, schedule="step", halve_every=500,
             eval_every=100, eval_batch=1024, loss="prefix", plateau_patience=4, plateau_tol=1e-2,
         )
     )  # fmt: skip
