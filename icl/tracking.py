@@ -88,11 +88,12 @@ def scalars(metrics: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
     return step, out
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as one level of dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
     out: dict[str, Any] = {}
     for k, v in config.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -132,7 +133,7 @@ class TensorBoardTracker(Tracker):
         return self._writers[series]
 
     def on_start(self, config: Mapping[str, Any]) -> None:
-        flat = _flatten(config)
+        flat = flatten(config)
         table = "\n".join(["| key | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in flat.items()])
         self.writer().add_text("config", table, 0)
 
@@ -150,7 +151,7 @@ class TensorBoardTracker(Tracker):
 
     def on_end(self, summary: Mapping[str, Any] | None = None) -> None:
         if summary:
-            values = {k: v for k, v in _flatten(summary).items() if isinstance(v, numbers.Real)}
+            values = {k: v for k, v in flatten(summary).items() if isinstance(v, numbers.Real)}
             w = self.writer()
             for key, value in values.items():
                 w.add_scalar(f"summary/{key}", float(value), 0)
@@ -221,7 +222,7 @@ class WandbTracker(Tracker):
     def on_end(self, summary: Mapping[str, Any] | None = None) -> None:
         if self._run is None:
             return
-        for key, value in _flatten(summary or {}).items():
+        for key, value in flatten(summary or {}).items():
             if isinstance(value, (numbers.Real, str)) and not (isinstance(value, float) and math.isnan(value)):
                 self._run.summary[key] = value
         self._run.finish()

@@ -22,6 +22,7 @@ import pytest
 from experiments.cli import main, resolve_config
 from experiments.registry import STUDIES, get_experiment
 from experiments.results import read_results
+from icl.tracking import flatten
 from icl.training.config import TrainConfig
 
 PAPER = [name for name in STUDIES if "paper" in get_experiment(name).profiles]
@@ -78,18 +79,8 @@ def test_paper_profile_runs_on_its_own_structural_settings(name, tmp_path):
     # what was shrunk is sizes only: every other field is the paper profile's
     shrunk = {s.split("=")[0] for s in shrink(name)} | {"seeds"}
     flat = paper.to_dict()
-    for key, value in _flatten(flat).items():
+    for key, value in flatten(flat).items():
         if key not in shrunk:
-            assert _flatten(ran)[key] == value, (name, key)
+            assert flatten(ran)[key] == value, (name, key)
     rows = read_results(out / "results.csv")
     assert rows and any(math.isfinite(r["value"]) for r in rows)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
