@@ -254,8 +254,9 @@ def report(run_dir) -> dict:
             ax.set_ylabel("best-matching GD step")
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), frameon=False)
-    fig.text(0.01, -0.16, f"argmax_t SimE per layer; mean over seeds, band: 95% t-interval; dashed: published; hollow: "
+        # one row under each panel, clear of the caption
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), frameon=False, ncol=3)
+    fig.text(0.01, -0.2, f"argmax_t SimE per layer; mean over seeds, band: 95% t-interval; dashed: published; hollow: "
              f"best SimE below {MATCH_THRESHOLD:g}, i.e. no step matches that layer", fontsize=7, ha="left",
              va="top")  # fmt: skip
     figs += save_figure(fig, fig_dir / "best_matching_steps")
