@@ -242,28 +242,33 @@ def test_state_dict_is_per_parameter_and_compact_on_disk():
     assert buf.tell() < 8 * numbers * 1.2 + 20_000
 
 
+@pytest.mark.parametrize("p", [9, 16, 37])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_cayley_solve_equals_lapack(dtype):
-    """The C kernel's X = (I − ½S)⁻¹S (Gaussian elimination with partial pivoting) equals LAPACK's solve on a batch
-    of Cayley systems S = A − ½BᵀB from small to large steps, written into a strided view, to rounding."""
+def test_fused_cayley_solve_equals_lapack(dtype, p):
+    """The C kernel's X = (I − ½S)⁻¹S (Gaussian elimination with partial pivoting, rows padded to whole vectors of
+    16) equals LAPACK's solve on a batch of Cayley systems S = A − ½BᵀB from small to large steps (the large ones
+    pivot), written into a strided view, to rounding; p below, at and across multiples of 16."""
     from icl.optim import manifold_kernels
 
     g = _gen(3)
     S = []
     for scale in (1e-4, 1e-2, 1.0, 5.0):
-        A = scale * torch.randn(9, 9, generator=g, dtype=DT)
-        B = scale * torch.randn(9, 20, generator=g, dtype=DT)
+        A = scale * torch.randn(p, p, generator=g, dtype=DT)
+        B = scale * torch.randn(p, 20, generator=g, dtype=DT)
         S.append(A - A.T - 0.5 * B @ B.T)
     S = torch.stack(S).to(dtype)
     if not manifold_kernels.usable(S):
         pytest.skip("no C compiler: the step uses torch.linalg.solve_ex")
-    K = torch.full((4, 15, 9), 7.0, dtype=dtype)
-    manifold_kernels.cayley_solve_(S, K[:, 3:12], torch.empty(2 * 81, dtype=dtype))
-    ref = torch.linalg.solve(torch.eye(9, dtype=DT) - 0.5 * S.double(), S.double())
+    K = torch.full((4, p + 6, p), 7.0, dtype=dtype)
+    scratch = torch.full((manifold_kernels.solve_scratch_size(p),), float("nan"), dtype=dtype)  # (not read)
+    manifold_kernels.cayley_solve_(S, K[:, 3 : p + 3], scratch)
+    ref = torch.linalg.solve(torch.eye(p, dtype=DT) - 0.5 * S.double(), S.double())
     tol = 1e-14 if dtype == DT else 1e-5
     for i in range(4):  # relative to each system's solution
-        assert float((K[i, 3:12].double() - ref[i]).abs().max()) <= tol * float(ref[i].abs().max())
-    assert torch.equal(K[:, :3], torch.full_like(K[:, :3], 7.0)) and torch.equal(K[:, 12:], K[:, :3])
+        assert float((K[i, 3 : p + 3].double() - ref[i]).abs().max()) <= tol * float(ref[i].abs().max())
+    assert torch.equal(K[:, :3], torch.full_like(K[:, :3], 7.0)) and torch.equal(K[:, p + 3 :], K[:, :3])
+    with pytest.raises(ValueError, match="scratch"):
+        manifold_kernels.cayley_solve_(S, K[:, 3 : p + 3], scratch[:-1])
 
 
 @pytest.mark.parametrize("name", ["stiefel", "grassmann"])

@@ -40,7 +40,7 @@ import torch
 
 __all__ = [
     "usable", "step_usable", "cayley_solve_", "AdamStep", "layouts_fit", "step_scratch_size",
-    "polar_point_",
+    "solve_scratch_size", "polar_point_",
 ]  # fmt: skip
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")  # (no errno: sqrt vectorises)
@@ -117,21 +117,31 @@ def step_usable(L: torch.Tensor) -> bool:
 def cayley_solve_(S: torch.Tensor, X: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """X ← (I − ½S)⁻¹S for each of the k matrices of ``S`` (k, p, p), by the kernel (check :func:`usable`).
 
-    ``S`` and ``X`` may be strided views (unit column stride), ``scratch`` holds ≥ 2p² numbers of their dtype.
+    ``S`` and ``X`` may be strided views (unit column stride), ``scratch`` holds ≥ :func:`solve_scratch_size`
+    numbers of their dtype.
     """
     k, p = S.shape[0], S.shape[-1]
-    if S.stride(-1) != 1 or X.stride(-1) != 1 or scratch.dtype != S.dtype or scratch.numel() < 2 * p * p:
-        raise ValueError("cayley_solve_: S and X need unit column stride, scratch 2p^2 numbers of their dtype")
+    need = solve_scratch_size(p)
+    if S.stride(-1) != 1 or X.stride(-1) != 1 or scratch.dtype != S.dtype or scratch.numel() < need:
+        raise ValueError(
+            f"cayley_solve_: S and X need unit column stride, scratch {need} numbers of their dtype (p = {p})"
+        )
     getattr(_library(), _SOLVE[S.dtype])(
         k, p, S.data_ptr(), S.stride(0), S.stride(1), X.data_ptr(), X.stride(0), X.stride(1), scratch.data_ptr()
     )
     return X
 
 
+def solve_scratch_size(p: int) -> int:
+    """Numbers of scratch the p×p solve needs: the augmented matrix [I − ½S | S], p rows of 2·pp numbers with
+    pp = p rounded up to a multiple of 16, so that its row operations are whole vectors."""
+    return p * 2 * (-(-p // 16) * 16)
+
+
 def step_scratch_size(N: int, p: int, skew: bool) -> int:
-    """Numbers of scratch :class:`AdamStep` needs for one N×p parameter (C and W, S₂ and the solve's, K and D)."""
+    """Numbers of scratch :class:`AdamStep` needs for one N×p parameter (C and W, S₂, K and D, the solve's)."""
     c = N if skew else N - p
-    return 2 * p * c + 3 * p * p + 2 * N * p
+    return 2 * p * c + p * p + 2 * N * p + solve_scratch_size(p)
 
 
 def layouts_fit(grads, params, dtype: torch.dtype) -> bool:

@@ -453,7 +453,7 @@ class Stiefel(Manifold):
         k, N = L.shape[0], L.shape[-1]
         work.update(K=L.new_empty(k, N, p), D=L.new_empty(k, N, p), A=L.new_empty(k, p, p))
         work.update(info=torch.empty(k, dtype=torch.int32, device=L.device), I=_eye(p, L.dtype, L.device))
-        work["solve_scratch"] = torch.empty(2 * p * p, dtype=L.dtype)  # (manifold_kernels, CPU only)
+        work["solve_scratch"] = torch.empty(manifold_kernels.solve_scratch_size(p), dtype=L.dtype)  # (CPU only)
         return self._views(work, L, work["W"], p)
 
     def _views(self, work: dict, L: torch.Tensor, W: torch.Tensor, p: int) -> dict:

@@ -46,40 +46,48 @@ static inline void axpy_f64(double *restrict y, const double *restrict x, double
     for (int64_t j = 0; j < n; j++) y[j] -= a * x[j];
 }
 
-/* X = (I - S/2)^{-1} S for one p x p system: S and X row-major with row stride s_rs / x_rs, w 2p^2 scratch. */
+/* X = (I - S/2)^{-1} S for one p x p system: S and X row-major with row stride s_rs / x_rs; w: the augmented
+   matrix [T | S], p rows of 2 pp numbers, pp = p rounded up to a multiple of 16 (solve_scratch in
+   manifold_kernels.py), zero-padded.  The row operations run over whole aligned stretches of a row: an
+   elimination step updates the row from the multiple of 16 at or below column c + 1 on (the extra numbers are
+   entries left of the pivot column, never read again), the back substitution whole padded rows of S, so that
+   every update is full vectors (the remainder loops of short rows cost more than their arithmetic).  The
+   numbers that are read are those of the textbook elimination, in the same order. */
 #define SOLVE1(NAME, REAL, AXPY)                                                                             \
 static void NAME(int64_t p, const REAL *Sb, int64_t s_rs, REAL *Xb, int64_t x_rs, REAL *w) {                 \
-    REAL *T = w, *B = w + p * p;                                                                             \
-    for (int64_t i = 0; i < p; i++)                                                                          \
+    const int64_t pp = (p + 15) & ~(int64_t)15, ld = 2 * pp;                                                 \
+    for (int64_t i = 0; i < p; i++) {                                                                        \
+        REAL *Ti = w + i * ld;                                                                               \
+        for (int64_t j = 0; j < ld; j++) Ti[j] = 0;                                                          \
         for (int64_t j = 0; j < p; j++) {                                                                    \
             REAL s = Sb[i * s_rs + j];                                                                       \
-            B[i * p + j] = s;                                                                                \
-            T[i * p + j] = (REAL)(i == j) - (REAL)0.5 * s;                                                   \
+            Ti[pp + j] = s;                                                                                  \
+            Ti[j] = (REAL)(i == j) - (REAL)0.5 * s;                                                          \
         }                                                                                                    \
+    }                                                                                                        \
     for (int64_t c = 0; c < p; c++) {                                                                        \
         int64_t piv = c;                                                                                     \
-        REAL best = fabs(T[c * p + c]);                                                                      \
+        REAL best = fabs(w[c * ld + c]);                                                                     \
         for (int64_t i = c + 1; i < p; i++)                                                                  \
-            if (fabs(T[i * p + c]) > best) { best = fabs(T[i * p + c]); piv = i; }                           \
+            if (fabs(w[i * ld + c]) > best) { best = fabs(w[i * ld + c]); piv = i; }                         \
         if (piv != c)                                                                                        \
-            for (int64_t j = 0; j < p; j++) {                                                                \
-                REAL t = T[c * p + j]; T[c * p + j] = T[piv * p + j]; T[piv * p + j] = t;                    \
-                t = B[c * p + j]; B[c * p + j] = B[piv * p + j]; B[piv * p + j] = t;                         \
+            for (int64_t j = 0; j < ld; j++) {                                                               \
+                REAL t = w[c * ld + j]; w[c * ld + j] = w[piv * ld + j]; w[piv * ld + j] = t;                \
             }                                                                                                \
-        const REAL inv = (REAL)1 / T[c * p + c];                                                             \
-        const REAL *Tc = T + c * p, *Bc = B + c * p;                                                         \
+        const REAL *Tc = w + c * ld;                                                                         \
+        const REAL inv = (REAL)1 / Tc[c];                                                                    \
+        const int64_t a = (c + 1) & ~(int64_t)15;                                                            \
         for (int64_t i = c + 1; i < p; i++) {                                                                \
-            REAL *Ti = T + i * p, *Bi = B + i * p;                                                           \
+            REAL *Ti = w + i * ld;                                                                           \
             const REAL f = Ti[c] * inv;                                                                      \
             if (f == 0) continue;                                                                            \
-            AXPY(Ti + c + 1, Tc + c + 1, f, p - c - 1);                                                      \
-            AXPY(Bi, Bc, f, p);                                                                              \
+            AXPY(Ti + a, Tc + a, f, ld - a);                                                                 \
         }                                                                                                    \
     }                                                                                                        \
     for (int64_t i = p - 1; i >= 0; i--) {                                                                   \
-        REAL *Bi = B + i * p;                                                                                \
-        const REAL *Ti = T + i * p;                                                                          \
-        for (int64_t l = i + 1; l < p; l++) AXPY(Bi, B + l * p, Ti[l], p);                                   \
+        REAL *Bi = w + i * ld + pp;                                                                          \
+        const REAL *Ti = w + i * ld;                                                                         \
+        for (int64_t l = i + 1; l < p; l++) AXPY(Bi, w + l * ld + pp, Ti[l], pp);                            \
         const REAL inv = (REAL)1 / Ti[i];                                                                    \
         REAL *Xi = Xb + i * x_rs;                                                                            \
         for (int64_t j = 0; j < p; j++) { Bi[j] *= inv; Xi[j] = Bi[j]; }                                     \
@@ -88,7 +96,7 @@ static void NAME(int64_t p, const REAL *Sb, int64_t s_rs, REAL *Xb, int64_t x_rs
 SOLVE1(solve1_f32, float, axpy_f32)
 SOLVE1(solve1_f64, double, axpy_f64)
 
-/* For each of k systems (matrices `bs` apart, rows `rs` apart): X = (I - S/2)^{-1} S; w: 2p^2 scratch. */
+/* For each of k systems (matrices `bs` apart, rows `rs` apart): X = (I - S/2)^{-1} S; w: the solve's scratch. */
 #define SOLVE(NAME, REAL, ONE)                                                                               \
 void NAME(int64_t k, int64_t p, const REAL *S, int64_t s_bs, int64_t s_rs, REAL *X, int64_t x_bs,            \
           int64_t x_rs, REAL *w) {                                                                           \
@@ -113,21 +121,22 @@ static void NAME(int64_t n, const REAL *restrict g, REAL *restrict m, REAL *rest
 ADAM(adam_f32, float, sqrtf)
 ADAM(adam_f64, double, sqrt)
 
-/* The new point, one row at a time: H = Y + D/2, Y <- Y + D, and the parameter's row P <- Y where P is given
-   (a row-major parameter; n numbers). */
+/* The new point, one row at a time: Y <- Y + D, the parameter's row P <- Y where P is given (a row-major
+   parameter), and H = Y + D/2 written over D (n numbers).  (H written into a buffer of its own made this pass
+   3-4x slower, by cache misses, than over D, which the product D = L K has just written.) */
 #define MOVE(NAME, REAL)                                                                                     \
-static void NAME(int64_t n, REAL *restrict y, const REAL *restrict d, REAL *restrict h, REAL *restrict P) {  \
+static void NAME(int64_t n, REAL *restrict y, REAL *restrict dh, REAL *restrict P) {                         \
     if (P)                                                                                                   \
         for (int64_t j = 0; j < n; j++) {                                                                    \
-            const REAL yj = y[j], dj = d[j];                                                                 \
-            h[j] = yj + (REAL)0.5 * dj;                                                                      \
+            const REAL yj = y[j], dj = dh[j];                                                                \
             y[j] = P[j] = yj + dj;                                                                           \
+            dh[j] = yj + (REAL)0.5 * dj;                                                                     \
         }                                                                                                    \
     else                                                                                                     \
         for (int64_t j = 0; j < n; j++) {                                                                    \
-            const REAL yj = y[j], dj = d[j];                                                                 \
-            h[j] = yj + (REAL)0.5 * dj;                                                                      \
+            const REAL yj = y[j], dj = dh[j];                                                                \
             y[j] = yj + dj;                                                                                  \
+            dh[j] = yj + (REAL)0.5 * dj;                                                                     \
         }                                                                                                    \
 }
 MOVE(move_f32, float)
@@ -160,17 +169,17 @@ PUT(put_f64, double)
      m <- b1 m + (1 - b1) C,  v <- b2 v + (1 - b2) C*C,  count <- count + 1 (the step t)
      W = -(lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)      (W's A block has a zero diagonal)
      S2 = A_W - B^T B / 2,  K_top = (I - S2/2)^{-1} S2 = 2(Sigma - I),  K_bottom = B + B K_top / 2
-     D = L K,  H = Y + D/2,  Y <- Y + D (also written into the parameter),  Y_perp <- Y_perp - H B^T
+     D = L K,  Y <- Y + D (also written into the parameter),  H = Y + D/2 (over D),  Y_perp <- Y_perp - H B^T
 
    (icl.optim.manifolds.Stiefel.retract_batch_ derives it.)  grads / params: k pointers to N x p matrices with
    strides (g_rs, g_cs) / (p_rs, p_cs), the gradients row-major (g_cs = 1) or column-major (g_rs = 1);
-   m, v: k x p x c; work: 2pc + 2p^2 + 2Np numbers (C, W, S2, solve scratch (2p^2), K, D). */
+   m, v: k x p x c; work: 2pc + p^2 + 2Np numbers (C, W, S2, K, D), then the solve's p x 2pp (SOLVE1). */
 #define STEP(NAME, REAL, GEMM, ONE, ADAMF, MOVEF, PUTF)                                                      \
 void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *grads, int64_t g_rs, int64_t g_cs, \
           const int64_t *params, int64_t p_rs, int64_t p_cs, REAL *m, REAL *v, float *count, double lr,        \
           double beta1, double beta2, double eps, int maximize, REAL *work) {                                 \
     const int64_t c = skew ? N : N - p, off = skew ? p : 0, q = N - p;                                       \
-    REAL *C = work, *W = C + p * c, *S = W + p * c, *sw = S + p * p, *K = sw + 2 * p * p, *D = K + N * p;    \
+    REAL *C = work, *W = C + p * c, *S = W + p * c, *K = S + p * p, *D = K + N * p, *sw = D + N * p;         \
     const REAL b1 = (REAL)beta1, b2 = (REAL)beta2;                                                           \
     for (int64_t b = 0; b < k; b++) {                                                                        \
         REAL *Lb = L + b * N * N, *mb = m + b * p * c, *vb = v + b * p * c;                                   \
@@ -207,15 +216,14 @@ void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *gra
         for (int64_t i = 0; i < p; i++) M[i * p + i] += 1;                                                   \
         GEMM('N', 'T', p, q, p, 1, M, p, W + off, c, 0, Kb, p);                                              \
         GEMM('N', 'N', p, N, N, 1, K, p, Lb, N, 0, D, p); /* D = L K (N x p) */                               \
-        REAL *H = K; /* (K is free again) */                                                                 \
-        if (p_cs == 1) /* row-major parameter: written in the same pass */                                  \
-            for (int64_t r = 0; r < N; r++) MOVEF(p, Lb + r * N, D + r * p, H + r * p, P + r * p_rs);        \
+        if (p_cs == 1) /* row-major parameter: written in the same pass */                                   \
+            for (int64_t r = 0; r < N; r++) MOVEF(p, Lb + r * N, D + r * p, P + r * p_rs);                   \
         else {                                                                                               \
-            for (int64_t r = 0; r < N; r++) MOVEF(p, Lb + r * N, D + r * p, H + r * p, NULL);                \
+            for (int64_t r = 0; r < N; r++) MOVEF(p, Lb + r * N, D + r * p, NULL);                           \
             PUTF(N, p, Lb, N, P, p_rs, p_cs);                                                                \
         }                                                                                                    \
         /* Y_perp (N x q, row-major, row stride N) -= H Bt: column-major Y_perp^T -= Bt^T H^T */              \
-        GEMM('N', 'N', q, N, p, -1, W + off, c, H, p, 1, Lb + p, N);                                         \
+        GEMM('N', 'N', q, N, p, -1, W + off, c, D, p, 1, Lb + p, N);                                         \
     }                                                                                                        \
 }
 STEP(adam_step_f32, float, gemm_f, solve1_f32, adam_f32, move_f32, put_f32)
