@@ -42,7 +42,8 @@ def manifold_adam(quick: bool) -> list[dict[str, Any]]:
 
     kw: dict[str, Any] = {}
     if quick:  # small shapes, no pip install of geoopt
-        kw = {"n": 64, "p": 8, "vit": (12, 16, 4), "violation_steps": 200, "repeats": 2, "install_geoopt": False}
+        kw = {"n": 64, "p": 8, "vit": (12, 16, 4), "violation_steps": 200, "periods": 2, "vit_periods": 1,
+              "install_geoopt": False}
     rows = bench_manifold_adam(threads=1, **kw)
     if (os.cpu_count() or 1) >= 2:  # the O(N²p) products use both cores, Adam's elementwise step does not
         rows += bench_manifold_adam(threads=2, **{**kw, "violation_steps": 0, "vit": None})

@@ -76,3 +76,27 @@ def test_seed_batch_bench_times_its_floor_in_the_same_run():
     assert row["ratio_if_sampling_were_randn_cpu"] == pytest.approx(
         row["ratio_vs_1seed_cpu"] - (row["sampling_2seeds_cpu_ms"] - row["randn_2seeds_cpu_ms"]) / step
     )
+
+
+def test_manifold_bench_pairs_its_variants_period_by_period(monkeypatch):
+    """The ManifoldAdam bench's run: every period is ROUNDS rounds of one block of each variant in turn (A, A, B, …),
+    the times come back per period and per call, and the blocks are sized to last as long as the lead's."""
+    from icl.optim import bench_manifold as bm
+
+    now = [0.0]
+    monkeypatch.setitem(bm.CLOCKS, "fake", lambda: now[0])
+    calls = []
+
+    def variant(name, cost):
+        def f():
+            calls.append(name)
+            now[0] += cost
+
+        return f
+
+    fns = bm._blocks({"a": variant("a", 1.0), "b": variant("b", 0.25)}, "a", 2, "fake")
+    assert fns["a"][1] == 2 and fns["b"][1] == 8  # (b's block lasts as long as a's two calls)
+    calls.clear()
+    t = bm._paired(fns, periods=3, clock="fake")
+    assert calls == (["a"] * 2 + ["b"] * 8) * bm.ROUNDS * 3
+    assert t == {"a": [1.0] * 3, "b": [0.25] * 3}

@@ -297,6 +297,39 @@ def test_step_without_the_fused_kernel_equals_the_step_with_it(name):
     assert float((runs[0][-1] - runs[0][0]).abs().max()) > 0.05
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_kernel_follows_changing_hyperparameters_and_gradient_layouts(k):
+    """The whole-step kernel keeps its arguments between calls (manifold_kernels.AdamStep): lr, betas, eps and
+    maximize changed between steps, a gradient that turns column-major and back, and a new gradient tensor every
+    step all reach it; the iterates equal the torch step's (fused kernels off) to 1e-12 over 40 float64 steps."""
+    from learned_optimizers.fused import disabled
+
+    fn = _problem((9, 3), 50)
+    runs = []
+    for off in (False, True):
+        Ys = [torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=_gen(i), dtype=DT)) for i in range(k)]
+        opt = ManifoldAdam([{"params": Ys, "manifold": "stiefel"}], lr=1e-2, seed=0)
+        traj = []
+        for t in range(40):
+            group = opt.param_groups[0]
+            group["lr"] = 1e-2 * (1 + t % 3)
+            group["betas"] = (0.9, 0.999) if t < 20 else (0.5, 0.9)
+            group["eps"] = 1e-8 if t % 2 else 1e-3
+            group["maximize"] = 10 <= t < 15
+            for Y in Ys:
+                G = fn(Y.detach(), t)
+                Y.grad = G.T.contiguous().T if t % 7 in (3, 4) else G.clone()  # (column-major on some steps)
+            if off:
+                with disabled():
+                    opt.step()
+            else:
+                opt.step()
+            traj.append(torch.stack([Y.detach().clone() for Y in Ys]))
+        runs.append(traj)
+    assert max(float((a - b).abs().max()) for a, b in zip(*runs)) <= 1e-12
+    assert float((runs[0][-1] - runs[0][0]).abs().max()) > 0.05
+
+
 def test_cayley_kernel_that_can_not_be_built_falls_back_with_a_warning(monkeypatch, tmp_path):
     """The one build routine (learned_optimizers.fused.build_library) reports a failing compiler: a warning that
     names the fallback, no library, nothing left in the cache."""
@@ -315,9 +348,15 @@ def _trajectories(name, shape, dtype, steps, maximize, mode, monkeypatch, k=3):
     from icl.optim import manifold_kernels
     from learned_optimizers.fused import disabled
 
-    calls = []
+    calls = []  # (the calls that stepped: a call refuses a layout it does not read)
     whole = manifold_kernels.AdamStep.__call__
-    monkeypatch.setattr(manifold_kernels.AdamStep, "__call__", lambda *a, **kw: calls.append(1) or whole(*a, **kw))
+
+    def counted(*a, **kw):
+        done = whole(*a, **kw)
+        calls.extend([1] if done else [])
+        return done
+
+    monkeypatch.setattr(manifold_kernels.AdamStep, "__call__", counted)
     if mode == "solve":
         monkeypatch.setattr(manifold_kernels, "step_usable", lambda L: False)
     Ys = [torch.nn.Parameter(manifold_point(name, shape, generator=_gen(i), dtype=dtype)) for i in range(k)]
@@ -375,9 +414,15 @@ def test_whole_step_kernel_is_skipped_where_it_can_not_run(monkeypatch):
 
     if not manifold_kernels.step_usable(torch.zeros(1, 4, 4, dtype=DT)):
         pytest.skip("no C compiler or no BLAS entry in libtorch_cpu: the step runs its torch code")
-    calls = []
+    calls = []  # (the calls that stepped: a call refuses a layout it does not read)
     whole = manifold_kernels.AdamStep.__call__
-    monkeypatch.setattr(manifold_kernels.AdamStep, "__call__", lambda *a, **kw: calls.append(1) or whole(*a, **kw))
+
+    def counted(*a, **kw):
+        done = whole(*a, **kw)
+        calls.extend([1] if done else [])
+        return done
+
+    monkeypatch.setattr(manifold_kernels.AdamStep, "__call__", counted)
     g = _gen(4)
     Y32 = torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g))
     Yt = torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g, dtype=DT))

@@ -1,7 +1,6 @@
 """Step-time and drift benchmark of ManifoldAdam (Brantner 2023) against its floor and its PyTorch peers.
 
-Two cases, each timed in one interleaved run (A, B, C, A, B, C, … blocks, so that machine noise hits every
-variant alike; medians over the blocks):
+Two cases, each timed in one paired, interleaved run:
 
 * **one large matrix**, St(64, 512) (a 512×64 parameter): ManifoldAdam; the **floor** — the three O(N²p)
   products every exact global-section step must make, and nothing else (:func:`gemm_floor`); torch's Adam
@@ -10,10 +9,17 @@ variant alike; medians over the blocks):
 * **Brantner's shapes**: the 336 query/key/value matrices of his vision transformer (16 blocks × 7 heads × 3)
   on St(7, 49), all in one optimizer: ManifoldAdam (one batch), the batched floor, torch's Adam and geoopt.
 
-ManifoldAdam's block is its full re-orthonormalisation period (1000 float32 steps), so every block pays for
-one float64 QR of Λ and 100 polar steps on Y.  Then the constraint violation ‖YᵀY − I‖_F after
-``violation_steps`` ManifoldAdam steps on a fixed linear cost, in float32 (default re-orthonormalisation) and
-float64, at the last step and the largest seen at every 10th step.
+**Pairing.**  A run is a number of *periods*; a period is ten *rounds*, and a round runs one block of every
+variant in turn (A, B, C, A, B, C, …).  ManifoldAdam's block is a tenth of its full re-orthonormalisation period
+(1000 float32 steps), so each period covers exactly one float64 QR of Λ and 100 polar steps on Y; every other
+variant's block is sized to last about as long as ManifoldAdam's (a few calls timed first).  Each ratio is taken
+period by period — both times come from the same few seconds of the run, interleaved at a tenth of a second —
+and the ratio reported is the median over periods (with its range).  On a virtual machine whose speed drifts by
+±30% between seconds, this pairing is what makes two runs agree; medians of unpaired blocks of unequal length
+did not (a short block lands in a fast or a slow stretch, a long one averages them).
+
+Then the constraint violation ‖YᵀY − I‖_F after ``violation_steps`` ManifoldAdam steps on a fixed linear cost,
+in float32 (default re-orthonormalisation) and float64, at the last step and the largest seen at every 10th step.
 
 geoopt is not a dependency: it is imported if present and otherwise installed with ``pip install geoopt``
 when ``install_geoopt`` is true; if that fails the geoopt columns are NaN and ``geoopt`` says why.
@@ -42,7 +48,7 @@ from icl.optim.riemannian_adam import ProjectedRiemannianAdam
 __all__ = ["bench_manifold_adam", "gemm_floor", "load_geoopt"]
 
 REORTH = 1000  # ManifoldAdam's default period of the full re-orthonormalisation of Λ in float32
-BLOCK = 100  # calls per block of the other variants
+ROUNDS = 10  # rounds per period: ManifoldAdam's block is REORTH // ROUNDS steps
 
 
 def load_geoopt(install: bool = True):
@@ -70,23 +76,46 @@ def load_geoopt(install: bool = True):
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
 
 
-def _interleaved(fns: dict[str, tuple[Callable[[], object], int]], repeats: int, clock: str) -> dict[str, float]:
-    """Median seconds per call of each function; fns maps a name to (function, calls per block).
+def _paired(fns: dict[str, tuple[Callable[[], object], int]], periods: int, clock: str) -> dict[str, list[float]]:
+    """Seconds per call of each variant in each of ``periods`` periods; fns maps a name to (function, calls per
+    block).  A period is :data:`ROUNDS` rounds, a round one block of every variant in turn.
 
     ``clock="cpu"`` times with the thread's CPU time, which on a shared machine leaves out the time the
     thread waits for a core (with one intra-op thread the two clocks agree on an idle machine)."""
     now = CLOCKS[clock]
-    for f, _ in fns.values():
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(periods):
+        spent = dict.fromkeys(fns, 0.0)
+        for _ in range(ROUNDS):
+            for k, (f, block) in fns.items():
+                t0 = now()
+                for _ in range(block):
+                    f()
+                spent[k] += now() - t0
+        for k, (_, block) in fns.items():
+            out[k].append(spent[k] / (ROUNDS * block))
+    return out
+
+
+def _blocks(fns: dict[str, Callable[[], object]], lead: str, lead_block: int, clock: str) -> dict[str, tuple]:
+    """(function, calls per block) for each variant: ``lead_block`` calls of ``lead`` (run once as warm-up and
+    timed), and as many calls of every other variant (warmed up, then three timed) as last about that long."""
+    now = CLOCKS[clock]
+    f = fns[lead]
+    t0 = now()
+    for _ in range(lead_block):
+        f()
+    target = now() - t0
+    out = {lead: (f, lead_block)}
+    for k, g in fns.items():
+        if k == lead:
+            continue
+        g()
+        t0 = now()
         for _ in range(3):
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, (f, block) in fns.items():
-            t0 = now()
-            for _ in range(block):
-                f()
-            times[k].append((now() - t0) / block)
-    return {k: statistics.median(v) for k, v in times.items()}
+            g()
+        out[k] = (g, max(1, round(3 * target / max(now() - t0, 1e-9))))
+    return out
 
 
 def gemm_floor(L: torch.Tensor, G: torch.Tensor, Bt: torch.Tensor, H: torch.Tensor) -> None:
@@ -139,8 +168,8 @@ def _violation(n: int, p: int, steps: int, dtype: torch.dtype, seed: int, lr: fl
     return opt.constraint_violation(), worst
 
 
-def _case(k, n, p, dtype, lr: float, seed: int, geoopt, repeats: int, projected: bool, clock: str) -> dict:
-    """One interleaved timing run of k parameters on St(p, n), all in one optimizer per variant."""
+def _case(k, n, p, dtype, lr: float, seed: int, geoopt, periods: int, projected: bool, clock: str) -> dict:
+    """One paired run of k parameters on St(p, n), all in one optimizer per variant."""
     g = torch.Generator().manual_seed(seed)
     Y0 = [manifold_point("stiefel", (n, p), generator=g, dtype=dtype) for _ in range(k)]
     G = [torch.randn(n, p, generator=g, dtype=torch.float64).to(dtype) for _ in range(k)]
@@ -151,27 +180,27 @@ def _case(k, n, p, dtype, lr: float, seed: int, geoopt, repeats: int, projected:
             x.grad = gr.clone()
         return ps
 
-    fns: dict[str, tuple[Callable[[], object], int]] = {}
-    fns["manifold_adam"] = (ManifoldAdam([{"params": params(), "manifold": "stiefel"}], lr=lr, seed=seed).step, REORTH)
+    fns: dict[str, Callable[[], object]] = {}
+    fns["manifold_adam"] = ManifoldAdam([{"params": params(), "manifold": "stiefel"}], lr=lr, seed=seed).step
     ops = _floor_operands(k, n, p, dtype, g)
-    fns["floor"] = (lambda: gemm_floor(*ops), BLOCK)
-    fns["adam"] = (torch.optim.Adam(params(), lr=lr, betas=(0.9, 0.99)).step, BLOCK)
-    fns["adam_fused"] = (torch.optim.Adam(params(), lr=lr, betas=(0.9, 0.99), fused=True).step, BLOCK)
+    fns["floor"] = lambda: gemm_floor(*ops)
+    fns["adam"] = torch.optim.Adam(params(), lr=lr, betas=(0.9, 0.99)).step
+    fns["adam_fused"] = torch.optim.Adam(params(), lr=lr, betas=(0.9, 0.99), fused=True).step
     if projected:
-        fns["projected"] = (ProjectedRiemannianAdam([{"params": params(), "manifold": "stiefel"}], lr=lr).step, BLOCK)
+        fns["projected"] = ProjectedRiemannianAdam([{"params": params(), "manifold": "stiefel"}], lr=lr).step
     if geoopt is not None:
         ps = params(geoopt.ManifoldParameter, manifold=geoopt.Stiefel())
-        fns["geoopt"] = (geoopt.optim.RiemannianAdam(ps, lr=lr, betas=(0.9, 0.99)).step, max(2, 20 // k))
-    t = _interleaved(fns, repeats, clock)
-    res = {f"{name}_ms": 1e3 * t.get(name, math.nan) for name in ("manifold_adam", "floor", "adam", "adam_fused")}
-    res["projected_ms"] = 1e3 * t.get("projected", math.nan)
-    res["geoopt_ms"] = 1e3 * t.get("geoopt", math.nan)
-    ours = res["manifold_adam_ms"]
-    res["ratio_vs_floor"] = ours / res["floor_ms"]
-    res["ratio_vs_geoopt"] = ours / res["geoopt_ms"]
-    res["ratio_vs_adam"] = ours / res["adam_ms"]
-    res["ratio_vs_adam_fused"] = ours / res["adam_fused_ms"]
-    res["floor_vs_adam_fused"] = res["floor_ms"] / res["adam_fused_ms"]
+        fns["geoopt"] = geoopt.optim.RiemannianAdam(ps, lr=lr, betas=(0.9, 0.99)).step
+    t = _paired(_blocks(fns, "manifold_adam", REORTH // ROUNDS, clock), periods, clock)
+    nan = [math.nan] * periods
+    res = {f"{name}_ms": 1e3 * statistics.median(t.get(name, nan)) for name in (*fns, "projected", "geoopt")}
+    ours = t["manifold_adam"]
+    for name, other in (("floor", "floor"), ("geoopt", "geoopt"), ("adam", "adam"), ("adam_fused", "adam_fused")):
+        ratios = [a / b for a, b in zip(ours, t.get(other, nan))]
+        res[f"ratio_vs_{name}"] = statistics.median(ratios)
+        res[f"ratio_vs_{name}_range"] = (min(ratios), max(ratios))
+    res["floor_vs_adam_fused"] = statistics.median(a / b for a, b in zip(t["floor"], t["adam_fused"]))
+    res["periods"] = periods
     return res
 
 
@@ -185,7 +214,8 @@ def bench_manifold_adam(
     lr: float = 1e-3,
     seed: int = 0,
     threads: int | None = 1,
-    repeats: int = 7,
+    periods: int = 7,
+    vit_periods: int = 3,
     install_geoopt: bool = True,
     clock: str = "cpu",
 ) -> list[dict]:
@@ -199,15 +229,18 @@ def bench_manifold_adam(
         lr: learning rate of all runs.
         seed: seed of the points, gradients and sections.
         threads: torch intra-op threads during the benchmark (None leaves the setting alone).
-        repeats: interleaved blocks per variant.
+        periods: paired periods of the single-matrix case (each 1000 ManifoldAdam steps and as long of each
+            other variant; the ratios are medians over periods).
+        vit_periods: paired periods of the many-matrices case (its ratio to geoopt is far from the target).
         install_geoopt: ``pip install geoopt`` if it is missing.
         clock: "cpu" (the thread's CPU time; robust on a shared machine) or "wall".
 
     Returns:
         One row per case: ``case``, ``k``, ``n``, ``p``, per-step milliseconds ``manifold_adam_ms``,
         ``floor_ms`` (:func:`gemm_floor`), ``adam_ms``, ``adam_fused_ms``, ``projected_ms`` (single matrix
-        only), ``geoopt_ms``; ratios ``ratio_vs_floor``, ``ratio_vs_geoopt``, ``ratio_vs_adam``,
-        ``ratio_vs_adam_fused``, ``floor_vs_adam_fused``; ``violation_float32``/``violation_float64``
+        only), ``geoopt_ms`` (medians over periods); paired ratios ``ratio_vs_floor``, ``ratio_vs_geoopt``,
+        ``ratio_vs_adam``, ``ratio_vs_adam_fused`` (medians over periods, each with ``…_range``, its smallest and
+        largest period), ``floor_vs_adam_fused``, ``periods``; ``violation_float32``/``violation_float64``
         and ``worst_violation_*`` (single matrix), ``clock``, ``geoopt`` (version or why it is missing),
         ``load`` (1-minute load average at the start) and the settings.
     """
@@ -219,7 +252,7 @@ def bench_manifold_adam(
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
         common = dict(dtype=str(dtype).replace("torch.", ""), threads=threads, clock=clock, geoopt=note, load=load)
         rows = [dict(case=f"St({p},{n})", k=1, n=n, p=p, **common)]
-        rows[0].update(_case(1, n, p, dtype, lr, seed, geoopt, repeats, True, clock))
+        rows[0].update(_case(1, n, p, dtype, lr, seed, geoopt, periods, True, clock))
         rows[0]["violation_steps"] = violation_steps
         if violation_steps:
             for dt in (torch.float32, torch.float64):
@@ -230,7 +263,7 @@ def bench_manifold_adam(
         if vit is not None:
             k, N, q = vit
             row = dict(case=f"{k}xSt({q},{N})", k=k, n=N, p=q, **common)
-            row.update(_case(k, N, q, dtype, lr, seed, geoopt, repeats, False, clock))
+            row.update(_case(k, N, q, dtype, lr, seed, geoopt, vit_periods, False, clock))
             rows.append(row)
         return rows
     finally:
@@ -244,8 +277,10 @@ def _print(rows: list[dict]) -> None:
         for name in ("manifold_adam", "floor", "adam", "adam_fused", "projected", "geoopt"):
             if not math.isnan(r[f"{name}_ms"]):
                 print(f"  {name:<16}{r[f'{name}_ms']:>10.3f} ms")
+        (lo, hi), (glo, ghi) = r["ratio_vs_floor_range"], r["ratio_vs_geoopt_range"]
         print(
-            f"  ManifoldAdam / floor {r['ratio_vs_floor']:.2f}, / geoopt {r['ratio_vs_geoopt']:.3f}, "
+            f"  ManifoldAdam / floor {r['ratio_vs_floor']:.2f} (periods {lo:.2f}-{hi:.2f}), "
+            f"/ geoopt {r['ratio_vs_geoopt']:.3f} ({glo:.3f}-{ghi:.3f}), "
             f"/ Adam {r['ratio_vs_adam']:.2f}, / fused Adam {r['ratio_vs_adam_fused']:.2f}; "
             f"floor / fused Adam {r['floor_vs_adam_fused']:.2f}"
         )
@@ -264,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-install", action="store_true", help="do not pip install geoopt if it is missing")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     ap.add_argument("--no-vit", action="store_true", help="skip the 336 x St(7, 49) case")
+    ap.add_argument("--periods", type=int, default=7, help="paired periods of the St(64, 512) case")
     args = ap.parse_args(argv)
     runs = []
     for i in range(args.repeat):
@@ -273,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
             install_geoopt=not args.no_install,
             clock=args.clock,
             vit=None if args.no_vit else (336, 49, 7),
+            periods=args.periods,
         )
         print(f"== run {i + 1}/{args.repeat}")
         _print(rows)

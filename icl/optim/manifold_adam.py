@@ -134,15 +134,10 @@ class ManifoldAdam(GlobalSectionOptimizer):
                     L, state["exp_avg"], state["exp_avg_sq"], count, p=params[0].shape[1], skew=m.has_skew
                 )
             )
-        if (
-            not call
-            or group["retraction"] != "cayley"
-            or torch.compiler.is_compiling()
-            or not fused_enabled()
-            or not manifold_kernels.layouts_fit(grads, params, L.dtype)
-        ):
+        if not call or group["retraction"] != "cayley" or torch.compiler.is_compiling() or not fused_enabled():
             return False
-        call(grads, params, group["lr"], group["betas"], group["eps"], group["maximize"])
+        if not call(grads, params, group["lr"], group["betas"], group["eps"], group["maximize"]):
+            return False  # (a layout the kernel does not read: nothing was done)
         torch.autograd.graph.increment_version(params)  # (written in place, as torch's optimizers do)
         return True
 

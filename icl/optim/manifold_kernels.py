@@ -63,14 +63,12 @@ def _library() -> ctypes.CDLL | None:
     lib, why = build_library(_source(), "manifold_step", FLAGS, libs=("-lm",))
     if lib is None:
         return _unavailable(why)
-    i64, ptr, f64, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for name in _SOLVE.values():
         getattr(lib, name).argtypes = [i64, i64, ptr, i64, i64, ptr, i64, i64, ptr]
         getattr(lib, name).restype = None
     for name in _STEP.values():
-        getattr(lib, name).argtypes = [
-            i64, i64, i64, i32, ptr, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, f64, f64, f64, f64, i32, ptr
-        ]  # fmt: skip
+        getattr(lib, name).argtypes = [ptr, ptr, ptr, ptr]
         getattr(lib, name).restype = None
     for name in _POLAR.values():
         getattr(lib, name).argtypes = [i64, i64, i64, ptr, ptr]
@@ -161,16 +159,17 @@ def layouts_fit(grads, params, dtype: torch.dtype) -> bool:
 
 class AdamStep:
     """A whole ManifoldAdam step (closed-form Cayley) of one bucket of k Stiefel (``skew``) or Grassmann
-    parameters, in place, in one C call; the bucket's fixed arguments are converted once, so that a step converts
-    only the gradients' and parameters' addresses and the hyperparameters (which a schedule may change).
+    parameters, in place, in one C call.  The call's arguments live in two ctypes arrays made once per bucket
+    (the bucket's fixed addresses and sizes, and the hyperparameters, rewritten only when they change) and two
+    arrays of the k gradients' and parameters' addresses, so that a step passes four pointers.
 
     ``L`` (k, N, N) the contiguous sections; ``exp_avg``/``exp_avg_sq`` the contiguous moments (k, p, c) with
     c = N (Stiefel, [A | Bᵀ]) or N − p (Grassmann, Bᵀ); ``count`` the float32 step counts (k,), incremented (the
     bias corrections use the incremented count); ``scratch`` ≥ :func:`step_scratch_size` numbers (made here if
     not given).  A call takes k N×p ``grads`` and ``params`` of ``L``'s dtype that pass :func:`layouts_fit` (the
-    parameters receive Y = ΛE).  The update is :class:`icl.optim.ManifoldAdam`'s (its docstring and
-    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`).  Check :func:`step_usable` first; the bound tensors must
-    keep their storage (the optimizer's bucket buffers do).
+    parameters receive Y = ΛE); where they do not, it does nothing and returns False.  The update is
+    :class:`icl.optim.ManifoldAdam`'s (its docstring and :meth:`icl.optim.manifolds.Stiefel.retract_batch_`).
+    Check :func:`step_usable` first; the bound tensors must keep their storage (the optimizer's bucket buffers do).
     """
 
     def __init__(self, L, exp_avg, exp_avg_sq, count, *, p: int, skew: bool, scratch=None) -> None:
@@ -180,20 +179,44 @@ class AdamStep:
         if scratch.numel() < step_scratch_size(N, p, skew) or scratch.dtype != L.dtype:
             raise ValueError("AdamStep: scratch too small or of another dtype")
         self.fn = getattr(_library(), _STEP[L.dtype])
-        self.ptrs = ctypes.c_int64 * k
-        self.head = (k, N, p, int(skew), L.data_ptr())
-        self.state = (exp_avg.data_ptr(), exp_avg_sq.data_ptr(), count.data_ptr())
+        self.dtype, self.k, self.shape = L.dtype, k, torch.Size((N, p))
         self.scratch = scratch  # (kept alive with its address)
-        self.tail = scratch.data_ptr()
-
-    def __call__(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> None:
-        """One step: ``grads`` and ``params`` as :func:`layouts_fit` accepts them."""
-        ptrs = self.ptrs
-        self.fn(
-            *self.head, ptrs(*[g.data_ptr() for g in grads]), *grads[0].stride(),
-            ptrs(*[x.data_ptr() for x in params]), *params[0].stride(), *self.state, lr, betas[0], betas[1], eps,
-            maximize, self.tail,
+        # k, N, p, skew, L, g_rs, g_cs, p_rs, p_cs, m, v, count, work, maximize
+        self.ia = (ctypes.c_int64 * 14)(
+            k, N, p, int(skew), L.data_ptr(), 0, 0, 0, 0, exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
+            count.data_ptr(), scratch.data_ptr(), 0,
         )  # fmt: skip
+        self.fa = (ctypes.c_double * 4)()
+        self.grads, self.params = (ctypes.c_int64 * k)(), (ctypes.c_int64 * k)()
+        self.args = (ctypes.addressof(self.ia), ctypes.addressof(self.fa), self.grads, self.params)
+        self.hyper = self.layout = None
+
+    def __call__(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> bool:
+        """One step: ``grads`` and ``params`` as :func:`layouts_fit` accepts them (else False and nothing done)."""
+        g0, x0 = grads[0], params[0]
+        layout = (g0.stride(), x0.stride())
+        if (  # (one parameter, as last time: four attribute reads instead of layouts_fit)
+            self.k > 1 or layout != self.layout or x0.shape != self.shape or g0.shape != self.shape
+            or x0.dtype != self.dtype or g0.dtype != self.dtype
+        ):  # fmt: skip
+            if x0.shape != self.shape or not layouts_fit(grads, params, self.dtype):
+                return False
+            self.ia[5], self.ia[6] = layout[0]
+            self.ia[7], self.ia[8] = layout[1]
+            self.layout = layout
+        hyper = (lr, betas, eps, maximize)
+        if hyper != self.hyper:
+            fa = self.fa
+            fa[0], (fa[1], fa[2]), fa[3] = lr, betas, eps
+            self.ia[13] = int(maximize)
+            self.hyper = hyper
+        gp, pp = self.grads, self.params
+        for i, g in enumerate(grads):
+            gp[i] = g.data_ptr()
+        for i, x in enumerate(params):
+            pp[i] = x.data_ptr()
+        self.fn(*self.args)
+        return True
 
 
 def polar_point_(L: torch.Tensor, p: int) -> torch.Tensor:

@@ -175,7 +175,7 @@ PUT(put_f64, double)
    strides (g_rs, g_cs) / (p_rs, p_cs), the gradients row-major (g_cs = 1) or column-major (g_rs = 1);
    m, v: k x p x c; work: 2pc + p^2 + 2Np numbers (C, W, S2, K, D), then the solve's p x 2pp (SOLVE1). */
 #define STEP(NAME, REAL, GEMM, ONE, ADAMF, MOVEF, PUTF)                                                      \
-void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *grads, int64_t g_rs, int64_t g_cs, \
+static void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *grads, int64_t g_rs, int64_t g_cs, \
           const int64_t *params, int64_t p_rs, int64_t p_cs, REAL *m, REAL *v, float *count, double lr,        \
           double beta1, double beta2, double eps, int maximize, REAL *work) {                                 \
     const int64_t c = skew ? N : N - p, off = skew ? p : 0, q = N - p;                                       \
@@ -226,8 +226,20 @@ void NAME(int64_t k, int64_t N, int64_t p, int skew, REAL *L, const int64_t *gra
         GEMM('N', 'N', q, N, p, -1, W + off, c, D, p, 1, Lb + p, N);                                         \
     }                                                                                                        \
 }
-STEP(adam_step_f32, float, gemm_f, solve1_f32, adam_f32, move_f32, put_f32)
-STEP(adam_step_f64, double, gemm_d, solve1_f64, adam_f64, move_f64, put_f64)
+STEP(step_f32, float, gemm_f, solve1_f32, adam_f32, move_f32, put_f32)
+STEP(step_f64, double, gemm_d, solve1_f64, adam_f64, move_f64, put_f64)
+
+/* The entry points: the step's arguments packed, so that a call from Python converts four pointers, not twenty
+   numbers (ctypes converts each argument; the conversions cost more than half the Python time around a step).
+   ia: k, N, p, skew, L, g_rs, g_cs, p_rs, p_cs, m, v, count, work, maximize; fa: lr, beta1, beta2, eps. */
+#define PACKED(NAME, REAL, STEPF)                                                                             \
+void NAME(const int64_t *ia, const double *fa, const int64_t *grads, const int64_t *params) {                 \
+    STEPF(ia[0], ia[1], ia[2], (int)ia[3], (REAL *)(intptr_t)ia[4], grads, ia[5], ia[6], params, ia[7], ia[8],    \
+          (REAL *)(intptr_t)ia[9], (REAL *)(intptr_t)ia[10], (float *)(intptr_t)ia[11], fa[0], fa[1], fa[2],     \
+          fa[3], (int)ia[13], (REAL *)(intptr_t)ia[12]);                                                       \
+}
+PACKED(adam_step_f32, float, step_f32)
+PACKED(adam_step_f64, double, step_f64)
 
 /* Y <- Y (3I - Y^T Y) / 2 = Y + Y E, E = (I - Y^T Y) / 2, for the Y blocks (first p columns) of k sections L
    (k x N x N, row-major): one Newton-Schulz step to the polar factor (Stiefel.reorthonormalize_point_).  Y^T Y
