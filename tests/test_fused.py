@@ -189,3 +189,24 @@ def test_active_entries_hold_every_non_zero_of_W(mode, gen):
     for layer in range(2):
         W = model.layer_matrix(G, layer)
         assert torch.all(W[:, inactive] == 0)
+
+
+def test_disabled_is_per_thread_and_nests(monkeypatch):
+    """fused.disabled() switches the kernels off in its own thread only, nested blocks restore the outer state,
+    and ICL_FUSED=0 switches them off everywhere (read at every call)."""
+    import threading
+
+    seen = []
+    assert fused.enabled()
+    with fused.disabled():
+        t = threading.Thread(target=lambda: seen.append(fused.enabled()))
+        t.start()
+        t.join()
+        with fused.disabled():
+            assert not fused.enabled()
+        assert not fused.enabled()
+    assert fused.enabled() and seen == [True]
+    monkeypatch.setenv("ICL_FUSED", "0")
+    assert not fused.enabled()
+    monkeypatch.setenv("ICL_FUSED", "1")
+    assert fused.enabled()

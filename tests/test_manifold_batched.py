@@ -348,15 +348,9 @@ def _trajectories(name, shape, dtype, steps, maximize, mode, monkeypatch, k=3):
     from icl.optim import manifold_kernels
     from learned_optimizers.fused import disabled
 
-    calls = []  # (the calls that stepped: a call refuses a layout it does not read)
-    whole = manifold_kernels.AdamStep.__call__
-
-    def counted(*a, **kw):
-        done = whole(*a, **kw)
-        calls.extend([1] if done else [])
-        return done
-
-    monkeypatch.setattr(manifold_kernels.AdamStep, "__call__", counted)
+    calls = []  # (the kernel steps made, by the full step's call or the fast step's)
+    run = manifold_kernels.AdamStep.run
+    monkeypatch.setattr(manifold_kernels.AdamStep, "run", lambda self: calls.append(1) or run(self))
     if mode == "solve":
         monkeypatch.setattr(manifold_kernels, "step_usable", lambda L: False)
     Ys = [torch.nn.Parameter(manifold_point(name, shape, generator=_gen(i), dtype=dtype)) for i in range(k)]
@@ -414,15 +408,9 @@ def test_whole_step_kernel_is_skipped_where_it_can_not_run(monkeypatch):
 
     if not manifold_kernels.step_usable(torch.zeros(1, 4, 4, dtype=DT)):
         pytest.skip("no C compiler or no BLAS entry in libtorch_cpu: the step runs its torch code")
-    calls = []  # (the calls that stepped: a call refuses a layout it does not read)
-    whole = manifold_kernels.AdamStep.__call__
-
-    def counted(*a, **kw):
-        done = whole(*a, **kw)
-        calls.extend([1] if done else [])
-        return done
-
-    monkeypatch.setattr(manifold_kernels.AdamStep, "__call__", counted)
+    calls = []  # (the kernel steps made, by the full step's call or the fast step's)
+    run = manifold_kernels.AdamStep.run
+    monkeypatch.setattr(manifold_kernels.AdamStep, "run", lambda self: calls.append(1) or run(self))
     g = _gen(4)
     Y32 = torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g))
     Yt = torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g, dtype=DT))
@@ -492,3 +480,60 @@ def test_polar_step_kernel_equals_the_torch_polar_step(dtype):
 
     before, after = drift(L), drift(ours)
     assert before > 1e-4 and after <= max(10 * before**2, 1e-14 if dtype == DT else 1e-6)  # (quadratic)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_step_equals_the_full_step(dtype, monkeypatch):
+    """GlobalSectionOptimizer._fast_step (the usual step without the full path's Python) makes the full step's
+    iterates bit for bit — a Euclidean group, two Stiefel buckets and a Grassmann one, float32 re-orthonormalisation
+    steps (polar every 10th) — and hands over to the full step where it must: a gradient set to None, a parameter
+    written outside the optimizer, a step hook, a state entry replaced, a new parameter group; it ran on most steps.
+    """
+    from icl.optim.manifold_optimizer import GlobalSectionOptimizer
+
+    def make():
+        g = _gen(5)
+        W = torch.nn.Parameter(torch.randn(4, 6, generator=g, dtype=dtype))
+        S = [torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=g, dtype=dtype)) for _ in range(2)]
+        T = torch.nn.Parameter(manifold_point("stiefel", (12, 4), generator=g, dtype=dtype))
+        R = torch.nn.Parameter(manifold_point("grassmann", (9, 2), generator=g, dtype=dtype))
+        groups = [{"params": [W]}, {"params": [*S, T], "manifold": "stiefel"}, {"params": [R], "manifold": "grassmann"}]
+        extra = torch.nn.Parameter(manifold_point("stiefel", (7, 2), generator=g, dtype=dtype))
+        return ManifoldAdam(groups, lr=1e-2, seed=0), [W, *S, T, R], extra
+
+    fast_steps, hooked = [], []
+    real = GlobalSectionOptimizer._fast_step
+    runs = []
+    for fast in (True, False):
+        opt, params, extra = make()
+        if fast:
+            monkeypatch.setattr(GlobalSectionOptimizer, "_fast_step", lambda o: real(o) and not fast_steps.append(1))
+        else:
+            monkeypatch.setattr(GlobalSectionOptimizer, "_fast_step", lambda o: False)
+        traj, g = [], _gen(6)
+        for t in range(45):
+            for p in params + ([extra] if t >= 30 else []):
+                p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
+            if t == 12:
+                params[1].grad = None
+            if t == 17:
+                with torch.no_grad():
+                    params[2].copy_(manifold_point("stiefel", (9, 3), generator=_gen(9), dtype=dtype))
+            hook = opt.register_step_post_hook(lambda *a, t=t: hooked.append(t)) if t == 21 else None
+            if t == 25:
+                opt.state[params[3]]["exp_avg"] = opt.state[params[3]]["exp_avg"].clone()
+            if t == 30:
+                opt.add_param_group({"params": [extra], "manifold": "stiefel"})
+            opt.step()
+            if hook is not None:
+                hook.remove()
+            traj.append([p.detach().clone() for p in params + [extra]])
+        runs.append(traj)
+        monkeypatch.undo()
+    for a, b in zip(*runs):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    # the full step ran at the 7 events (the first step, None, outside write, hook, state, group, and the step
+    # after None: its partial step was no kernel step) and, in float32, at every member's 10th step
+    assert len(fast_steps) == 38 if dtype == DT else 30 <= len(fast_steps) <= 34
+    assert hooked == [21, 21]

@@ -141,6 +141,15 @@ class ManifoldAdam(GlobalSectionOptimizer):
         torch.autograd.graph.increment_version(params)  # (written in place, as torch's optimizers do)
         return True
 
+    def _fast_call(self, bucket, group, grads):
+        """The bucket's whole-step kernel, its arguments written for these gradients (:meth:`_fast_step`)."""
+        call = bucket.work.get("adam_step") if bucket.work is not None else None
+        if not call or group["retraction"] != "cayley" or not fused_enabled() or torch.compiler.is_compiling():
+            return None
+        if not call.prepare(grads, bucket.params, group["lr"], group["betas"], group["eps"], group["maximize"]):
+            return None
+        return call.run
+
     def _velocity(self, state, C, step, group, uniform, step_views, work):
         """W = −η·m̂ ⊘ (√v̂ + ε) for a bucket, the moments updated in place, as one fused Adam update.
 

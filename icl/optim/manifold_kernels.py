@@ -193,7 +193,17 @@ class AdamStep:
 
     def __call__(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> bool:
         """One step: ``grads`` and ``params`` as :func:`layouts_fit` accepts them (else False and nothing done)."""
+        if not self.prepare(grads, params, lr, betas, eps, maximize):
+            return False
+        self.run()
+        return True
+
+    def prepare(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> bool:
+        """Write the call's arguments for these gradients, parameters and hyperparameters; False (nothing
+        written) where :func:`layouts_fit` refuses them.  :meth:`run` then makes the step."""
         g0, x0 = grads[0], params[0]
+        if g0.is_sparse:
+            return False
         layout = (g0.stride(), x0.stride())
         if (  # (one parameter, as last time: four attribute reads instead of layouts_fit)
             self.k > 1 or layout != self.layout or x0.shape != self.shape or g0.shape != self.shape
@@ -215,8 +225,11 @@ class AdamStep:
             gp[i] = g.data_ptr()
         for i, x in enumerate(params):
             pp[i] = x.data_ptr()
-        self.fn(*self.args)
         return True
+
+    def run(self) -> None:
+        """The step :meth:`prepare` wrote the arguments of."""
+        self.fn(*self.args)
 
 
 def polar_point_(L: torch.Tensor, p: int) -> torch.Tensor:

@@ -160,6 +160,8 @@ class _Bucket:
         self.work = None  # scratch buffers of the step (Manifold.workspace), made at the first full step
         self._grad = self._G = None  # the last single gradient and its (1, N, p) view
         self.versions = [p._version for p in params]
+        self.whole = False  # (whether the last step was the subclass's whole-step kernel for every member)
+        self.uniform = True  # (whether the members' step counts are equal; set where the fast step is enabled)
 
     def intact(self, opt: GlobalSectionOptimizer) -> bool:
         """Whether every state entry is still this bucket's view (False after outside replacement)."""
@@ -233,6 +235,7 @@ class _Bucket:
             steps[i] += 1
             uniform = uniform and steps[i] == s
         whole = work is not None and opt._whole_step(m, L, state, step, grads, self.params, group, work)
+        self.whole = whole  # (the kernel made the step of every member: work is None for a partial step)
         if not whole:
             self._velocity_and_retract(opt, group, L, state, step, step_views, grads, uniform, work)
         full, point = opt._reorth_every(group, gd, m)
@@ -332,6 +335,7 @@ class GlobalSectionOptimizer(Optimizer):
             generator = torch.Generator().manual_seed(seed)
         self._generator = generator
         self._buckets: list[list[_Bucket]] = []
+        self._fast = self._fast_buckets = None  # (see _fast_step)
         base = dict(
             manifold="euclidean",
             retraction="cayley",
@@ -492,6 +496,8 @@ class GlobalSectionOptimizer(Optimizer):
             or torch.autograd._profiler_enabled()
         ):
             return self._hooked_step(closure)
+        if closure is None and self._fast is not None and self._fast_step():
+            return None
         grad_on = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)  # (torch.no_grad() without its context-manager object)
         try:
@@ -501,7 +507,69 @@ class GlobalSectionOptimizer(Optimizer):
 
     step.hooked = True  # (torch's Optimizer wraps a step without this mark; ours calls the wrapper itself)
 
+    def _fast_step(self) -> bool:
+        """The usual step in as few Python operations as it takes; True where it made the step.
+
+        Python between two kernel steps costs about four times its own time (the kernel's pass over Λ evicts the
+        interpreter's data from the core's cache: the full path below took 59 µs after a St(512, 64) step and
+        14 µs after itself), so the common case skips it: every manifold bucket made its last step by the
+        subclass's whole-step kernel (:meth:`_whole_step`) for all its members, the groups and buckets are the
+        same, every parameter has a dense gradient and was not written outside the optimizer, no
+        re-orthonormalisation is due, the buckets' state is intact and the kernel takes the gradients' layout
+        and the group's hyperparameters (:meth:`_fast_call`).  Everything is checked before anything is
+        stepped; where any check fails nothing is done and the full step runs.  Euclidean groups take the
+        same update as in the full step.  The iterates are the full step's, bit for bit.
+        """
+        groups, fast = self.param_groups, self._fast
+        if len(groups) != len(fast) or self._fast_buckets is not self._buckets:
+            return False
+        euclidean, kernels = [], []
+        for group, buckets in zip(groups, fast):
+            if buckets is None:  # (a Euclidean group)
+                params = [p for p in group["params"] if p.grad is not None]
+                if any(p.grad.is_sparse for p in params):
+                    return False
+                euclidean.append((group, params))
+                continue
+            for b in buckets:
+                params = b.params
+                full, point = self._reorth_every(group, b.bufs["section"].dtype, b.m)
+                for t in b.steps[:1] if b.uniform else b.steps:  # (due for a member: the full step makes it)
+                    if (full and (t + 1) % full == 0) or (point and (t + 1) % point == 0):
+                        return False
+                if not b.intact(self):
+                    return False
+                grads = [p.grad for p in params]
+                for p, g, v in zip(params, grads, b.versions):
+                    if g is None or p._version != v:
+                        return False
+                run = self._fast_call(b, group, grads)
+                if run is None:
+                    return False
+                kernels.append((b, run))
+        grad_on = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            for group, params in euclidean:
+                if params:
+                    self._euclidean_step(group, params)
+            for b, run in kernels:
+                run()
+                params = b.params
+                torch._C._increment_version(params)  # (written in place, as torch's optimizers do)
+                b.steps = [t + 1 for t in b.steps]
+                b.versions = [p._version for p in params]
+        finally:
+            torch._C._set_grad_enabled(grad_on)
+        return True
+
+    def _fast_call(self, bucket: _Bucket, group: dict, grads: list) -> Callable[[], None] | None:
+        """Subclass hook of :meth:`_fast_step`: the bucket's whole step with these gradients, prepared and ready
+        to run (a function of no arguments), or None where the kernel can not take them."""
+        return None
+
     def _step(self, closure: Callable[[], float] | None) -> float | None:
+        self._fast = None
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -526,6 +594,12 @@ class GlobalSectionOptimizer(Optimizer):
                         b.step(self, group)
                 else:
                     b.step(self, group)
+        # the next step may take the fast path where every bucket's step was the whole-step kernel's
+        fast = [None if g["manifold"] == "euclidean" else bs for g, bs in zip(self.param_groups, self._buckets)]
+        if all(bs is None or all(b.whole and b.count.device.type == "cpu" for b in bs) for bs in fast):
+            for b in (b for bs in fast if bs is not None for b in bs):
+                b.uniform = len(set(b.steps)) == 1
+            self._fast, self._fast_buckets = fast, self._buckets
         return loss
 
     _hooked_step = Optimizer.profile_hook_step(torch.no_grad()(_step))
@@ -548,6 +622,7 @@ class GlobalSectionOptimizer(Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._buckets = []  # rebuilt from the per-parameter state at the next step
+        self._fast = self._fast_buckets = None
         self.__dict__.setdefault("_generator", torch.Generator().manual_seed(0))
         for group in self.param_groups:
             group.setdefault("manifold", "euclidean")
