@@ -547,20 +547,21 @@ class GlobalSectionOptimizer(Optimizer):
                 if run is None:
                     return False
                 kernels.append((b, run))
-        grad_on = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
-        try:
-            for group, params in euclidean:
-                if params:
-                    self._euclidean_step(group, params)
-            for b, run in kernels:
-                run()
-                params = b.params
-                torch._C._increment_version(params)  # (written in place, as torch's optimizers do)
-                b.steps = [t + 1 for t in b.steps]
-                b.versions = [p._version for p in params]
-        finally:
-            torch._C._set_grad_enabled(grad_on)
+        if euclidean:  # (torch's update needs grad mode off; the kernels do not)
+            grad_on = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)
+            try:
+                for group, params in euclidean:
+                    if params:
+                        self._euclidean_step(group, params)
+            finally:
+                torch._C._set_grad_enabled(grad_on)
+        for b, run in kernels:
+            run()
+            params = b.params
+            torch._C._increment_version(params)  # (written in place, as torch's optimizers do)
+            b.steps = [t + 1 for t in b.steps]
+            b.versions = [p._version for p in params]
         return True
 
     def _fast_call(self, bucket: _Bucket, group: dict, grads: list) -> Callable[[], None] | None:
