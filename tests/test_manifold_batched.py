@@ -537,3 +537,16 @@ def test_fast_step_equals_the_full_step(dtype, monkeypatch):
     # after None: its partial step was no kernel step) and, in float32, at every member's 10th step
     assert len(fast_steps) == 38 if dtype == DT else 30 <= len(fast_steps) <= 34
     assert hooked == [21, 21]
+
+
+def test_a_sparse_gradient_is_named_after_fast_steps():
+    """A sparse gradient of a bucket's second member, after steps the fast path made, gets the full step's error."""
+    Ys = [torch.nn.Parameter(manifold_point("stiefel", (9, 3), generator=_gen(i), dtype=DT)) for i in range(2)]
+    opt = ManifoldAdam([{"params": Ys, "manifold": "stiefel"}], lr=1e-2, seed=0)
+    for _ in range(3):
+        for Y in Ys:
+            Y.grad = torch.randn(9, 3, generator=_gen(7), dtype=DT)
+        opt.step()
+    Ys[1].grad = Ys[1].grad.to_sparse()
+    with pytest.raises(RuntimeError, match="ManifoldAdam does not support sparse gradients"):
+        opt.step()

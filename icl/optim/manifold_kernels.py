@@ -146,6 +146,8 @@ def layouts_fit(grads, params, dtype: torch.dtype) -> bool:
     """Whether :class:`AdamStep` can read ``grads`` and write ``params`` (N×p tensors of ``dtype``, N > p): the
     gradients all row-major or all column-major (dense), the parameters all with one set of strides."""
     N, p = params[0].shape
+    if any(g.layout != torch.strided for g in grads):  # (a sparse gradient has no strides: the full step names it)
+        return False
     gs, ps = grads[0].stride(), params[0].stride()
     if N == p:  # (square: no Y_⊥; BLAS refuses the empty operands' leading dimensions)
         return False
