@@ -531,6 +531,8 @@ class GlobalSectionOptimizer(Optimizer):
                     return False
                 euclidean.append((group, params))
                 continue
+            if sum(b.k for b in buckets) != len(group["params"]):  # (the group's list changed: rebuild)
+                return False
             for b in buckets:
                 params = b.params
                 full, point = self._reorth_every(group, b.bufs["section"].dtype, b.m)
