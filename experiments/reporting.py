@@ -335,6 +335,9 @@ def coinciding(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], to
     return out
 
 
+#: markers of the curves that are a single point (a model trained at one depth), in turn
+SINGLE_MARKERS = ("D", "s", "^", "v", "P", "X", "h")
+
 #: how much wider than the lines' range the bands may make a figure's y-axis (see :func:`finish_axes`)
 BAND_WIDEN = 3.0
 
@@ -432,13 +435,18 @@ def line_plot(
         partner[b].append(a)
     plotted: list[float] = []
     band_ends: list[float] = []
+    single = iter(SINGLE_MARKERS)  # (models at one depth: hollow shapes of their own, so none hides another)
     for m in methods:
         xs, mean = curves[m]
         label = names.get(m, m)
         if partner[m]:
             label += " (= " + ", ".join(names.get(p, p) for p in partner[m]) + ")"
         style = "--" if m in dashed_methods else "-"
-        ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=label)
+        if len(xs) == 1:
+            ax.plot(xs, mean, style, marker=next(single, "o"), ms=7, mew=1.5, mfc="none", color=palette[m],
+                    label=label)  # fmt: skip
+        else:
+            ax.plot(xs, mean, style, marker="o", ms=3, color=palette[m], label=label)
         plotted.extend(mean.tolist())
         lo, hi, has_band = bands[m]
         if floor is not None:

@@ -27,7 +27,7 @@ PAPER_MATCH = 0.05
 GDPP_DEEP_TARGET = 1e-3
 #: a learned model whose worst 1% of test prompts carry at least this share of its test MSE is reported as exploding
 EXPLODED_SHARE = 0.9
-LABELS = {"gdpp_tuned": "GD++, tuned η_ℓ, γ_ℓ", "ols": "least squares"}
+LABELS = {"gdpp_tuned": "GD++, tuned per-layer η, γ", "ols": "least squares"}
 
 
 def _mean(rows, noise, method, L, metric="adjusted_loss") -> tuple[float, float, float, int]:
