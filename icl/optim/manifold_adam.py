@@ -134,19 +134,26 @@ class ManifoldAdam(GlobalSectionOptimizer):
                     L, state["exp_avg"], state["exp_avg_sq"], count, p=params[0].shape[1], skew=m.has_skew
                 )
             )
-        if not call or group["retraction"] != "cayley" or torch.compiler.is_compiling() or not fused_enabled():
+        run = self._prepared(call, group, grads, params)
+        if run is None:
             return False
-        if not call(grads, params, group["lr"], group["betas"], group["eps"], group["maximize"]):
-            return False  # (a layout the kernel does not read: nothing was done)
+        run()
         torch.autograd.graph.increment_version(params)  # (written in place, as torch's optimizers do)
         return True
 
     def _fast_call(self, bucket, group, grads):
         """The bucket's whole-step kernel, its arguments written for these gradients (:meth:`_fast_step`)."""
-        call = bucket.work.get("adam_step") if bucket.work is not None else None
+        return self._prepared(bucket.work.get("adam_step") if bucket.work is not None else None, group, grads,
+                              bucket.params)  # fmt: skip
+
+    @staticmethod
+    def _prepared(call, group, grads, params):
+        """``call`` (a bucket's AdamStep, or None/False where it has none) with its arguments written, ready to run;
+        None where the kernel may not run: another retraction, kernels off, torch.compile tracing, or a layout it
+        does not read."""
         if not call or group["retraction"] != "cayley" or not fused_enabled() or torch.compiler.is_compiling():
             return None
-        if not call.prepare(grads, bucket.params, group["lr"], group["betas"], group["eps"], group["maximize"]):
+        if not call.prepare(grads, params, group["lr"], group["betas"], group["eps"], group["maximize"]):
             return None
         return call.run
 

@@ -168,10 +168,11 @@ class AdamStep:
     ``L`` (k, N, N) the contiguous sections; ``exp_avg``/``exp_avg_sq`` the contiguous moments (k, p, c) with
     c = N (Stiefel, [A | Bᵀ]) or N − p (Grassmann, Bᵀ); ``count`` the float32 step counts (k,), incremented (the
     bias corrections use the incremented count); ``scratch`` ≥ :func:`step_scratch_size` numbers (made here if
-    not given).  A call takes k N×p ``grads`` and ``params`` of ``L``'s dtype that pass :func:`layouts_fit` (the
-    parameters receive Y = ΛE); where they do not, it does nothing and returns False.  The update is
-    :class:`icl.optim.ManifoldAdam`'s (its docstring and :meth:`icl.optim.manifolds.Stiefel.retract_batch_`).
-    Check :func:`step_usable` first; the bound tensors must keep their storage (the optimizer's bucket buffers do).
+    not given).  :meth:`prepare` takes k N×p ``grads`` and ``params`` of ``L``'s dtype that pass :func:`layouts_fit`
+    (else it writes nothing and returns False); :meth:`run` then makes the step (the parameters receive Y = ΛE).
+    The update is :class:`icl.optim.ManifoldAdam`'s (its docstring and
+    :meth:`icl.optim.manifolds.Stiefel.retract_batch_`).  Check :func:`step_usable` first; the bound tensors must
+    keep their storage (the optimizer's bucket buffers do).
     """
 
     def __init__(self, L, exp_avg, exp_avg_sq, count, *, p: int, skew: bool, scratch=None) -> None:
@@ -192,13 +193,6 @@ class AdamStep:
         self.grads, self.params = (ctypes.c_int64 * k)(), (ctypes.c_int64 * k)()
         self.args = (ctypes.addressof(self.ia), ctypes.addressof(self.fa), self.grads, self.params)
         self.hyper = self.layout = None
-
-    def __call__(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> bool:
-        """One step: ``grads`` and ``params`` as :func:`layouts_fit` accepts them (else False and nothing done)."""
-        if not self.prepare(grads, params, lr, betas, eps, maximize):
-            return False
-        self.run()
-        return True
 
     def prepare(self, grads, params, lr: float, betas, eps: float, maximize: bool) -> bool:
         """Write the call's arguments for these gradients, parameters and hyperparameters; False (nothing
